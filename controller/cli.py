@@ -1,0 +1,89 @@
+"""The ``signaltwin`` command line: one entry point, one module per command.
+
+Each module in :mod:`controller.commands` exposes ``register(subparsers)``, which
+adds its sub-command and sets ``func`` (taking the parsed namespace, returning an
+exit code). Only this module calls :func:`sys.exit`.
+
+Exit codes (documented in README.md):
+    0 success; 1 the command ran and found a problem (failed verification,
+    gate refused, tests of a plan failed); 2 bad usage or invalid
+    configuration; 3 a required component (HSM, controller, SUMO) failed;
+    130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from configs.errors import ConfigError, SignaltwinError
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_USAGE = 2
+EXIT_COMPONENT = 3
+EXIT_INTERRUPTED = 130
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser with every command module's sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="signaltwin",
+        description=(
+            "Closed-loop traffic-signal control: observe controllers, propose timings, "
+            "prove them on a SUMO twin, sign in an HSM, push over OPC UA, record in a ledger."
+        ),
+        epilog="Exit codes: 0 ok, 1 problem found, 2 usage/config error, 3 component failure, "
+        "130 interrupted. Run 'signaltwin COMMAND --help' for a command's options.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from controller import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"controller.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the chosen command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = func(args)
+        return code
+    except ConfigError as e:
+        print(f"signaltwin: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except SignaltwinError as e:
+        print(f"signaltwin: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_COMPONENT
+    except KeyboardInterrupt:
+        print("signaltwin: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

@@ -1,0 +1,1 @@
+"""Sub-commands of ``signaltwin``: one module each, discovered by :mod:`controller.cli`."""
