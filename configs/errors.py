@@ -39,7 +39,9 @@ class Violation:
     phase: int | None = None
 
     def __str__(self) -> str:
-        where = self.intersection if self.phase is None else f"{self.intersection} phase {self.phase}"
+        where = (
+            self.intersection if self.phase is None else f"{self.intersection} phase {self.phase}"
+        )
         return f"[{self.invariant}] {where}: {self.message}"
 
 

@@ -1,0 +1,627 @@
+"""The daemon's settings: one TOML file, validated strictly at start-up.
+
+Every section forbids unknown keys, so a typo fails at start-up instead of being
+silently ignored. Relative paths are resolved against the directory of the TOML
+file; paths under ``state_dir`` (ledger, videos, token) against ``state_dir``.
+Secrets (HSM PIN, OPC UA password) are never in the TOML: only a reference to
+a file, or ``credential:NAME`` for a systemd credential (``LoadCredential=``),
+which is read from ``$CREDENTIALS_DIRECTORY/NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from configs.errors import ConfigError
+from configs.timing import SafetyLimits
+
+__all__ = [
+    "ControllerEndpoint",
+    "ControllersSettings",
+    "EdgeSettings",
+    "FleetShare",
+    "GateSettings",
+    "HsmSettings",
+    "LedgerSettings",
+    "MetricsSettings",
+    "RlSettings",
+    "SafetySettings",
+    "ScheduleSettings",
+    "Settings",
+    "SimulationSettings",
+    "VideoSettings",
+    "check_environment",
+    "load_settings",
+    "read_secret",
+]
+
+Seconds = Annotated[int, Field(gt=0, le=86_400)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Port = Annotated[int, Field(ge=1, le=65_535)]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScheduleSettings(BaseModel):
+    """When cycles and feedback run."""
+
+    model_config = _STRICT
+
+    interval_s: Seconds = Field(240, description="Seconds between cycle starts.")
+    feedback_interval_s: Seconds = Field(
+        900, description="Seconds between measured-delta collection and fine-tuning runs."
+    )
+    measure_after_s: Seconds = Field(
+        240, description="Field seconds after activation over which the outcome is measured."
+    )
+    shutdown_deadline_s: Seconds = Field(
+        30, description="How long SIGTERM waits for a running cycle to finish or abort."
+    )
+
+
+class GateSettings(BaseModel):
+    """The deployment gate: what a candidate must show on the twin."""
+
+    model_config = _STRICT
+
+    min_wait_reduction: Fraction = Field(
+        0.12, description="Required reduction of mean waiting time (fraction, 0.12 = 12 %)."
+    )
+    max_nox_increase: Fraction = Field(
+        0.008, description="NOx may rise by less than this fraction (0.008 = 0.8 %)."
+    )
+    decide_on: Literal["point", "confidence_bound"] = Field(
+        "confidence_bound",
+        description="Decide on the point estimate, or on the pessimistic confidence bound.",
+    )
+    confidence_level: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+
+
+class FleetShare(BaseModel):
+    """One emission class and its share of the fleet."""
+
+    model_config = _STRICT
+
+    emission_class: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+/[A-Za-z0-9_.\-]+$")] = Field(
+        description="SUMO emission class, e.g. 'HBEFA4/PC_petrol_Euro-6ab'."
+    )
+    share: Fraction
+    vclass: Literal["passenger", "delivery", "truck", "bus", "motorcycle"] = "passenger"
+
+
+def _default_fleet() -> list[FleetShare]:
+    return [
+        FleetShare(emission_class="HBEFA4/PC_petrol_Euro-6ab", share=0.42),
+        FleetShare(emission_class="HBEFA4/PC_diesel_Euro-6ab", share=0.28),
+        FleetShare(emission_class="HBEFA4/PC_petrol_Euro-4", share=0.10),
+        FleetShare(emission_class="HBEFA4/PC_BEV", share=0.10),
+        FleetShare(
+            emission_class="HBEFA4/LCV_diesel_N1-III_Euro-6ab", share=0.07, vclass="delivery"
+        ),
+        FleetShare(emission_class="HBEFA4/RT_le7.5t_Euro-VI_A-C", share=0.03, vclass="truck"),
+    ]
+
+
+class SimulationSettings(BaseModel):
+    """The twin: which network, how long, how many seeds."""
+
+    model_config = _STRICT
+
+    network: Path = Field(description="SUMO .net.xml of the district.")
+    detectors: Path | None = Field(
+        None, description="E1 detector additional file; generated when absent."
+    )
+    demand: Path | None = Field(
+        None, description="Routes file used when detector data is not available yet."
+    )
+    horizon_s: Seconds = Field(900, description="Simulated seconds compared after warm-up.")
+    warmup_s: Annotated[int, Field(ge=0, le=7200)] = 300
+    seeds: Annotated[int, Field(ge=2, le=64)] = Field(
+        5, description="Paired seeds per plan (common random numbers)."
+    )
+    base_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 20_240
+    step_length_s: Annotated[float, Field(gt=0.0, le=5.0)] = 1.0
+    gridlock_s: Seconds = Field(300, description="Nothing moving this long = gridlock.")
+    workers: Annotated[int, Field(ge=1, le=256)] = 2
+    candidates: Annotated[int, Field(ge=1, le=64)] = Field(
+        4, description="Candidates sent to SUMO after screening."
+    )
+    screen_candidates: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        1000, description="Candidates screened by the surrogate (0 disables screening)."
+    )
+    fleet: list[FleetShare] = Field(default_factory=_default_fleet)
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_sums_to_one(cls, fleet: list[FleetShare]) -> list[FleetShare]:
+        total = sum(f.share for f in fleet)
+        if fleet and abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fleet shares must sum to 1.0, they sum to {total:.4f}")
+        return fleet
+
+
+class SafetyOverride(BaseModel):
+    """Per-intersection limits that differ from the district's."""
+
+    model_config = _STRICT
+
+    min_green_s: Annotated[int, Field(gt=0, le=3600)] | None = None
+    min_yellow_s: Annotated[int, Field(ge=3, le=10)] | None = None
+    min_red_clearance_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+    ped_walk_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+    ped_clearance_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+    min_cycle_s: Annotated[int, Field(gt=0, le=3600)] | None = None
+    max_cycle_s: Annotated[int, Field(gt=0, le=3600)] | None = None
+    max_cycle_change_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+    max_split_change_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+
+
+class SafetySettings(SafetyLimits):
+    """District-wide safety limits with per-intersection overrides."""
+
+    intersections: dict[str, SafetyOverride] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> SafetySettings:
+        for tls_id in self.intersections:
+            try:
+                self.limits_for(tls_id)
+            except ValidationError as e:
+                raise ValueError(f"override for intersection {tls_id!r}: {e}") from e
+        return self
+
+    def limits_for(self, tls_id: str) -> SafetyLimits:
+        """The limits for ``tls_id``: the district's, with its overrides applied."""
+        base = SafetyLimits.model_validate({k: getattr(self, k) for k in SafetyLimits.model_fields})
+        override = self.intersections.get(tls_id)
+        if override is None:
+            return base
+        changes = override.model_dump(exclude_none=True)
+        return SafetyLimits.model_validate(base.model_dump() | changes)
+
+
+class HsmSettings(BaseModel):
+    """The PKCS#11 token that holds the signing key."""
+
+    model_config = _STRICT
+
+    module: Path = Field(Path("/usr/lib/softhsm/libsofthsm2.so"), description="PKCS#11 module.")
+    token_label: Annotated[str, Field(min_length=1, max_length=32)] = "signaltwin"
+    key_label: Annotated[str, Field(min_length=1, max_length=64)] = "signaltwin-timing"
+    pin_file: str = Field(
+        "credential:hsm-pin",
+        description="File holding the user PIN, or 'credential:NAME' for a systemd credential.",
+    )
+    softhsm_conf: Path | None = Field(
+        None, description="SOFTHSM2_CONF for a SoftHSM2 token kept in the state directory."
+    )
+    attestation_certificate: Path | None = Field(
+        None, description="Vendor key-attestation certificate, recorded in the ledger."
+    )
+    auto_provision: bool = Field(
+        False, description="Create the token, key and PIN when missing (demo only)."
+    )
+
+
+class ControllerEndpoint(BaseModel):
+    """One traffic controller (OPC UA server) and the intersection it drives."""
+
+    model_config = _STRICT
+
+    intersection: Annotated[str, Field(min_length=1, max_length=200)]
+    url: Annotated[str, Field(pattern=r"^opc\.tcp://[^\s/]+:\d{1,5}(/.*)?$")]
+    server_certificate: Path | None = Field(
+        None, description="Pinned server certificate (DER or PEM)."
+    )
+
+
+class ControllersSettings(BaseModel):
+    """How the daemon reaches its controllers."""
+
+    model_config = _STRICT
+
+    user: Annotated[str, Field(min_length=1, max_length=64)] = "signaltwin"
+    password_file: str = Field(
+        "credential:opcua-password",
+        description="File holding the OPC UA password, or 'credential:NAME'.",
+    )
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+    public_keys: list[Path] = Field(
+        default_factory=list, description="Signing public keys the controllers trust (PEM)."
+    )
+    endpoints: list[ControllerEndpoint] = Field(default_factory=list)
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    call_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    activate_lead_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    auto_provision: bool = Field(
+        False, description="Generate demo certificates and password when missing (demo only)."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_intersections(cls, endpoints: list[ControllerEndpoint]) -> list[ControllerEndpoint]:
+        seen: set[str] = set()
+        for endpoint in endpoints:
+            if endpoint.intersection in seen:
+                raise ValueError(f"intersection {endpoint.intersection!r} has two endpoints")
+            seen.add(endpoint.intersection)
+        return endpoints
+
+
+class LedgerSettings(BaseModel):
+    """Where the deployment ledger lives."""
+
+    model_config = _STRICT
+
+    path: Path = Path("ledger.sqlite")
+    checkpoint_every: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        1, description="Sign a checkpoint after this many records."
+    )
+
+
+class VideoSettings(BaseModel):
+    """The what-if video."""
+
+    model_config = _STRICT
+
+    enabled: bool = True
+    directory: Path = Path("videos")
+    width: Annotated[int, Field(ge=64, le=7680, multiple_of=2)] = 1920
+    height: Annotated[int, Field(ge=64, le=4320, multiple_of=2)] = 1080
+    fps: Annotated[int, Field(ge=1, le=120)] = 30
+    duration_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+
+
+class RlSettings(BaseModel):
+    """The policy and its training."""
+
+    model_config = _STRICT
+
+    policy_path: Path | None = Field(None, description="Policy weights; None = shipped policy.")
+    feedback_path: Path = Path("feedback.sqlite")
+    total_timesteps: Annotated[int, Field(ge=1)] = 20_000
+    n_envs: Annotated[int, Field(ge=1, le=64)] = 2
+    seed: Annotated[int, Field(ge=0)] = 7
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-4
+    fine_tune: bool = True
+    fine_tune_min_samples: Annotated[int, Field(ge=1)] = 8
+
+
+class MetricsSettings(BaseModel):
+    """The Prometheus endpoint."""
+
+    model_config = _STRICT
+
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: Port = 9108
+
+
+class EdgeSettings(BaseModel):
+    """Where tensors run."""
+
+    model_config = _STRICT
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Settings(BaseModel):
+    """The whole daemon configuration."""
+
+    model_config = _STRICT
+
+    mode: Literal["auto", "shadow"] = Field(
+        "auto", description="auto deploys; shadow does everything except the push."
+    )
+    network_id: Annotated[str, Field(min_length=1, max_length=200)] = "district"
+    state_dir: Path = Path("state")
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    simulation: SimulationSettings
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    hsm: HsmSettings = Field(default_factory=HsmSettings)
+    controllers: ControllersSettings = Field(default_factory=ControllersSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
+    rl: RlSettings = Field(default_factory=RlSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    source: Path | None = Field(None, exclude=True, description="The TOML file this came from.")
+
+    def resolved(self, base_dir: Path) -> Settings:
+        """Return a copy whose relative paths are absolute.
+
+        Paths of the inputs (network, detectors, demand, certificates, keys) are
+        relative to ``base_dir`` (the TOML file's directory); the ledger, videos,
+        feedback store and SoftHSM config are relative to ``state_dir``.
+        """
+        state = _absolute(self.state_dir, base_dir)
+
+        def at(path: Path | None, root: Path) -> Path | None:
+            return None if path is None else _absolute(path, root)
+
+        sim = self.simulation.model_copy(
+            update={
+                "network": _absolute(self.simulation.network, base_dir),
+                "detectors": at(self.simulation.detectors, base_dir),
+                "demand": at(self.simulation.demand, base_dir),
+            }
+        )
+        hsm = self.hsm.model_copy(
+            update={
+                "module": _absolute(self.hsm.module, base_dir),
+                "pin_file": _secret_ref(self.hsm.pin_file, state),
+                "softhsm_conf": at(self.hsm.softhsm_conf, state),
+                "attestation_certificate": at(self.hsm.attestation_certificate, base_dir),
+            }
+        )
+        ctl = self.controllers.model_copy(
+            update={
+                "password_file": _secret_ref(self.controllers.password_file, state),
+                "client_certificate": at(self.controllers.client_certificate, state),
+                "client_private_key": at(self.controllers.client_private_key, state),
+                "public_keys": [_absolute(p, state) for p in self.controllers.public_keys],
+                "endpoints": [
+                    e.model_copy(update={"server_certificate": at(e.server_certificate, state)})
+                    for e in self.controllers.endpoints
+                ],
+            }
+        )
+        return self.model_copy(
+            update={
+                "state_dir": state,
+                "simulation": sim,
+                "hsm": hsm,
+                "controllers": ctl,
+                "ledger": self.ledger.model_copy(
+                    update={"path": _absolute(self.ledger.path, state)}
+                ),
+                "video": self.video.model_copy(
+                    update={"directory": _absolute(self.video.directory, state)}
+                ),
+                "rl": self.rl.model_copy(
+                    update={
+                        "policy_path": at(self.rl.policy_path, base_dir),
+                        "feedback_path": _absolute(self.rl.feedback_path, state),
+                    }
+                ),
+            }
+        )
+
+    def with_state_dir(self, state_dir: Path) -> Settings:
+        """A copy that keeps its state under ``state_dir`` (used by the demo and tests).
+
+        Only valid on settings loaded from a file (absolute input paths); paths
+        that lived under the old state directory are moved under the new one.
+        """
+        old = self.state_dir
+
+        def move(path: Path) -> Path:
+            try:
+                return state_dir / path.relative_to(old)
+            except ValueError:
+                return path
+
+        def move_ref(ref: str) -> str:
+            return ref if ref.startswith("credential:") else str(move(Path(ref)))
+
+        def move_opt(path: Path | None) -> Path | None:
+            return None if path is None else move(path)
+
+        return self.model_copy(
+            update={
+                "state_dir": state_dir,
+                "hsm": self.hsm.model_copy(
+                    update={
+                        "pin_file": move_ref(self.hsm.pin_file),
+                        "softhsm_conf": move_opt(self.hsm.softhsm_conf),
+                    }
+                ),
+                "controllers": self.controllers.model_copy(
+                    update={
+                        "password_file": move_ref(self.controllers.password_file),
+                        "client_certificate": move_opt(self.controllers.client_certificate),
+                        "client_private_key": move_opt(self.controllers.client_private_key),
+                        "public_keys": [move(p) for p in self.controllers.public_keys],
+                        "endpoints": [
+                            e.model_copy(
+                                update={"server_certificate": move_opt(e.server_certificate)}
+                            )
+                            for e in self.controllers.endpoints
+                        ],
+                    }
+                ),
+                "ledger": self.ledger.model_copy(update={"path": move(self.ledger.path)}),
+                "video": self.video.model_copy(update={"directory": move(self.video.directory)}),
+                "rl": self.rl.model_copy(update={"feedback_path": move(self.rl.feedback_path)}),
+            }
+        )
+
+
+def _absolute(path: Path, root: Path) -> Path:
+    expanded = path.expanduser()
+    return expanded if expanded.is_absolute() else (root / expanded)
+
+
+def _secret_ref(ref: str, root: Path) -> str:
+    if ref.startswith("credential:"):
+        return ref
+    return str(_absolute(Path(ref), root))
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read, validate and resolve a settings TOML file.
+
+    Raises:
+        ConfigError: naming the file, the TOML key path, the bad value and what
+            was expected.
+    """
+    file = Path(path)
+    try:
+        text = file.read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{file}: no such settings file (give --config FILE)") from e
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read settings file: {e.strerror}") from e
+    try:
+        raw = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{file}: not UTF-8 text: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{file}: not valid TOML: {e}") from e
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{file}: {format_validation_error(e, raw)}") from e
+    resolved = settings.resolved(file.resolve().parent)
+    return resolved.model_copy(update={"source": file.resolve()})
+
+
+def format_validation_error(error: ValidationError, raw: Any) -> str:
+    """Turn pydantic's errors into 'key.path = value: what was expected' lines."""
+    lines = []
+    for item in error.errors():
+        loc = item["loc"]
+        key = _toml_key(loc)
+        value = _lookup(raw, loc)
+        shown = "(missing)" if value is _MISSING else repr(value)
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against configs/production.example.toml)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{key} = {shown}: {message}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+_MISSING = object()
+
+
+def _toml_key(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or "(file)"
+
+
+def _lookup(raw: Any, loc: tuple[int | str, ...]) -> Any:
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return _MISSING
+    return node
+
+
+def read_secret(ref: str, what: str) -> SecretStr:
+    """Read a secret from a file or ``credential:NAME`` (systemd ``LoadCredential=``).
+
+    Raises:
+        ConfigError: naming the secret, where it was looked for and how to fix it.
+    """
+    if ref.startswith("credential:"):
+        name = ref.removeprefix("credential:")
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(
+                f"{what}: '{ref}' needs systemd's LoadCredential={name}:... "
+                "(CREDENTIALS_DIRECTORY is not set); or point the setting at a file"
+            )
+        path = Path(directory) / name
+    else:
+        path = Path(ref)
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError as e:
+        raise ConfigError(f"{what}: secret file {path} does not exist") from e
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read secret file {path}: {e.strerror}") from e
+    if not value:
+        raise ConfigError(f"{what}: secret file {path} is empty")
+    return SecretStr(value)
+
+
+def _secret_problems(ref: str, what: str, auto: bool) -> Iterator[str]:
+    if ref.startswith("credential:"):
+        if os.environ.get("CREDENTIALS_DIRECTORY"):
+            try:
+                read_secret(ref, what)
+            except ConfigError as e:
+                yield str(e)
+        return
+    path = Path(ref)
+    if not path.exists():
+        if not auto:
+            yield f"{what}: secret file {path} does not exist"
+        return
+    try:
+        read_secret(ref, what)
+    except ConfigError as e:
+        yield str(e)
+
+
+def check_environment(settings: Settings) -> list[str]:
+    """Problems with the files a valid configuration refers to (empty: none).
+
+    Files the demo provisions itself (``auto_provision = true``) may be absent;
+    present but unreadable files are always a problem.
+    """
+    problems: list[str] = []
+    sim = settings.simulation
+    if not sim.network.is_file():
+        problems.append(
+            f"simulation.network: {sim.network} does not exist (run 'signaltwin network build')"
+        )
+    for key, file in (("simulation.detectors", sim.detectors), ("simulation.demand", sim.demand)):
+        if file is not None and not file.is_file():
+            problems.append(f"{key}: {file} does not exist")
+    if not settings.hsm.module.is_file():
+        problems.append(
+            f"hsm.module: PKCS#11 module {settings.hsm.module} not found "
+            "(install softhsm2 or point it at your HSM vendor's module)"
+        )
+    problems.extend(
+        _secret_problems(settings.hsm.pin_file, "hsm.pin_file", settings.hsm.auto_provision)
+    )
+    ctl = settings.controllers
+    problems.extend(
+        _secret_problems(ctl.password_file, "controllers.password_file", ctl.auto_provision)
+    )
+    if not ctl.auto_provision:
+        for key, file in (
+            ("controllers.client_certificate", ctl.client_certificate),
+            ("controllers.client_private_key", ctl.client_private_key),
+        ):
+            if file is None:
+                problems.append(f"{key}: required (SignAndEncrypt needs a client certificate)")
+            elif not file.is_file():
+                problems.append(f"{key}: {file} does not exist")
+        for index, endpoint in enumerate(ctl.endpoints):
+            cert = endpoint.server_certificate
+            if cert is None or not cert.is_file():
+                problems.append(
+                    f"controllers.endpoints[{index}].server_certificate: "
+                    f"{cert} missing (the server certificate must be pinned)"
+                )
+    return problems
