@@ -1,0 +1,806 @@
+"""The tamper-evident deployment ledger: append-only records in SQLite.
+
+Every record is a canonical JSON document (sorted keys, no whitespace, UTF-8)
+that carries the previous record's hash and is a leaf of an RFC 9162 Merkle
+tree; signed checkpoints (tree size, root hash, time) are added every N records
+and on demand. An auditor with only the public key can verify the whole file
+offline (:mod:`controller.audit`).
+
+One append is one SQLite transaction (WAL journal, ``synchronous=FULL``) that
+writes the record and its leaf hash together, so a process killed mid-append
+leaves either the whole record or nothing; an optional ``dedupe_key`` makes a
+retried append idempotent. Triggers make UPDATE and DELETE fail.
+
+Record indices count from 1 (record *n* is leaf *n* of the tree, and a tree of
+size *n* holds records 1..n).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from configs.errors import LedgerError
+from configs.timing import canonical_json, sha256_hex
+from controller.merkle import LeafTree, ProofError, leaf_hash, rfc9162_audit_path
+from hsm.base import Signer
+
+__all__ = [
+    "APPLICATION_ID",
+    "GENESIS_PREV",
+    "RECORD_KINDS",
+    "RECORD_SCHEMA",
+    "SCHEMA_VERSION",
+    "Checkpoint",
+    "Ledger",
+    "Record",
+    "RecordKind",
+    "RecordRef",
+    "RawCheckpoint",
+    "RawRecord",
+    "canonical_json",
+    "format_time",
+    "parse_time",
+    "sha256_hex",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``PRAGMA application_id`` of a signaltwin ledger file ("STLG").
+APPLICATION_ID = 0x53544C47
+#: ``PRAGMA user_version``: the layout of the tables below.
+SCHEMA_VERSION = 1
+#: ``schema`` field of every record document.
+RECORD_SCHEMA = "signaltwin.ledger.record/v1"
+#: ``prev`` of the first record.
+GENESIS_PREV = "0" * 64
+
+RecordKind = Literal[
+    "cycle", "deployment", "measured_delta", "key_enrolment", "config_change", "policy_version"
+]
+RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
+
+#: Body fields each kind must carry (name -> accepted JSON types).
+_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
+    "cycle": {"cycle_id": (str,), "outcome": (str,)},
+    "deployment": {"sequence": (int,), "config_digest": (str,), "envelope": (dict,)},
+    "measured_delta": {"deployment": (int,), "measured": (dict,)},
+    "key_enrolment": {"keyid": (str,), "public_key_pem": (str,)},
+    "config_change": {"sha256": (str,)},
+    "policy_version": {"sha256": (str,)},
+}
+
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+_SCHEMA_SQL = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE records(
+    idx INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    time TEXT NOT NULL,
+    dedupe_key TEXT UNIQUE,
+    leaf_hash BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX records_kind ON records(kind, idx);
+CREATE INDEX records_time ON records(time);
+CREATE TABLE checkpoints(
+    seq INTEGER PRIMARY KEY,
+    size INTEGER NOT NULL,
+    keyid TEXT NOT NULL,
+    note BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
+"""
+
+_APPEND_ONLY_TABLES = ("meta", "records", "checkpoints")
+
+
+def format_time(t: datetime) -> str:
+    """Fixed-width UTC time, e.g. ``2026-11-23T20:15:00.000000Z`` (sorts as text)."""
+    if t.tzinfo is None:
+        raise LedgerError(f"time {t!r} has no time zone; pass an aware UTC datetime")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 time (``Z`` or offset; a bare date is midnight UTC)."""
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise LedgerError(f"time {text!r} is not ISO 8601; write e.g. 2026-11-23T20:15:00Z") from e
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Where a record landed: its index (from 1) and its hash (hex leaf hash)."""
+
+    index: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One parsed ledger record."""
+
+    index: int
+    kind: str
+    time: datetime
+    prev: str
+    dedupe_key: str | None
+    body: Mapping[str, Any]
+    hash: str
+    raw: bytes
+
+    def document(self) -> dict[str, Any]:
+        """The full record document as stored (parsed)."""
+        doc: dict[str, Any] = json.loads(self.raw)
+        return doc
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A stored row, unparsed and untrusted (what the auditor checks)."""
+
+    index: int
+    kind: str
+    time: str
+    dedupe_key: str | None
+    stored_hash: bytes
+    body: bytes
+
+
+@dataclass(frozen=True)
+class RawCheckpoint:
+    """A stored checkpoint row, unparsed and untrusted."""
+
+    seq: int
+    size: int
+    keyid: str
+    note: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed tree head: the ledger had ``size`` records with root ``root_hash`` at ``time``.
+
+    ``note`` is the signed text, in the layout of a C2SP checkpoint::
+
+        signaltwin.ledger/<ledger id>
+        <size>
+        <base64 root hash>
+        time <UTC time>
+
+    ``signature`` is the DER ECDSA P-256 signature over SHA-256(note).
+    """
+
+    seq: int
+    origin: str
+    size: int
+    root_hash: bytes
+    time: datetime
+    keyid: str
+    note: bytes
+    signature: bytes
+
+    @staticmethod
+    def make_note(origin: str, size: int, root_hash: bytes, time: datetime) -> bytes:
+        """The exact bytes that are signed."""
+        root_b64 = base64.b64encode(root_hash).decode("ascii")
+        return f"{origin}\n{size}\n{root_b64}\ntime {format_time(time)}\n".encode()
+
+    @classmethod
+    def parse(cls, raw: RawCheckpoint) -> Checkpoint:
+        """Parse a stored checkpoint strictly.
+
+        Raises:
+            LedgerError: the note is not in the layout above.
+        """
+        try:
+            text = raw.note.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LedgerError(f"checkpoint {raw.seq}: note is not UTF-8") from e
+        lines = text.split("\n")
+        if len(lines) != 5 or lines[4] != "" or not lines[3].startswith("time "):
+            raise LedgerError(f"checkpoint {raw.seq}: note is not a 4-line checkpoint")
+        origin, size_text, root_text, time_text = lines[0], lines[1], lines[2], lines[3][5:]
+        if not size_text.isdigit() or str(int(size_text)) != size_text:
+            raise LedgerError(f"checkpoint {raw.seq}: size {size_text!r} is not a number")
+        try:
+            root_hash = base64.b64decode(root_text, validate=True)
+        except ValueError as e:
+            raise LedgerError(f"checkpoint {raw.seq}: root hash is not base64") from e
+        if len(root_hash) != 32 or not _TIME_RE.match(time_text):
+            raise LedgerError(f"checkpoint {raw.seq}: bad root hash length or time")
+        cp = cls(
+            seq=raw.seq,
+            origin=origin,
+            size=int(size_text),
+            root_hash=root_hash,
+            time=parse_time(time_text),
+            keyid=raw.keyid,
+            note=raw.note,
+            signature=raw.signature,
+        )
+        if cls.make_note(origin, cp.size, root_hash, cp.time) != raw.note:
+            raise LedgerError(f"checkpoint {raw.seq}: note is not in canonical form")
+        if cp.size != raw.size:
+            raise LedgerError(
+                f"checkpoint {raw.seq}: size column {raw.size} differs from the signed size "
+                f"{cp.size}"
+            )
+        return cp
+
+    def signed_note(self) -> str:
+        """The checkpoint as a signed note: the text, a blank line, a signature line."""
+        sig = base64.b64encode(bytes.fromhex(self.keyid[:8]) + self.signature).decode("ascii")
+        return f"{self.note.decode()}\n\u2014 signaltwin-ledger-{self.keyid[:16]} {sig}\n"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON view (for export and ``audit show``)."""
+        return {
+            "checkpoint": self.seq,
+            "origin": self.origin,
+            "size": self.size,
+            "root_hash": self.root_hash.hex(),
+            "time": format_time(self.time),
+            "keyid": self.keyid,
+            "note": self.note.decode(),
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }
+
+
+def _check_body(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    if kind not in RECORD_KINDS:
+        raise LedgerError(
+            f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_KINDS)}"
+        )
+    if not isinstance(body, Mapping):
+        raise LedgerError(f"{kind} record body must be a mapping, got {type(body).__name__}")
+    out = dict(body)
+    for key in out:
+        if not isinstance(key, str):
+            raise LedgerError(f"{kind} record body key {key!r} is not a string")
+    for field, types in _REQUIRED[kind].items():
+        value = out.get(field)
+        if not isinstance(value, types) or isinstance(value, bool):
+            want = "/".join(t.__name__ for t in types)
+            raise LedgerError(
+                f"{kind} record body needs field {field!r} of type {want}, got {value!r}"
+            )
+    return out
+
+
+class Ledger:
+    """An open ledger file. Use :meth:`open`; close it (or use ``with``) when done.
+
+    A ledger object is used by one thread; several processes may open the same
+    file (appends are serialised by SQLite's write lock).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        *,
+        readonly: bool,
+        signer: Signer | None,
+        checkpoint_every: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.path = path
+        self._conn = conn
+        self.readonly = readonly
+        self._signer = signer
+        self._checkpoint_every = checkpoint_every
+        self._clock = clock
+        self.ledger_id = self._meta("ledger_id")
+        self.origin = f"signaltwin.ledger/{self.ledger_id}"
+        self._tree = LeafTree(_SqliteLeaves(self))
+
+    # ----------------------------------------------------------------- opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        signer: Signer | None = None,
+        checkpoint_every: int = 0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> Ledger:
+        """Open (and with ``create`` make) the ledger at ``path``.
+
+        Args:
+            path: the SQLite ledger file.
+            create: make a new, empty ledger if there is no file.
+            readonly: open for reading only (auditing); appends raise.
+            signer: signs a checkpoint automatically every ``checkpoint_every`` records.
+            checkpoint_every: 0 for checkpoints on demand only.
+            clock: returns the current aware UTC time (tests pass a fake).
+
+        Raises:
+            LedgerError: the file is missing, is not an SQLite database, is not a
+                signaltwin ledger, has another schema version, or is damaged.
+        """
+        p = Path(path)
+        if checkpoint_every < 0:
+            raise LedgerError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+        exists = p.exists() and p.stat().st_size > 0
+        if not exists and (readonly or not create):
+            raise LedgerError(
+                f"no ledger at {p}: check the path (--ledger or [ledger].path in the config)"
+            )
+        if p.is_dir():
+            raise LedgerError(f"ledger path {p} is a directory; give the ledger file")
+        try:
+            if readonly:
+                conn = sqlite3.connect(
+                    f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+                )
+            else:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(p, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 10000")
+        except (sqlite3.Error, OSError) as e:
+            raise LedgerError(f"cannot open ledger {p}: {e}") from e
+        try:
+            if exists:
+                cls._check_header(p, conn)
+            else:
+                cls._initialise(conn)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = FULL")
+            ledger = cls(
+                p,
+                conn,
+                readonly=readonly,
+                signer=signer,
+                checkpoint_every=checkpoint_every,
+                clock=clock or (lambda: datetime.now(UTC)),
+            )
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise LedgerError(
+                f"{p} is not a readable signaltwin ledger ({e}); if it was damaged, restore "
+                "it from a backup and run 'signaltwin audit verify'"
+            ) from e
+        except LedgerError:
+            conn.close()
+            raise
+        return ledger
+
+    @staticmethod
+    def _initialise(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for stmt in _SCHEMA_SQL.strip().split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            for table in _APPEND_ONLY_TABLES:
+                for action in ("UPDATE", "DELETE"):
+                    conn.execute(
+                        f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                        f"BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: "
+                        f"{action} on {table} refused'); END"
+                    )
+            now = format_time(datetime.now(UTC))
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)",
+                [
+                    ("ledger_id", str(uuid.uuid4())),
+                    ("created_at", now),
+                    ("record_schema", RECORD_SCHEMA),
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _check_header(path: Path, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise LedgerError(
+                f"{path} is an SQLite database but not a signaltwin ledger "
+                f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x}); check the path"
+            )
+        if version != SCHEMA_VERSION:
+            raise LedgerError(
+                f"{path} has ledger schema version {version}; this signaltwin reads version "
+                f"{SCHEMA_VERSION}: use the signaltwin release that wrote it"
+            )
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = {"meta", "records", "checkpoints"} - tables
+        if missing:
+            raise LedgerError(f"{path} lacks the ledger table(s) {', '.join(sorted(missing))}")
+
+    def _meta(self, key: str) -> str:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise LedgerError(f"{self.path}: meta key {key!r} is missing; the file is damaged")
+        return str(row[0])
+
+    def close(self) -> None:
+        """Close the file, folding the WAL into it so the file is self-contained."""
+        try:
+            if not self.readonly:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            logger.warning("ledger %s: WAL checkpoint on close failed: %s", self.path, e)
+        finally:
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
+        self,
+        kind: RecordKind | str,
+        body: Mapping[str, Any],
+        *,
+        dedupe_key: str | None = None,
+    ) -> RecordRef:
+        """Append one record and return where it landed.
+
+        With a ``dedupe_key`` already in the ledger nothing is written and the
+        existing record's reference is returned (a retried append after a crash).
+
+        Raises:
+            LedgerError: the kind or body is invalid, or the write failed.
+        """
+        if self.readonly:
+            raise LedgerError(f"ledger {self.path} is open read-only")
+        checked = _check_body(kind, body)
+        if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
+            raise LedgerError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
+        time = format_time(self._clock())
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if dedupe_key is not None:
+                    row = conn.execute(
+                        "SELECT idx, kind, leaf_hash FROM records WHERE dedupe_key = ?",
+                        (dedupe_key,),
+                    ).fetchone()
+                    if row is not None:
+                        conn.execute("ROLLBACK")
+                        if row[1] != kind:
+                            raise LedgerError(
+                                f"dedupe_key {dedupe_key!r} is already record {row[0]} of kind "
+                                f"{row[1]}, not {kind}"
+                            )
+                        logger.info("ledger: %s already recorded as %d", dedupe_key, row[0])
+                        return RecordRef(int(row[0]), bytes(row[2]).hex())
+                if kind == "measured_delta":
+                    self._check_reference(checked["deployment"])
+                last = conn.execute(
+                    "SELECT idx, leaf_hash FROM records ORDER BY idx DESC LIMIT 1"
+                ).fetchone()
+                index = 1 if last is None else int(last[0]) + 1
+                prev = GENESIS_PREV if last is None else bytes(last[1]).hex()
+                doc = {
+                    "schema": RECORD_SCHEMA,
+                    "ledger": self.ledger_id,
+                    "index": index,
+                    "kind": kind,
+                    "time": time,
+                    "prev": prev,
+                    "dedupe_key": dedupe_key,
+                    "body": checked,
+                }
+                try:
+                    raw = canonical_json(doc)
+                except (TypeError, ValueError) as e:
+                    raise LedgerError(
+                        f"{kind} record body is not plain JSON ({e}); convert datetimes, paths "
+                        "and models to strings/dicts first"
+                    ) from e
+                digest = leaf_hash(raw)
+                conn.execute(
+                    "INSERT INTO records(idx, kind, time, dedupe_key, leaf_hash, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (index, kind, time, dedupe_key, digest, raw),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot append to ledger {self.path}: {e}") from e
+        ref = RecordRef(index, digest.hex())
+        logger.debug("ledger: appended %s record %d", kind, index)
+        if (
+            self._signer is not None
+            and self._checkpoint_every > 0
+            and index % self._checkpoint_every == 0
+        ):
+            self.checkpoint(self._signer)
+        return ref
+
+    def _check_reference(self, index: int) -> None:
+        row = self._conn.execute("SELECT kind FROM records WHERE idx = ?", (index,)).fetchone()
+        if row is None or row[0] != "deployment":
+            raise LedgerError(
+                f"measured_delta refers to record {index}, which is not a deployment record"
+            )
+
+    def enrol_key(self, signer: Signer, **extra: Any) -> RecordRef:
+        """Record ``signer``'s public key as a ``key_enrolment`` record (once per key)."""
+        body = {"keyid": signer.keyid, "public_key_pem": signer.public_key_pem().decode(), **extra}
+        return self.append("key_enrolment", body, dedupe_key=f"key:{signer.keyid}")
+
+    def checkpoint(self, signer: Signer, *, force: bool = False) -> Checkpoint:
+        """Sign the current tree head and store it as a checkpoint.
+
+        Returns the latest checkpoint instead when it already covers every record
+        and was signed by the same key (unless ``force``).
+
+        Raises:
+            LedgerError: the ledger is read-only or signing failed.
+        """
+        if self.readonly:
+            raise LedgerError(f"ledger {self.path} is open read-only")
+        size = self.size()
+        latest = self.latest_checkpoint()
+        if latest is not None and latest.size == size and latest.keyid == signer.keyid:
+            if not force:
+                return latest
+        now = self._clock()
+        note = Checkpoint.make_note(self.origin, size, self._tree.root(size), now)
+        signature = signer.sign(note)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            cur = self._conn.execute(
+                "INSERT INTO checkpoints(size, keyid, note, signature) VALUES (?, ?, ?, ?)",
+                (size, signer.keyid, note, signature),
+            )
+            seq = int(cur.lastrowid or 0)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise LedgerError(f"cannot store checkpoint in ledger {self.path}: {e}") from e
+        logger.info("ledger: checkpoint %d at size %d", seq, size)
+        return Checkpoint.parse(RawCheckpoint(seq, size, signer.keyid, note, signature))
+
+    # ------------------------------------------------------------------ reading
+
+    def size(self) -> int:
+        """Number of records (the tree size)."""
+        row = self._conn.execute("SELECT COALESCE(MAX(idx), 0) FROM records").fetchone()
+        return int(row[0])
+
+    def get(self, index: int) -> Record:
+        """The record at ``index`` (from 1).
+
+        Raises:
+            LedgerError: there is no such record, or it does not parse.
+        """
+        row = self._conn.execute(
+            "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records WHERE idx = ?",
+            (index,),
+        ).fetchone()
+        if row is None:
+            raise LedgerError(f"ledger {self.path} has no record {index} (it has {self.size()})")
+        return self._parse(RawRecord(*row))
+
+    def _parse(self, raw: RawRecord) -> Record:
+        try:
+            doc = json.loads(raw.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LedgerError(f"record {raw.index}: body is not JSON: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("body"), dict):
+            raise LedgerError(f"record {raw.index}: body is not a record document")
+        return Record(
+            index=raw.index,
+            kind=raw.kind,
+            time=parse_time(str(doc.get("time", raw.time))),
+            prev=str(doc.get("prev", "")),
+            dedupe_key=raw.dedupe_key,
+            body=doc["body"],
+            hash=leaf_hash(raw.body).hex(),
+            raw=raw.body,
+        )
+
+    def iter_records(
+        self,
+        kind: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        start: int = 1,
+        stop: int | None = None,
+    ) -> Iterator[Record]:
+        """Records in index order, filtered by kind, time ``[since, until)`` and index."""
+        sql = "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records WHERE idx >= ?"
+        params: list[Any] = [start]
+        if stop is not None:
+            sql += " AND idx <= ?"
+            params.append(stop)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        if since is not None:
+            sql += " AND time >= ?"
+            params.append(format_time(since))
+        if until is not None:
+            sql += " AND time < ?"
+            params.append(format_time(until))
+        for row in self._conn.execute(sql + " ORDER BY idx", params).fetchall():
+            yield self._parse(RawRecord(*row))
+
+    def latest(self, kind: str) -> Record | None:
+        """The newest record of ``kind``, or None."""
+        row = self._conn.execute(
+            "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records WHERE kind = ? "
+            "ORDER BY idx DESC LIMIT 1",
+            (kind,),
+        ).fetchone()
+        return None if row is None else self._parse(RawRecord(*row))
+
+    def find(self, kind: str, **match: Any) -> list[Record]:
+        """Records of ``kind`` whose body has every given field equal.
+
+        Example: ``ledger.find("deployment", sequence=7)``.
+        """
+        return [
+            r
+            for r in self.iter_records(kind)
+            if all(k in r.body and r.body[k] == v for k, v in match.items())
+        ]
+
+    def by_dedupe_key(self, dedupe_key: str) -> Record | None:
+        """The record appended with ``dedupe_key``, or None."""
+        row = self._conn.execute(
+            "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records WHERE dedupe_key = ?",
+            (dedupe_key,),
+        ).fetchone()
+        return None if row is None else self._parse(RawRecord(*row))
+
+    def raw_records(self) -> Iterator[RawRecord]:
+        """Every stored row in index order, unparsed (for verification)."""
+        cur = self._conn.execute(
+            "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records ORDER BY idx"
+        )
+        while rows := cur.fetchmany(2048):
+            for row in rows:
+                yield RawRecord(
+                    int(row[0]),
+                    str(row[1]),
+                    str(row[2]),
+                    None if row[3] is None else str(row[3]),
+                    bytes(row[4]),
+                    bytes(row[5]),
+                )
+
+    def raw_checkpoints(self) -> list[RawCheckpoint]:
+        """Every stored checkpoint row in order, unparsed."""
+        rows = self._conn.execute(
+            "SELECT seq, size, keyid, note, signature FROM checkpoints ORDER BY seq"
+        ).fetchall()
+        return [
+            RawCheckpoint(int(r[0]), int(r[1]), str(r[2]), bytes(r[3]), bytes(r[4])) for r in rows
+        ]
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, parsed (not verified: see :func:`controller.audit.verify_ledger`)."""
+        return [Checkpoint.parse(r) for r in self.raw_checkpoints()]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest checkpoint, or None."""
+        row = self._conn.execute(
+            "SELECT seq, size, keyid, note, signature FROM checkpoints ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return Checkpoint.parse(
+            RawCheckpoint(int(row[0]), int(row[1]), str(row[2]), bytes(row[3]), bytes(row[4]))
+        )
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own page-level check (``PRAGMA quick_check``); empty when sound."""
+        try:
+            rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as e:
+            return [str(e)]
+        msgs = [str(r[0]) for r in rows]
+        return [] if msgs == ["ok"] else msgs
+
+    # ------------------------------------------------------------------- proofs
+
+    def root(self, size: int | None = None) -> str:
+        """Hex root hash of the tree of the first ``size`` records (all by default)."""
+        return self._tree.root(size).hex()
+
+    def prove_inclusion(self, index: int, size: int | None = None) -> dict[str, Any]:
+        """Proof that record ``index`` is in the tree of ``size`` records.
+
+        Returns a JSON-ready mapping: ``index``, ``size``, ``leaf_hash``,
+        ``root_hash``, ``audit_path`` (RFC 9162 sibling hashes, leaf to root)
+        and ``proof`` (pymerkle's serialized proof, verifiable with
+        :func:`controller.merkle.verify_inclusion_proof`).
+        """
+        n = self.size() if size is None else size
+        record = self.get(index)
+        try:
+            proof = self._tree.inclusion(index, n)
+        except ProofError as e:
+            raise LedgerError(str(e)) from e
+        return {
+            "index": index,
+            "size": n,
+            "leaf_hash": record.hash,
+            "root_hash": self.root(n),
+            "audit_path": rfc9162_audit_path(proof),
+            "proof": proof,
+        }
+
+    def prove_consistency(self, prior_size: int, later_size: int | None = None) -> dict[str, Any]:
+        """Proof that the tree of ``prior_size`` records is a prefix of that of ``later_size``."""
+        n = self.size() if later_size is None else later_size
+        try:
+            proof = self._tree.consistency(prior_size, n)
+        except ProofError as e:
+            raise LedgerError(str(e)) from e
+        return {
+            "prior_size": prior_size,
+            "size": n,
+            "prior_root_hash": self.root(prior_size),
+            "root_hash": self.root(n),
+            "proof": proof,
+        }
+
+    def backup(self, dest: str | os.PathLike[str]) -> None:
+        """Write a consistent, self-contained copy of the ledger (for auditors)."""
+        try:
+            target = sqlite3.connect(Path(dest))
+            with target:
+                self._conn.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+            target.close()
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot copy ledger {self.path} to {dest}: {e}") from e
+
+
+class _SqliteLeaves:
+    """Leaf hashes read from the ledger's records table."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def count(self) -> int:
+        return self._ledger.size()
+
+    def leaves(self, offset: int, width: int) -> list[bytes]:
+        rows = self._ledger._conn.execute(
+            "SELECT leaf_hash FROM records WHERE idx BETWEEN ? AND ? ORDER BY idx",
+            (offset + 1, offset + width),
+        ).fetchall()
+        return [bytes(r[0]) for r in rows]
