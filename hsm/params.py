@@ -1,0 +1,82 @@
+"""Where the signing key lives: plain parameters, independent of the TOML schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from configs.errors import ConfigError
+from configs.settings import HsmSettings, read_secret
+from hsm.errors import PinFileError
+
+__all__ = [
+    "DEFAULT_KEY_LABEL",
+    "DEFAULT_MODULE",
+    "DEFAULT_TOKEN_LABEL",
+    "HsmParams",
+    "read_pin",
+]
+
+#: SoftHSM2 as installed by the Debian package ``softhsm2``.
+DEFAULT_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
+DEFAULT_TOKEN_LABEL = "signaltwin"
+DEFAULT_KEY_LABEL = "signaltwin-timing"
+
+
+@dataclass(frozen=True)
+class HsmParams:
+    """The PKCS#11 module, token, key and PIN reference of the signing key.
+
+    Attributes:
+        module: Path of the PKCS#11 module (.so) of the token's vendor.
+        token_label: CKA_LABEL of the token (``CK_TOKEN_INFO.label``).
+        key_label: CKA_LABEL of the EC P-256 key pair.
+        pin_file: The user PIN: a file path, or ``credential:NAME`` for the
+            systemd credential ``$CREDENTIALS_DIRECTORY/NAME`` (``LoadCredential=``).
+        softhsm_conf: A SoftHSM2 configuration file (``SOFTHSM2_CONF``) to use
+            instead of the system token store; ``None`` for any other module.
+        attestation_certificate: A vendor key-attestation certificate (PEM or
+            DER) recorded in the enrolment record; ``None`` when there is none.
+    """
+
+    module: Path = DEFAULT_MODULE
+    token_label: str = DEFAULT_TOKEN_LABEL
+    key_label: str = DEFAULT_KEY_LABEL
+    pin_file: Path | str = Path("state/hsm/pin")
+    softhsm_conf: Path | None = None
+    attestation_certificate: Path | None = None
+
+    @classmethod
+    def from_settings(cls, hsm: HsmSettings) -> HsmParams:
+        """Build parameters from the daemon's (resolved) ``[hsm]`` settings section."""
+        return cls(
+            module=hsm.module,
+            token_label=hsm.token_label,
+            key_label=hsm.key_label,
+            pin_file=hsm.pin_file,
+            softhsm_conf=hsm.softhsm_conf,
+            attestation_certificate=hsm.attestation_certificate,
+        )
+
+    def describe_pin(self) -> str:
+        """Where the PIN is read from, for messages (never the PIN itself)."""
+        ref = str(self.pin_file)
+        if ref.startswith("credential:"):
+            return f"systemd credential {ref.removeprefix('credential:')!r}"
+        return f"PIN file {ref}"
+
+
+def read_pin(pin_file: Path | str) -> str:
+    """Read the user PIN from a file or ``credential:NAME`` (systemd credential).
+
+    Raises:
+        PinFileError: the file/credential is missing, unreadable or empty (the
+            message names where it was looked for).
+    """
+    try:
+        return read_secret(str(pin_file), "[hsm] pin_file").get_secret_value()
+    except ConfigError as e:
+        raise PinFileError(
+            f"{e}; run 'signaltwin hsm init' to create a PIN file, or point [hsm] pin_file "
+            "/ --pin-file at the token's user PIN"
+        ) from e
