@@ -324,7 +324,13 @@ def _parse(path: Path) -> _Raw:
         from_lane = f"{frm}_{c.get('fromLane', '0')}"
         to_lane = f"{to}_{c.get('toLane', '0')}"
         lane = raw.lanes.get(from_lane)
-        pedestrian = frm in crossing_edges or (lane is not None and not lane.vehicles)
+        # A crossing's signal sits on the link walkingarea -> crossing (or the reverse).
+        pedestrian = (
+            frm in crossing_edges
+            or to in crossing_edges
+            or raw.edge_function.get(frm) == "walkingarea"
+            or (lane is not None and not lane.vehicles)
+        )
         raw.links.setdefault(c["tl"], []).append(
             Link(int(c["linkIndex"]), from_lane, to_lane, pedestrian)
         )
