@@ -34,6 +34,7 @@ __all__ = [
     "DEMAND_SCHEMA",
     "DemandEstimate",
     "EdgeInfo",
+    "FleetLike",
     "FleetShare",
     "RoadGraph",
     "candidate_routes",
@@ -57,7 +58,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -70,15 +71,39 @@ logger = logging.getLogger(__name__)
 DEMAND_SCHEMA: Final = "signaltwin.demand/v1"
 
 #: Fleet used when the caller configures none (a plain passenger-car mix).
-DEFAULT_FLEET: Final = (("HBEFA4/PC_petrol_Euro_6", 0.6), ("HBEFA4/PC_diesel_Euro_6", 0.4))
+DEFAULT_FLEET: Final = (("HBEFA4/PC_petrol_Euro-6ab", 0.6), ("HBEFA4/PC_diesel_Euro-6ab", 0.4))
 
 
 @dataclass(frozen=True)
 class FleetShare:
-    """One vehicle class of the fleet mix: an HBEFA emission class and its share."""
+    """One vehicle class of the fleet mix: an HBEFA emission class, its share, its SUMO vClass.
+
+    ``configs.settings.FleetShare`` (the ``simulation.fleet`` entries) has the same
+    fields and is accepted wherever this is.
+    """
 
     emission_class: str
     share: float
+    vclass: str = "passenger"
+
+
+class FleetLike(Protocol):
+    """Anything with the fields of :class:`FleetShare` (e.g. the settings' fleet entries)."""
+
+    @property
+    def emission_class(self) -> str:
+        """SUMO emission class, e.g. ``HBEFA4/PC_petrol_Euro-6ab``."""
+        ...
+
+    @property
+    def share(self) -> float:
+        """Share of the fleet (fractions are normalised to sum to 1)."""
+        ...
+
+    @property
+    def vclass(self) -> str:
+        """SUMO vehicle class."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -391,15 +416,15 @@ def snapshot_digest(snapshot: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(body)).hexdigest()
 
 
-def _normalise_fleet(fleet: Sequence[FleetShare] | None) -> list[FleetShare]:
-    items = list(fleet) if fleet else [FleetShare(c, s) for c, s in DEFAULT_FLEET]
+def _normalise_fleet(fleet: Sequence[FleetLike] | None) -> list[FleetShare]:
+    items: list[FleetLike] = list(fleet) if fleet else [FleetShare(c, s) for c, s in DEFAULT_FLEET]
     total = sum(f.share for f in items)
     if total <= 0 or any(f.share < 0 or not math.isfinite(f.share) for f in items):
         raise ConfigError(
             "simulation.fleet: shares must be >= 0 and sum to more than 0 "
             f"(got {[f.share for f in items]})"
         )
-    return [FleetShare(f.emission_class, round(f.share / total, 9)) for f in items]
+    return [FleetShare(f.emission_class, round(f.share / total, 9), str(f.vclass)) for f in items]
 
 
 def estimate_demand(
@@ -408,7 +433,7 @@ def estimate_demand(
     detector_lanes: Mapping[str, str],
     graph: RoadGraph,
     *,
-    fleet: Sequence[FleetShare] | None = None,
+    fleet: Sequence[FleetLike] | None = None,
     routes: Sequence[Sequence[str]] | None = None,
     min_route_vph: float = 1.0,
 ) -> DemandEstimate:
@@ -419,7 +444,8 @@ def estimate_demand(
         interval_s: interval length (s).
         detector_lanes: detector id -> lane id.
         graph: the network's road graph.
-        fleet: HBEFA fleet mix (default: 60 % petrol / 40 % diesel Euro 6 cars).
+        fleet: HBEFA fleet mix (default: 60 % petrol / 40 % diesel Euro 6 cars); use
+            the settings' ``simulation.fleet``.
         routes: candidate routes (default: :func:`candidate_routes` of ``graph``;
             pass them in to reuse them across cycles).
         min_route_vph: routes with a fitted flow below this are dropped.
@@ -459,7 +485,10 @@ def estimate_demand(
         "interval_s": float(interval_s),
         "detector_counts": {k: float(v) for k, v in sorted(counts.items())},
         "observed_vph": {k: round(v, 3) for k, v in sorted(observed.items())},
-        "fleet": [{"emission_class": f.emission_class, "share": f.share} for f in fleet_items],
+        "fleet": [
+            {"emission_class": f.emission_class, "share": f.share, "vclass": f.vclass}
+            for f in fleet_items
+        ],
         "routes": kept,
     }
     snapshot["digest"] = snapshot_digest(snapshot)
@@ -487,8 +516,9 @@ def write_routes(snapshot: Mapping[str, Any], path: Path, end_s: float) -> Path:
     lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<routes>"]
     lines.append('    <vTypeDistribution id="fleet">')
     for i, item in enumerate(snapshot["fleet"]):
+        vclass = quoteattr(str(item.get("vclass", "passenger")))
         lines.append(
-            f'        <vType id="fleet_{i}" vClass="passenger" '
+            f'        <vType id="fleet_{i}" vClass={vclass} '
             f"emissionClass={quoteattr(str(item['emission_class']))} "
             f'probability="{float(item["share"]):.9g}"/>'
         )

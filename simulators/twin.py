@@ -26,7 +26,8 @@ few per-step counters):
 * ``mean_delay_s``: time loss (against free-flow speed) plus backlog time, per vehicle.
 * ``throughput_veh``: vehicles that completed their trip during the horizon.
 * ``nox_mg``: total NOx (HBEFA, from each vehicle's emission class) on every edge
-  and junction.
+  and junction, plus the backlog's vehicle-seconds times the mean idle NOx rate of
+  the halted vehicles in the network (a held-back vehicle idles upstream).
 * per intersection: waiting vehicle-seconds, vehicles and NOx on its approach edges.
 
 A run in which nothing moves (no arrival and a mean speed below
@@ -74,6 +75,7 @@ from scipy import stats
 
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming, Prediction
+from simulators.field import phase_at
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +103,9 @@ def apply_timing(
 ) -> None:
     """Install ``timing`` on traffic light ``tls_id`` of a running SUMO, in phase.
 
-    The offset is honoured against the field clock: at field time ``t`` the plan
-    is at cycle position ``(t - offset_s) mod cycle_s`` (phase 0 starts at
+    The offset is honoured against the field clock exactly as the field emulator
+    does (:func:`simulators.field.phase_at`): at field time ``t`` the plan is at
+    cycle position ``(t - offset_s) mod cycle_s`` (phase 0 starts at
     ``offset_s + k * cycle_s``), where ``t = field_time_s + time_s``. The program
     is installed static (SUMO type 0) or actuated (type 3, greens bounded by
     ``min_s``/``max_s``), switched to, and put in the phase and remaining time that
@@ -129,15 +132,7 @@ def apply_timing(
         )
         for p in timing.phases
     ]
-    cycle = sum(p.duration_s for p in timing.phases)
-    position = (field_time_s + time_s - timing.offset_s) % cycle
-    index, start = 0, 0.0
-    for i, p in enumerate(timing.phases):
-        if position < start + p.duration_s:
-            index = i
-            break
-        start += p.duration_s
-    remaining = timing.phases[index].duration_s - (position - start)
+    index, remaining = phase_at(timing, field_time_s + time_s)
     logic = tl.Logic(program_id, 0 if timing.mode == "fixed" else 3, index, phases)
     try:
         tl.setProgramLogic(tls_id, logic)
@@ -875,6 +870,7 @@ def _loop(
     vehicles = 0
     arrived = 0
     backlog_veh_s = 0.0
+    idle_nox_mg_s, idle_samples = 0.0, 0
     simulated_veh_s = 0.0
     last_progress_s = 0.0
     failed: str | None = None
@@ -894,6 +890,10 @@ def _loop(
             vehicles += sim.getLoadedNumber()
             arrived += arrivals
             backlog_veh_s += pending * step_s
+            if pending and step % 10 == 0:
+                nox_sum, halted = _idle_nox(ls)
+                idle_nox_mg_s += nox_sum
+                idle_samples += halted
         if arrivals > 0 or running == 0:
             last_progress_s = now
         elif now - last_progress_s >= request.gridlock_s:
@@ -941,6 +941,9 @@ def _loop(
         )  # fmt: skip
     edges = _read_edge_values(directory / "edges.xml", ("waitingTime", "timeLoss", "entered"))
     nox = _read_edge_values(directory / "emissions.xml", ("NOx_abs",))
+    # Vehicles held in the insertion backlog would queue upstream, idling: charge
+    # them the mean idle NOx rate of the halted vehicles seen in the network.
+    backlog_nox_mg = backlog_veh_s * (idle_nox_mg_s / idle_samples if idle_samples else 0.0)
     wait = math.fsum(v[0] for _, v in sorted(edges.items())) + backlog_veh_s
     delay = math.fsum(v[1] for _, v in sorted(edges.items())) + backlog_veh_s
     per_tls: dict[str, tuple[float, int, float]] = {}
@@ -960,12 +963,22 @@ def _loop(
         delay_veh_s=delay,
         backlog_veh_s=backlog_veh_s,
         arrived=arrived,
-        nox_mg=math.fsum(v[0] for _, v in sorted(nox.items())),
+        nox_mg=math.fsum(v[0] for _, v in sorted(nox.items())) + backlog_nox_mg,
         per_intersection=per_tls,
         simulated_veh_s=simulated_veh_s,
         wall_s=time.perf_counter() - started,
         recording=recording,
     )
+
+
+def _idle_nox(ls: Any) -> tuple[float, int]:
+    """Sum of NOx rates (mg/s) of the halted vehicles, and how many there are."""
+    total, count = 0.0, 0
+    for vid in ls.vehicle.getIDList():
+        if ls.vehicle.getSpeed(vid) < 0.1:
+            total += ls.vehicle.getNOxEmission(vid)
+            count += 1
+    return total, count
 
 
 def _mean_speed(ls: Any) -> float:
