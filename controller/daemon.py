@@ -32,7 +32,10 @@ __all__ = [
     "EXIT_SHUTDOWN_TIMEOUT",
     "EXIT_STARTUP_COMPONENT",
     "EXIT_STARTUP_CONFIG",
-    "CycleReport",
+    "BasicCycleReport",
+    "ComponentHealth",
+    "CycleOutcome",
+    "CycleRun",
     "CycleRunner",
     "Daemon",
     "DaemonOptions",
@@ -52,7 +55,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from apscheduler.events import (
     EVENT_JOB_MAX_INSTANCES,
@@ -156,31 +159,67 @@ S_contra = TypeVar("S_contra", contravariant=True)
 # --- what a cycle reports -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CycleReport:
-    """What one cycle did, as far as the daemon's logs, metrics and systemd care.
+class CycleOutcome(Protocol):
+    """What the daemon reads from a cycle's report (``controller.cycle.CycleReport`` fits).
 
     Attributes:
         ok: the cycle ran to its end without error (a refusal by the gate is ok).
         deployed: a plan was activated on the controllers.
-        gate_decision: the gate's decision (``pass``, ``refuse_wait``, ``refuse_nox``,
-            ``refuse_failed``, ...) or None when the cycle failed before the gate.
-        stage_durations_s: seconds per stage (``observe``, ``demand``, ``propose``,
-            ``screen``, ``whatif``, ``gate``, ``render``, ``sign``, ``push``, ``record``).
+        decision: the gate's decision (``pass``, ``refuse_wait``, ``refuse_nox``,
+            ``refuse_failed``), or ``none`` when the cycle ended before the gate.
+        stage_s: seconds per stage (``observe``, ``estimate``, ``propose``, ``screen``,
+            ``whatif``, ``gate``, ``render``, ``sign``, ``push``, ``record``).
         error: what failed and why, when not ok.
-        aborted: the cycle stopped early because ``cancel`` was set.
         sequence: the sequence number of the deployed (or shadow) configuration.
-        hsm_errors: HSM errors met during the cycle.
-        opcua_errors: OPC UA errors per controller met during the cycle.
-        controllers_up: per controller, whether it answered in this cycle.
     """
+
+    @property
+    def ok(self) -> bool: ...  # noqa: D102
+
+    @property
+    def deployed(self) -> bool: ...  # noqa: D102
+
+    @property
+    def decision(self) -> str: ...  # noqa: D102
+
+    @property
+    def stage_s(self) -> Mapping[str, float]: ...  # noqa: D102
+
+    @property
+    def error(self) -> str | None: ...  # noqa: D102
+
+    @property
+    def sequence(self) -> int | None: ...  # noqa: D102
+
+
+@runtime_checkable
+class ComponentHealth(Protocol):
+    """Optional extra a report may carry: component errors met during the cycle.
+
+    When a cycle's report has these attributes too, the daemon records them in
+    ``signaltwin_hsm_errors_total``, ``signaltwin_opcua_errors_total{controller}``
+    and ``signaltwin_controller_up{controller}``.
+    """
+
+    @property
+    def hsm_errors(self) -> int: ...  # noqa: D102
+
+    @property
+    def opcua_errors(self) -> Mapping[str, int]: ...  # noqa: D102
+
+    @property
+    def controllers_up(self) -> Mapping[str, bool]: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class BasicCycleReport:
+    """A plain :class:`CycleOutcome` with :class:`ComponentHealth` (for fakes and crashes)."""
 
     ok: bool
     deployed: bool
-    gate_decision: str | None
-    stage_durations_s: Mapping[str, float] = field(default_factory=dict)
+    decision: str = "none"
+    stage_s: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
-    aborted: bool = False
     sequence: int | None = None
     hsm_errors: int = 0
     opcua_errors: Mapping[str, int] = field(default_factory=dict)
@@ -204,17 +243,46 @@ class FeedbackReport:
     fine_tuned: bool = False
 
 
-def deployment_result(report: CycleReport) -> DeploymentResult:
-    """Classify a cycle's outcome for ``signaltwin_deployments_total{result}``."""
-    if report.aborted:
-        return "aborted"
-    if not report.ok:
-        return "failed"
+def deployment_result(report: CycleOutcome, cancelled: bool = False) -> DeploymentResult:
+    """Classify a cycle's outcome for ``signaltwin_deployments_total{result}``.
+
+    Args:
+        report: the cycle's report.
+        cancelled: whether the cycle's cancel event was set when it returned (a
+            cycle that did not finish ok then counts as ``aborted``).
+    """
     if report.deployed:
         return "deployed"
-    if report.gate_decision == "pass":
+    if not report.ok:
+        return "aborted" if cancelled else "failed"
+    if report.decision == "pass":
         return "shadow"
     return "refused"
+
+
+@dataclass(frozen=True)
+class CycleRun:
+    """One cycle as the daemon saw it: the runner's report plus timing and outcome."""
+
+    slot_time: datetime
+    report: CycleOutcome
+    result: DeploymentResult
+    duration_s: float
+    returned: bool
+    """False when ``run_cycle`` raised and ``report`` was made up by the daemon."""
+
+    def describe(self) -> str:
+        """One line for logs and systemd's STATUS, e.g. ``cycle 12:04:00Z: deployed``."""
+        slot = self.slot_time.astimezone(UTC).strftime("%H:%M:%SZ")
+        text = f"cycle {slot}: {self.result}"
+        report = self.report
+        if report.decision and report.decision != "none":
+            text += f" (gate {report.decision})"
+        if report.sequence is not None and self.result in ("deployed", "shadow"):
+            text += f", sequence {report.sequence}"
+        if report.error:
+            text += f": {report.error}"
+        return text
 
 
 class CycleRunner(Protocol[S_contra]):
@@ -223,7 +291,7 @@ class CycleRunner(Protocol[S_contra]):
     The daemon calls these methods from worker threads, never two at once.
     """
 
-    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleReport:
+    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleOutcome:
         """Run one cycle for ``slot_time`` (UTC); return promptly once ``cancel`` is set.
 
         Must never leave a plan staged but not activated: on cancel, abort what
@@ -239,8 +307,8 @@ class CycleRunner(Protocol[S_contra]):
         """Record in the ledger that the cycle slot ``slot_time`` was skipped, and why."""
         ...
 
-    def record_config_change(self, previous: S_contra, current: S_contra) -> None:
-        """Record in the ledger that the settings changed (called on the new runner)."""
+    def record_config_change(self, settings: S_contra) -> None:
+        """Record in the ledger that ``settings`` now apply (called on the new runner)."""
         ...
 
     def close(self) -> None:
@@ -404,8 +472,8 @@ class Daemon(Generic[S]):
         finally:
             self._restore_signal_handlers()
 
-    def run_once(self, slot_time: datetime | None = None) -> CycleReport:
-        """Load settings, build the runner, run one cycle, close; return its report.
+    def run_once(self, slot_time: datetime | None = None) -> CycleRun:
+        """Load settings, build the runner, run one cycle, close; return what happened.
 
         SIGTERM/SIGINT during the cycle set its cancel event.
 
@@ -429,12 +497,12 @@ class Daemon(Generic[S]):
         watcher = threading.Thread(target=watch, name="signaltwin-once-watch", daemon=True)
         watcher.start()
         try:
-            report, _ = self._execute_cycle(runner, slot_time)
+            run = self._execute_cycle(runner, slot_time)
         finally:
             watcher_stop.set()
             self._restore_signal_handlers()
             self._call_quietly("close", runner.close)
-        return report
+        return run
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -637,7 +705,7 @@ class Daemon(Generic[S]):
         if old_settings is not None:
             self._call_quietly(
                 "record_config_change",
-                lambda: new_runner.record_config_change(old_settings, new_settings),
+                lambda: new_runner.record_config_change(new_settings),
             )
             self._reschedule(old_settings, new_settings)
         self.metrics.count_reload("applied")
@@ -683,16 +751,13 @@ class Daemon(Generic[S]):
             if runner is None:  # pragma: no cover - the scheduler starts after the runner
                 return
             self._flush_skips(runner)
-            report, returned = self._execute_cycle(runner, slot_time)
+            run = self._execute_cycle(runner, slot_time)
             self._flush_skips(runner)
             self.cycles_completed += 1
-            status = (
-                f"STATUS={self._describe(slot_time, report)}; next cycle "
-                f"{self._next_run_time(CYCLE_JOB_ID)}"
-            )
+            status = f"STATUS={run.describe()}; next cycle {self._next_run_time(CYCLE_JOB_ID)}"
             # The watchdog is fed by completed cycles only (not aborted ones, nor
             # ones that raised: a runner that raises every time may need a restart).
-            if returned and not report.aborted:
+            if run.returned and run.result != "aborted":
                 self._notifier.notify("WATCHDOG=1", status)
             else:
                 self._notifier.notify(status)
@@ -701,67 +766,49 @@ class Daemon(Generic[S]):
         finally:
             self._runner_lock.release()
 
-    def _execute_cycle(
-        self, runner: CycleRunner[S], slot_time: datetime
-    ) -> tuple[CycleReport, bool]:
-        """Run one cycle, time it and record metrics; never raises for a runner error.
-
-        Returns:
-            The report, and whether ``run_cycle`` returned (False: it raised, and the
-            report was made up here).
-        """
-        returned = False
+    def _execute_cycle(self, runner: CycleRunner[S], slot_time: datetime) -> CycleRun:
+        """Run one cycle, time it, log it and record its metrics; never raises."""
         logger.info("cycle for slot %s starting", slot_time.isoformat())
         self.metrics.set_cycle_running(True)
         started = time.monotonic()
+        report: CycleOutcome
+        returned = False
         try:
             report = runner.run_cycle(slot_time, self._cancel)
             returned = True
         except Exception as e:
             logger.exception("cycle for slot %s raised", slot_time.isoformat())
-            report = CycleReport(
-                ok=False,
-                deployed=False,
-                gate_decision=None,
-                error=f"{type(e).__name__}: {e}",
-                aborted=self._cancel.is_set(),
-            )
+            report = BasicCycleReport(ok=False, deployed=False, error=f"{type(e).__name__}: {e}")
         finally:
             self.metrics.set_cycle_running(False)
-        duration_s = time.monotonic() - started
-        self._record_cycle(report, duration_s)
+        run = CycleRun(
+            slot_time=slot_time,
+            report=report,
+            result=deployment_result(report, self._cancel.is_set()),
+            duration_s=time.monotonic() - started,
+            returned=returned,
+        )
+        self._record_cycle(run)
         log = logger.info if report.ok else logger.error
-        log("%s (%.1f s)", self._describe(slot_time, report), duration_s)
-        return report, returned
+        log("%s (%.1f s)", run.describe(), run.duration_s)
+        return run
 
-    def _record_cycle(self, report: CycleReport, duration_s: float) -> None:
-        metrics = self.metrics
-        metrics.observe_cycle(duration_s)
-        for stage, stage_s in report.stage_durations_s.items():
+    def _record_cycle(self, run: CycleRun) -> None:
+        metrics, report = self.metrics, run.report
+        metrics.observe_cycle(run.duration_s)
+        for stage, stage_s in report.stage_s.items():
             metrics.observe_stage(stage, stage_s)
-        if report.gate_decision:
-            metrics.count_gate_decision(report.gate_decision)
-        metrics.count_deployment(deployment_result(report))
-        metrics.count_hsm_error(report.hsm_errors)
-        for controller, errors in report.opcua_errors.items():
-            metrics.count_opcua_error(controller, errors)
-        for controller, up in report.controllers_up.items():
-            metrics.set_controller_up(controller, up)
+        if report.decision and report.decision != "none":
+            metrics.count_gate_decision(report.decision)
+        metrics.count_deployment(run.result)
+        if isinstance(report, ComponentHealth):
+            metrics.count_hsm_error(report.hsm_errors)
+            for controller, errors in report.opcua_errors.items():
+                metrics.count_opcua_error(controller, errors)
+            for controller, up in report.controllers_up.items():
+                metrics.set_controller_up(controller, up)
         if report.ok:
             metrics.mark_success(time.time())
-
-    @staticmethod
-    def _describe(slot_time: datetime, report: CycleReport) -> str:
-        slot = slot_time.astimezone(UTC).strftime("%H:%M:%SZ")
-        result = deployment_result(report)
-        text = f"cycle {slot}: {result}"
-        if report.gate_decision:
-            text += f" (gate {report.gate_decision})"
-        if report.sequence is not None and result in ("deployed", "shadow"):
-            text += f", sequence {report.sequence}"
-        if report.error:
-            text += f": {report.error}"
-        return text
 
     def _feedback_job(self) -> None:
         if self._stopping:

@@ -18,6 +18,7 @@ __all__ = [
     "Notifier",
     "SystemdNotifier",
     "sd_notify",
+    "stderr_is_journal",
     "watchdog_timeout_s",
 ]
 
@@ -87,6 +88,20 @@ def watchdog_timeout_s(environ: Mapping[str, str] | None = None) -> float | None
     except ValueError:
         return None
     return value / 1_000_000 if value > 0 else None
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether stderr is connected to journald (``$JOURNAL_STREAM`` names its device:inode)."""
+    env = os.environ if environ is None else environ
+    stream = env.get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return st.st_dev == int(device) and st.st_ino == int(inode)
 
 
 class SystemdNotifier:

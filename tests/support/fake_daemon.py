@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from configs.errors import ConfigError
-from controller.daemon import CycleReport, Daemon, DaemonOptions, FeedbackReport
+from controller.daemon import BasicCycleReport, Daemon, DaemonOptions, FeedbackReport
 from controller.metrics import Metrics, build_registry
 from controller.notify import SystemdNotifier
 
@@ -92,7 +92,7 @@ class FakeRunner:
         self.log = log
         log.write("built", tag=settings.tag)
 
-    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleReport:
+    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> BasicCycleReport:
         self.log.write("cycle_start", slot=slot_time.isoformat(), tag=self.settings.tag)
         if self.settings.honour_cancel:
             aborted = cancel.wait(self.settings.cycle_s)
@@ -102,13 +102,13 @@ class FakeRunner:
         self.log.write("cycle_end", slot=slot_time.isoformat(), aborted=aborted)
         if self.settings.fail:
             raise RuntimeError("fake cycle failure")
-        return CycleReport(
+        return BasicCycleReport(
             ok=not aborted,
             deployed=not aborted,
-            gate_decision=None if aborted else "pass",
-            stage_durations_s={"whatif": self.settings.cycle_s * 0.8, "push": 0.01},
-            aborted=aborted,
+            decision="none" if aborted else "pass",
+            stage_s={"whatif": self.settings.cycle_s * 0.8, "push": 0.01},
             error="cancelled by shutdown" if aborted else None,
+            sequence=None if aborted else 1,
             opcua_errors={"J1": 1},
             controllers_up={"J1": True, "J2": False},
         )
@@ -120,8 +120,8 @@ class FakeRunner:
     def record_skip(self, slot_time: datetime, reason: str) -> None:
         self.log.write("skip", slot=slot_time.isoformat(), reason=reason)
 
-    def record_config_change(self, previous: FakeSettings, current: FakeSettings) -> None:
-        self.log.write("config_change", previous=previous.tag, current=current.tag)
+    def record_config_change(self, settings: FakeSettings) -> None:
+        self.log.write("config_change", current=settings.tag)
 
     def close(self) -> None:
         self.log.write("close", tag=self.settings.tag)

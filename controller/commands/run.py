@@ -1,0 +1,174 @@
+"""``signaltwin run --config FILE``: the daemon, in the foreground (as systemd runs it).
+
+Logs go to stderr; under systemd (``$JOURNAL_STREAM`` names stderr) each line
+carries a ``<N>`` syslog priority so journald stores the right level. ``--once``
+runs a single cycle now and exits with its outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from configs.errors import SignaltwinError
+from configs.settings import Settings, load_settings
+from controller.daemon import CycleRunner, Daemon, DaemonOptions
+from controller.metrics import Metrics, build_registry
+from controller.notify import JournalFormatter, NullNotifier, SystemdNotifier, stderr_is_journal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+_DESCRIPTION = """\
+Run the signaltwin daemon in the foreground until SIGTERM or SIGINT: a cycle every
+schedule.interval_s seconds (observe, estimate demand, propose, screen, what-if,
+gate, render, sign, push, record), feedback collection every
+schedule.feedback_interval_s, Prometheus metrics on metrics.address:metrics.port.
+
+Signals: SIGTERM/SIGINT stop after the running cycle finished or aborted (within
+schedule.shutdown_deadline_s); a second SIGINT forces the exit; SIGHUP reloads the
+settings file (an invalid one is refused and the current settings kept).
+Under systemd (Type=notify) it reports READY=1, WATCHDOG=1 after each completed
+cycle, STOPPING=1 and STATUS= lines. See docs/operations.md.
+"""
+
+_EPILOG = """\
+exit codes: 0 stopped cleanly (--once: deployed, or passed in shadow mode);
+1 stopped with a cycle still running at the shutdown deadline (--once: the gate
+refused); 2 invalid settings; 3 a component failed (at start-up, or --once: the
+cycle failed); 130 forced by a second SIGINT (--once: interrupted).
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``run`` sub-command."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run the control daemon in the foreground (what the systemd unit starts)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="settings TOML (re-read on SIGHUP), e.g. /etc/signaltwin/signaltwin.toml",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="run one cycle now (no schedule, no metrics endpoint) and exit with its outcome",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="log level (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "journal", "plain"),
+        default="auto",
+        help="journal: '<N>' priority prefixes for journald, no timestamps; plain: "
+        "timestamped lines; auto (default): journal when stderr is the journal",
+    )
+    parser.set_defaults(func=_run)
+
+
+def configure_logging(level: str, log_format: Literal["auto", "journal", "plain"]) -> None:
+    """Send logs to stderr at ``level``, formatted for journald or a terminal."""
+    journal = log_format == "journal" or (log_format == "auto" and stderr_is_journal())
+    formatter: logging.Formatter = (
+        JournalFormatter()
+        if journal
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    stderr_handlers = [
+        h
+        for h in root.handlers
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
+    ]
+    if not stderr_handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        root.addHandler(handler)
+        stderr_handlers = [handler]
+    for handler in stderr_handlers:
+        handler.setFormatter(formatter)
+    root.setLevel(level.upper())
+    # APScheduler logs every job start at INFO; the daemon logs cycles itself.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+
+
+def _cycle_factory() -> Callable[[Settings], CycleRunner[Settings]]:
+    try:
+        from controller.cycle import build_cycle_runner  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise SignaltwinError(
+            "controller.cycle.build_cycle_runner is not available in this build "
+            f"({e}); the daemon cannot assemble its cycle"
+        ) from e
+    factory: Callable[[Settings], CycleRunner[Settings]] = build_cycle_runner
+    return factory
+
+
+def _settings_loader(path: Path, first: Settings) -> Callable[[], Settings]:
+    pending = [first]
+
+    def load() -> Settings:
+        # The first call gets the settings already validated by _run; later calls
+        # (SIGHUP) re-read the file.
+        return pending.pop() if pending else load_settings(path)
+
+    return load
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    settings = load_settings(args.config)  # ConfigError -> exit 2 with the message
+    factory = _cycle_factory()
+    if args.once:
+        return _run_once(args.config, settings, factory)
+
+    notifier = SystemdNotifier.from_environment()
+    # Children (SUMO workers) must not talk to systemd as if they were the daemon.
+    os.environ.pop("NOTIFY_SOCKET", None)
+    metrics = Metrics(
+        build_registry(process_metrics=True),
+        controllers=[e.intersection for e in settings.controllers.endpoints],
+    )
+    daemon: Daemon[Settings] = Daemon(
+        _settings_loader(args.config, settings), factory, metrics, notifier, DaemonOptions()
+    )
+    return daemon.run()
+
+
+def _run_once(
+    path: Path, settings: Settings, factory: Callable[[Settings], CycleRunner[Settings]]
+) -> int:
+    metrics = Metrics(build_registry(process_metrics=False))
+    daemon: Daemon[Settings] = Daemon(
+        _settings_loader(path, settings), factory, metrics, NullNotifier(), DaemonOptions()
+    )
+    run = daemon.run_once()
+    print(run.describe())
+    if run.result in ("deployed", "shadow"):
+        return EXIT_OK
+    if run.result == "refused":
+        return EXIT_REFUSED
+    if run.result == "aborted":
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED
