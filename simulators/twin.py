@@ -779,10 +779,6 @@ def run_plan(task: RunTask) -> RunMetrics:
     Raises:
         SimulationError: SUMO failed to load or run the scenario (naming plan and seed).
     """
-    marker = None
-    if task.marker_dir is not None:
-        marker = Path(task.marker_dir) / f"{os.getpid()}"
-        marker.write_text(f"{task.plan}\n{task.seed}\n", encoding="utf-8")
     try:
         return _simulate(task)
     except SimulationError as e:
@@ -791,6 +787,19 @@ def run_plan(task: RunTask) -> RunMetrics:
         raise SimulationError(
             f"plan {task.plan!r} seed {task.seed}: SUMO failed: {type(e).__name__}: {e}"
         ) from None
+
+
+def _guarded(runner: Callable[[RunTask], RunMetrics], task: RunTask) -> RunMetrics:
+    """Run ``runner`` in a worker, leaving a marker naming the task while it runs.
+
+    If the worker dies, the markers left behind say which (plan, seed) it was running.
+    """
+    marker = None
+    if task.marker_dir is not None:
+        marker = Path(task.marker_dir) / f"{os.getpid()}"
+        marker.write_text(f"{task.plan}\n{task.seed}\n", encoding="utf-8")
+    try:
+        return runner(task)
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
@@ -1105,6 +1114,7 @@ class LibsumoWhatIfEngine:
         with tempfile.TemporaryDirectory(prefix="signaltwin-markers-") as markers:
             futures = {
                 pool.submit(
+                    _guarded,
                     self._runner,
                     RunTask(t.request, t.plan, t.seed, t.record, marker_dir=markers),
                 ): t

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from configs.errors import ConfigError, SimulationError
+from configs.timing import IntersectionTiming, PhasePlan
+from simulators.twin import (
+    CURRENT,
+    LibsumoWhatIfEngine,
+    RecordSpec,
+    RunMetrics,
+    RunTask,
+    WhatIfEngine,
+    WhatIfRequest,
+    WhatIfResult,
+    aggregate,
+    paired_change,
+)
+from simulators.twin import _frame_steps as frame_steps
+
+
+def _timing(green_s: int = 30) -> IntersectionTiming:
+    phases = (
+        PhasePlan(state="GGrr", duration_s=green_s),
+        PhasePlan(state="yyrr", duration_s=3),
+        PhasePlan(state="rrGG", duration_s=green_s),
+        PhasePlan(state="rryy", duration_s=3),
+    )
+    return IntersectionTiming(mode="fixed", cycle_s=2 * green_s + 6, offset_s=0, phases=phases)
+
+
+def _request(tmp_path: Path, **kw: object) -> WhatIfRequest:
+    net = tmp_path / "n.net.xml"
+    rou = tmp_path / "r.rou.xml"
+    net.write_text("<net/>")
+    rou.write_text("<routes/>")
+    args: dict[str, object] = {
+        "network": str(net),
+        "demand": str(rou),
+        "current": {"J": _timing()},
+        "candidates": {"cand": {"J": _timing(20)}},
+        "seeds": (1, 2, 3),
+    }
+    args.update(kw)
+    return WhatIfRequest(**args)  # type: ignore[arg-type]
+
+
+def _run(plan: str, seed: int, wait: float, nox: float, failed: str | None = None) -> RunMetrics:
+    return RunMetrics(
+        plan=plan,
+        seed=seed,
+        failed=failed,
+        vehicles=100,
+        wait_veh_s=wait * 100,
+        delay_veh_s=wait * 150,
+        backlog_veh_s=0.0,
+        arrived=90,
+        nox_mg=nox,
+        per_intersection={"J": (wait * 50, 40, nox / 2)},
+        simulated_veh_s=1000.0,
+        wall_s=0.5,
+    )
+
+
+def test_identical_values_give_zero_change_with_ci_containing_zero() -> None:
+    change = paired_change([10.0, 12.0, 9.0], [10.0, 12.0, 9.0], 0.95)
+    assert change.mean == 0.0
+    assert change.ci[0] <= 0.0 <= change.ci[1]
+
+
+def test_paired_change_matches_t_interval() -> None:
+    current = [10.0, 12.0, 9.0, 11.0]
+    candidate = [8.0, 11.0, 8.5, 9.0]
+    rel = [(b - a) / a for a, b in zip(current, candidate, strict=True)]
+    mean = sum(rel) / len(rel)
+    sd = math.sqrt(sum((r - mean) ** 2 for r in rel) / (len(rel) - 1))
+    half = stats.t.ppf(0.975, 3) * sd / 2
+    change = paired_change(current, candidate, 0.95)
+    assert change.mean == pytest.approx(mean)
+    assert change.ci == pytest.approx((mean - half, mean + half))
+    assert change.ci[1] < 0  # a consistent reduction is significant
+
+
+def test_single_seed_interval_collapses_and_zero_baseline_is_defined() -> None:
+    assert paired_change([5.0], [6.0], 0.95).ci == pytest.approx((0.2, 0.2))
+    assert paired_change([0.0, 0.0], [0.0, 1.0], 0.9).per_seed == (0.0, 1.0)
+    with pytest.raises(SimulationError):
+        paired_change([1.0], [1.0, 2.0], 0.95)
+
+
+def test_aggregate_reports_failures_and_changes(tmp_path: Path) -> None:
+    request = _request(tmp_path, candidates={"better": {}, "gridlocked": {}})
+    runs = {}
+    for seed in request.seeds:
+        runs[(CURRENT, seed)] = _run(CURRENT, seed, 20.0 + seed, 1000.0)
+        runs[("better", seed)] = _run("better", seed, 15.0 + seed, 990.0)
+        runs[("gridlocked", seed)] = _run(
+            "gridlocked", seed, 0.0, 0.0, failed="gridlock" if seed == 2 else None
+        )
+    outcomes = aggregate(request, runs)
+    assert [o.name for o in outcomes] == [CURRENT, "better", "gridlocked"]
+    better = outcomes[1]
+    assert better.failed is None
+    assert better.changes["wait"].ci[1] < 0
+    assert better.changes["nox"].mean == pytest.approx(-0.01)
+    assert better.intersections["J"].nox_mg == pytest.approx(495.0)
+    assert outcomes[2].failed == "seed 2: gridlock"
+    assert outcomes[2].changes == {}
+    assert outcomes[0].changes == {}
+
+
+def test_result_round_trips_through_json(tmp_path: Path) -> None:
+    request = _request(tmp_path)
+    runs = {}
+    for seed in request.seeds:
+        runs[(CURRENT, seed)] = _run(CURRENT, seed, 20.0 + seed, 1000.0 + seed)
+        runs[("cand", seed)] = _run("cand", seed, 18.0 + seed, 1001.0)
+    result = WhatIfResult(
+        outcomes=aggregate(request, runs),
+        horizon_s=900,
+        warmup_s=300,
+        seeds=request.seeds,
+        confidence_level=0.95,
+    )
+    data = json.loads(json.dumps(result.to_dict()))
+    assert WhatIfResult.from_dict(data) == result
+    prediction = result.prediction("cand")
+    assert prediction.seeds == (1, 2, 3)
+    assert prediction.wait_change == pytest.approx(result.outcome("cand").changes["wait"].mean)
+
+
+def test_request_round_trips_and_detects_changed_inputs(tmp_path: Path) -> None:
+    request = _request(tmp_path, record=RecordSpec(fps=10, duration_s=2, window_s=60))
+    data = json.loads(json.dumps(request.to_dict()))
+    assert WhatIfRequest.from_dict(data) == request
+    Path(request.demand).write_text("<routes><!-- changed --></routes>")
+    with pytest.raises(ConfigError, match="differs from the recorded"):
+        WhatIfRequest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"candidates": {CURRENT: {}}}, "reserved"),
+        ({"seeds": (1, 1)}, "distinct"),
+        ({"horizon_s": 0}, "horizon_s"),
+        ({"record": RecordSpec(seed_index=5)}, "seed_index"),
+        ({"network": "/nonexistent/x.net.xml"}, "does not exist"),
+    ],
+)
+def test_request_validation_names_the_field(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _request(tmp_path, **change).validate()
+
+
+def test_frames_cover_the_window_end(tmp_path: Path) -> None:
+    request = _request(tmp_path, horizon_s=600, warmup_s=300)
+    steps = frame_steps(request, RecordSpec(fps=2, duration_s=5, window_s=100))
+    assert len(steps) == 10
+    assert steps[0] == 810 and steps[-1] == 900
+    whole = frame_steps(request, RecordSpec(fps=1, duration_s=6))
+    assert whole == [400, 500, 600, 700, 800, 900]
+
+
+def test_engine_satisfies_protocol() -> None:
+    engine: WhatIfEngine = LibsumoWhatIfEngine(workers=0)
+    assert engine is not None
+    with pytest.raises(ConfigError):
+        LibsumoWhatIfEngine(workers=-1)
+
+
+def crashing_runner(task: RunTask) -> RunMetrics:
+    """Kill the worker process for one task, succeed for the others."""
+    if task.plan == "cand" and task.seed == 2:
+        os._exit(7)
+    return _run(task.plan, task.seed, 10.0, 100.0)
+
+
+def test_dead_worker_is_a_simulation_error_naming_plan_and_seed(tmp_path: Path) -> None:
+    request = _request(tmp_path)
+    with LibsumoWhatIfEngine(workers=1, runner=crashing_runner) as engine:
+        with pytest.raises(SimulationError, match=r"plan 'cand' seed 2"):
+            engine.evaluate(request)
+        # the engine recovers with a fresh pool
+        ok = _request(tmp_path, candidates={"other": {}})
+        assert engine.evaluate(ok).current.failed is None
+
+
+def slow_runner(task: RunTask) -> RunMetrics:
+    import time
+
+    time.sleep(30)
+    return _run(task.plan, task.seed, 10.0, 100.0)
+
+
+def test_timeout_is_a_simulation_error_not_a_hang(tmp_path: Path) -> None:
+    with LibsumoWhatIfEngine(workers=1, runner=slow_runner, timeout_s=3) as engine:
+        with pytest.raises(SimulationError, match="time limit"):
+            engine.evaluate(_request(tmp_path, seeds=(1, 2)))
