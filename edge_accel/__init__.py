@@ -1,1 +1,41 @@
-"""signaltwin package."""
+"""Accelerated inference on the best device present: what-if video and screening.
+
+Everything here runs on CUDA when present and on the CPU otherwise (see
+:func:`select_device`); it imports only :mod:`configs` of the project.
+"""
+
+from __future__ import annotations
+
+from edge_accel.color import colormap_lut, rgb_to_yuv420
+from edge_accel.device import DevicePreference, describe_device, select_device
+from edge_accel.encode import (
+    Attribution,
+    EncodeError,
+    H264Writer,
+    VideoArtifact,
+    VideoProbe,
+    probe_video,
+    sha256_file,
+)
+from edge_accel.render import WhatIfScene, render_whatif
+from edge_accel.scene import SceneGeometry, WhatIfFrames, grid_geometry
+
+__all__ = [
+    "Attribution",
+    "DevicePreference",
+    "EncodeError",
+    "H264Writer",
+    "SceneGeometry",
+    "VideoArtifact",
+    "VideoProbe",
+    "WhatIfFrames",
+    "WhatIfScene",
+    "colormap_lut",
+    "describe_device",
+    "grid_geometry",
+    "probe_video",
+    "render_whatif",
+    "rgb_to_yuv420",
+    "select_device",
+    "sha256_file",
+]
