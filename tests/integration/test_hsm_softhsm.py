@@ -334,3 +334,14 @@ def test_cli_init_info_verify(
     assert cli_run(["hsm", "verify", str(bad), "--key", key]) == 1
     assert "NOT VERIFIED" in capsys.readouterr().err
     assert cli_run(["hsm", "info", "--state-dir", str(state_dir), "--key-label", "nope"]) == 3
+
+
+def test_pin_from_systemd_credential(
+    params: HsmParams, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    shutil.copy(Path(params.pin_file), creds / "hsm-pin")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with HsmSigner(dataclasses.replace(params, pin_file="credential:hsm-pin")) as s:
+        verify_envelope(s.sign_envelope(PAYLOAD).to_json(), [s.public_key_pem()])
