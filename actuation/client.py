@@ -1,0 +1,840 @@
+"""The daemon's side of the contract: secure sessions, reads, and the two-phase push.
+
+:class:`ControllerPool` keeps one persistent SignAndEncrypt session per
+controller (pinned server certificate, client certificate, user and password),
+reconnecting with exponential backoff, and offers:
+
+* :meth:`ControllerPool.read_all` - every controller's detectors, measurements,
+  plan state and health, read concurrently (one Read request each);
+* :meth:`ControllerPool.push` - stage the signed envelope on every controller
+  concurrently; only if every one of them staged it, activate all at one common
+  future field time aligned to the cycle; read back the active sequence and
+  digest. If any stage is refused, times out or loses its session, the plan is
+  aborted everywhere, so no controller runs a plan the others did not stage.
+
+:class:`ThreadedActuator` wraps a pool in an event-loop thread for synchronous
+callers (the daemon runs its cycle in a worker thread); it satisfies the
+:class:`Actuator` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+
+from actuation import contract as c
+from actuation.contract import PlanStatus
+from actuation.security import CLIENT_APPLICATION_URI, load_certificate_der
+from configs.errors import ActuationError, ConfigError
+from configs.timing import TimingConfiguration
+from hsm.envelope import Envelope
+
+__all__ = [
+    "Actuator",
+    "ClientCredentials",
+    "ControllerEndpoint",
+    "ControllerPool",
+    "ControllerPushResult",
+    "ControllerSnapshot",
+    "PushReport",
+    "SecurityPolicyName",
+    "ThreadedActuator",
+    "aligned_activation_time",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SecurityPolicyName = Literal["Basic256Sha256", "Aes256Sha256RsaPss"]
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+
+
+@dataclass(frozen=True)
+class ControllerEndpoint:
+    """One controller: its intersection, URL and pinned server certificate (DER)."""
+
+    tls_id: str
+    url: str
+    server_certificate_der: bytes
+
+    @classmethod
+    def from_files(cls, tls_id: str, url: str, server_certificate: Path) -> ControllerEndpoint:
+        """Build from a certificate file (DER or PEM)."""
+        return cls(tls_id, url, load_certificate_der(server_certificate))
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """How the daemon authenticates: client certificate and key, user and password."""
+
+    certificate: Path
+    private_key: Path
+    user: str
+    password: str = field(repr=False)
+    application_uri: str = CLIENT_APPLICATION_URI
+    policy: SecurityPolicyName = "Basic256Sha256"
+
+
+@dataclass(frozen=True)
+class ControllerSnapshot:
+    """What one controller reported in one read (or why it could not be read)."""
+
+    tls_id: str
+    reachable: bool
+    field_time_s: float = 0.0
+    health: str = ""
+    active_sequence: int = 0
+    active_digest: str = ""
+    active_from_s: float = 0.0
+    staged_sequence: int = 0
+    staged_digest: str = ""
+    detectors: dict[str, tuple[int, float]] = field(default_factory=dict)
+    mean_wait_s: float = 0.0
+    nox_mg: float = 0.0
+    interval_end_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger and logs."""
+        return {
+            "tls_id": self.tls_id,
+            "reachable": self.reachable,
+            "field_time_s": self.field_time_s,
+            "health": self.health,
+            "active_sequence": self.active_sequence,
+            "active_digest": self.active_digest,
+            "active_from_s": self.active_from_s,
+            "staged_sequence": self.staged_sequence,
+            "staged_digest": self.staged_digest,
+            "detectors": {k: [v[0], v[1]] for k, v in sorted(self.detectors.items())},
+            "mean_wait_s": self.mean_wait_s,
+            "nox_mg": self.nox_mg,
+            "interval_end_s": self.interval_end_s,
+            "error": self.error,
+        }
+
+
+@dataclass
+class ControllerPushResult:
+    """What happened on one controller during a push (a row of the ledger record)."""
+
+    tls_id: str
+    stage_status: int | None = None
+    stage_message: str = ""
+    activate_status: int | None = None
+    activate_message: str = ""
+    abort_status: int | None = None
+    abort_message: str = ""
+    readback_sequence: int | None = None
+    readback_digest: str | None = None
+    error: str | None = None
+
+    @property
+    def staged(self) -> bool:
+        """Whether StagePlan answered OK."""
+        return self.stage_status == PlanStatus.OK
+
+    @property
+    def activated(self) -> bool:
+        """Whether ActivatePlan answered OK."""
+        return self.activate_status == PlanStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger."""
+
+        def name(code: int | None) -> str | None:
+            if code is None:
+                return None
+            try:
+                return PlanStatus(code).name
+            except ValueError:
+                return f"UNKNOWN_{code}"
+
+        return {
+            "tls_id": self.tls_id,
+            "stage": {
+                "status": self.stage_status,
+                "name": name(self.stage_status),
+                "message": self.stage_message,
+            },
+            "activate": {
+                "status": self.activate_status,
+                "name": name(self.activate_status),
+                "message": self.activate_message,
+            },
+            "abort": {
+                "status": self.abort_status,
+                "name": name(self.abort_status),
+                "message": self.abort_message,
+            },
+            "readback": {"sequence": self.readback_sequence, "digest": self.readback_digest},
+            "error": self.error,
+        }
+
+
+PushOutcome = Literal["activated", "aborted", "partial"]
+
+
+@dataclass
+class PushReport:
+    """The result of one push: outcome, activation time, per-controller rows, latencies.
+
+    ``outcome`` is ``"activated"`` when every controller staged, activated and
+    read back the plan; ``"aborted"`` when staging failed somewhere and the plan
+    was dropped everywhere (nothing changed in the field); ``"partial"`` when
+    every controller staged but activation or read-back failed on some (their
+    rows say which).
+    """
+
+    sequence: int
+    digest: str
+    outcome: PushOutcome
+    activate_at_field_time_s: float | None
+    controllers: list[ControllerPushResult]
+    stage_s: float = 0.0
+    activate_s: float = 0.0
+    readback_s: float = 0.0
+    total_s: float = 0.0
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the plan runs everywhere."""
+        return self.outcome == "activated"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger."""
+        return {
+            "sequence": self.sequence,
+            "digest": self.digest,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "activate_at_field_time_s": self.activate_at_field_time_s,
+            "latency_s": {
+                "stage": self.stage_s,
+                "activate": self.activate_s,
+                "readback": self.readback_s,
+                "total": self.total_s,
+            },
+            "controllers": [r.to_dict() for r in sorted(self.controllers, key=lambda r: r.tls_id)],
+        }
+
+
+@runtime_checkable
+class Actuator(Protocol):
+    """The daemon's view of its controllers (real OPC UA, or a fake in tests)."""
+
+    def read_all(self) -> dict[str, ControllerSnapshot]:
+        """Every controller's snapshot, by intersection id."""
+        ...
+
+    def push(
+        self,
+        envelope: bytes,
+        sequence: int,
+        *,
+        alignment_s: float | None = None,
+        lead_s: float | None = None,
+    ) -> PushReport:
+        """Stage everywhere, activate together, read back (see :meth:`ControllerPool.push`)."""
+        ...
+
+    def close(self) -> None:
+        """Close every session."""
+        ...
+
+
+def aligned_activation_time(now_s: float, lead_s: float, alignment_s: float | None) -> float:
+    """The first multiple of ``alignment_s`` at or after ``now_s + lead_s``.
+
+    Without an alignment, ``now_s + lead_s`` rounded up to a whole second.
+    """
+    earliest = now_s + lead_s
+    if alignment_s is None or alignment_s <= 0:
+        return float(math.ceil(earliest))
+    return math.ceil(earliest / alignment_s) * alignment_s
+
+
+# --------------------------------------------------------------------------- one link
+
+
+class _Link:
+    """One controller's persistent session, reconnected with backoff."""
+
+    def __init__(
+        self,
+        endpoint: ControllerEndpoint,
+        credentials: ClientCredentials,
+        connect_timeout_s: float,
+        call_timeout_s: float,
+        watchdog_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self._credentials = credentials
+        self._connect_timeout_s = connect_timeout_s
+        self._call_timeout_s = call_timeout_s
+        self._watchdog_s = watchdog_s
+        self._backoff_max_s = backoff_max_s
+        self.client: Client | None = None
+        self.ns = 0
+        self.connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+
+    @property
+    def tls_id(self) -> str:
+        return self.endpoint.tls_id
+
+    def node(self, node_id: str) -> ua.NodeId:
+        return ua.NodeId(node_id, self.ns)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"link-{self.tls_id}")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._drop()
+
+    async def _drop(self) -> None:
+        self.connected.clear()
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=2.0)
+
+    def mark_lost(self, reason: str) -> None:
+        if self.connected.is_set():
+            logger.warning("controller %s: session lost (%s)", self.tls_id, reason)
+        self.last_error = reason
+        self.connected.clear()
+        self._lost.set()
+
+    async def _connect_once(self) -> None:
+        cred = self._credentials
+        client = Client(
+            self.endpoint.url, timeout=self._call_timeout_s, watchdog_intervall=self._watchdog_s
+        )
+        client.application_uri = cred.application_uri
+        client.session_timeout = 600_000  # the controllers' maximum; asyncua warns otherwise
+        client.name = "signaltwin daemon"
+        client.description = "signaltwin daemon"
+        client.set_user(cred.user)
+        client.set_password(cred.password)
+        await client.set_security(
+            _POLICIES[cred.policy],
+            certificate=str(cred.certificate),
+            private_key=str(cred.private_key),
+            server_certificate=self.endpoint.server_certificate_der,
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+
+        async def lost(exc: Exception) -> None:
+            self.mark_lost(f"{type(exc).__name__}: {exc}")
+
+        client.connection_lost_callback = lost
+        try:
+            await asyncio.wait_for(client.connect(auto_reconnect=False), self._connect_timeout_s)
+            namespaces = await asyncio.wait_for(client.get_namespace_array(), self._call_timeout_s)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+            raise
+        if c.NAMESPACE_URI not in namespaces:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise ActuationError(
+                f"{self.endpoint.url} does not serve namespace {c.NAMESPACE_URI}: not a "
+                "signaltwin traffic controller"
+            )
+        self.ns = namespaces.index(c.NAMESPACE_URI)
+        self.client = client
+
+    async def _supervise(self) -> None:
+        delay = 0.5
+        while not self._closing:
+            try:
+                await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure means retry later
+                self.last_error = f"connect failed: {type(e).__name__}: {e}"
+                logger.info(
+                    "controller %s: %s (retry in %.1fs)", self.tls_id, self.last_error, delay
+                )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self._backoff_max_s)
+                continue
+            delay = 0.5
+            self.last_error = None
+            self._lost.clear()
+            self.connected.set()
+            await self._lost.wait()
+            await self._drop()
+
+    async def call(self, method: str, *args: ua.Variant) -> tuple[int, str]:
+        client = self.client
+        if client is None or not self.connected.is_set():
+            raise ActuationError(f"not connected ({self.last_error or 'connecting'})")
+        request = ua.CallMethodRequest()
+        request.ObjectId = self.node(c.OBJECT)
+        request.MethodId = self.node(method)
+        request.InputArguments = list(args)
+        try:
+            results = await asyncio.wait_for(client.uaclient.call([request]), self._call_timeout_s)
+        except TimeoutError as e:
+            raise ActuationError(f"{method} timed out after {self._call_timeout_s}s") from e
+        except (ConnectionError, OSError, ua.UaError) as e:
+            self.mark_lost(f"{type(e).__name__}: {e}")
+            raise ActuationError(f"{method} failed: {type(e).__name__}: {e}") from e
+        result = results[0]
+        if not result.StatusCode.is_good():
+            raise ActuationError(f"{method} refused by the server: {result.StatusCode}")
+        outputs = result.OutputArguments
+        if len(outputs) != 2:
+            raise ActuationError(f"{method} returned {len(outputs)} values; the contract says 2")
+        return int(outputs[0].Value), str(outputs[1].Value)
+
+    async def read(self, node_ids: list[str]) -> list[Any]:
+        client = self.client
+        if client is None or not self.connected.is_set():
+            raise ActuationError(f"not connected ({self.last_error or 'connecting'})")
+        nodes = [client.get_node(self.node(n)) for n in node_ids]
+        try:
+            return await asyncio.wait_for(client.read_values(nodes), self._call_timeout_s)
+        except TimeoutError as e:
+            raise ActuationError(f"read timed out after {self._call_timeout_s}s") from e
+        except (ConnectionError, OSError, ua.UaError) as e:
+            if isinstance(e, ua.UaStatusCodeError):
+                raise ActuationError(f"read refused: {e}") from e
+            self.mark_lost(f"{type(e).__name__}: {e}")
+            raise ActuationError(f"read failed: {type(e).__name__}: {e}") from e
+
+
+_SNAPSHOT_NODES = [
+    c.FIELD_TIME,
+    c.HEALTH,
+    c.ACTIVE_SEQUENCE,
+    c.ACTIVE_DIGEST,
+    c.ACTIVE_FROM_FIELD_TIME,
+    c.STAGED_SEQUENCE,
+    c.STAGED_DIGEST,
+    c.DETECTOR_IDS,
+    c.DETECTOR_COUNTS,
+    c.DETECTOR_OCCUPANCY,
+    c.MEAN_WAIT,
+    c.NOX,
+    c.INTERVAL_END,
+]
+
+
+def _snapshot(tls_id: str, values: list[Any]) -> ControllerSnapshot:
+    (ft, health, a_seq, a_dig, a_from, s_seq, s_dig, ids, counts, occ, wait, nox, end) = values
+    ids = list(ids or [])
+    counts = list(counts or [])
+    occ = list(occ or [])
+    if not (len(ids) == len(counts) == len(occ)):
+        raise ActuationError(
+            f"controller {tls_id}: detector arrays differ in length "
+            f"({len(ids)}, {len(counts)}, {len(occ)})"
+        )
+    return ControllerSnapshot(
+        tls_id=tls_id,
+        reachable=True,
+        field_time_s=float(ft),
+        health=str(health),
+        active_sequence=int(a_seq),
+        active_digest=str(a_dig),
+        active_from_s=float(a_from),
+        staged_sequence=int(s_seq),
+        staged_digest=str(s_dig),
+        detectors={str(i): (int(n), float(o)) for i, n, o in zip(ids, counts, occ, strict=True)},
+        mean_wait_s=float(wait),
+        nox_mg=float(nox),
+        interval_end_s=float(end),
+    )
+
+
+def _digest_of(envelope: bytes) -> str:
+    """The digest of the timing document inside ``envelope`` (what controllers report)."""
+    try:
+        payload = Envelope.from_json(envelope).payload
+        return TimingConfiguration.parse(payload).digest()
+    except Exception as e:
+        raise ConfigError(f"cannot push: the envelope does not hold a timing document: {e}") from e
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class ControllerPool:
+    """Persistent secure sessions to every controller; reads and the two-phase push.
+
+    Use inside a running event loop: ``await pool.start()``, then
+    :meth:`read_all` and :meth:`push`, then ``await pool.close()``.
+
+    Args:
+        endpoints: The controllers.
+        credentials: Client certificate, key, user and password.
+        connect_timeout_s: Limit for one connection attempt.
+        call_timeout_s: Limit for one method call or read.
+        activate_lead_s: Default lead from "now" to the activation time.
+        watchdog_s: How often asyncua checks that an idle session is alive.
+        backoff_max_s: Longest wait between reconnection attempts.
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[ControllerEndpoint],
+        credentials: ClientCredentials,
+        connect_timeout_s: float = 10.0,
+        call_timeout_s: float = 5.0,
+        activate_lead_s: float = 10.0,
+        watchdog_s: float = 5.0,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self._links = {
+            e.tls_id: _Link(
+                e, credentials, connect_timeout_s, call_timeout_s, watchdog_s, backoff_max_s
+            )
+            for e in endpoints
+        }
+        if not self._links:
+            raise ConfigError("controllers.endpoints is empty: configure at least one controller")
+        self.activate_lead_s = activate_lead_s
+
+    @property
+    def intersections(self) -> list[str]:
+        """The intersection ids, sorted."""
+        return sorted(self._links)
+
+    def connected(self) -> dict[str, bool]:
+        """Whether each controller's session is up."""
+        return {k: link.connected.is_set() for k, link in self._links.items()}
+
+    async def start(self, wait_s: float | None = None) -> None:
+        """Start connecting to every controller; optionally wait up to ``wait_s`` for all."""
+        for link in self._links.values():
+            link.start()
+        if wait_s is not None:
+            await self.wait_connected(wait_s)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until every session is up (True) or ``timeout_s`` passes (False)."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(link.connected.wait() for link in self._links.values())), timeout_s
+            )
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Close every session."""
+        await asyncio.gather(
+            *(link.close() for link in self._links.values()), return_exceptions=True
+        )
+
+    async def read_one(self, tls_id: str) -> ControllerSnapshot:
+        """One controller's snapshot (``reachable=False`` with the error if it failed)."""
+        link = self._links[tls_id]
+        try:
+            return _snapshot(tls_id, await link.read(_SNAPSHOT_NODES))
+        except (ActuationError, ValueError, TypeError) as e:
+            return ControllerSnapshot(
+                tls_id=tls_id, reachable=False, health="unreachable", error=str(e)
+            )
+
+    async def read_all(self) -> dict[str, ControllerSnapshot]:
+        """Every controller's snapshot, read concurrently."""
+        snaps = await asyncio.gather(*(self.read_one(t) for t in self._links))
+        return {s.tls_id: s for s in snaps}
+
+    async def _each(
+        self, fn: Callable[[_Link], Awaitable[T]], only: Iterable[str] | None = None
+    ) -> dict[str, T | BaseException]:
+        ids = list(self._links) if only is None else list(only)
+        out = await asyncio.gather(*(fn(self._links[t]) for t in ids), return_exceptions=True)
+        return dict(zip(ids, out, strict=True))
+
+    async def push(
+        self,
+        envelope: bytes,
+        sequence: int,
+        *,
+        alignment_s: float | None = None,
+        lead_s: float | None = None,
+    ) -> PushReport:
+        """Stage on all, activate all at one aligned field time, read back.
+
+        Args:
+            envelope: The signed DSSE envelope (bytes, as from ``Envelope.to_json()``).
+            sequence: The plan's sequence (as inside the document).
+            alignment_s: Activate at a multiple of this many field seconds (the
+                cycle length, so every plan starts on a cycle boundary).
+            lead_s: Least field time from now to activation (default
+                ``activate_lead_s``); must cover staging and activation.
+
+        Returns:
+            The report; it never raises for a controller's failure (rows say what
+            failed); the outcome says whether the plan runs everywhere.
+        """
+        started = time.perf_counter()
+        digest = _digest_of(envelope)
+        lead = self.activate_lead_s if lead_s is None else lead_s
+        rows = {t: ControllerPushResult(tls_id=t) for t in self._links}
+
+        async def stage(link: _Link) -> tuple[tuple[int, str], float]:
+            call = link.call(c.STAGE_PLAN, ua.Variant(envelope, ua.VariantType.ByteString))
+            clock = link.read([c.FIELD_TIME])
+            (status, message), values = await asyncio.gather(call, clock)
+            return (status, message), float(values[0])
+
+        staged = await self._each(stage)
+        field_now = 0.0
+        all_staged = True
+        for tls, outcome in staged.items():
+            row = rows[tls]
+            if isinstance(outcome, BaseException):
+                row.error = f"stage: {outcome}"
+                all_staged = False
+                continue
+            (status, message), ft = outcome
+            row.stage_status, row.stage_message = status, message
+            field_now = max(field_now, ft)
+            if status != PlanStatus.OK:
+                all_staged = False
+        stage_done = time.perf_counter()
+
+        if not all_staged:
+            # Drop it everywhere it may have been staged (a timed-out call may still land).
+            refused = {t for t, r in rows.items() if r.stage_status not in (None, PlanStatus.OK)}
+            targets = [t for t in self._links if t not in refused]
+            aborted = await self._each(
+                lambda link: link.call(c.ABORT_STAGED, ua.Variant(sequence, ua.VariantType.UInt64)),
+                targets,
+            )
+            for tls, outcome in aborted.items():
+                if isinstance(outcome, BaseException):
+                    rows[tls].error = ((rows[tls].error or "") + f"; abort: {outcome}").lstrip("; ")
+                else:
+                    rows[tls].abort_status, rows[tls].abort_message = outcome
+            failed = sorted(t for t, r in rows.items() if not r.staged)
+            reason = f"stage failed on {len(failed)} controller(s): {', '.join(failed[:10])}"
+            logger.warning("push %d aborted: %s", sequence, reason)
+            end = time.perf_counter()
+            return PushReport(
+                sequence=sequence,
+                digest=digest,
+                outcome="aborted",
+                activate_at_field_time_s=None,
+                controllers=list(rows.values()),
+                stage_s=stage_done - started,
+                total_s=end - started,
+                reason=reason,
+            )
+
+        at = aligned_activation_time(field_now, lead, alignment_s)
+        activated = await self._each(
+            lambda link: link.call(
+                c.ACTIVATE_PLAN,
+                ua.Variant(sequence, ua.VariantType.UInt64),
+                ua.Variant(at, ua.VariantType.Double),
+            )
+        )
+        for tls, outcome in activated.items():
+            if isinstance(outcome, BaseException):
+                rows[tls].error = f"activate: {outcome}"
+            else:
+                rows[tls].activate_status, rows[tls].activate_message = outcome
+        activate_done = time.perf_counter()
+
+        readback = await self._each(lambda link: link.read([c.ACTIVE_SEQUENCE, c.ACTIVE_DIGEST]))
+        for tls, outcome in readback.items():
+            if isinstance(outcome, BaseException):
+                rows[tls].error = ((rows[tls].error or "") + f"; readback: {outcome}").lstrip("; ")
+            else:
+                rows[tls].readback_sequence = int(outcome[0])
+                rows[tls].readback_digest = str(outcome[1])
+        end = time.perf_counter()
+        good = [
+            r.activated and r.readback_sequence == sequence and r.readback_digest == digest
+            for r in rows.values()
+        ]
+        outcome_name: PushOutcome = "activated" if all(good) else "partial"
+        reason = ""
+        if outcome_name == "partial":
+            bad = sorted(r.tls_id for r, g in zip(rows.values(), good, strict=True) if not g)
+            reason = (
+                f"activation or read-back failed on {len(bad)} controller(s): {', '.join(bad[:10])}"
+            )
+            logger.error("push %d partial: %s", sequence, reason)
+        return PushReport(
+            sequence=sequence,
+            digest=digest,
+            outcome=outcome_name,
+            activate_at_field_time_s=at,
+            controllers=list(rows.values()),
+            stage_s=stage_done - started,
+            activate_s=activate_done - stage_done,
+            readback_s=end - activate_done,
+            total_s=end - started,
+            reason=reason,
+        )
+
+
+# --------------------------------------------------------------------------- sync facade
+
+
+class ThreadedActuator:
+    """A :class:`ControllerPool` owned by an event-loop thread, for synchronous callers.
+
+    Args:
+        pool_factory: Builds the pool (called inside the loop thread).
+        start_wait_s: How long the constructor waits for the sessions to come up
+            (it returns anyway; unreachable controllers keep being retried).
+        call_timeout_s: Limit for one synchronous call into the loop.
+    """
+
+    def __init__(
+        self,
+        pool_factory: Callable[[], ControllerPool],
+        start_wait_s: float = 10.0,
+        call_timeout_s: float = 120.0,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="opcua-actuator", daemon=True
+        )
+        self._thread.start()
+        self._timeout_s = call_timeout_s
+        self._closed = False
+
+        async def make() -> ControllerPool:
+            pool = pool_factory()
+            await pool.start(wait_s=start_wait_s)
+            return pool
+
+        try:
+            self._pool = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self._timeout_s)
+        except TimeoutError as e:
+            future.cancel()
+            raise ActuationError(f"controller operation took longer than {self._timeout_s}s") from e
+
+    @property
+    def pool(self) -> ControllerPool:
+        """The underlying pool (use only from the loop thread)."""
+        return self._pool
+
+    def connected(self) -> dict[str, bool]:
+        """Whether each controller's session is up."""
+        return self._run(self._connected())
+
+    async def _connected(self) -> dict[str, bool]:
+        return self._pool.connected()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until every session is up."""
+        return self._run(self._pool.wait_connected(timeout_s))
+
+    def read_all(self) -> dict[str, ControllerSnapshot]:
+        """Every controller's snapshot."""
+        return self._run(self._pool.read_all())
+
+    def push(
+        self,
+        envelope: bytes,
+        sequence: int,
+        *,
+        alignment_s: float | None = None,
+        lead_s: float | None = None,
+    ) -> PushReport:
+        """See :meth:`ControllerPool.push`."""
+        return self._run(
+            self._pool.push(envelope, sequence, alignment_s=alignment_s, lead_s=lead_s)
+        )
+
+    def close(self) -> None:
+        """Close every session and stop the loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._pool.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def pool_from_settings(settings: Any, password: str) -> ControllerPool:
+    """Build a pool from ``Settings.controllers`` (the daemon's TOML).
+
+    Args:
+        settings: The ``controllers`` section (``configs.settings.ControllersSettings``).
+        password: The OPC UA password (read by the caller from ``password_file``).
+
+    Raises:
+        ConfigError: a certificate is not configured or cannot be read.
+    """
+    ctl = settings
+    if ctl.client_certificate is None or ctl.client_private_key is None:
+        raise ConfigError(
+            "controllers.client_certificate and controllers.client_private_key must be set "
+            "(or auto_provision = true for the demo)"
+        )
+    endpoints = []
+    for e in ctl.endpoints:
+        if e.server_certificate is None:
+            raise ConfigError(
+                f"controllers.endpoints[{e.intersection}].server_certificate is not set: "
+                "the daemon only talks to controllers whose certificate it pins"
+            )
+        endpoints.append(ControllerEndpoint.from_files(e.intersection, e.url, e.server_certificate))
+    return ControllerPool(
+        endpoints,
+        ClientCredentials(
+            certificate=Path(ctl.client_certificate),
+            private_key=Path(ctl.client_private_key),
+            user=ctl.user,
+            password=password,
+        ),
+        connect_timeout_s=ctl.connect_timeout_s,
+        call_timeout_s=ctl.call_timeout_s,
+        activate_lead_s=ctl.activate_lead_s,
+    )

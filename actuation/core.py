@@ -1,0 +1,332 @@
+"""What a controller decides, without OPC UA: verify, stage, activate, abort, expire.
+
+:class:`ControllerCore` is the emulated controller's brain, and the reference
+for a vendor implementing the contract: every check a controller makes before it
+accepts a plan, in order, each mapped to its :class:`~actuation.contract.PlanStatus`.
+The OPC UA server (:mod:`actuation.emulated`) only translates method calls into
+these functions. It drives the street through a :class:`FieldPort`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, runtime_checkable
+
+from actuation._verify import EnvelopeRejected, TrustedKeys, open_envelope
+from actuation.contract import PlanStatus
+from configs.errors import ConfigError
+from configs.timing import (
+    BaseProgram,
+    IntersectionTiming,
+    NetworkRef,
+    SafetyLimits,
+    TimingConfiguration,
+    check_intersection,
+)
+
+__all__ = [
+    "ControllerCore",
+    "ControllerProvisioning",
+    "ControllerState",
+    "FieldPort",
+    "PlanResult",
+    "StagedPlan",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How long a staged plan waits for ActivatePlan (field seconds) by default.
+DEFAULT_STAGED_TTL_S = 120.0
+
+
+@runtime_checkable
+class FieldPort(Protocol):
+    """The street a controller drives (the field emulator, or a fake in tests).
+
+    All times are field seconds (the emulator's simulation clock).
+    """
+
+    def field_time_s(self) -> float:
+        """The current field time."""
+        ...
+
+    def apply(self, tls_id: str, timing: IntersectionTiming, at_field_time_s: float) -> None:
+        """Switch ``tls_id`` to ``timing`` when the field clock reaches ``at_field_time_s``."""
+        ...
+
+    def detector_snapshot(self, tls_id: str) -> Mapping[str, tuple[int, float]]:
+        """Detector id -> (cumulative vehicle count, occupancy % over the last field second)."""
+        ...
+
+    def measurements(self, tls_id: str) -> tuple[float, float, float]:
+        """``(mean_wait_s, nox_mg, interval_end_s)`` of the last completed measurement interval."""
+        ...
+
+    def health(self, tls_id: str) -> str:
+        """``"ok"`` or ``"fault: <reason>"``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ControllerProvisioning:
+    """What an installer gives a controller: its intersection, program, limits, keys.
+
+    Attributes:
+        tls_id: The traffic light it drives.
+        base: The engineer-approved base program (its phase states never change).
+        limits: The safety limits for this intersection.
+        network: The network id and .net.xml sha256 its plans must name.
+        trusted_keys: The signing public keys it accepts.
+        staged_ttl_s: Field seconds a staged plan waits for activation.
+    """
+
+    tls_id: str
+    base: BaseProgram
+    limits: SafetyLimits
+    network: NetworkRef
+    trusted_keys: TrustedKeys
+    staged_ttl_s: float = DEFAULT_STAGED_TTL_S
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A method's answer: a contract status code and a message."""
+
+    status: PlanStatus
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is OK."""
+        return self.status is PlanStatus.OK
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for logs and the ledger."""
+        return {
+            "status": int(self.status),
+            "status_name": self.status.name,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class StagedPlan:
+    """A verified plan waiting for activation."""
+
+    sequence: int
+    digest: str
+    timing: IntersectionTiming
+    expires_at_s: float
+
+
+@dataclass
+class ControllerState:
+    """The controller's published state."""
+
+    active_sequence: int = 0
+    active_digest: str = ""
+    active_from_s: float = 0.0
+    active_timing: IntersectionTiming | None = None
+    staged: StagedPlan | None = None
+    last_result: PlanResult | None = field(default=None)
+
+
+class ControllerCore:
+    """A traffic controller's plan handling: stage (after every check), activate, abort."""
+
+    def __init__(
+        self,
+        provisioning: ControllerProvisioning,
+        field_port: FieldPort,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.provisioning = provisioning
+        self.field = field_port
+        self._wall_clock = wall_clock
+        self.state = ControllerState(active_timing=IntersectionTiming.from_base(provisioning.base))
+
+    @property
+    def tls_id(self) -> str:
+        """The traffic light this controller drives."""
+        return self.provisioning.tls_id
+
+    # ------------------------------------------------------------------ checks
+
+    def check_envelope(self, data: bytes) -> tuple[PlanResult, StagedPlan | None]:
+        """Run every acceptance check on ``data``; change nothing.
+
+        Order: envelope form, payloadType, key, signature, schema, network,
+        intersection, sequence, validity window, safety invariants (against
+        this controller's own base program, limits and active plan).
+        """
+        prov = self.provisioning
+        try:
+            payload = open_envelope(data, prov.trusted_keys)
+        except EnvelopeRejected as e:
+            return PlanResult(e.status, e.message), None
+        try:
+            config = TimingConfiguration.parse(payload)
+        except ConfigError as e:
+            return PlanResult(PlanStatus.SCHEMA_INVALID, str(e)), None
+        if config.network.id != prov.network.id or config.network.sha256 != prov.network.sha256:
+            return (
+                PlanResult(
+                    PlanStatus.OTHER_NETWORK,
+                    f"plan is for network {config.network.id!r} ({config.network.sha256[:12]}); "
+                    f"this controller runs {prov.network.id!r} ({prov.network.sha256[:12]})",
+                ),
+                None,
+            )
+        timing = config.intersections.get(prov.tls_id)
+        if timing is None:
+            return (
+                PlanResult(
+                    PlanStatus.INTERSECTION_MISSING,
+                    f"plan {config.sequence} has no timing for intersection {prov.tls_id!r}",
+                ),
+                None,
+            )
+        if config.sequence <= self.state.active_sequence:
+            return (
+                PlanResult(
+                    PlanStatus.SEQUENCE_NOT_ABOVE_ACTIVE,
+                    f"sequence {config.sequence} is not above the active "
+                    f"{self.state.active_sequence}",
+                ),
+                None,
+            )
+        now = self._wall_clock()
+        if now >= config.valid_until:
+            return (
+                PlanResult(
+                    PlanStatus.VALIDITY_PASSED,
+                    f"valid_until {config.valid_until.isoformat()} has passed "
+                    f"(now {now.isoformat()})",
+                ),
+                None,
+            )
+        if now < config.valid_from:
+            return (
+                PlanResult(
+                    PlanStatus.VALIDITY_NOT_YET,
+                    f"valid_from {config.valid_from.isoformat()} is in the future "
+                    f"(now {now.isoformat()})",
+                ),
+                None,
+            )
+        violations = check_intersection(
+            prov.tls_id, timing, prov.base, prov.limits, self.state.active_timing
+        )
+        if violations:
+            names = sorted({v.invariant for v in violations})
+            detail = "; ".join(str(v) for v in violations[:6])
+            return (
+                PlanResult(
+                    PlanStatus.UNSAFE_TIMING, f"unsafe timing [{', '.join(names)}]: {detail}"
+                ),
+                None,
+            )
+        staged = StagedPlan(
+            sequence=config.sequence,
+            digest=config.digest(),
+            timing=timing,
+            expires_at_s=self.field.field_time_s() + prov.staged_ttl_s,
+        )
+        return PlanResult(PlanStatus.OK, f"plan {config.sequence} verified and staged"), staged
+
+    # ------------------------------------------------------------------ methods
+
+    def stage(self, data: bytes) -> PlanResult:
+        """StagePlan: verify ``data`` and keep it staged (replacing any staged plan)."""
+        self.expire_staged()
+        try:
+            result, staged = self.check_envelope(data)
+        except Exception:
+            logger.exception("%s: StagePlan failed", self.tls_id)
+            result, staged = (
+                PlanResult(PlanStatus.INTERNAL_ERROR, "internal error while verifying"),
+                None,
+            )
+        if staged is not None:
+            self.state.staged = staged
+        self.state.last_result = result
+        logger.info("%s StagePlan: %s %s", self.tls_id, result.status.name, result.message)
+        return result
+
+    def activate(self, sequence: int, at_field_time_s: float) -> PlanResult:
+        """ActivatePlan: hand the staged plan to the field, to take over at ``at_field_time_s``."""
+        expiring = self.state.staged
+        expired = self.expire_staged()
+        staged = self.state.staged
+        now = self.field.field_time_s()
+        if expired and expiring is not None and expiring.sequence == sequence:
+            result = PlanResult(
+                PlanStatus.STAGED_EXPIRED,
+                f"staged plan {sequence} expired at field time {expiring.expires_at_s:.1f} "
+                f"(now {now:.1f}); stage it again",
+            )
+        elif staged is None:
+            result = PlanResult(
+                PlanStatus.NOTHING_STAGED, f"nothing staged to activate as {sequence}"
+            )
+        elif staged.sequence != sequence:
+            result = PlanResult(
+                PlanStatus.SEQUENCE_MISMATCH,
+                f"staged plan is {staged.sequence}, not {sequence}",
+            )
+        elif not math.isfinite(at_field_time_s) or at_field_time_s <= now:
+            result = PlanResult(
+                PlanStatus.ACTIVATION_IN_PAST,
+                f"activation time {at_field_time_s} is not after field time {now:.1f}",
+            )
+        else:
+            try:
+                self.field.apply(self.tls_id, staged.timing, at_field_time_s)
+            except Exception as e:
+                logger.exception("%s: field refused plan %d", self.tls_id, staged.sequence)
+                result = PlanResult(PlanStatus.INTERNAL_ERROR, f"field apply failed: {e}")
+            else:
+                self.state.active_sequence = staged.sequence
+                self.state.active_digest = staged.digest
+                self.state.active_from_s = at_field_time_s
+                self.state.active_timing = staged.timing
+                self.state.staged = None
+                result = PlanResult(
+                    PlanStatus.OK, f"plan {sequence} active from field time {at_field_time_s:.1f}"
+                )
+        self.state.last_result = result
+        logger.info("%s ActivatePlan: %s %s", self.tls_id, result.status.name, result.message)
+        return result
+
+    def abort(self, sequence: int) -> PlanResult:
+        """AbortStaged: drop the staged plan (``sequence`` 0 drops whatever is staged)."""
+        self.expire_staged()
+        staged = self.state.staged
+        if staged is None:
+            result = PlanResult(PlanStatus.NOTHING_STAGED, "nothing staged")
+        elif sequence not in (0, staged.sequence):
+            result = PlanResult(
+                PlanStatus.SEQUENCE_MISMATCH, f"staged plan is {staged.sequence}, not {sequence}"
+            )
+        else:
+            self.state.staged = None
+            result = PlanResult(PlanStatus.OK, f"staged plan {staged.sequence} dropped")
+        self.state.last_result = result
+        logger.info("%s AbortStaged: %s %s", self.tls_id, result.status.name, result.message)
+        return result
+
+    def expire_staged(self) -> bool:
+        """Drop the staged plan if its time is up; return whether one was dropped."""
+        staged = self.state.staged
+        if staged is not None and self.field.field_time_s() > staged.expires_at_s:
+            logger.warning("%s: staged plan %d expired unactivated", self.tls_id, staged.sequence)
+            self.state.staged = None
+            self.state.last_result = PlanResult(
+                PlanStatus.STAGED_EXPIRED, f"staged plan {staged.sequence} expired"
+            )
+            return True
+        return False
