@@ -369,7 +369,7 @@ def _check_document(
         )
     doc_index = doc.get("index")
     if doc_index != i:
-        result.add(Finding("record", i, _misplaced(i, doc_index, doc, hashes_by_position)))
+        result.add(_misplaced(i, doc_index, doc, hashes_by_position))
     elif doc.get("prev") != prev_hash:
         result.add(
             Finding(
@@ -390,20 +390,25 @@ def _check_document(
         result.add(Finding("record", i, "dedupe_key differs from the stored column"))
 
 
-def _misplaced(i: int, doc_index: Any, doc: Mapping[str, Any], hashes: list[bytes]) -> str:
+def _misplaced(i: int, doc_index: Any, doc: Mapping[str, Any], hashes: list[bytes]) -> Finding:
     if isinstance(doc_index, int) and 1 <= doc_index < i:
         # The original record doc_index now sits at i: if it still links to the
         # record stored at doc_index - 1, the rows doc_index..i-1 were inserted.
         before = GENESIS_PREV if doc_index == 1 else hashes[doc_index - 2].hex()
         if doc.get("prev") == before:
             span = f"{doc_index}" if doc_index == i - 1 else f"{doc_index}..{i - 1}"
-            return (
-                f"holds the original record {doc_index}: record(s) {span} before it were "
-                "inserted after the fact"
+            return Finding(
+                "record",
+                doc_index,
+                f"inserted after the fact: record {i} holds the original record {doc_index}, "
+                f"which links to record {doc_index - 1}, so stored record(s) {span} were "
+                "slipped in",
             )
-    return (
+    return Finding(
+        "record",
+        i,
         f"holds the document of record {doc_index}: records were removed, inserted or "
-        "reordered here"
+        "reordered here",
     )
 
 

@@ -141,7 +141,7 @@ def build_ledger(
     checkpoint_every: int = 4,
     video: Path | None = None,
 ) -> None:
-    """A ledger with a key enrolment, ``cycles`` cycles (every third refused) and a final checkpoint."""
+    """A ledger: key enrolment, ``cycles`` cycles (every third refused), final checkpoint."""
     with Ledger.open(
         path, signer=signer, checkpoint_every=checkpoint_every, clock=FakeClock()
     ) as ledger:
