@@ -6,7 +6,13 @@ PKCS#11 token (:class:`HsmSigner`) or any :class:`Signer`. See docs/hsm.md.
 
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.enrolment import KeyReport, TokenInfo, enrolment_record
-from hsm.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeSignature, sign_envelope
+from hsm.envelope import (
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    EnvelopeSignature,
+    sign_envelope,
+    sign_timing,
+)
 from hsm.errors import (
     EnvelopeFormatError,
     HsmModuleError,
@@ -34,6 +40,7 @@ from hsm.verify import (
     keyid_of,
     load_public_key,
     verify_envelope,
+    verify_timing,
 )
 
 __all__ = [
@@ -68,5 +75,7 @@ __all__ = [
     "provision_softhsm",
     "read_pin",
     "sign_envelope",
+    "sign_timing",
     "verify_envelope",
+    "verify_timing",
 ]

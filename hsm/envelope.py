@@ -32,7 +32,7 @@ from securesystemslib import dsse
 from securesystemslib.signer import Key, Signature, SSlibKey  # type: ignore[attr-defined]
 from securesystemslib.signer import Signer as SslibSigner  # type: ignore[attr-defined]
 
-from configs.timing import MAX_DOCUMENT_BYTES, canonical_json
+from configs.timing import MAX_DOCUMENT_BYTES, TimingConfiguration, canonical_json
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.errors import EnvelopeFormatError
 
@@ -42,6 +42,7 @@ __all__ = [
     "Envelope",
     "EnvelopeSignature",
     "sign_envelope",
+    "sign_timing",
     "sslib_key",
 ]
 
@@ -247,6 +248,11 @@ def sign_envelope(
     envelope = dsse.Envelope(bytes(payload), payload_type, {})
     envelope.sign(_SignerAdapter(signer))
     return Envelope.from_sslib(envelope)
+
+
+def sign_timing(signer: Signer, config: TimingConfiguration) -> Envelope:
+    """Sign a timing configuration's canonical bytes (payloadType: the timing type)."""
+    return sign_envelope(signer, config.canonical_bytes(), TIMING_PAYLOAD_TYPE)
 
 
 def _b64_field(value: object, field: str) -> bytes:

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import Key, SSlibKey  # type: ignore[attr-defined]
 
+from configs.errors import ConfigError
+from configs.timing import TimingConfiguration
 from hsm.base import TIMING_PAYLOAD_TYPE
 from hsm.envelope import MAX_ENVELOPE_BYTES, Envelope, sslib_key
 from hsm.errors import EnvelopeFormatError, SignatureMismatchError
@@ -29,6 +31,7 @@ __all__ = [
     "keyid_of",
     "load_public_key",
     "verify_envelope",
+    "verify_timing",
 ]
 
 
@@ -177,3 +180,32 @@ def verify_envelope(
         keyids=tuple(sorted(accepted)),
         envelope=envelope,
     )
+
+
+def verify_timing(
+    data: bytes | Envelope,
+    keys: Iterable[VerificationKey | bytes],
+    *,
+    threshold: int = 1,
+) -> tuple[TimingConfiguration, VerifiedEnvelope]:
+    """Verify a signed timing configuration and parse its payload.
+
+    The payload must be the canonical serialisation of the configuration (what
+    the daemon signs), so that its digest is the one recorded in the ledger.
+
+    Raises:
+        EnvelopeFormatError: malformed envelope, wrong payloadType, or a payload
+            that is not a canonical, valid timing configuration.
+        SignatureMismatchError: see :func:`verify_envelope`.
+    """
+    verified = verify_envelope(data, keys, payload_type=TIMING_PAYLOAD_TYPE, threshold=threshold)
+    try:
+        config = TimingConfiguration.parse(verified.payload)
+    except ConfigError as e:
+        raise EnvelopeFormatError(f"signed payload is not a valid timing configuration: {e}") from e
+    if config.canonical_bytes() != verified.payload:
+        raise EnvelopeFormatError(
+            "signed payload is not the canonical serialisation of its timing configuration "
+            "(sorted keys, no whitespace); sign TimingConfiguration.canonical_bytes()"
+        )
+    return config, verified

@@ -17,6 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs.errors import ConfigError, SigningError
+from configs.timing import (
+    BaseProgram,
+    Evidence,
+    IntersectionTiming,
+    NetworkRef,
+    Prediction,
+    TimingConfiguration,
+)
 from hsm import (
     TIMING_PAYLOAD_TYPE,
     Envelope,
@@ -31,7 +39,9 @@ from hsm import (
     load_public_key,
     read_pin,
     sign_envelope,
+    sign_timing,
     verify_envelope,
+    verify_timing,
 )
 from hsm.enrolment import SOFTWARE_TOKEN_ASSURANCE
 from hsm.token import raw_to_der
@@ -354,3 +364,52 @@ def test_pin_from_file_and_systemd_credential(
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(PinFileError, match="empty"):
         read_pin(tmp_path / "empty")
+
+
+def _timing_config() -> TimingConfiguration:
+    base = BaseProgram.from_sumo(
+        "J1",
+        "0",
+        [
+            ("GGrr", 30, None, None),
+            ("yyrr", 3, None, None),
+            ("rrGG", 25, None, None),
+            ("rryy", 3, None, None),
+        ],
+    )
+    now = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
+    return TimingConfiguration(
+        network=NetworkRef(id="district", sha256="a" * 64),
+        sequence=3,
+        issued_at=now,
+        valid_from=now,
+        valid_until=now + dt.timedelta(minutes=10),
+        predicted=Prediction(
+            wait_change=-0.15,
+            wait_change_ci=(-0.2, -0.1),
+            nox_change=0.001,
+            nox_change_ci=(-0.002, 0.004),
+            horizon_s=900,
+            seeds=(1, 2),
+        ),
+        evidence=Evidence(demand_sha256="b" * 64),
+        intersections={"J1": IntersectionTiming.from_base(base)},
+    )
+
+
+def test_sign_and_verify_a_timing_configuration(signer: SoftwareSigner) -> None:
+    config = _timing_config()
+    envelope = sign_timing(signer, config)
+    assert envelope.payload == config.canonical_bytes()
+    parsed, verified = verify_timing(envelope.to_json(), [signer.public_key_pem()])
+    assert parsed == config
+    assert verified.keyids == (signer.keyid,)
+
+
+def test_verify_timing_requires_canonical_valid_payload(signer: SoftwareSigner) -> None:
+    config = _timing_config()
+    pretty = json.dumps(config.to_dict(), indent=1).encode()
+    with pytest.raises(EnvelopeFormatError, match="canonical"):
+        verify_timing(sign_envelope(signer, pretty).to_json(), [signer.public_key_pem()])
+    with pytest.raises(EnvelopeFormatError, match="not a valid timing configuration"):
+        verify_timing(sign_envelope(signer, b'{"schema":1}').to_json(), [signer.public_key_pem()])
