@@ -512,6 +512,9 @@ class FieldEmulator:
                 raise SimulationError(f"field SUMO step failed at t={self._time_s}: {e}") from e
             self._time_s = float(api.simulation.getTime())
             self._collect()
+            # Plans due now take effect before the next step, so the light shows
+            # the plan's phase for this field time.
+            self._apply_due()
             return self._time_s
 
     def step_until(self, field_time_s: float) -> float:
@@ -769,7 +772,12 @@ class FieldEmulator:
             return plan
 
     def signal_state(self, tls_id: str) -> tuple[str, int, str]:
-        """``(program id, phase index, signal state)`` SUMO runs for ``tls_id`` now."""
+        """``(program id, phase index, signal state)`` of ``tls_id``.
+
+        As SUMO reports it at field time ``t``: the state in force during the
+        step just simulated, ``[t - step, t)`` (right after :meth:`apply` took
+        effect, the state in force from ``t``).
+        """
         with self._lock:
             tl = self._require().trafficlight
             return (
