@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs.errors import SimulationError
+from configs.timing import IntersectionTiming, PhasePlan, classify_state
+from simulators.network import load_network
+from simulators.twin import CURRENT, LibsumoWhatIfEngine, RecordSpec, WhatIfRequest
+from tests.support.twin_scenarios import GridScenario, build_grid
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def arterial(tmp_path_factory: pytest.TempPathFactory) -> GridScenario:
+    return build_grid(
+        tmp_path_factory.mktemp("arterial"), size=3, period_s=1.5, end_s=1200, arterial=True
+    )
+
+
+@pytest.fixture(scope="module")
+def base_plans(arterial: GridScenario) -> dict[str, IntersectionTiming]:
+    model = load_network(arterial.net)
+    return {t: IntersectionTiming.from_base(b) for t, b in model.base_programs().items()}
+
+
+def _greens(plan: IntersectionTiming, green_s: int) -> IntersectionTiming:
+    phases = tuple(
+        PhasePlan(state=p.state, duration_s=green_s) if classify_state(p.state) == "green" else p
+        for p in plan.phases
+    )
+    return IntersectionTiming(
+        mode="fixed", cycle_s=sum(p.duration_s for p in phases), offset_s=0, phases=phases
+    )
+
+
+def _all_red(plan: IntersectionTiming) -> IntersectionTiming:
+    phases = tuple(PhasePlan(state="r" * len(p.state), duration_s=30) for p in plan.phases[:2])
+    return IntersectionTiming(mode="fixed", cycle_s=60, offset_s=0, phases=phases)
+
+
+def _request(
+    scenario: GridScenario, current: dict[str, IntersectionTiming], **kw: object
+) -> WhatIfRequest:
+    args: dict[str, object] = {
+        "network": str(scenario.net),
+        "demand": str(scenario.routes),
+        "current": current,
+        "candidates": {},
+        "horizon_s": 600,
+        "warmup_s": 300,
+        "seeds": (11, 12, 13),
+    }
+    args.update(kw)
+    return WhatIfRequest(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_same_inputs_and_seeds_give_identical_numbers(
+    arterial: GridScenario, base_plans: dict[str, IntersectionTiming]
+) -> None:
+    short = {t: _greens(p, 20) for t, p in base_plans.items()}
+    request = _request(
+        arterial,
+        base_plans,
+        candidates={"same": base_plans, "short": short},
+        record=RecordSpec(fps=5, duration_s=4, window_s=120),
+    )
+    with LibsumoWhatIfEngine(workers=2) as engine:
+        first = engine.evaluate(request)
+        second = engine.evaluate(request)
+    third = LibsumoWhatIfEngine(workers=0).evaluate(request)
+    assert first.to_dict() == second.to_dict() == third.to_dict()
+    # and an auditor replaying from the recorded JSON gets the same numbers again
+    replay = WhatIfRequest.from_dict(json.loads(json.dumps(request.to_dict())))
+    assert LibsumoWhatIfEngine(workers=0).evaluate(replay).to_dict() == first.to_dict()
+
+    # the identical candidate changes nothing, and its interval contains 0
+    same = first.outcome("same")
+    assert same.failed is None
+    for metric in ("wait", "delay", "nox", "throughput"):
+        change = same.changes[metric]
+        assert change.mean == 0.0
+        assert change.ci[0] <= 0.0 <= change.ci[1]
+    current = first.current
+    assert current.mean_wait_s > 0 and current.nox_mg > 0 and current.throughput_veh > 0
+    assert set(current.intersections) == set(arterial.tls_ids)
+    assert sum(i.nox_mg for i in current.intersections.values()) < current.nox_mg
+
+    # recordings for the video: float32 [frames, edges], occupancy in [0, 1]
+    rec = first.recordings[CURRENT]
+    assert rec.occupancy.shape == rec.queue_veh.shape == (20, len(rec.edge_ids))
+    assert rec.occupancy.dtype == np.float32 and rec.queue_veh.dtype == np.float32
+    assert 0.0 <= rec.occupancy.min() and rec.occupancy.max() <= 1.0
+    assert rec.queue_veh.max() > 0
+    assert rec.frame_times_s[0] == 786.0 and rec.frame_times_s[-1] == 900.0
+    assert set(first.recordings) == {CURRENT, "same", "short"}
+
+
+def test_much_shorter_greens_on_a_loaded_arterial_are_worse(
+    arterial: GridScenario, base_plans: dict[str, IntersectionTiming]
+) -> None:
+    short = {t: _greens(p, 7) for t, p in base_plans.items()}
+    request = _request(arterial, base_plans, candidates={"short": short}, seeds=(1, 2, 3))
+    result = LibsumoWhatIfEngine(workers=2).evaluate(request)
+    outcome = result.outcome("short")
+    assert outcome.failed is None
+    assert outcome.mean_wait_s > result.current.mean_wait_s
+    wait = outcome.changes["wait"]
+    assert min(wait.per_seed) > 0.1 and wait.ci[0] > 0, wait
+    assert outcome.changes["throughput"].mean < 0
+
+
+def test_gridlock_is_a_failure_with_its_reason(
+    arterial: GridScenario, base_plans: dict[str, IntersectionTiming]
+) -> None:
+    red = {t: _all_red(p) for t, p in base_plans.items()}
+    request = _request(arterial, base_plans, candidates={"red": red}, seeds=(1, 2), gridlock_s=120)
+    result = LibsumoWhatIfEngine(workers=2).evaluate(request)
+    assert result.current.failed is None
+    failed = result.outcome("red").failed
+    assert failed is not None and "gridlock" in failed
+    assert result.outcome("red").changes == {}
+    with pytest.raises(SimulationError, match="gridlock"):
+        result.prediction("red")
