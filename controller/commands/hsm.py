@@ -187,10 +187,19 @@ def _run_init(args: argparse.Namespace) -> int:
     if args.existing_token:
         params = params_from_args(args)
         report, created = ensure_signing_key(params)
+        pem_path = SoftHsmLayout.under(args.state_dir).public_key_pem
+        wrote = False
+        if not pem_path.exists() or pem_path.read_bytes() != report.key.public_key_pem:
+            pem_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            pem_path.write_bytes(report.key.public_key_pem)
+            wrote = True
         if args.json:
-            _print_json({"created_key": created, **report.to_dict()})
+            _print_json({"created_key": created, "public_key": str(pem_path), **report.to_dict()})
         else:
             print(f"key {params.key_label!r} {'generated' if created else 'already present'}")
+            if wrote:
+                print(f"wrote {pem_path}")
+            print(f"public key     {pem_path}")
             _print_report(report)
         return EXIT_OK if not report.key.problems else EXIT_PROBLEM
     if args.softhsm_conf is not None:

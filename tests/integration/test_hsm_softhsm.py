@@ -345,3 +345,22 @@ def test_pin_from_systemd_credential(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     with HsmSigner(dataclasses.replace(params, pin_file="credential:hsm-pin")) as s:
         verify_envelope(s.sign_envelope(PAYLOAD).to_json(), [s.public_key_pem()])
+
+
+def test_cli_existing_token_generates_only_the_key(
+    provisioned: ProvisionResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = provisioned.params
+    argv = ["hsm", "init", "--existing-token", "--state-dir", str(tmp_path)]
+    argv += ["--softhsm-conf", str(p.softhsm_conf), "--pin-file", str(p.pin_file)]
+    assert cli_run([*argv, "--key-label", "second-key", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["created_key"] is True
+    assert first["key"]["attributes"]["CKA_LOCAL"] is True
+    assert first["key"]["keyid"] != provisioned.report.key.keyid
+    assert cli_run([*argv, "--key-label", "second-key", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["created_key"] is False
+    assert again["key"]["keyid"] == first["key"]["keyid"]
+    exported = (tmp_path / "hsm" / "signing-key.pub.pem").read_text()
+    assert exported == first["key"]["public_key_pem"]
