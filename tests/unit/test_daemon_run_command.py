@@ -1,0 +1,102 @@
+"""``signaltwin run``: arguments, exit codes of --once, log format."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from configs.settings import Settings, load_settings
+from controller.cli import run as cli_run
+from controller.commands.run import _run_once, configure_logging
+from controller.daemon import BasicCycleReport, CycleOutcome, FeedbackReport
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "configs" / "demo.toml"
+
+
+class OnceRunner:
+    def __init__(self, report: CycleOutcome) -> None:
+        self.report = report
+        self.closed = False
+
+    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleOutcome:
+        return self.report
+
+    def collect_feedback(self) -> FeedbackReport | None:
+        return None
+
+    def record_skip(self, slot_time: datetime, reason: str) -> None:
+        pass
+
+    def record_config_change(self, settings: Settings) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    scheduler_log = logging.getLogger("apscheduler")
+    level, handlers, scheduler_level = root.level, list(root.handlers), scheduler_log.level
+    formatters = [h.formatter for h in handlers]
+    yield
+    root.setLevel(level)
+    scheduler_log.setLevel(scheduler_level)
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    for handler, formatter in zip(handlers, formatters, strict=True):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+
+
+def test_missing_settings_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    assert cli_run(["run", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+def test_config_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_run(["run"])
+    assert exit_info.value.code == 2
+    assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("report", "code"),
+    [
+        (BasicCycleReport(ok=True, deployed=True, decision="pass", sequence=7), 0),
+        (BasicCycleReport(ok=True, deployed=False, decision="pass"), 0),  # shadow
+        (BasicCycleReport(ok=True, deployed=False, decision="refuse_wait"), 1),
+        (BasicCycleReport(ok=False, deployed=False, error="sign: HSM login failed"), 3),
+    ],
+)
+def test_once_exit_code_follows_the_cycle(
+    report: BasicCycleReport, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings(DEMO)
+    runner = OnceRunner(report)
+    assert _run_once(DEMO, settings, lambda s: runner) == code
+    assert runner.closed
+    assert capsys.readouterr().out.startswith("cycle ")
+
+
+def test_journal_log_format(capsys: pytest.CaptureFixture[str], restore_logging: None) -> None:
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)  # pytest's capture handlers come back in the fixture
+    configure_logging("info", "journal")
+    logging.getLogger("controller.daemon").warning("slot skipped")
+    logging.getLogger("controller.daemon").debug("not shown")
+    err = capsys.readouterr().err
+    assert "<4>controller.daemon: slot skipped" in err
+    assert "not shown" not in err
+    assert logging.getLogger("apscheduler").getEffectiveLevel() == logging.WARNING
