@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-from asyncua import Client, ua
+from asyncua import ua as _ua
+from asyncua.client.client import Client
 from asyncua.crypto import security_policies
 
 from actuation import contract as c
@@ -41,6 +42,10 @@ from actuation.security import CLIENT_APPLICATION_URI, load_certificate_der
 from configs.errors import ActuationError, ConfigError
 from configs.timing import TimingConfiguration
 from hsm.envelope import Envelope
+
+# asyncua's ``ua`` package re-exports its names without ``__all__``, which strict
+# mypy rejects, and types NodeId's arguments with its own aliases: use it untyped.
+ua: Any = _ua
 
 __all__ = [
     "Actuator",
@@ -145,6 +150,10 @@ class ControllerPushResult:
     readback_sequence: int | None = None
     readback_digest: str | None = None
     error: str | None = None
+
+    def note(self, error: str) -> None:
+        """Add ``error`` to this row's errors."""
+        self.error = error if not self.error else f"{self.error}; {error}"
 
     @property
     def staged(self) -> bool:
@@ -616,13 +625,13 @@ class ControllerPool:
         staged = await self._each(stage)
         field_now = 0.0
         all_staged = True
-        for tls, outcome in staged.items():
+        for tls, stage_out in staged.items():
             row = rows[tls]
-            if isinstance(outcome, BaseException):
-                row.error = f"stage: {outcome}"
+            if isinstance(stage_out, BaseException):
+                row.error = f"stage: {stage_out}"
                 all_staged = False
                 continue
-            (status, message), ft = outcome
+            (status, message), ft = stage_out
             row.stage_status, row.stage_message = status, message
             field_now = max(field_now, ft)
             if status != PlanStatus.OK:
@@ -637,11 +646,11 @@ class ControllerPool:
                 lambda link: link.call(c.ABORT_STAGED, ua.Variant(sequence, ua.VariantType.UInt64)),
                 targets,
             )
-            for tls, outcome in aborted.items():
-                if isinstance(outcome, BaseException):
-                    rows[tls].error = ((rows[tls].error or "") + f"; abort: {outcome}").lstrip("; ")
+            for tls, abort_out in aborted.items():
+                if isinstance(abort_out, BaseException):
+                    rows[tls].note(f"abort: {abort_out}")
                 else:
-                    rows[tls].abort_status, rows[tls].abort_message = outcome
+                    rows[tls].abort_status, rows[tls].abort_message = abort_out
             failed = sorted(t for t, r in rows.items() if not r.staged)
             reason = f"stage failed on {len(failed)} controller(s): {', '.join(failed[:10])}"
             logger.warning("push %d aborted: %s", sequence, reason)
@@ -665,20 +674,20 @@ class ControllerPool:
                 ua.Variant(at, ua.VariantType.Double),
             )
         )
-        for tls, outcome in activated.items():
-            if isinstance(outcome, BaseException):
-                rows[tls].error = f"activate: {outcome}"
+        for tls, act_out in activated.items():
+            if isinstance(act_out, BaseException):
+                rows[tls].error = f"activate: {act_out}"
             else:
-                rows[tls].activate_status, rows[tls].activate_message = outcome
+                rows[tls].activate_status, rows[tls].activate_message = act_out
         activate_done = time.perf_counter()
 
         readback = await self._each(lambda link: link.read([c.ACTIVE_SEQUENCE, c.ACTIVE_DIGEST]))
-        for tls, outcome in readback.items():
-            if isinstance(outcome, BaseException):
-                rows[tls].error = ((rows[tls].error or "") + f"; readback: {outcome}").lstrip("; ")
+        for tls, rb_out in readback.items():
+            if isinstance(rb_out, BaseException):
+                rows[tls].note(f"readback: {rb_out}")
             else:
-                rows[tls].readback_sequence = int(outcome[0])
-                rows[tls].readback_digest = str(outcome[1])
+                rows[tls].readback_sequence = int(rb_out[0])
+                rows[tls].readback_digest = str(rb_out[1])
         end = time.perf_counter()
         good = [
             r.activated and r.readback_sequence == sequence and r.readback_digest == digest

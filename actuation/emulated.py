@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asyncua import Server, ua
+from asyncua import ua as _ua
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
 from asyncua.server.internal_server import InternalServer
+from asyncua.server.server import Server
 
 from actuation import contract as c
 from actuation.contract import PlanStatus
@@ -42,6 +43,10 @@ from actuation.users import (
     StrictUserManager,
 )
 from configs.errors import ActuationError
+
+# asyncua's ``ua`` package re-exports its names without ``__all__``, which strict
+# mypy rejects, and types NodeId's arguments with its own aliases: use it untyped.
+ua: Any = _ua
 
 __all__ = [
     "SECURITY_POLICIES",
@@ -83,7 +88,7 @@ def _standard_nodes() -> dict[ua.NodeId, NodeData]:
             from asyncua.server.standard_address_space import standard_address_space
 
             aspace = AddressSpace()
-            standard_address_space.fill_address_space(NodeManagementService(aspace))
+            standard_address_space.fill_address_space(NodeManagementService(aspace))  # type: ignore[no-untyped-call]
             _TEMPLATE = aspace._nodes  # noqa: SLF001 - read-only template, see _CopyOnAccessNodes
         return _TEMPLATE
 
@@ -93,7 +98,7 @@ def _clone(node: NodeData) -> NodeData:
     copy.call = node.call
     copy.references = list(node.references)
     for key, value in node.attributes.items():
-        attribute = AttributeValue(value.value)
+        attribute = AttributeValue(value.value)  # type: ignore[arg-type]
         attribute.value_callback = value.value_callback
         attribute.value_setter = value.value_setter
         copy.attributes[key] = attribute
@@ -148,7 +153,7 @@ class _CopyOnAccessNodes(collections.abc.MutableMapping[ua.NodeId, NodeData]):
 class _SharedStandardSpaceServer(InternalServer):  # type: ignore[misc]
     async def load_standard_address_space(self, shelf_file: Path | None = None) -> None:
         template = await asyncio.to_thread(_standard_nodes)
-        self.aspace._nodes = _CopyOnAccessNodes(template)  # noqa: SLF001
+        self.aspace._nodes = _CopyOnAccessNodes(template)  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- the controller
@@ -382,7 +387,7 @@ class EmulatedController:
     # ------------------------------------------------------------------ methods
 
     def _called_on_controller(self, parent: ua.NodeId) -> bool:
-        return parent == self._node(c.OBJECT)
+        return bool(parent == self._node(c.OBJECT))
 
     async def _stage_plan(self, parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant]:
         if not self._called_on_controller(parent):

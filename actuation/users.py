@@ -25,15 +25,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from asyncua import ua
+from asyncua import ua as _ua
 from asyncua.common.utils import ServiceError
-from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
+from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.user_managers import UserManager
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 if TYPE_CHECKING:
     from asyncua.server.internal_server import InternalServer
+
+# asyncua's ``ua`` package re-exports its names without ``__all__``, which strict
+# mypy rejects, and types NodeId's arguments with its own aliases: use it untyped.
+ua: Any = _ua
 
 __all__ = [
     "ControllerRuleset",
@@ -77,7 +82,7 @@ class PasswordHash:
         return hmac.compare_digest(candidate, self.digest)
 
 
-class StrictUserManager:
+class StrictUserManager(UserManager):
     """Admit exactly one user name/password, over a channel with a pinned client certificate.
 
     asyncua calls :meth:`get_user` on ActivateSession with the decrypted user
@@ -190,10 +195,11 @@ _ALLOWED_REQUESTS = (
 )
 
 
-class ControllerRuleset(PermissionRuleset):  # type: ignore[misc]
+class ControllerRuleset(SimpleRoleRuleset):  # type: ignore[misc]
     """Authenticated users may read, browse, subscribe and call; nobody writes."""
 
     def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
         self._allowed = frozenset(ua.NodeId(i) for i in _ALLOWED_REQUESTS)
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
