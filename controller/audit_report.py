@@ -302,7 +302,10 @@ def _video_html(
     if link_video:
         target = out_path.parent / f"{out_path.stem}.record{cycle.index}{source.suffix}"
         if source.resolve() != target.resolve():
-            shutil.copyfile(source, target)
+            try:
+                shutil.copyfile(source, target)
+            except OSError as e:
+                raise LedgerError(f"cannot copy video {source} to {target}: {e}") from e
         src = _esc(target.name)
     else:
         src = "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
@@ -574,11 +577,14 @@ def write_report(
     link_video: bool = False,
 ) -> Path:
     """Render the report and write it to ``out_path`` (UTF-8)."""
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LedgerError(f"cannot create the report folder {out_path.parent}: {e}") from e
     page = build_report(
         ledger, out_path, selection=selection, verification=verification, link_video=link_video
     )
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(page, encoding="utf-8")
     except OSError as e:
         raise LedgerError(f"cannot write report {out_path}: {e.strerror}") from e
