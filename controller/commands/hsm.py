@@ -278,7 +278,10 @@ def _run_verify(args: argparse.Namespace) -> int:
         data = args.envelope.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read envelope {args.envelope}: {e.strerror}") from e
-    keys = [load_public_key(path) for path in args.key]
+    try:
+        keys = [load_public_key(path) for path in args.key]
+    except SignatureMismatchError as e:
+        raise ConfigError(f"--key: {e}") from e
     try:
         verified = verify_envelope(
             data, keys, payload_type=args.payload_type, threshold=args.threshold
