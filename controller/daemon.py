@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -418,12 +418,15 @@ class Daemon(Generic[S]):
         self._settings: S | None = None
         self._runner: CycleRunner[S] | None = None
         self._pending: tuple[S, CycleRunner[S]] | None = None
+        self._pending_lock = threading.Lock()  # ownership of _pending moves atomically
+        self._last_slot: datetime | None = None  # the last slot run or skipped
         self._skips: list[tuple[datetime, SkipReason]] = []
         self._skips_lock = threading.Lock()
         self._scheduler: BackgroundScheduler | None = None
         self._server: MetricsServer | None = None
         self._saved_handlers: dict[int, Any] = {}
         self._last_status = ""
+        self._once = False
         self.cycles_completed = 0
 
     # --- public controls ----------------------------------------------------------------
@@ -449,11 +452,18 @@ class Daemon(Generic[S]):
         self._reload_requested = True
 
     def handle_signal(self, sig: int, frame: FrameType | None) -> None:
-        """Signal handler: only sets flags, the main loop acts on them."""
+        """Signal handler: only sets flags, the main loop acts on them.
+
+        The one exception is a second SIGINT during :meth:`run_once`, where there is
+        no main loop to abandon the cycle: it raises KeyboardInterrupt, as Python's
+        default handler would.
+        """
         if sig == signal.SIGHUP:
             self._reload_requested = True
         elif sig == signal.SIGINT and self.should_exit:
             self.force_exit = True
+            if self._once:
+                raise KeyboardInterrupt
         else:
             self.should_exit = True
 
@@ -481,6 +491,7 @@ class Daemon(Generic[S]):
             ConfigError: the settings are invalid.
             SignaltwinError: the runner could not be built.
         """
+        self._once = True
         settings = self._loader()
         runner = self._factory(settings)
         if slot_time is None:
@@ -644,7 +655,8 @@ class Daemon(Generic[S]):
             time.sleep(self.options.tick_s)
 
     def _reload(self) -> None:
-        current = self._settings
+        with self._pending_lock:
+            current = self._pending[0] if self._pending is not None else self._settings
         logger.info("SIGHUP: reloading the settings")
         self._notifier.notify("RELOADING=1", monotonic_usec(), "STATUS=reloading settings")
         try:
@@ -671,8 +683,8 @@ class Daemon(Generic[S]):
         except Exception as e:
             self._refuse_reload(f"cannot build the cycle from the new settings: {e}")
             return
-        previous = self._pending
-        self._pending = (new_settings, new_runner)
+        with self._pending_lock:
+            previous, self._pending = self._pending, (new_settings, new_runner)
         if previous is not None:
             self._call_quietly("close", previous[1].close)
         logger.info("new settings accepted; they apply from the next cycle")
@@ -693,7 +705,8 @@ class Daemon(Generic[S]):
             self._runner_lock.release()
 
     def _swap_locked(self) -> None:
-        pending, self._pending = self._pending, None
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
         if pending is None:
             return
         new_settings, new_runner = pending
@@ -716,6 +729,8 @@ class Daemon(Generic[S]):
             return
         if new.schedule.interval_s != old.schedule.interval_s:
             interval_s = new.schedule.interval_s
+            with self._skips_lock:
+                self._last_slot = None  # the slot grid changes
             self._scheduler.modify_job(
                 CYCLE_JOB_ID, misfire_grace_time=self._misfire_grace_s(interval_s)
             )
@@ -735,6 +750,7 @@ class Daemon(Generic[S]):
 
     def _cycle_job(self) -> None:
         slot_time = _scheduled_run_time()
+        self._note_gap(slot_time)
         if self._stopping:
             return
         settings = self._settings
@@ -857,13 +873,34 @@ class Daemon(Generic[S]):
         slot_time = slot_time.astimezone(UTC)
         why = {
             "overrun": "the previous cycle is still running",
-            "missed": "the scheduler woke up too late for it",
+            "missed": "the scheduler woke up too late for it (host suspended or overloaded)",
             "busy": "feedback collection or a reload held the runner",
         }[reason]
         logger.warning("cycle slot %s skipped (%s): %s", slot_time.isoformat(), reason, why)
         self.metrics.count_skip(reason)
         with self._skips_lock:
             self._skips.append((slot_time, reason))
+            if self._last_slot is None or slot_time > self._last_slot:
+                self._last_slot = slot_time
+
+    def _note_gap(self, slot_time: datetime) -> None:
+        """Report slots between the last one handled and ``slot_time`` as missed.
+
+        APScheduler's ``coalesce`` silently drops all but the latest of several
+        overdue run times (after the host was suspended, or the process stopped),
+        so gaps in the slot sequence are found here instead.
+        """
+        settings = self._settings
+        if settings is None:
+            return
+        interval_s = settings.schedule.interval_s
+        with self._skips_lock:
+            last, self._last_slot = self._last_slot, max(slot_time, self._last_slot or slot_time)
+        if last is None or slot_time <= last:
+            return
+        lost = round((slot_time - last).total_seconds() / interval_s) - 1
+        for k in range(1, lost + 1):
+            self._skip(last + timedelta(seconds=k * interval_s), "missed")
 
     def _flush_skips(self, runner: CycleRunner[S]) -> None:
         with self._skips_lock:
@@ -921,7 +958,8 @@ class Daemon(Generic[S]):
         return code
 
     def _close_quietly(self) -> None:
-        pending, self._pending = self._pending, None
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
         if pending is not None:
             self._call_quietly("close", pending[1].close)
         runner, self._runner = self._runner, None

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +330,29 @@ def test_metrics_scraped_over_http_after_cycles(start: Callable[..., DaemonProce
     assert samples["signaltwin_last_successful_cycle_timestamp_seconds"] > time.time() - 60
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
+
+
+def test_slots_lost_while_the_process_was_stopped_are_reported_missed(
+    start: Callable[..., DaemonProcess],
+) -> None:
+    daemon = start(interval_s=0.3, cycle_s=0.02)
+    daemon.wait_ready()
+    daemon.wait_for("a cycle", lambda: bool(daemon.events("cycle_end")))
+    daemon.signal(signal.SIGSTOP)  # like a suspended host: the scheduler wakes up late
+    time.sleep(1.3)
+    daemon.signal(signal.SIGCONT)
+    daemon.wait_for("missed slots recorded", lambda: bool(daemon.events("skip")))
+    skips = daemon.events("skip")
+    assert {s["reason"] for s in skips} == {"missed"}
+    assert 2 <= len(skips) <= 5
+    # every slot is accounted for: run or recorded as skipped, none twice
+    daemon.wait_for("a cycle after the gap", lambda: len(daemon.events("cycle_end")) >= 3)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    run = [e["slot"] for e in daemon.events("cycle_start")]
+    skipped = [s["slot"] for s in daemon.events("skip")]
+    slots = sorted(run + skipped)
+    assert len(slots) == len(set(slots))
+    times = [datetime.fromisoformat(t).timestamp() for t in slots]
+    gaps = {round(b - a, 3) for a, b in zip(times, times[1:], strict=False)}
+    assert gaps == {0.3}
