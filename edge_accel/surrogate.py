@@ -44,6 +44,7 @@ __all__ = [
     "SurrogateModel",
     "SurrogateRow",
     "candidate_features",
+    "describe_surrogate",
     "load_rows_jsonl",
     "load_surrogate",
     "plan_arrays",
@@ -470,6 +471,24 @@ def load_surrogate(path: Path, device: torch.device | None = None) -> SurrogateM
         raise ConfigError(f"surrogate weights {path} do not match their declared shape: {e}") from e
     model.eval()
     return model.to(device or torch.device("cpu"))
+
+
+def describe_surrogate(path: Path) -> dict[str, Any]:
+    """Return a weights file's sha256, shape and recorded training metrics.
+
+    Raises:
+        ConfigError: As :func:`load_surrogate`.
+    """
+    model = load_surrogate(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return {
+        "weights": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "format": SURROGATE_FORMAT,
+        "input_dim": model.input_dim,
+        "hidden": list(model.hidden),
+        "metrics": dict(payload.get("metrics", {})),
+    }
 
 
 # -- screening ----------------------------------------------------------------------------
