@@ -1,0 +1,111 @@
+"""``signaltwin train``: train the shared signal-timing policy with PPO on SUMO."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from configs.errors import ConfigError
+from configs.settings import load_settings
+from rl.env import EnvConfig
+from rl.train import train
+from simulators.network import ensure_detectors
+
+logger = logging.getLogger(__name__)
+
+_DISTRICT = Path("configs/district")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``train`` command."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train the RL timing policy (PPO, shared over intersections)",
+        description=(
+            "Train the shared signal-timing policy with stable-baselines3 PPO on SUMO. Every "
+            "traffic light of every simulation is one sample per 240 s plan interval; "
+            "actions are bounded split/cycle/offset adjustments projected onto the safe set. "
+            "Writes the actor's weights (torch state_dict, loaded with weights_only) and "
+            "<out>.sha256; SB3 checkpoints go to <out dir>/checkpoints. Options not given are "
+            "taken from --config's [rl] and [simulation] sections, else the demo district."
+        ),
+    )
+    parser.add_argument("--config", type=Path, default=None, help="signaltwin TOML settings")
+    parser.add_argument("--network", type=Path, default=None, help="SUMO .net.xml")
+    parser.add_argument(
+        "--detectors",
+        type=Path,
+        default=None,
+        help="E1 loops (generated next to the net if absent)",
+    )
+    parser.add_argument(
+        "--routes", type=Path, nargs="+", default=None, help="SUMO route files (training demand)"
+    )
+    parser.add_argument("--timesteps", type=int, default=None, help="samples (light-intervals)")
+    parser.add_argument("--envs", type=int, default=None, help="parallel simulations (processes)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument(
+        "--mode",
+        choices=("fixed", "actuated"),
+        default="actuated",
+        help="plans the policy tunes: fixed-time or actuated (default: actuated)",
+    )
+    parser.add_argument("--episode-steps", type=int, default=10, help="intervals per episode")
+    parser.add_argument(
+        "--out", type=Path, default=Path("rl/policies/district.pt"), help="weights file to write"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    timesteps, n_envs, seed, lr = 20_000, 1, 7, 3e-4
+    network: Path | None = args.network
+    detectors: Path | None = args.detectors
+    routes: list[Path] | None = args.routes
+    if args.config is not None:
+        settings = load_settings(args.config)
+        timesteps = settings.rl.total_timesteps
+        n_envs = settings.rl.n_envs
+        seed = settings.rl.seed
+        lr = settings.rl.learning_rate
+        network = network or settings.simulation.network
+        detectors = detectors or settings.simulation.detectors
+    network = network or _DISTRICT / "district.net.xml"
+    if routes is None:
+        sibling = network.with_name(network.name.replace(".net.xml", ".rou.xml"))
+        if not sibling.is_file():
+            raise ConfigError(
+                f"no training demand: pass --routes (no {sibling} next to the network)"
+            )
+        routes = [sibling]
+    if detectors is None:
+        detectors = ensure_detectors(
+            network, network.with_name(network.name.replace(".net.xml", ".det.add.xml"))
+        )
+    for path in (network, detectors, *routes):
+        if not Path(path).is_file():
+            raise ConfigError(f"file {path} does not exist (check --network/--detectors/--routes)")
+    config = EnvConfig(
+        net_file=network,
+        detectors_file=detectors,
+        route_files=tuple(routes),
+        episode_steps=args.episode_steps,
+        mode=args.mode,
+    )
+    result = train(
+        config,
+        args.out,
+        timesteps=args.timesteps or timesteps,
+        n_sims=args.envs or n_envs,
+        seed=args.seed if args.seed is not None else seed,
+        learning_rate=lr,
+        progress_bar=not args.no_progress,
+    )
+    print(f"weights: {result.weights}")
+    print(f"sha256:  {result.sha256}")
+    print(f"samples: {result.timesteps} in {result.wall_s:.0f} s wall")
+    if result.final_mean_reward is not None:
+        print(f"mean reward per light-interval (last rollout): {result.final_mean_reward:.3f}")
+    return 0

@@ -1,0 +1,250 @@
+"""Reference controllers: fixed plans, Webster, SUMO actuated and max-pressure.
+
+Plan deployers (fixed, Webster, actuated) produce :class:`configs.timing.Proposal`
+objects or plans made by :func:`configs.timing.project`, exactly like the policy.
+Max-pressure is different: a real-time phase selector that runs inside the
+simulation every few seconds (a reference for what per-second control can do,
+not something the daemon deploys). It switches through the base program's own
+yellow and all-red durations and holds every green at least the minimum green.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from configs.errors import ConfigError
+from configs.timing import (
+    BasePhase,
+    BaseProgram,
+    IntersectionTiming,
+    Proposal,
+    SafetyLimits,
+    project,
+)
+from rl._sumo_session import FieldSimulation
+from rl.features import IntersectionObservation, critical_flow_ratios
+from simulators.network import NetworkModel
+
+__all__ = [
+    "MaxPressureController",
+    "actuated_plan",
+    "fixed_plans",
+    "lost_time_s",
+    "webster",
+    "webster_proposal",
+]
+
+_MAX_Y = 0.9
+"""Cap on the sum of critical flow ratios (Webster's formula diverges at Y = 1)."""
+
+
+def fixed_plans(bases: Mapping[str, BaseProgram]) -> dict[str, IntersectionTiming]:
+    """The network's own fixed plans (each base program as a plan)."""
+    return {tls_id: IntersectionTiming.from_base(base) for tls_id, base in bases.items()}
+
+
+def lost_time_s(base: BaseProgram) -> float:
+    """Lost time per cycle: the sum of the intergreens (yellow and all-red intervals)."""
+    return float(sum(p.duration_s for p in base.phases if p.kind != "green"))
+
+
+def webster(flow_ratios: Sequence[float], lost_s: float) -> tuple[float, list[float]]:
+    """Webster's optimum cycle and effective greens.
+
+    ``C0 = (1.5 L + 5) / (1 - Y)`` with ``Y`` the sum of the critical flow ratios
+    (capped at 0.9); the effective green time ``C0 - L`` is shared in proportion
+    to the critical flow ratios (equally when no flow was seen).
+
+    Args:
+        flow_ratios: critical flow ratio ``y = q / s`` of each phase.
+        lost_s: total lost time per cycle ``L`` in seconds.
+
+    Returns:
+        ``(C0, [g_1, ..., g_n])`` in seconds (not rounded, not yet within limits).
+
+    Raises:
+        ConfigError: no phases, a negative ratio or a negative lost time.
+    """
+    if not flow_ratios:
+        raise ConfigError("Webster needs at least one phase")
+    if lost_s < 0 or any(y < 0 for y in flow_ratios):
+        raise ConfigError("Webster needs non-negative flow ratios and lost time")
+    total_y = min(sum(flow_ratios), _MAX_Y)
+    cycle = (1.5 * lost_s + 5.0) / (1.0 - total_y)
+    effective = max(cycle - lost_s, 0.0)
+    raw = sum(flow_ratios)
+    if raw <= 0:
+        return cycle, [effective / len(flow_ratios)] * len(flow_ratios)
+    return cycle, [effective * y / raw for y in flow_ratios]
+
+
+def webster_proposal(obs: IntersectionObservation) -> Proposal:
+    """Webster's plan for one intersection from its detector flows (offset kept)."""
+    base = obs.layout.base
+    cycle, greens = webster(critical_flow_ratios(obs), lost_time_s(base))
+    return Proposal(green_s=tuple(greens), cycle_s=cycle, offset_s=None)
+
+
+def actuated_plan(
+    tls_id: str,
+    base: BaseProgram,
+    limits: SafetyLimits,
+    previous: IntersectionTiming | None = None,
+) -> IntersectionTiming:
+    """The base program switched to SUMO actuated control, bounded by :func:`project`.
+
+    Greens keep their base durations as the nominal green, ``min_s`` is the
+    minimum green and ``max_s`` extends into the headroom below the maximum cycle.
+    """
+    actuated_base = base.model_copy(
+        update={
+            "mode": "actuated",
+            "phases": tuple(
+                BasePhase(
+                    state=p.state,
+                    duration_s=p.duration_s,
+                    kind=p.kind,
+                    serves_pedestrians=p.serves_pedestrians,
+                )
+                for p in base.phases
+            ),
+        }
+    )
+    greens = [float(base.phases[i].duration_s) for i in base.green_indices]
+    return project(tls_id, Proposal(green_s=greens), actuated_base, limits, previous)
+
+
+# --------------------------------------------------------------------------- max-pressure
+
+
+def _is_green(c: str) -> bool:
+    return c in "Gg"
+
+
+@dataclass
+class _LightState:
+    green: int
+    """Index (into the light's greens) of the green shown or being switched to."""
+    stage: str
+    """"green", "yellow" or "red"."""
+    until_s: float
+    """End of the current transition interval, or when the green may end."""
+    target: int = 0
+
+
+class MaxPressureController:
+    """Max-pressure phase selection, called after every simulation step.
+
+    Every ``decision_s`` seconds, a light whose green has lasted at least the
+    minimum green switches to the green phase with the highest pressure
+    (halting vehicles on the lanes it serves minus those on their exit lanes),
+    through a yellow and an all-red built from the base program's transition
+    durations (links that lose green turn yellow; links green in both phases
+    keep green).
+
+    Args:
+        network: the network model (links and base programs).
+        limits: minimum green and minimum yellow/all-red durations.
+        decision_s: how often lights reconsider their phase.
+    """
+
+    def __init__(
+        self,
+        network: NetworkModel,
+        limits: SafetyLimits | None = None,
+        decision_s: float = 5.0,
+    ) -> None:
+        self.limits = limits or SafetyLimits()
+        self.decision_s = decision_s
+        self._greens: dict[str, list[str]] = {}
+        self._movements: dict[str, list[list[tuple[str, str]]]] = {}
+        self._yellow_s: dict[str, float] = {}
+        self._red_s: dict[str, float] = {}
+        for tls_id, inter in network.intersections.items():
+            base = inter.base
+            states = [base.phases[i].state for i in base.green_indices]
+            self._greens[tls_id] = states
+            self._movements[tls_id] = [
+                sorted(
+                    {
+                        (link.from_lane, link.to_lane)
+                        for link in inter.links
+                        if not link.pedestrian
+                        and link.index < len(state)
+                        and _is_green(state[link.index])
+                    }
+                )
+                for state in states
+            ]
+            yellows = [p.duration_s for p in base.phases if p.kind == "yellow"]
+            reds = [p.duration_s for p in base.phases if p.kind == "red"]
+            self._yellow_s[tls_id] = float(max(max(yellows, default=0), self.limits.min_yellow_s))
+            self._red_s[tls_id] = float(
+                max(max(reds, default=0), self.limits.min_red_clearance_s if reds else 0)
+            )
+        self._state: dict[str, _LightState] = {}
+        self._next_decision_s = 0.0
+
+    def pressure(self, sim: FieldSimulation, tls_id: str, green: int) -> float:
+        """Pressure of one green phase: queued upstream minus queued downstream."""
+        return float(
+            sum(
+                sim.lane_halting(src) - sim.lane_halting(dst)
+                for src, dst in self._movements[tls_id][green]
+            )
+        )
+
+    def __call__(self, sim: FieldSimulation) -> None:
+        """The per-step hook: advance transitions and decide when due."""
+        now = sim.time_s
+        if not self._state:
+            for tls_id, states in self._greens.items():
+                self._state[tls_id] = _LightState(0, "green", now + self.limits.min_green_s)
+                sim.set_signal_state(tls_id, states[0])
+        decide = now >= self._next_decision_s
+        if decide:
+            self._next_decision_s = now + self.decision_s
+        for tls_id, st in self._state.items():
+            states = self._greens[tls_id]
+            if st.stage == "yellow" and now >= st.until_s:
+                red = _red_state(states[st.green], states[st.target])
+                if self._red_s[tls_id] > 0 and red != states[st.target]:
+                    st.stage, st.until_s = "red", now + self._red_s[tls_id]
+                    sim.set_signal_state(tls_id, red)
+                else:
+                    self._enter_green(sim, tls_id, st, now)
+            elif st.stage == "red" and now >= st.until_s:
+                self._enter_green(sim, tls_id, st, now)
+            elif st.stage == "green" and decide and now >= st.until_s and len(states) > 1:
+                best = max(range(len(states)), key=lambda g: self.pressure(sim, tls_id, g))
+                if best != st.green and self.pressure(sim, tls_id, best) > self.pressure(
+                    sim, tls_id, st.green
+                ):
+                    st.target = best
+                    yellow = _yellow_state(states[st.green], states[best])
+                    if yellow == states[st.green]:  # nothing loses green: switch directly
+                        self._enter_green(sim, tls_id, st, now)
+                    else:
+                        st.stage, st.until_s = "yellow", now + self._yellow_s[tls_id]
+                        sim.set_signal_state(tls_id, yellow)
+
+    def _enter_green(self, sim: FieldSimulation, tls_id: str, st: _LightState, now: float) -> None:
+        st.green, st.stage = st.target, "green"
+        st.until_s = now + self.limits.min_green_s
+        sim.set_signal_state(tls_id, self._greens[tls_id][st.green])
+
+
+def _yellow_state(current: str, target: str) -> str:
+    """Links green now and not green next turn yellow; everything else stays."""
+    return "".join(
+        "y" if _is_green(a) and not _is_green(b) else a
+        for a, b in zip(current, target, strict=True)
+    )
+
+
+def _red_state(current: str, target: str) -> str:
+    """All-red clearance: only links green in both phases keep their green."""
+    return "".join(
+        a if _is_green(a) and _is_green(b) else "r" for a, b in zip(current, target, strict=True)
+    )

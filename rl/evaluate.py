@@ -1,0 +1,299 @@
+"""Closed-loop evaluation of one controller type on the simulated field.
+
+:func:`evaluate_controller` runs a controller for a horizon at full speed over
+several seeds and returns ground-truth trip statistics per seed with means and
+95 % confidence intervals. Plan deployers (``webster``, ``policy``) are asked
+every interval through a ``decide(observations) -> plans | None`` callback, which
+the daemon can replace by its own gate logic; ``fixed`` keeps the base plans,
+``actuated`` switches every light to SUMO actuated control once, and
+``max-pressure`` selects phases in real time inside the simulation.
+
+Run ``python -m rl.evaluate --help`` for the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from configs.timing import IntersectionTiming, SafetyLimits, project
+from rl._sumo_session import SumoSession, TripStats
+from rl.baselines import MaxPressureController, actuated_plan, fixed_plans, webster_proposal
+from rl.features import (
+    IntersectionLayout,
+    IntersectionObservation,
+    build_observations,
+    layouts_from_network,
+)
+from simulators.network import NetworkModel, ensure_detectors, load_network
+
+__all__ = [
+    "CONTROLLERS",
+    "ControllerKind",
+    "Decide",
+    "EvaluationResult",
+    "evaluate_controller",
+    "main",
+    "mean_ci",
+    "policy_decide",
+    "run_once",
+    "webster_decide",
+]
+
+logger = logging.getLogger(__name__)
+
+ControllerKind = Literal["fixed", "webster", "actuated", "max-pressure", "policy"]
+CONTROLLERS: tuple[ControllerKind, ...] = (
+    "fixed",
+    "webster",
+    "actuated",
+    "max-pressure",
+    "policy",
+)
+Decide = Callable[[Mapping[str, IntersectionObservation]], Mapping[str, IntersectionTiming] | None]
+"""Given each light's observation, the plans to deploy now (None = keep the current)."""
+
+_METRICS = ("delay_s", "wait_s", "trip_time_s", "nox_g", "throughput_veh")
+
+
+@dataclass
+class EvaluationResult:
+    """Per-seed trip statistics and their means with 95 % confidence intervals."""
+
+    controller: str
+    seeds: tuple[int, ...]
+    per_seed: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """Metric -> (mean, half-width of the 95 % confidence interval)."""
+        return {m: mean_ci([r[m] for r in self.per_seed]) for m in _METRICS}
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data."""
+        return {
+            "controller": self.controller,
+            "seeds": list(self.seeds),
+            "per_seed": self.per_seed,
+            "mean": {m: v[0] for m, v in self.summary().items()},
+            "ci95": {m: v[1] for m, v in self.summary().items()},
+            "wall_s": self.wall_s,
+        }
+
+
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t confidence interval (0 for n < 2)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, _T95.get(n - 1, 1.96) * math.sqrt(var / n)
+
+
+def webster_decide(
+    layouts: Mapping[str, IntersectionLayout],
+    limits: SafetyLimits,
+) -> Callable[[Mapping[str, IntersectionObservation]], dict[str, IntersectionTiming]]:
+    """A ``decide`` that deploys Webster's plan everywhere (projected onto the safe set)."""
+
+    def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
+        return {
+            t: project(t, webster_proposal(o), layouts[t].base, limits, o.timing)
+            for t, o in obs.items()
+        }
+
+    return decide
+
+
+def policy_decide(
+    policy: object,
+    layouts: Mapping[str, IntersectionLayout],
+    limits: SafetyLimits,
+) -> Callable[[Mapping[str, IntersectionObservation]], dict[str, IntersectionTiming]]:
+    """A ``decide`` that deploys the policy's proposals (projected onto the safe set)."""
+    from rl.policy import Policy
+
+    if not isinstance(policy, Policy):
+        raise TypeError("policy must implement rl.policy.Policy")
+
+    def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
+        proposals = policy.propose(obs)
+        return {
+            t: project(t, p, layouts[t].base, limits, obs[t].timing) for t, p in proposals.items()
+        }
+
+    return decide
+
+
+def run_once(
+    network: NetworkModel,
+    route_files: Sequence[Path],
+    controller: ControllerKind,
+    *,
+    seed: int,
+    horizon_s: float,
+    begin_s: float = 0.0,
+    interval_s: float = 240.0,
+    decide: Decide | None = None,
+    limits: SafetyLimits | None = None,
+    scale: float = 1.0,
+) -> TripStats:
+    """Run one controller closed-loop for ``horizon_s`` on one seed; return trip stats."""
+    limits = limits or SafetyLimits()
+    layouts = layouts_from_network(network)
+    session = SumoSession(network, route_files, seed=seed, begin_s=begin_s, scale=scale)
+    try:
+        current = fixed_plans(network.base_programs())
+        hook = None
+        if controller == "actuated":
+            for tls_id, base in network.base_programs().items():
+                current[tls_id] = actuated_plan(tls_id, base, limits)
+                session.apply(tls_id, current[tls_id])
+        elif controller == "max-pressure":
+            hook = MaxPressureController(network, limits)
+        elif controller in ("webster", "policy") and decide is None:
+            raise ValueError(f"controller {controller!r} needs a decide callback")
+        end = begin_s + horizon_s
+        while session.time_s < end - 1e-6:
+            stop = min(end, session.time_s + interval_s)
+            measured = session.run_until(stop, hook)
+            if decide is not None and controller in ("webster", "policy") and stop < end:
+                obs = build_observations(
+                    layouts, measured.counts_veh, measured.interval_s, current, measured.occupancy
+                )
+                plans = decide(obs)
+                for tls_id, plan in (plans or {}).items():
+                    session.apply(tls_id, plan)
+                    current[tls_id] = plan
+        return session.finish()
+    finally:
+        session.cleanup()
+
+
+def evaluate_controller(
+    network: NetworkModel,
+    route_files: Sequence[Path],
+    controller: ControllerKind,
+    *,
+    seeds: Sequence[int],
+    horizon_s: float,
+    begin_s: float = 0.0,
+    interval_s: float = 240.0,
+    decide: Decide | None = None,
+    limits: SafetyLimits | None = None,
+) -> EvaluationResult:
+    """Run :func:`run_once` for every seed and collect the results."""
+    result = EvaluationResult(controller=controller, seeds=tuple(seeds))
+    started = time.monotonic()
+    for seed in seeds:
+        stats = run_once(
+            network,
+            route_files,
+            controller,
+            seed=seed,
+            horizon_s=horizon_s,
+            begin_s=begin_s,
+            interval_s=interval_s,
+            decide=decide,
+            limits=limits,
+        )
+        result.per_seed.append(stats.as_dict())
+        logger.info("%s seed %d: delay %.1f s", controller, seed, stats.delay_s)
+    result.wall_s = time.monotonic() - started
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rl.evaluate",
+        description="Closed-loop evaluation of controllers on a SUMO network (ground-truth trips).",
+    )
+    p.add_argument("--network", type=Path, default=Path("configs/district/district.net.xml"))
+    p.add_argument(
+        "--detectors", type=Path, default=None, help="E1 detector file (generated if absent)"
+    )
+    p.add_argument(
+        "--routes", type=Path, nargs="+", default=[Path("configs/district/district.rou.xml")]
+    )
+    p.add_argument("--controllers", nargs="+", default=list(CONTROLLERS), choices=CONTROLLERS)
+    p.add_argument("--policy", type=Path, default=Path("rl/policies/district.pt"))
+    p.add_argument("--seeds", type=int, default=5, help="number of seeds (1..N)")
+    p.add_argument("--hours", type=float, default=1.0)
+    p.add_argument("--begin", type=float, default=0.0, help="simulation start time (s)")
+    p.add_argument("--interval", type=float, default=240.0)
+    p.add_argument("--json", type=Path, default=None, help="write the full results here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate the chosen controllers and print a Markdown table."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    detectors = args.detectors
+    if detectors is None:
+        sibling = args.network.with_name(args.network.name.replace(".net.xml", ".det.add.xml"))
+        detectors = ensure_detectors(args.network, sibling)
+    network = load_network(args.network, detectors)
+    layouts = layouts_from_network(network)
+    limits = SafetyLimits()
+    seeds = list(range(1, args.seeds + 1))
+    results: list[EvaluationResult] = []
+    for kind in args.controllers:
+        decide: Decide | None = None
+        if kind == "webster":
+            decide = webster_decide(layouts, limits)
+        elif kind == "policy":
+            from rl.policy import TorchPolicy
+
+            decide = policy_decide(TorchPolicy.load(args.policy), layouts, limits)
+        results.append(
+            evaluate_controller(
+                network,
+                args.routes,
+                kind,
+                seeds=seeds,
+                horizon_s=args.hours * 3600.0,
+                begin_s=args.begin,
+                interval_s=args.interval,
+                decide=decide,
+                limits=limits,
+            )
+        )
+    fixed = next((r for r in results if r.controller == "fixed"), None)
+    ref = fixed.summary()["delay_s"][0] if fixed else math.nan
+    out = sys.stdout
+    out.write(
+        "| controller | delay_s (±95% CI) | vs fixed | wait_s | trip_time_s | NOx g "
+        "| throughput |\n"
+    )
+    out.write("|---|---|---|---|---|---|---|\n")
+    for r in results:
+        s = r.summary()
+        d, dci = s["delay_s"]
+        change = (d / ref - 1.0) * 100.0 if ref == ref and ref > 0 else math.nan
+        out.write(
+            f"| {r.controller} | {d:.1f} ± {dci:.1f} | {change:+.1f} % | {s['wait_s'][0]:.1f} | "
+            f"{s['trip_time_s'][0]:.1f} | {s['nox_g'][0]:.0f} ± {s['nox_g'][1]:.0f} | "
+            f"{s['throughput_veh'][0]:.0f} |\n"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
