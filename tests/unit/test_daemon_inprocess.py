@@ -133,6 +133,14 @@ class Harness:
         return self.registry.get_sample_value(name, labels)
 
 
+def recording(built: list[Runner], **kwargs: Any) -> Callable[[FakeSettings], Runner]:
+    def factory(s: FakeSettings) -> Runner:
+        built.append(Runner(s, **kwargs))
+        return built[-1]
+
+    return factory
+
+
 @pytest.fixture
 def harnesses() -> Iterator[list[Harness]]:
     made: list[Harness] = []
@@ -221,7 +229,7 @@ def test_a_crashing_cycle_counts_as_failed_feeds_no_watchdog_and_the_daemon_goes
 
 def test_reload_with_identical_settings_is_counted_unchanged(harnesses: list[Harness]) -> None:
     built: list[Runner] = []
-    h = Harness(settings, lambda s: built.append(Runner(s)) or built[-1])
+    h = Harness(settings, recording(built))
     harnesses.append(h)
     h.start()
     h.daemon.request_reload()
@@ -256,7 +264,7 @@ def test_reload_whose_runner_cannot_be_built_is_rejected(harnesses: list[Harness
 def test_reload_applies_a_new_interval(harnesses: list[Harness]) -> None:
     current = {"s": settings("a", interval_s=60)}
     built: list[Runner] = []
-    h = Harness(lambda: current["s"], lambda s: built.append(Runner(s)) or built[-1])
+    h = Harness(lambda: current["s"], recording(built))
     harnesses.append(h)
     h.start()
     assert h.daemon.cycles_completed == 0  # next slot is up to a minute away
@@ -301,7 +309,7 @@ def test_a_slot_that_cannot_get_the_runner_is_skipped_as_busy(harnesses: list[Ha
     runners: list[Runner] = []
     h = Harness(
         lambda: settings(interval_s=0.3, feedback_interval_s=0.25),
-        lambda s: runners.append(Runner(s, feedback=slow_feedback)) or runners[-1],
+        recording(runners, feedback=slow_feedback),
         misfire_grace_s=1,
     )
     harnesses.append(h)
