@@ -45,6 +45,7 @@ __all__ = [
     "SimulationSettings",
     "VideoSettings",
     "check_environment",
+    "dump_settings_toml",
     "load_settings",
     "read_secret",
 ]
@@ -455,7 +456,7 @@ class Settings(BaseModel):
 
 def _absolute(path: Path, root: Path) -> Path:
     expanded = path.expanduser()
-    return expanded if expanded.is_absolute() else (root / expanded)
+    return Path(os.path.normpath(expanded if expanded.is_absolute() else root / expanded))
 
 
 def _secret_ref(ref: str, root: Path) -> str:
@@ -625,3 +626,53 @@ def check_environment(settings: Settings) -> list[str]:
                     f"{cert} missing (the server certificate must be pinned)"
                 )
     return problems
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list) and all(not isinstance(v, dict) for v in value):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    raise ConfigError(f"cannot write {where} = {value!r} as a TOML value")
+
+
+def _toml_key_part(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key, key)
+
+
+def _toml_table(data: dict[str, Any], prefix: str, out: list[str]) -> None:
+    scalars = {
+        k: v
+        for k, v in data.items()
+        if v is not None
+        and not isinstance(v, dict)
+        and not (isinstance(v, list) and v and isinstance(v[0], dict))
+    }
+    for key, value in scalars.items():
+        out.append(f"{_toml_key_part(key)} = {_toml_value(value, prefix + key)}")
+    for key, value in data.items():
+        name = f"{prefix}{_toml_key_part(key)}"
+        if isinstance(value, dict):
+            out.append(f"\n[{name}]")
+            _toml_table(value, name + ".", out)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                out.append(f"\n[[{name}]]")
+                _toml_table(item, name + ".", out)
+
+
+def dump_settings_toml(settings: Settings) -> str:
+    """Write ``settings`` as TOML that :func:`load_settings` reads back to equal settings.
+
+    Every path is written as it is held (absolute after loading), so the file can
+    live anywhere; ``None`` values are left out (they are the defaults).
+    """
+    data = settings.model_dump(mode="json", exclude={"source"})
+    lines = ["# written by signaltwin; every path is absolute"]
+    _toml_table(data, "", lines)
+    return "\n".join(lines) + "\n"

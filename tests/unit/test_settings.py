@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from configs.errors import ConfigError
-from configs.settings import check_environment, load_settings, read_secret
+from configs.settings import (
+    ControllerEndpoint,
+    check_environment,
+    load_settings,
+    read_secret,
+)
 from controller.cli import run
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
@@ -90,14 +95,18 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_environment_check_reports_unreadable_pin_file(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file; an empty PIN file stands in below")
-    pin = tmp_path / "pin"
-    pin.write_text("1234")
-    pin.chmod(0)
+    # a directory cannot be read as a file, even by root (CI runs as root)
+    pin = tmp_path / "pin-dir"
+    pin.mkdir()
     path = _copy_demo(tmp_path, (r'^pin_file = "hsm/pin".*$', f'pin_file = "{pin}"'))
     problems = check_environment(load_settings(path))
-    assert any("hsm.pin_file" in p for p in problems)
+    assert any("hsm.pin_file" in p and "cannot read" in p for p in problems), problems
+    if os.geteuid() != 0:
+        file = tmp_path / "pin"
+        file.write_text("1234")
+        file.chmod(0)
+        path = _copy_demo(tmp_path, (r'^pin_file = "hsm/pin".*$', f'pin_file = "{file}"'))
+        assert any("hsm.pin_file" in p for p in check_environment(load_settings(path)))
 
 
 def test_environment_check_reports_missing_and_empty_secrets(tmp_path: Path) -> None:
@@ -161,3 +170,34 @@ def test_production_example_is_valid_schema(tmp_path: Path) -> None:
     assert settings.hsm.auto_provision is False
     assert settings.controllers.auto_provision is False
     assert stat.S_ISREG(example.stat().st_mode)
+
+
+def test_settings_written_as_toml_load_back_equal(tmp_path: Path) -> None:
+    from configs.settings import dump_settings_toml
+
+    settings = load_settings(
+        _copy_demo(
+            tmp_path, (r"^\[hsm\]", '[safety.intersections."a b"]\nmin_green_s = 9\n\n[hsm]')
+        )
+    )
+    settings = settings.model_copy(
+        update={
+            "controllers": settings.controllers.model_copy(
+                update={
+                    "endpoints": [
+                        ControllerEndpoint(intersection="J1", url="opc.tcp://127.0.0.1:4840")
+                    ]
+                }
+            )
+        }
+    )
+    settings = load_settings(_write(tmp_path / "a.toml", dump_settings_toml(settings)))
+    again = load_settings(_write(tmp_path / "b.toml", dump_settings_toml(settings)))
+    assert again.model_dump(exclude={"source"}) == settings.model_dump(exclude={"source"})
+    assert again.safety.limits_for("a b").min_green_s == 9
+    assert again.controllers.endpoints[0].url == "opc.tcp://127.0.0.1:4840"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
