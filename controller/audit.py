@@ -101,7 +101,7 @@ class VerifyResult:
     covered_size: int = 0
     problems: list[Finding] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: Per deployment record index.
+    #: Per record index of every deployment (and cycle) record with a signed envelope.
     signatures: dict[int, SignatureStatus] = field(default_factory=dict)
     truncated_findings: bool = False
 
@@ -183,11 +183,15 @@ def _verify_der(key: VerificationKey, data: bytes, signature: bytes) -> bool:
 
 
 def verify_deployment(body: Mapping[str, Any], keys: Sequence[VerificationKey]) -> SignatureStatus:
-    """Verify a deployment record's envelope and that it signs what the record says.
+    """Verify a record's signed envelope and that it signs what the record says.
 
-    Checks the DSSE signature with the trusted keys, that the payload's sha256 is
-    the record's ``config_digest``, and that the signed ``sequence`` and
-    ``predicted`` outcome equal the record's.
+    Works on deployment records (``envelope``, ``config_digest``, ``sequence``,
+    optional ``configuration`` and ``predicted``) and on cycle records that
+    carry a signed envelope (``envelope``, ``configuration_sha256``,
+    ``configuration``). Checks the DSSE signature with the trusted keys, that
+    the payload's sha256 is the recorded digest, that the payload is the
+    recorded configuration, and that the signed sequence and predicted outcome
+    are the recorded ones.
     """
     envelope = body.get("envelope")
     if not isinstance(envelope, Mapping):
@@ -198,14 +202,16 @@ def verify_deployment(body: Mapping[str, Any], keys: Sequence[VerificationKey]) 
         )
     except SigningError as e:
         return SignatureStatus(False, None, f"envelope does not verify: {e}")
+    except (TypeError, ValueError) as e:
+        return SignatureStatus(False, None, f"envelope is malformed: {e}")
     keyid = verified.keyids[0] if verified.keyids else None
     digest = sha256_hex(verified.payload)
-    if digest != body.get("config_digest"):
+    recorded_digest = body.get("config_digest", body.get("configuration_sha256"))
+    if digest != recorded_digest:
         return SignatureStatus(
             False,
             keyid,
-            f"signed configuration has sha256 {digest}, the record says "
-            f"{body.get('config_digest')}",
+            f"signed configuration has sha256 {digest}, the record says {recorded_digest}",
         )
     try:
         config = json.loads(verified.payload)
@@ -213,12 +219,17 @@ def verify_deployment(body: Mapping[str, Any], keys: Sequence[VerificationKey]) 
         return SignatureStatus(False, keyid, "signed payload is not JSON")
     if not isinstance(config, dict):
         return SignatureStatus(False, keyid, "signed payload is not a JSON object")
-    if config.get("sequence") != body.get("sequence"):
+    recorded_config = body.get("configuration")
+    if recorded_config is not None and recorded_config != config:
+        return SignatureStatus(
+            False, keyid, "the configuration in the record differs from the signed one"
+        )
+    sequence = body.get("sequence", config.get("sequence"))
+    if config.get("sequence") != sequence:
         return SignatureStatus(
             False,
             keyid,
-            f"signed sequence {config.get('sequence')} differs from the record's "
-            f"{body.get('sequence')}",
+            f"signed sequence {config.get('sequence')} differs from the record's {sequence}",
         )
     if "predicted" in body and config.get("predicted") != body.get("predicted"):
         return SignatureStatus(
@@ -448,11 +459,12 @@ def _check_semantics(
                 )
             )
         enrolled.setdefault(actual.keyid, i)
-    elif kind == "deployment":
+    elif kind == "deployment" or (kind == "cycle" and "envelope" in body):
         status = verify_deployment(body, keys)
         result.signatures[i] = status
         if not status.ok:
-            result.add(Finding("record", i, f"deployment {body.get('sequence')}: {status.message}"))
+            what = f"deployment {body.get('sequence')}" if kind == "deployment" else "cycle"
+            result.add(Finding("record", i, f"{what}: signed envelope: {status.message}"))
 
 
 def _verify_checkpoints(
@@ -580,34 +592,60 @@ class ReplayResult:
     replayed: Mapping[str, Any]
 
 
-def resolve_artifact(path_text: str, base_dir: Path) -> Path:
-    """A path recorded in the ledger, resolved against the ledger file's directory."""
+def resolve_artifact(path_text: str, base_dir: Path, search: Sequence[Path] = ()) -> Path:
+    """A file named in the ledger: as recorded, else relative to ``base_dir``, else by name.
+
+    Recorded paths are the daemon host's; an auditor copies the files next to
+    the ledger (or into a ``search`` folder) and they are found by file name.
+    """
     p = Path(path_text)
-    return p if p.is_absolute() else base_dir / p
+    first = p if p.is_absolute() else base_dir / p
+    if first.exists():
+        return first
+    for folder in (base_dir, *search):
+        candidate = folder / p.name
+        if candidate.exists():
+            return candidate
+    return first
 
 
-def _check_inputs(request: Any, base_dir: Path, where: str = "request") -> list[str]:
-    """Every ``{"path", "sha256"}`` pair in the request must name an unchanged file."""
-    problems: list[str] = []
-    if isinstance(request, Mapping):
-        path, digest = request.get("path"), request.get("sha256")
-        if isinstance(path, str) and isinstance(digest, str):
-            file = resolve_artifact(path, base_dir)
+def _locate_inputs(
+    request: Any, base_dir: Path, search: Sequence[Path], problems: list[str], where: str
+) -> Any:
+    """Copy of ``request`` with every recorded input file located and its sha256 checked.
+
+    Inputs are recorded either as ``{"path": ..., "sha256": ...}`` or as a key
+    ``X`` with a sibling ``X_sha256`` (the twin's what-if request).
+    """
+    if isinstance(request, list):
+        return [
+            _locate_inputs(v, base_dir, search, problems, f"{where}[{n}]")
+            for n, v in enumerate(request)
+        ]
+    if not isinstance(request, Mapping):
+        return request
+    out: dict[str, Any] = {}
+    for key, value in request.items():
+        digest_key = "sha256" if key == "path" else f"{key}_sha256"
+        digest = request.get(digest_key)
+        if isinstance(value, str) and isinstance(digest, str) and key != "sha256":
+            file = resolve_artifact(value, base_dir, search)
             try:
                 actual = sha256_hex(file.read_bytes())
             except OSError as e:
-                problems.append(f"{where}: cannot read recorded input {file}: {e.strerror}")
+                problems.append(
+                    f"{where}.{key}: cannot read recorded input {value} (looked for {file}): "
+                    f"{e.strerror}; copy it next to the ledger or pass --inputs DIR"
+                )
             else:
                 if actual != digest:
                     problems.append(
-                        f"{where}: input {file} has sha256 {actual}, the record says {digest}"
+                        f"{where}.{key}: input {file} has sha256 {actual}, the record says {digest}"
                     )
-        for key, value in request.items():
-            problems += _check_inputs(value, base_dir, f"{where}.{key}")
-    elif isinstance(request, list):
-        for n, value in enumerate(request):
-            problems += _check_inputs(value, base_dir, f"{where}[{n}]")
-    return problems
+            out[key] = str(file)
+        else:
+            out[key] = _locate_inputs(value, base_dir, search, problems, f"{where}.{key}")
+    return out
 
 
 def _compare(recorded: Any, replayed: Any, where: str, out: list[str]) -> int:
@@ -649,12 +687,16 @@ def replay_cycle(
     replayer: Replayer | Callable[[Mapping[str, Any], Path], Mapping[str, Any]],
     *,
     base_dir: Path | None = None,
+    search: Sequence[Path] = (),
 ) -> ReplayResult:
     """Re-run cycle record ``index``'s what-if from its recorded inputs and seeds.
 
     The cycle record's ``whatif`` holds ``request`` (network and demand files
     with their sha256, current plan, candidates, horizon, seeds) and
-    ``result``; the replay must give the same numbers.
+    ``result``; the replay must give the same numbers. Input files are looked
+    for where recorded, then by name next to the ledger and in ``search``, and
+    must have the recorded sha256; the replayer gets the request with the
+    located paths.
 
     Raises:
         LedgerError: the record is not a cycle with a what-if, or a recorded
@@ -670,10 +712,11 @@ def replay_cycle(
     if not isinstance(recorded, Mapping):
         raise LedgerError(f"cycle record {index} has no recorded what-if result to compare")
     where = base_dir if base_dir is not None else ledger.path.resolve().parent
-    problems = _check_inputs(whatif["request"], where)
+    problems: list[str] = []
+    request = _locate_inputs(whatif["request"], where, search, problems, "request")
     if problems:
         raise LedgerError(f"cycle record {index}: " + "; ".join(problems))
-    replayed = replayer(whatif["request"], where)
+    replayed = replayer(request, where)
     differences: list[str] = []
     compared = _compare(recorded, replayed, "result", differences)
     return ReplayResult(

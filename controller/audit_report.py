@@ -319,33 +319,72 @@ def _video_html(
 # ---------------------------------------------------------------------- report
 
 
-def _select(ledger: Ledger, sel: ReportSelection) -> tuple[list[Record], list[_Deployment]]:
+def _cycle_of(
+    dep: Record, by_index: Mapping[int, Record], by_id: Mapping[str, Record]
+) -> Record | None:
+    ref = dep.body.get("cycle_index")
+    if isinstance(ref, int) and ref in by_index:
+        return by_index[ref]
+    return by_id.get(str(dep.body.get("cycle_id")))
+
+
+def _deployed(dep: Record) -> bool:
+    return bool(dep.body.get("result", "deployed") == "deployed")
+
+
+def _select(
+    ledger: Ledger, sel: ReportSelection
+) -> tuple[list[Record], list[_Deployment], set[int]]:
+    """(records, deployments, indices of cycles that led to a deployment)."""
     all_records = list(ledger.iter_records())
-    cycles_by_id = {str(r.body.get("cycle_id")): r for r in all_records if r.kind == "cycle"}
+    cycles = {r.index: r for r in all_records if r.kind == "cycle"}
+    cycles_by_id = {str(r.body.get("cycle_id")): r for r in cycles.values()}
     measured: dict[int, list[Record]] = {}
     for r in all_records:
         if r.kind == "measured_delta":
             measured.setdefault(int(r.body["deployment"]), []).append(r)
+    deployed_cycles: set[int] = set()
+    for r in all_records:
+        if r.kind == "deployment" and _deployed(r):
+            c = _cycle_of(r, cycles, cycles_by_id)
+            if c is not None:
+                deployed_cycles.add(c.index)
     if sel.deployment is not None:
         dep = ledger.get(sel.deployment)
         if dep.kind != "deployment":
             raise LedgerError(f"record {sel.deployment} is a {dep.kind} record, not a deployment")
-        cycle = cycles_by_id.get(str(dep.body.get("cycle_id")))
+        cycle = _cycle_of(dep, cycles, cycles_by_id)
         ms = measured.get(dep.index, [])
-        chosen = sorted({dep.index, *(m.index for m in ms), *([cycle.index] if cycle else [])})
+        chosen = {dep.index, *(m.index for m in ms), *([cycle.index] if cycle else [])}
         records = [r for r in all_records if r.index in chosen]
-        return records, [_Deployment(dep, cycle, ms)]
+        return records, [_Deployment(dep, cycle, ms)], deployed_cycles
     records = [
         r
         for r in all_records
         if (sel.since is None or r.time >= sel.since) and (sel.until is None or r.time < sel.until)
     ]
     deployments = [
-        _Deployment(r, cycles_by_id.get(str(r.body.get("cycle_id"))), measured.get(r.index, []))
+        _Deployment(r, _cycle_of(r, cycles, cycles_by_id), measured.get(r.index, []))
         for r in records
         if r.kind == "deployment"
     ]
-    return records, deployments
+    return records, deployments, deployed_cycles
+
+
+def _predicted(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    direct = _sub(body, "predicted")
+    return direct if direct else _sub(_sub(body, "configuration"), "predicted")
+
+
+def _gate_reasons(gate: Mapping[str, Any]) -> list[str]:
+    reasons = [str(x) for x in gate.get("reasons") or []]
+    for v in gate.get("verdicts") or []:
+        if isinstance(v, Mapping):
+            why = "; ".join(str(x) for x in v.get("reasons") or [])
+            reasons.append(
+                f"{v.get('candidate')}: {v.get('verdict')}" + (f" ({why})" if why else "")
+            )
+    return reasons
 
 
 def _summary(r: Record) -> str:
@@ -371,34 +410,47 @@ def _summary(r: Record) -> str:
 def _gate_html(cycle: Record | None) -> str:
     if cycle is None:
         return "<p>No cycle record found for this deployment.</p>"
-    gate = cycle.body.get("gate")
-    if not isinstance(gate, Mapping):
+    gate = _sub(cycle.body, "gate")
+    if not gate:
         return "<p>The cycle record has no gate decision.</p>"
-    reasons = gate.get("reasons") or []
-    items = "".join(f"<li>{_esc(x)}</li>" for x in reasons) or "<li>(none given)</li>"
+    items = "".join(f"<li>{_esc(x)}</li>" for x in _gate_reasons(gate)) or "<li>(none given)</li>"
     decision = str(gate.get("decision", "–"))
     cls = "ok" if decision in ("pass", "passed", "deploy") else "bad"
-    return f'<p>Gate decision: <span class="{cls}">{_esc(decision)}</span></p><ul>{items}</ul>'
+    chosen = f" (chosen: {_esc(gate['chosen'])})" if gate.get("chosen") else ""
+    return (
+        f'<p>Gate decision: <span class="{cls}">{_esc(decision)}</span>{chosen}</p><ul>{items}</ul>'
+    )
 
 
 def _push_html(body: Mapping[str, Any]) -> str:
     push = body.get("push")
-    if not isinstance(push, list) or not push:
-        return "<p>No push results recorded.</p>"
-    rows = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{_esc(p.get(k, '–'))}</td>"
-            for k in ("intersection", "endpoint", "ok", "status", "message")
+    rows: list[Mapping[str, Any]] = []
+    head = ""
+    if isinstance(push, list):
+        rows = [p for p in push if isinstance(p, Mapping)]
+    elif isinstance(push, Mapping):
+        ok = push.get("ok")
+        cls = "ok" if ok else "bad"
+        head = (
+            f'<p>Push: <span class="{cls}">{"ok" if ok else "failed"}</span> '
+            f"{_esc(push.get('message') or '')}</p>"
         )
+        results = push.get("results")
+        if isinstance(results, Mapping):
+            for tls, value in sorted(results.items()):
+                detail = value if isinstance(value, Mapping) else {"message": value}
+                rows.append({"intersection": tls, **detail})
+    if not rows:
+        return head or "<p>No push results recorded.</p>"
+    columns = sorted({k for r in rows for k in r} - {"intersection"})
+    header = "".join(f"<th>{_esc(c)}</th>" for c in ["intersection", *columns])
+    body_rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{_esc(r.get(c, '–'))}</td>" for c in ["intersection", *columns])
         + "</tr>"
-        for p in push
-        if isinstance(p, Mapping)
+        for r in rows
     )
-    return (
-        "<table><tr><th>intersection</th><th>endpoint</th><th>ok</th><th>status</th>"
-        f"<th>message</th></tr>{rows}</table>"
-    )
+    return f"{head}<table><tr>{header}</tr>{body_rows}</table>"
 
 
 def build_report(
@@ -422,7 +474,7 @@ def build_report(
         link_video: copy videos next to the report instead of embedding them.
     """
     sel = selection or ReportSelection()
-    records, deployments = _select(ledger, sel)
+    records, deployments, deployed_cycles = _select(ledger, sel)
     ledger_dir = ledger.path.resolve().parent
     title = "signaltwin ledger audit report"
     parts = [
@@ -481,7 +533,7 @@ def build_report(
         parts.append("<p>No deployment in this selection.</p>")
     for d in deployments:
         body = d.record.body
-        predicted = _sub(body, "predicted")
+        predicted = _predicted(body)
         measured = [
             m.body["measured"] for m in d.measured if isinstance(m.body.get("measured"), Mapping)
         ]
@@ -508,7 +560,9 @@ def build_report(
             f"{_esc(body.get('config_digest'))}</td></tr>",
             f"<tr><th>envelope signature</th><td>{sig_html}</td></tr>",
             f"<tr><th>in a signed checkpoint</th><td>{'yes' if covered else 'no'}</td></tr>",
-            f"<tr><th>cycle</th><td>{_esc(body.get('cycle_id'))}"
+            f"<tr><th>push result</th><td>{_esc(body.get('result', 'deployed'))}</td></tr>",
+            f"<tr><th>cycle</th><td>"
+            f"{_esc(d.cycle.body.get('cycle_id')) if d.cycle else 'not found'}"
             f"{f' (record {d.cycle.index})' if d.cycle else ''}</td></tr>",
             f"<tr><th>what-if video</th><td>{_esc(video_status)}</td></tr>",
             "</table>",
@@ -536,7 +590,7 @@ def build_report(
             "</section>",
         ]
 
-    refused = [r for r in records if r.kind == "cycle" and r.body.get("outcome") != "deployed"]
+    refused = [r for r in records if r.kind == "cycle" and r.index not in deployed_cycles]
     parts.append("<h2>Cycles that deployed nothing</h2>")
     if not refused:
         parts.append("<p>None in this selection.</p>")
@@ -546,8 +600,10 @@ def build_report(
         )
         for r in refused:
             gate = _sub(r.body, "gate")
-            reasons = "; ".join(str(x) for x in (gate.get("reasons") or []))
-            error = r.body.get("error")
+            reasons = "; ".join(_gate_reasons(gate))
+            error = r.body.get("error") or _sub(r.body, "report").get("error")
+            if r.body.get("reason"):
+                reasons = f"{reasons}; {r.body['reason']}" if reasons else str(r.body["reason"])
             if error:
                 reasons = f"{reasons}; error: {error}" if reasons else f"error: {error}"
             parts.append(

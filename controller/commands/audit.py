@@ -135,6 +135,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     ledger_args(p)
     p.add_argument("index", type=int, help="cycle record index")
+    p.add_argument(
+        "--inputs",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder holding the recorded network/demand files, found by name and checked "
+        "against their recorded sha256 (default: where recorded, or next to the ledger)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="simulation worker processes (default: cores, max 4)"
+    )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(func=_run_replay)
 
@@ -217,7 +228,7 @@ def _run_verify(args: argparse.Namespace) -> int:
             print(
                 f"OK: {result.path}: {result.records} records, {result.checkpoints} signed "
                 f"checkpoints, records 1..{result.covered_size} covered; "
-                f"{len(result.signatures)} deployments signed"
+                f"{len(result.signatures)} signed envelopes verified"
             )
         else:
             print(f"FAILED: {result.path}: {result.first_problem}")
@@ -267,24 +278,26 @@ def _run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def default_replayer() -> Replayer:
+def default_replayer(workers: int | None = None) -> Replayer:
     """The SUMO twin's what-if engine as a :class:`~controller.audit.Replayer`.
 
     Raises:
         ConfigError: the twin is not available in this installation.
     """
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
     try:
-        from controller.replay import twin_replayer
+        from controller.replay import TwinReplayer
     except ImportError as e:
         raise ConfigError(f"the what-if twin is not available for replay: {e}") from e
-    replayer: Replayer = twin_replayer
+    replayer: Replayer = TwinReplayer(workers)
     return replayer
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    replayer = default_replayer()
+    replayer = default_replayer(args.workers)
     with _open(args) as ledger:
-        result = replay_cycle(ledger, args.index, replayer)
+        result = replay_cycle(ledger, args.index, replayer, search=args.inputs)
     if args.json:
         print(
             json.dumps(
