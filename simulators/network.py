@@ -153,6 +153,8 @@ class NetworkModel:
     """``(xmin, ymin, xmax, ymax)`` of the network (convBoundary)."""
     detectors: tuple[Detector, ...] = ()
     detectors_path: Path | None = None
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+    """Traffic lights left out (e.g. ramp meters, rail signals): id -> why."""
     _by_tls: dict[str, tuple[Detector, ...]] = field(default_factory=dict, repr=False)
 
     @property
@@ -207,6 +209,7 @@ class NetworkModel:
             bounds=self.bounds,
             detectors=dets,
             detectors_path=Path(detectors_path),
+            unsupported=self.unsupported,
             _by_tls={t: tuple(v) for t, v in by_tls.items()},
         )
 
@@ -366,7 +369,16 @@ def _base_program(tls_id: str, logic: ET.Element, ped_links: set[int], path: Pat
             mode=mode,
             pedestrian_phases=ped_phases,
         )
-    except (ValidationError, ValueError, ZeroDivisionError) as e:
+    except ValidationError as e:
+        detail = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or 'program'}: {err['msg']}"
+            for err in e.errors()[:3]
+        )
+        raise ConfigError(
+            f"{path}: traffic light {tls_id!r} program {logic.get('programID')!r} "
+            f"cannot be a base program ({detail})"
+        ) from e
+    except (ValueError, ZeroDivisionError) as e:
         raise ConfigError(
             f"{path}: traffic light {tls_id!r} program {logic.get('programID')!r} "
             f"cannot be a base program: {e}"
@@ -394,10 +406,18 @@ def _build(path: Path, digest: str) -> NetworkModel:
         if "traffic_light" in jtype:
             junction_of_tls.setdefault(jid, []).append(jid)
     intersections: dict[str, Intersection] = {}
+    unsupported: dict[str, str] = {}
     for tls_id, logics in sorted(raw.tl_logics.items()):
         links = tuple(sorted(raw.links.get(tls_id, []), key=lambda k: (k.index, k.from_lane)))
         ped = {k.index for k in links if k.pedestrian}
-        base = _base_program(tls_id, logics[0], ped, path)
+        try:
+            base = _base_program(tls_id, logics[0], ped, path)
+        except ConfigError as e:
+            # One odd light (a ramp meter, a rail signal) should not make the whole
+            # network unusable: leave it out and say so.
+            unsupported[tls_id] = str(e)
+            logger.warning("%s", e)
+            continue
         incoming = sorted(
             {k.from_lane for k in links if not k.pedestrian and k.from_lane in raw.lanes}
         )
@@ -423,6 +443,9 @@ def _build(path: Path, digest: str) -> NetworkModel:
             base=base,
             programs=tuple(lg.get("programID", "0") for lg in logics),
         )
+    if not intersections:
+        reasons = "; ".join(unsupported.values())
+        raise ConfigError(f"network {path} has no usable traffic light: {reasons}")
     return NetworkModel(
         id=_network_id(path),
         path=path,
@@ -432,6 +455,7 @@ def _build(path: Path, digest: str) -> NetworkModel:
         edges={e: tuple(v) for e, v in raw.edges.items()},
         junction_shapes={j: s for j, (_, s, _) in raw.junctions.items() if s},
         bounds=raw.bounds,
+        unsupported=unsupported,
     )
 
 

@@ -254,3 +254,17 @@ def test_phase_at_is_consistent(durations: list[int], offset: int, t: float) -> 
     # one step before the phase ends we are still in it; at its end we move on
     nxt, _ = phase_at(plan, t + remaining)
     assert nxt == (index + 1) % len(durations) or durations[(index + 1) % 6] == 0
+
+
+def test_unusable_light_is_left_out_and_named(tmp_path: Path) -> None:
+    text = FOREIGN_NET.read_text()
+    head, sep, tail = text.partition("<tlLogic ")
+    logic_end = tail.index("</tlLogic>")
+    odd = tail[:logic_end].replace('duration="', 'duration="9999', 1)
+    net = tmp_path / "odd.net.xml"
+    net.write_text(head + sep + odd + tail[logic_end:])
+    model = load_network(net)
+    assert len(model.intersections) == 5
+    (tls_id, reason), *_ = model.unsupported.items()
+    assert tls_id not in model.intersections
+    assert "cannot be a base program" in reason and "duration_s" in reason
