@@ -374,8 +374,8 @@ class WhatIfScene:
         shape = (batch, self.height * 3 // 2, self.width)
         frames = self.background.view(1, *shape[1:]).expand(shape)
         if pin:
-            return frames.cpu().contiguous().pin_memory()
-        return frames.contiguous()
+            return frames.cpu().clone(memory_format=torch.contiguous_format).pin_memory()
+        return frames.clone(memory_format=torch.contiguous_format)
 
     def draw(
         self,
