@@ -39,6 +39,7 @@ from __future__ import annotations
 
 __all__ = [
     "ActivePlan",
+    "ControllerFieldPort",
     "DetectorReading",
     "DetectorSnapshot",
     "FieldConfig",
@@ -318,6 +319,7 @@ class FieldEmulator:
         self._det_int_count: dict[str, int] = dict.fromkeys(self._det_ids, 0)
         self._det_int_occ: dict[str, float] = dict.fromkeys(self._det_ids, 0.0)
         self._det_last: dict[str, tuple[int, float]] = {}
+        self._det_step_occ: dict[str, float] = {}
         # approaches
         self._lane_tls: dict[str, list[str]] = {}
         for tls_id, inter in self.network.intersections.items():
@@ -600,6 +602,7 @@ class FieldEmulator:
         step_s = self.config.step_length_s
         dets = api.inductionloop.getAllSubscriptionResults()
         prev_all = self._det_prev
+        step_occ: dict[str, float] = {}
         for det_id, res in dets.items():
             ids = res[_VAR_VEHICLE_IDS]
             prev = prev_all.get(det_id)
@@ -614,6 +617,8 @@ class FieldEmulator:
             occupancy = res[_VAR_OCCUPANCY]
             if occupancy:
                 self._det_int_occ[det_id] += float(occupancy) / 100.0
+                step_occ[det_id] = float(occupancy) / 100.0
+        self._det_step_occ = step_occ
         lanes = api.lane.getAllSubscriptionResults()
         lane_tls = self._lane_tls
         accs = self._tls_acc
@@ -684,6 +689,11 @@ class FieldEmulator:
                 interval_end_s=self._last_interval_end,
                 readings=readings,
             )
+
+    def step_occupancy(self, detector_id: str) -> float:
+        """Fraction of the last simulation step ``detector_id`` was occupied (0..1)."""
+        with self._lock:
+            return self._det_step_occ.get(detector_id, 0.0)
 
     def measurements(self) -> MeasurementSnapshot:
         """Per-intersection mean wait and NOx of the last completed interval."""
@@ -839,3 +849,61 @@ def _parse_tripinfo(path: Path) -> TripStatistics:
         total_delay_s=delay,
         total_nox_mg=nox,
     )
+
+
+class ControllerFieldPort:
+    """One field seen the way emulated controllers read it (per intersection).
+
+    Matches the ``FieldPort`` protocol of the emulated OPC UA controllers
+    (``actuation.core.FieldPort``) structurally, so the composition root can
+    hand a field to them without either package importing the other.
+    """
+
+    def __init__(self, field: FieldEmulator) -> None:
+        """Wrap ``field`` (which must be started before it is read)."""
+        self.field = field
+        self._by_tls = field.network.detectors_by_intersection()
+
+    def field_time_s(self) -> float:
+        """The current field time."""
+        return self.field.field_time_s
+
+    def apply(self, tls_id: str, timing: IntersectionTiming, at_field_time_s: float) -> None:
+        """Switch ``tls_id`` to ``timing`` when the field clock reaches ``at_field_time_s``."""
+        self.field.apply(tls_id, timing, at_field_time_s)
+
+    def detector_snapshot(self, tls_id: str) -> dict[str, tuple[int, float]]:
+        """Detector id -> (cumulative count, occupancy % over the last field step)."""
+        detectors = self._by_tls.get(tls_id)
+        if detectors is None:
+            raise ConfigError(
+                f"traffic light {tls_id!r} is not in network {self.field.network.path.name}"
+            )
+        snapshot = self.field.detector_counts()
+        return {
+            d.id: (snapshot.readings[d.id].count, 100.0 * self.field.step_occupancy(d.id))
+            for d in detectors
+        }
+
+    def measurements(self, tls_id: str) -> tuple[float, float, float]:
+        """``(mean_wait_s, nox_mg, interval_end_s)`` of the last completed interval.
+
+        Before the first interval completes: ``(0.0, 0.0, begin_s)``.
+        """
+        snapshot = self.field.measurements()
+        m = snapshot.intersections.get(tls_id)
+        if m is None or snapshot.interval_end_s is None:
+            if tls_id not in self._by_tls:
+                raise ConfigError(
+                    f"traffic light {tls_id!r} is not in network {self.field.network.path.name}"
+                )
+            return 0.0, 0.0, float(self.field.config.begin_s)
+        return m.mean_wait_s, m.nox_mg, snapshot.interval_end_s
+
+    def health(self, tls_id: str) -> str:
+        """``"ok"`` while the field runs, else ``"fault: <reason>"``."""
+        if tls_id not in self._by_tls:
+            return f"fault: intersection {tls_id} is not in the field's network"
+        if not self.field.running:
+            return "fault: field simulation is not running"
+        return "ok"

@@ -22,7 +22,7 @@ import pytest
 
 from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, PhasePlan
-from simulators.field import FieldConfig, FieldEmulator, phase_at
+from simulators.field import ControllerFieldPort, FieldConfig, FieldEmulator, phase_at
 from simulators.netbuild import DemandProfile, district_paths
 from simulators.network import write_detectors
 from simulators.sumo import sumo_home
@@ -177,10 +177,21 @@ def test_foreign_network_with_own_routes_counts_like_sumo(tmp_path: Path) -> Non
             mode="fixed", cycle_s=base.cycle_s, offset_s=7, phases=base.phases
         )
         field.apply(tls, plan, at_field_time_s=120)
+        port = ControllerFieldPort(field)
+        assert port.measurements(tls) == (0.0, 0.0, 0.0)  # no interval completed yet
         field.step_until(600)
         assert field.signal_state(tls)[1] == phase_at(plan, field.field_time_s - 1)[0]
         counts = field.detector_counts()
         measured = field.measurements()
+        # the per-intersection view the emulated OPC UA controllers read
+        assert port.field_time_s() == 600 and port.health(tls) == "ok"
+        view = port.detector_snapshot(tls)
+        assert set(view) == {d.id for d in field.network.detectors_by_intersection()[tls]}
+        assert all(view[d][0] == counts.readings[d].count for d in view)
+        assert all(0.0 <= occ <= 100.0 for _, occ in view.values())
+        wait_s, nox_mg, end_s = port.measurements(tls)
+        assert end_s == 600 and wait_s == measured.intersections[tls].mean_wait_s
+        assert port.health("nope").startswith("fault:")
     ours = {d: r.count for d, r in counts.readings.items()}
     sumo: dict[str, int] = {}
     for _, elem in ET.iterparse(e1_out):
@@ -195,6 +206,7 @@ def test_foreign_network_with_own_routes_counts_like_sumo(tmp_path: Path) -> Non
     assert measured.interval_end_s == 600
     assert set(measured.intersections) == set(field.network.tls_ids)
     assert field.trip_statistics().vehicles > 0
+    assert port.health(tls).startswith("fault:")  # closed
 
 
 _LIBSUMO_SCRIPT = """
