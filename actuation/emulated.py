@@ -308,6 +308,7 @@ class EmulatedController:
                 await self._publisher
             self._publisher = None
         if self._server is not None:
+            self._port = self.port  # a restart listens where the daemon expects it
             server, self._server = self._server, None
             await server.stop()
 
