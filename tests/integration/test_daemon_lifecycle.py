@@ -343,8 +343,9 @@ def test_slots_lost_while_the_process_was_stopped_are_reported_missed(
     daemon.signal(signal.SIGCONT)
     daemon.wait_for("missed slots recorded", lambda: bool(daemon.events("skip")))
     skips = daemon.events("skip")
-    assert {s["reason"] for s in skips} == {"missed"}
-    assert 2 <= len(skips) <= 5
+    missed = [s for s in skips if s["reason"] == "missed"]
+    assert {s["reason"] for s in skips} <= {"missed", "overrun"}  # overrun only on a slow host
+    assert 2 <= len(missed) <= 8  # about 1.3 s / 0.3 s slots lost
     # every slot is accounted for: run or recorded as skipped, none twice
     daemon.wait_for("a cycle after the gap", lambda: len(daemon.events("cycle_end")) >= 3)
     daemon.signal(signal.SIGTERM)
