@@ -191,6 +191,8 @@ class FieldConfig:
         demand_profile_path: a demand profile expanded with ``seed`` (exactly one
             of the two, or neither for an empty city).
         demand_scale: multiplier on the profile's rates.
+        demand_repeat: how many times the profile runs back to back (4 x the
+            district's 3-hour peak keeps a demo busy for 12 field hours).
         seed: SUMO's random seed (and the profile expansion's).
         begin_s: field time at start (e.g. the start of the morning peak).
         step_length_s: simulation step.
@@ -206,6 +208,7 @@ class FieldConfig:
     routes_path: Path | None = None
     demand_profile_path: Path | None = None
     demand_scale: float = 1.0
+    demand_repeat: int = 4
     seed: int = 0
     begin_s: int = 0
     step_length_s: float = 1.0
@@ -359,6 +362,7 @@ class FieldEmulator:
                 self._work_dir / f"field-demand-{cfg.seed}.rou.xml",
                 scale=cfg.demand_scale,
                 begin_s=cfg.begin_s,
+                repeat=cfg.demand_repeat,
             )
             return ["-r", str(routes)]
         return []

@@ -446,6 +446,7 @@ def expand_demand(
     scale: float = 1.0,
     begin_s: int = 0,
     end_s: int | None = None,
+    repeat: int = 1,
 ) -> Path:
     """Expand a demand profile into a SUMO trips file with Poisson arrivals.
 
@@ -460,22 +461,31 @@ def expand_demand(
         out_path: where to write the ``.rou.xml``.
         scale: multiplier on every rate (``1.0`` = the profile as given).
         begin_s: first departure time to keep (profile time).
-        end_s: end of the expansion (default: end of the profile).
+        end_s: end of the expansion (default: end of the last repetition).
+        repeat: how many times the profile runs back to back (a long-running
+            field gets a peak every ``profile.duration_s``).
 
     Returns:
         ``out_path``.
     """
     if scale < 0 or not math.isfinite(scale):
         raise ConfigError(f"demand scale must be a non-negative number, got {scale}")
+    if repeat < 1:
+        raise ConfigError(f"demand repeat must be at least 1, got {repeat}")
     rng = random.Random(seed)
-    end = profile.duration_s if end_s is None else min(end_s, profile.duration_s)
+    total_s = profile.duration_s * repeat
+    end = total_s if end_s is None else min(end_s, total_s)
     origins = list(profile.origins)
     o_weights = [profile.origins[o] for o in origins]
     dests = list(profile.destinations)
     d_weights = [profile.destinations[d] for d in dests]
     trips: list[tuple[float, str, str]] = []
-    for k, factor in enumerate(profile.shape):
-        b0 = k * profile.bin_s
+    bins = [
+        (rep * profile.duration_s + k * profile.bin_s, factor)
+        for rep in range(repeat)
+        for k, factor in enumerate(profile.shape)
+    ]
+    for b0, factor in bins:
         mean = profile.peak_veh_per_h * factor * scale * profile.bin_s / 3600.0
         count = _poisson(rng, mean)
         for _ in range(count):

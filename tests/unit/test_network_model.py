@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -268,3 +269,15 @@ def test_unusable_light_is_left_out_and_named(tmp_path: Path) -> None:
     (tls_id, reason), *_ = model.unsupported.items()
     assert tls_id not in model.intersections
     assert "cannot be a base program" in reason and "duration_s" in reason
+
+
+def test_demand_repeats_the_profile_back_to_back(tmp_path: Path) -> None:
+    profile = DemandProfile.load(DISTRICT["demand"])
+    once = expand_demand(profile, 3, tmp_path / "1.rou.xml").read_text()
+    twice = expand_demand(profile, 3, tmp_path / "2.rou.xml", repeat=2).read_text()
+    assert twice.count("<trip ") == pytest.approx(2 * once.count("<trip "), rel=0.05)
+    departs = [float(x) for x in re.findall(r'depart="([0-9.]+)"', twice)]
+    assert max(departs) > profile.duration_s
+    assert departs == sorted(departs)
+    with pytest.raises(ConfigError, match="repeat"):
+        expand_demand(profile, 3, tmp_path / "0.rou.xml", repeat=0)
