@@ -143,6 +143,8 @@ class SumoSession:
         begin_s: simulation start time.
         scale: demand scale factor (SUMO ``--scale``).
         step_length_s: simulation step.
+        teleport_s: SUMO ``--time-to-teleport`` (-1, as in the field: never teleport;
+            training uses a finite value so that a gridlocked episode still moves).
         workdir: where the tripinfo file goes (a temporary directory by default).
     """
 
@@ -155,6 +157,7 @@ class SumoSession:
         begin_s: float = 0.0,
         scale: float = 1.0,
         step_length_s: float = 1.0,
+        teleport_s: float = -1.0,
         workdir: Path | None = None,
     ) -> None:
         import libsumo
@@ -182,7 +185,7 @@ class SumoSession:
             "--step-length",
             str(step_length_s),
             "--time-to-teleport",
-            "300",
+            str(teleport_s),
             "--no-step-log",
             "true",
             "--no-warnings",
@@ -194,6 +197,8 @@ class SumoSession:
             "--tripinfo-output",
             str(self._tripinfo),
             "--tripinfo-output.write-unfinished",
+            "true",
+            "--tripinfo-output.write-undeparted",
             "true",
         ]
         if network.detectors_path is not None:
@@ -207,7 +212,6 @@ class SumoSession:
         self._det_ids = [d.id for d in network.detectors]
         self._tls_lanes = {t: i.incoming_lanes for t, i in network.intersections.items()}
         self._lanes = sorted({lane for lanes in self._tls_lanes.values() for lane in lanes})
-        self._pending_since: dict[str, float] = {}
         self._lane_halt: dict[str, int] = {}
 
     # ------------------------------------------------------------------ protocol
@@ -245,7 +249,7 @@ class SumoSession:
 
     def run_until(self, end_s: float, hook: StepHook | None = None) -> IntervalMeasurements:
         """Advance to ``end_s`` step by step, accumulating the interval's measurements."""
-        sim, lane, loop = self._sumo.simulation, self._sumo.lane, self._sumo.inductionloop
+        lane, loop = self._sumo.lane, self._sumo.inductionloop
         start = self.time_s
         acc = _Accumulator(
             counts=dict.fromkeys(self._det_ids, 0.0),
@@ -257,7 +261,6 @@ class SumoSession:
             while self.time_s < end_s - 1e-6:
                 self._sumo.simulationStep()
                 acc.steps += 1
-                now = self.time_s
                 for det in self._det_ids:
                     acc.counts[det] += loop.getLastStepVehicleNumber(det)
                     acc.occupancy[det] += loop.getLastStepOccupancy(det) / 100.0
@@ -266,8 +269,6 @@ class SumoSession:
                     self._lane_halt[ln] = halt
                     lane_wait[ln] += halt * self._step_s
                     lane_nox[ln] += lane.getNOxEmission(ln) * self._step_s
-                for vid in sim.getPendingVehicles():
-                    self._pending_since.setdefault(vid, now)
                 if hook is not None:
                     hook(self)
         except SimulationError:
@@ -296,15 +297,8 @@ class SumoSession:
 
     def finish(self) -> TripStats:
         """Close SUMO and summarise every vehicle's trip (never-departed included)."""
-        end = self.time_s
-        still_pending = {
-            vid: since for vid, since in self._pending_since.items() if vid in self._pending_now()
-        }
         self.close()
-        return _trip_stats(self._tripinfo, still_pending, end)
-
-    def _pending_now(self) -> set[str]:
-        return set(self._sumo.simulation.getPendingVehicles())
+        return _trip_stats(self._tripinfo)
 
     def close(self) -> None:
         """Close SUMO (idempotent)."""
@@ -322,7 +316,12 @@ class SumoSession:
             self._tmp.cleanup()
 
 
-def _trip_stats(tripinfo: Path, pending: Mapping[str, float], end_s: float) -> TripStats:
+def _trip_stats(tripinfo: Path) -> TripStats:
+    """Summarise a tripinfo file written with ``write-unfinished`` and ``write-undeparted``.
+
+    Never-departed vehicles appear with ``depart="-1"`` and their waiting time
+    for insertion as ``departDelay``; they count towards the delay.
+    """
     delay = wait = trip_time = nox_mg = 0.0
     vehicles = arrived = departed = 0
     try:
@@ -330,11 +329,12 @@ def _trip_stats(tripinfo: Path, pending: Mapping[str, float], end_s: float) -> T
             if elem.tag != "tripinfo":
                 continue
             vehicles += 1
-            departed += 1
+            if not elem.get("depart", "-1").startswith("-"):
+                departed += 1
+                trip_time += float(elem.get("duration", "0"))
             delay += float(elem.get("timeLoss", "0")) + float(elem.get("departDelay", "0"))
             wait += float(elem.get("waitingTime", "0"))
-            trip_time += float(elem.get("duration", "0"))
-            if float(elem.get("arrival", "-1")) >= 0:
+            if not elem.get("arrival", "-1").startswith("-"):
                 arrived += 1
             emissions = elem.find("emissions")
             if emissions is not None:
@@ -342,9 +342,6 @@ def _trip_stats(tripinfo: Path, pending: Mapping[str, float], end_s: float) -> T
             elem.clear()
     except (ET.ParseError, OSError) as e:
         raise SimulationError(f"cannot read SUMO trip output {tripinfo}: {e}") from e
-    for since in pending.values():
-        vehicles += 1
-        delay += end_s - since
     n = max(1, vehicles)
     return TripStats(
         vehicles=vehicles,

@@ -121,6 +121,8 @@ class EnvConfig:
         scale_range: demand scale factors are drawn uniformly from this range.
         nox_weight: weight of the NOx term in the reward.
         mode: plans deployed as ``fixed`` or ``actuated`` timing.
+        teleport_s: SUMO ``--time-to-teleport`` in training (a gridlocked episode
+            still ends; evaluation never teleports).
     """
 
     net_file: Path
@@ -133,6 +135,7 @@ class EnvConfig:
     scale_range: tuple[float, float] = (0.8, 1.2)
     nox_weight: float = 0.1
     mode: PlanMode = "fixed"
+    teleport_s: float = 300.0
 
 
 class SignalSimulation:
@@ -177,6 +180,7 @@ class SignalSimulation:
             seed=int(self._rng.integers(0, 2**31 - 1)),
             begin_s=round(begin),
             scale=scale,
+            teleport_s=self.config.teleport_s,
         )
         self._current = fixed_plans({t: self.layouts[t].base for t in self.tls_ids})
         if self.config.mode == "actuated":

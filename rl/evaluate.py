@@ -17,7 +17,9 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from rl.features import (
     build_observations,
     layouts_from_network,
 )
+from simulators.netbuild import DemandProfile, expand_demand
 from simulators.network import NetworkModel, ensure_detectors, load_network
 
 __all__ = [
@@ -184,9 +187,13 @@ def run_once(
         session.cleanup()
 
 
+RouteSource = Sequence[Path] | Callable[[int], Sequence[Path]]
+"""Fixed route files, or a function giving each seed its own demand."""
+
+
 def evaluate_controller(
     network: NetworkModel,
-    route_files: Sequence[Path],
+    route_files: RouteSource,
     controller: ControllerKind,
     *,
     seeds: Sequence[int],
@@ -200,9 +207,10 @@ def evaluate_controller(
     result = EvaluationResult(controller=controller, seeds=tuple(seeds))
     started = time.monotonic()
     for seed in seeds:
+        routes = route_files(seed) if callable(route_files) else route_files
         stats = run_once(
             network,
-            route_files,
+            routes,
             controller,
             seed=seed,
             horizon_s=horizon_s,
@@ -227,13 +235,28 @@ def _parser() -> argparse.ArgumentParser:
         "--detectors", type=Path, default=None, help="E1 detector file (generated if absent)"
     )
     p.add_argument(
-        "--routes", type=Path, nargs="+", default=[Path("configs/district/district.rou.xml")]
+        "--routes",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="route files (same for every seed); default: --demand-profile",
+    )
+    p.add_argument(
+        "--demand-profile",
+        type=Path,
+        default=Path("configs/district/district.demand.json"),
+        help="demand profile expanded with each seed (hidden demand, as in the field)",
     )
     p.add_argument("--controllers", nargs="+", default=list(CONTROLLERS), choices=CONTROLLERS)
     p.add_argument("--policy", type=Path, default=Path("rl/policies/district.pt"))
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (1..N)")
-    p.add_argument("--hours", type=float, default=1.0)
-    p.add_argument("--begin", type=float, default=0.0, help="simulation start time (s)")
+    p.add_argument("--hours", type=float, default=1.5)
+    p.add_argument(
+        "--begin",
+        type=float,
+        default=None,
+        help="simulation start time (s); default: 15 min before the profile's peak, else 0",
+    )
     p.add_argument("--interval", type=float, default=240.0)
     p.add_argument("--json", type=Path, default=None, help="write the full results here")
     return p
@@ -251,6 +274,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     layouts = layouts_from_network(network)
     limits = SafetyLimits()
     seeds = list(range(1, args.seeds + 1))
+    begin = 0.0 if args.begin is None else float(args.begin)
+    horizon = args.hours * 3600.0
+    workdir = Path(tempfile.mkdtemp(prefix="signaltwin-eval-"))
+    routes: RouteSource
+    if args.routes is not None:
+        routes = list(args.routes)
+    else:
+        profile = DemandProfile.load(args.demand_profile)
+        if args.begin is None:
+            begin = float(max(0, profile.peak_begin_s - 900))
+
+        def routes(seed: int) -> list[Path]:
+            out = workdir / f"demand-{seed}.rou.xml"
+            if not out.is_file():
+                expand_demand(profile, seed, out, begin_s=int(begin), end_s=int(begin + horizon))
+            return [out]
+
     results: list[EvaluationResult] = []
     for kind in args.controllers:
         decide: Decide | None = None
@@ -263,11 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(
             evaluate_controller(
                 network,
-                args.routes,
+                routes,
                 kind,
                 seeds=seeds,
-                horizon_s=args.hours * 3600.0,
-                begin_s=args.begin,
+                horizon_s=horizon,
+                begin_s=begin,
                 interval_s=args.interval,
                 decide=decide,
                 limits=limits,
@@ -292,6 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.json is not None:
         args.json.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

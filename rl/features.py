@@ -54,6 +54,7 @@ __all__ = [
     "encode",
     "encode_batch",
     "layouts_from_network",
+    "plan_to_action",
 ]
 
 MAX_GREENS = 8
@@ -229,3 +230,31 @@ def action_to_proposal(action: npt.ArrayLike, obs: IntersectionObservation) -> P
         green_s = [g * max(cycle_s - fixed, 1.0) / total for g in green_s]
     offset_s = (obs.timing.offset_s + OFFSET_GAIN_S * a[MAX_GREENS + 1]) % max(cycle_s, 1.0)
     return Proposal(green_s=tuple(green_s), cycle_s=float(cycle_s), offset_s=float(offset_s))
+
+
+def plan_to_action(plan: IntersectionTiming, obs: IntersectionObservation) -> FloatArray:
+    """The action that would propose ``plan`` from the observation's current timing.
+
+    The inverse of :func:`action_to_proposal` up to what projection changed, so a
+    deployed plan from any proposer (the policy, Webster, the current plan) can be
+    logged as an action for fine-tuning. Split values are centred (only their
+    differences matter) and everything is clipped to [-1, 1].
+    """
+    base = obs.layout.base
+    old = obs.timing.green_durations(base)
+    new = plan.green_durations(base)
+    a = np.zeros(ACT_DIM, dtype=np.float32)
+    if old and len(old) == len(new):
+        logs = [
+            math.log2(max(n, 1) / max(o, 1)) / SPLIT_GAIN for o, n in zip(old, new, strict=True)
+        ]
+        centre = sum(logs) / len(logs)
+        for i, value in enumerate(logs[:MAX_GREENS]):
+            a[i] = value - centre
+    a[MAX_GREENS] = (plan.cycle_s - obs.timing.cycle_s) / CYCLE_GAIN_S
+    shift = (plan.offset_s - obs.timing.offset_s) % max(plan.cycle_s, 1)
+    if shift > plan.cycle_s / 2:
+        shift -= plan.cycle_s
+    a[MAX_GREENS + 1] = shift / OFFSET_GAIN_S
+    clipped: FloatArray = np.clip(a, -1.0, 1.0).astype(np.float32)
+    return clipped
