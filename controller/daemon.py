@@ -425,7 +425,6 @@ class Daemon(Generic[S]):
         self._scheduler: BackgroundScheduler | None = None
         self._server: MetricsServer | None = None
         self._saved_handlers: dict[int, Any] = {}
-        self._last_status = ""
         self._once = False
         self.cycles_completed = 0
 
@@ -647,11 +646,15 @@ class Daemon(Generic[S]):
 
     def _main_loop(self) -> None:
         while not self.should_exit:
-            if self._reload_requested:
-                self._reload_requested = False
-                self._reload()
-            if self._pending is not None:
-                self._try_swap()
+            try:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._reload()
+                if self._pending is not None:
+                    self._try_swap()
+            except Exception:
+                # A reload must never take the daemon down; the cycle goes on.
+                logger.exception("applying the reloaded settings failed")
             time.sleep(self.options.tick_s)
 
     def _reload(self) -> None:
@@ -923,8 +926,8 @@ class Daemon(Generic[S]):
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         deadline = time.monotonic() + deadline_s
-        acquired = False
-        while not self.force_exit:
+        acquired = self._runner_lock.acquire(blocking=False)
+        while not acquired and not self.force_exit:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -946,7 +949,8 @@ class Daemon(Generic[S]):
             code = EXIT_FORCED
         else:
             logger.error(
-                "a cycle was still running %s s after the stop request; exiting without "
+                "a cycle (or feedback run) was still running %s s after the stop request; "
+                "exiting without "
                 "waiting for it (raise schedule.shutdown_deadline_s if cycles need longer "
                 "to abort)",
                 deadline_s,
@@ -992,7 +996,6 @@ class Daemon(Generic[S]):
         self._saved_handlers.clear()
 
     def _status(self, text: str) -> None:
-        self._last_status = text
         self._notifier.notify(f"STATUS={text}")
 
 
