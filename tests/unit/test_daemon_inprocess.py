@@ -354,3 +354,31 @@ def test_the_cycle_modules_report_fits_the_daemon() -> None:
     report = CycleReport(slot_time=datetime.now(UTC), ok=True, decision="refuse_wait")
     outcome: CycleOutcome = report
     assert deployment_result(outcome) == "refused"
+
+
+def test_an_idle_daemon_stops_cleanly_even_when_forced(
+    harnesses: list[Harness],
+) -> None:
+    runners: list[Runner] = []
+    h = Harness(lambda: settings(interval_s=60), recording(runners))
+    harnesses.append(h)
+    h.start()
+    h.daemon.request_stop(force=True)
+    h.thread.join(5)
+    assert h.code == EXIT_OK
+    assert runners[0].calls == [("close", None)]
+
+
+def test_a_watchdog_shorter_than_two_intervals_is_warned_about(
+    harnesses: list[Harness],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "300000000")  # 300 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    h = Harness(lambda: settings(interval_s=240), recording([]))
+    harnesses.append(h)
+    with caplog.at_level("WARNING", logger="controller.daemon"):
+        h.start()
+    assert h.stop() == EXIT_OK
+    assert any("WatchdogSec=300" in r.getMessage() for r in caplog.records)
