@@ -291,6 +291,7 @@ def _verify_open(
     hashes_by_position: list[bytes] = []
     kinds: dict[int, str] = {}
     enrolled: dict[str, int] = {}
+    sequences: list[int] = []
     prev_hash = GENESIS_PREV
     expected = 1
     try:
@@ -327,7 +328,7 @@ def _verify_open(
             kind = doc.get("kind")
             if isinstance(body, dict) and isinstance(kind, str):
                 kinds[i] = kind
-                _check_semantics(i, kind, body, kinds, enrolled, keys, result)
+                _check_semantics(i, kind, body, kinds, enrolled, sequences, keys, result)
         prev_hash = digest.hex()
         expected = i + 1
     result.records = len(rows)
@@ -429,6 +430,7 @@ def _check_semantics(
     body: dict[str, Any],
     kinds: Mapping[int, str],
     enrolled: dict[str, int],
+    sequences: list[int],
     keys: Sequence[VerificationKey],
     result: VerifyResult,
 ) -> None:
@@ -459,7 +461,28 @@ def _check_semantics(
                 )
             )
         enrolled.setdefault(actual.keyid, i)
-    elif kind == "deployment" or (kind == "cycle" and "envelope" in body):
+    if kind == "deployment":
+        sequence = body["sequence"]
+        if sequences and sequence <= sequences[-1]:
+            result.add(
+                Finding(
+                    "record",
+                    i,
+                    f"deployment sequence {sequence} is not above the previous one "
+                    f"({sequences[-1]}): sequences must strictly increase",
+                )
+            )
+        sequences.append(sequence)
+        cycle_index = body.get("cycle_index")
+        if cycle_index is not None and (kinds.get(cycle_index) != "cycle" or cycle_index >= i):
+            result.add(
+                Finding(
+                    "record",
+                    i,
+                    f"refers to cycle record {cycle_index}, which is not an earlier cycle record",
+                )
+            )
+    if kind == "deployment" or (kind == "cycle" and "envelope" in body):
         status = verify_deployment(body, keys)
         result.signatures[i] = status
         if not status.ok:

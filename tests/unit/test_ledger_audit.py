@@ -159,3 +159,15 @@ def test_cli_list_show_prove_export(
     assert run(["audit", "show", "--ledger", ledger, "99"]) == 3
     assert run(["audit", "list"]) == 2
     assert "--ledger FILE" in capsys.readouterr().err
+
+
+def test_verify_flags_a_reused_deployment_sequence(built: tuple[Path, SoftwareSigner]) -> None:
+    path, signer = built
+    with Ledger.open(path) as led:
+        first = led.find("deployment")[0]
+        again = led.append("deployment", dict(first.body))  # properly chained, same sequence
+        led.checkpoint(signer)
+    result = verify_ledger(path, [load_public_key(signer.public_key_pem())])
+    first_problem = result.first_problem
+    assert first_problem is not None and first_problem.index == again.index
+    assert "sequences must strictly increase" in first_problem.message
