@@ -33,6 +33,7 @@ from __future__ import annotations
 __all__ = [
     "DEMAND_SCHEMA",
     "DemandEstimate",
+    "DemandEstimator",
     "EdgeInfo",
     "FleetLike",
     "FleetShare",
@@ -114,6 +115,7 @@ class EdgeInfo:
     from_node: str
     to_node: str
     lanes: int
+    """Lanes open to passenger cars (sidewalks and bike lanes excluded)."""
     length_m: float
     speed_mps: float
 
@@ -154,7 +156,7 @@ class RoadGraph:
                 edge_id=edge.getID(),
                 from_node=edge.getFromNode().getID(),
                 to_node=edge.getToNode().getID(),
-                lanes=edge.getLaneNumber(),
+                lanes=sum(1 for lane in edge.getLanes() if lane.allows("passenger")),
                 length_m=float(edge.getLength()),
                 speed_mps=float(edge.getSpeed()),
             )
@@ -537,3 +539,39 @@ def write_routes(snapshot: Mapping[str, Any], path: Path, end_s: float) -> Path:
     path = Path(path)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+class DemandEstimator:
+    """Demand estimation for one network, with its graph and candidate routes cached.
+
+    Build it once (reading the network and generating candidate routes takes a
+    moment); call :meth:`estimate` every cycle.
+
+    Args:
+        net_file: the ``.net.xml``.
+        detector_lanes: detector id -> lane id (e.g. from the network model's
+            detectors, or :func:`read_detector_lanes` of the detector file).
+        fleet: the HBEFA fleet mix (the settings' ``simulation.fleet``).
+    """
+
+    def __init__(
+        self,
+        net_file: Path,
+        detector_lanes: Mapping[str, str],
+        fleet: Sequence[FleetLike] | None = None,
+    ) -> None:
+        self.graph = RoadGraph.from_net_file(Path(net_file))
+        self.routes = candidate_routes(self.graph)
+        self.detector_lanes = dict(detector_lanes)
+        self.fleet = list(fleet) if fleet else None
+
+    def estimate(self, counts: Mapping[str, float], interval_s: float) -> DemandEstimate:
+        """Estimate demand from one interval of detector counts (see :func:`estimate_demand`)."""
+        return estimate_demand(
+            counts,
+            interval_s,
+            self.detector_lanes,
+            self.graph,
+            fleet=self.fleet,
+            routes=self.routes,
+        )

@@ -1,0 +1,190 @@
+"""What-if engine benchmark on the demo district (47 signalised junctions).
+
+Prints one JSON line per figure:
+
+* ``whatif_sim_throughput``: simulated vehicle-seconds per wall second of one
+  what-if run (libsumo + plan switching + edgeData/emission measurement), with
+  ``ratio`` against raw libsumo stepping of the same scenario in the same process.
+* ``whatif_wall_5x5``: wall time of a 5 plans x 5 seeds x 900 s (+300 s warm-up)
+  what-if with the configured 2 workers (pool start-up included).
+* ``demand_estimate_s`` / ``demand_geh_lt5_share``: demand estimation from one
+  interval of detector counts, and the share of network edges whose estimated
+  flow is within GEH 5 of the field's true flow.
+
+The scenario is the field's own peak demand (trips departing in the peak 20
+minutes of ``district.rou.xml``, shifted to t=0), i.e. the heaviest load the twin sees.
+
+Run: ``.venv/bin/python bench/whatif.py [--seeds 5] [--plans 5] [--workers 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from configs.timing import IntersectionTiming, Proposal, SafetyLimits, project
+from simulators.demand import DemandEstimator, geh
+from simulators.network import load_network
+from simulators.twin import LibsumoWhatIfEngine, RunTask, WhatIfRequest, run_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+DISTRICT = ROOT / "configs" / "district"
+PEAK_BEGIN_S = 4500.0
+LENGTH_S = 1200.0
+
+
+def emit(figure: str, value: float, unit: str, ratio: float | None, against: str) -> None:
+    print(
+        json.dumps(
+            {
+                "figure": figure,
+                "value": round(value, 4),
+                "unit": unit,
+                "ratio": ratio,
+                "against": against,
+            }
+        ),
+        flush=True,
+    )
+
+
+def peak_routes(out: Path) -> Path:
+    root = ET.parse(DISTRICT / "district.rou.xml").getroot()
+    keep = ET.Element("routes")
+    for child in root:
+        if child.tag in ("vType", "vTypeDistribution", "route"):
+            keep.append(child)
+        elif child.tag in ("trip", "vehicle"):
+            depart = float(child.get("depart", "0"))
+            if PEAK_BEGIN_S <= depart < PEAK_BEGIN_S + LENGTH_S:
+                child.set("depart", f"{depart - PEAK_BEGIN_S:.2f}")
+                keep.append(child)
+    ET.ElementTree(keep).write(out, encoding="unicode")
+    return out
+
+
+def raw_libsumo(net: Path, routes: Path, steps: int) -> tuple[float, float]:
+    import libsumo
+
+    libsumo.start(
+        ["sumo", "-n", str(net), "-r", str(routes), "--seed", "1", "--time-to-teleport", "-1",
+         "--no-step-log", "true", "--no-warnings", "true"]
+    )  # fmt: skip
+    started = time.perf_counter()
+    veh_s = 0.0
+    for _ in range(steps):
+        libsumo.simulationStep()
+        veh_s += libsumo.vehicle.getIDCount()
+    wall = time.perf_counter() - started
+    libsumo.close()
+    return veh_s, wall
+
+
+def field_counts(
+    net: Path, routes: Path, detectors: Path
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Detector counts and true edge flows (veh/h) of the field over [300, 1200) s."""
+    import libsumo
+
+    libsumo.start(
+        ["sumo", "-n", str(net), "-r", str(routes), "-a", str(detectors), "--seed", "99",
+         "--time-to-teleport", "-1", "--no-step-log", "true", "--no-warnings", "true"]
+    )  # fmt: skip
+    loops = libsumo.inductionloop.getIDList()
+    edges = [e for e in libsumo.edge.getIDList() if not e.startswith(":")]
+    seen_loop: dict[str, set[str]] = {d: set() for d in loops}
+    seen_edge: dict[str, set[str]] = {e: set() for e in edges}
+    for step in range(int(LENGTH_S)):
+        libsumo.simulationStep()
+        if step < 300:
+            continue
+        for d in loops:
+            seen_loop[d].update(libsumo.inductionloop.getLastStepVehicleIDs(d))
+        for e in edges:
+            seen_edge[e].update(libsumo.edge.getLastStepVehicleIDs(e))
+    libsumo.close()
+    hours = (LENGTH_S - 300) / 3600
+    return (
+        {d: float(len(v)) for d, v in seen_loop.items()},
+        {e: len(v) / hours for e, v in seen_edge.items()},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--plans", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--horizon-s", type=int, default=900)
+    args = parser.parse_args()
+    net = DISTRICT / "district.net.xml"
+    detectors = DISTRICT / "district.det.add.xml"
+    model = load_network(net, detectors)
+    bases = model.base_programs()
+    current = {t: IntersectionTiming.from_base(b) for t, b in bases.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        routes = peak_routes(Path(tmp) / "peak.rou.xml")
+
+        # demand estimation from the field's detector counts
+        counts, truth = field_counts(net, routes, detectors)
+        started = time.perf_counter()
+        estimator = DemandEstimator(net, {d.id: d.lane_id for d in model.detectors})
+        estimate = estimator.estimate(counts, LENGTH_S - 300)
+        emit("demand_estimate_s", time.perf_counter() - started, "s", None,
+             "network read + candidate routes + NNLS fit (first cycle)")  # fmt: skip
+        started = time.perf_counter()
+        estimator.estimate(counts, LENGTH_S - 300)
+        emit("demand_estimate_cached_s", time.perf_counter() - started, "s", None,
+             "NNLS fit with cached routes (every later cycle)")  # fmt: skip
+        values = [geh(estimate.fitted_vph.get(e, 0.0), v) for e, v in truth.items()]
+        observed = [geh(estimate.fitted_vph.get(e, 0.0), truth[e]) for e in estimate.observed_vph]
+        emit("demand_geh_lt5_share", sum(v < 5 for v in values) / len(values), "fraction", None,
+             f"field true edge flows, all {len(values)} edges")  # fmt: skip
+        emit("demand_geh_lt5_share_detected", sum(v < 5 for v in observed) / len(observed),
+             "fraction", None, f"field true flows on the {len(observed)} detector edges")  # fmt: skip
+        emit("demand_geh_mean", sum(values) / len(values), "GEH", None, "field true edge flows")
+
+        # one run: ours vs raw libsumo stepping of the same scenario
+        request = WhatIfRequest(
+            network=str(net), demand=str(routes), current=current, candidates={},
+            horizon_s=args.horizon_s, warmup_s=300, seeds=(1,),
+        )  # fmt: skip
+        raw_veh_s, raw_wall = raw_libsumo(net, routes, 300 + args.horizon_s)
+        ours = run_plan(RunTask(request, "current", 1, record=False))
+        ours_tp = ours.simulated_veh_s / ours.wall_s
+        raw_tp = raw_veh_s / raw_wall
+        emit("whatif_sim_throughput", ours_tp, "veh*s/s", round(ours_tp / raw_tp, 3),
+             f"raw libsumo stepping, same scenario ({raw_tp:.0f} veh*s/s)")  # fmt: skip
+
+        # the full what-if: plans x seeds
+        limits = SafetyLimits()
+        factors = [0.8, 0.9, 1.1, 1.2, 0.7, 1.3][: max(0, args.plans - 1)]
+        candidates = {
+            f"greens-x{f}": {
+                t: project(
+                    t, Proposal([b.phases[i].duration_s * f for i in b.green_indices]), b, limits
+                )
+                for t, b in bases.items()
+            }
+            for f in factors
+        }
+        request = WhatIfRequest(
+            network=str(net), demand=str(routes), current=current, candidates=candidates,
+            horizon_s=args.horizon_s, warmup_s=300, seeds=tuple(range(1, args.seeds + 1)),
+        )  # fmt: skip
+        started = time.perf_counter()
+        with LibsumoWhatIfEngine(workers=args.workers) as engine:
+            result = engine.evaluate(request)
+        wall = time.perf_counter() - started
+        runs = [r for o in result.outcomes for r in o.runs]
+        emit(f"whatif_wall_{args.plans}x{args.seeds}", wall, "s", None,
+             f"{args.plans} plans x {args.seeds} seeds x {args.horizon_s} s + 300 s warm-up, "
+             f"{args.workers} workers; sum of run walls {sum(r.wall_s for r in runs):.1f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

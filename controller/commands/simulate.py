@@ -1,0 +1,229 @@
+"""``signaltwin simulate``: the what-if of the current plans against a candidate, on the twin."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from configs.errors import ConfigError
+from configs.settings import Settings, load_settings
+from configs.timing import (
+    BaseProgram,
+    IntersectionTiming,
+    Proposal,
+    SafetyLimits,
+    TimingConfiguration,
+    project,
+)
+from simulators.demand import DemandEstimator, FleetLike, write_routes
+from simulators.network import load_network
+from simulators.twin import CURRENT, LibsumoWhatIfEngine, WhatIfRequest, WhatIfResult
+
+DESCRIPTION = """\
+Run the what-if on the SUMO twin: the current (base) plans of every traffic
+light against a candidate plan, each simulated with the same K seeds (warm-up
+under the current plan, then the horizon under the plan), and print waiting
+time, delay, throughput and NOx with the paired relative change and its
+confidence interval.
+
+The candidate is --plan FILE: a signed-to-be timing configuration (JSON) or a
+JSON mapping of traffic-light id -> intersection timing. Without --plan, two
+candidates are built from the base plans (all greens scaled by 0.8 and by 1.2,
+projected onto the safety limits), so something useful prints.
+
+Demand: --routes FILE (a SUMO routes file), else the settings'
+simulation.demand, else --counts FILE (JSON {"interval_s": 300, "counts":
+{detector id: vehicles}}) estimated into routes from the detectors.
+
+Exit codes: 0 every plan simulated; 1 a plan failed (gridlock, backlog);
+2 bad usage/configuration; 3 SUMO failed.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``simulate`` sub-command."""
+    parser = subparsers.add_parser(
+        "simulate",
+        help="what-if of the current plans vs a candidate plan on the SUMO twin",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="settings TOML (network, seeds, fleet, ...)")
+    parser.add_argument("--plan", type=Path, help="candidate plan JSON (see above)")
+    parser.add_argument("--network", type=Path, help="SUMO .net.xml (overrides the settings)")
+    parser.add_argument("--routes", type=Path, help="SUMO routes file (overrides the settings)")
+    parser.add_argument("--detectors", type=Path, help="E1 detector file, for --counts")
+    parser.add_argument("--counts", type=Path, help="detector counts JSON to estimate demand")
+    parser.add_argument("--seeds", type=int, help="paired seeds per plan (default 5)")
+    parser.add_argument("--horizon-s", type=int, help="measured seconds (default 900)")
+    parser.add_argument("--warmup-s", type=int, help="warm-up seconds (default 300)")
+    parser.add_argument("--workers", type=int, help="worker processes (default 2)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=_run)
+
+
+def _progress(done: int, total: int) -> None:
+    print(f"\rsimulating: {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr)
+
+
+def _load_plan(path: Path) -> dict[str, IntersectionTiming]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"--plan {path}: cannot read: {e.strerror}") from e
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--plan {path}: not JSON: {e}") from e
+    if isinstance(raw, dict) and "intersections" in raw and "schema" in raw:
+        return dict(TimingConfiguration.parse(data).intersections)
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(
+            f"--plan {path}: expected a timing configuration or a mapping tls id -> timing"
+        )
+    plans = {}
+    for tls_id, value in raw.items():
+        try:
+            plans[tls_id] = IntersectionTiming.model_validate(value)
+        except ValueError as e:
+            raise ConfigError(f"--plan {path}: intersection {tls_id!r}: {e}") from e
+    return plans
+
+
+def _scaled(
+    bases: Mapping[str, BaseProgram], factor: float, limits: Any
+) -> dict[str, IntersectionTiming]:
+    out = {}
+    for tls_id, base in sorted(bases.items()):
+        greens = [base.phases[i].duration_s * factor for i in base.green_indices]
+        lim: SafetyLimits = limits.limits_for(tls_id) if limits is not None else SafetyLimits()
+        out[tls_id] = project(tls_id, Proposal(green_s=greens), base, lim)
+    return out
+
+
+def _routes_from_counts(
+    args: argparse.Namespace,
+    net: Path,
+    detectors: Path | None,
+    fleet: list[FleetLike] | None,
+    end_s: int,
+    workdir: Path,
+) -> Path:
+    if detectors is None:
+        raise ConfigError(
+            "--counts needs the detector file: give --detectors or simulation.detectors"
+        )
+    try:
+        raw = json.loads(Path(args.counts).read_text(encoding="utf-8"))
+        counts = {str(k): float(v) for k, v in raw["counts"].items()}
+        interval_s = float(raw["interval_s"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f'--counts {args.counts}: expected JSON {{"interval_s": S, "counts": {{id: n}}}}: {e}'
+        ) from e
+    model = load_network(net, detectors)
+    estimator = DemandEstimator(net, {d.id: d.lane_id for d in model.detectors}, fleet)
+    estimate = estimator.estimate(counts, interval_s)
+    print(
+        f"demand: {estimate.total_vph:.0f} veh/h on {len(estimate.snapshot['routes'])} routes "
+        f"(snapshot {estimate.digest[:12]})",
+        file=sys.stderr,
+    )
+    return write_routes(estimate.snapshot, workdir / "twin.rou.xml", end_s)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings: Settings | None = load_settings(args.config) if args.config else None
+    sim = settings.simulation if settings is not None else None
+    net = args.network or (sim.network if sim else None)
+    if net is None:
+        raise ConfigError("no network: give --config FILE (simulation.network) or --network NET")
+    horizon_s = args.horizon_s or (sim.horizon_s if sim else 900)
+    warmup_s = args.warmup_s if args.warmup_s is not None else (sim.warmup_s if sim else 300)
+    count = args.seeds or (sim.seeds if sim else 5)
+    base_seed = sim.base_seed if sim else 20_240
+    workers = args.workers if args.workers is not None else (sim.workers if sim else 2)
+    if count < 1 or horizon_s < 1 or warmup_s < 0 or workers < 0:
+        raise ConfigError("--seeds and --horizon-s must be >= 1, --warmup-s and --workers >= 0")
+
+    model = load_network(net)
+    bases = model.base_programs()
+    current = {t: IntersectionTiming.from_base(b) for t, b in bases.items()}
+    limits = settings.safety if settings is not None else None
+    if args.plan is not None:
+        candidates = {"candidate": _load_plan(args.plan)}
+    else:
+        candidates = {
+            "greens-x0.8": _scaled(bases, 0.8, limits),
+            "greens-x1.2": _scaled(bases, 1.2, limits),
+        }
+
+    with tempfile.TemporaryDirectory(prefix="signaltwin-simulate-") as tmp:
+        routes = args.routes or (sim.demand if sim else None)
+        if routes is None and args.counts is not None:
+            detectors = args.detectors or (sim.detectors if sim else None)
+            fleet: list[FleetLike] | None = list(sim.fleet) if sim else None
+            routes = _routes_from_counts(
+                args, Path(net), detectors, fleet, warmup_s + horizon_s, Path(tmp)
+            )
+        if routes is None:
+            raise ConfigError(
+                "no demand: give --routes ROUTES, set simulation.demand, or give --counts FILE "
+                "with detector counts to estimate it from"
+            )
+        request = WhatIfRequest(
+            network=str(net),
+            demand=str(routes),
+            current=current,
+            candidates=candidates,
+            horizon_s=horizon_s,
+            warmup_s=warmup_s,
+            seeds=tuple(base_seed + i for i in range(count)),
+            step_length_s=sim.step_length_s if sim else 1.0,
+            gridlock_s=sim.gridlock_s if sim else 300,
+            confidence_level=settings.gate.confidence_level if settings else 0.95,
+        )
+        print(
+            f"what-if: {len(request.plan_names())} plans x {count} seeds, "
+            f"{warmup_s} s warm-up + {horizon_s} s horizon, {workers} workers",
+            file=sys.stderr,
+        )
+        started = time.perf_counter()
+        with LibsumoWhatIfEngine(workers=workers) as engine:
+            result = engine.evaluate(request, progress=_progress)
+        wall_s = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({"wall_s": round(wall_s, 3), **result.to_dict()}, indent=2))
+    else:
+        _print_table(result)
+        print(f"wall time {wall_s:.1f} s")
+    return 1 if any(o.failed for o in result.outcomes) else 0
+
+
+def _pct(change: Any) -> str:
+    return f"{change.mean:+7.1%} [{change.ci[0]:+.1%}, {change.ci[1]:+.1%}]"
+
+
+def _print_table(result: WhatIfResult) -> None:
+    level = f"{result.confidence_level:.0%}"
+    print(
+        f"{'plan':<14} {'wait s':>7} {'delay s':>8} {'arrived':>8} {'NOx g':>9}  "
+        f"{'wait change (' + level + ' CI)':<30} {'NOx change (' + level + ' CI)':<30}"
+    )
+    for outcome in result.outcomes:
+        if outcome.failed is not None:
+            print(f"{outcome.name:<14} FAILED: {outcome.failed}")
+            continue
+        has = outcome.name != CURRENT and "wait" in outcome.changes
+        wait = _pct(outcome.changes["wait"]) if has else "-"
+        nox = _pct(outcome.changes["nox"]) if has else "-"
+        print(
+            f"{outcome.name:<14} {outcome.mean_wait_s:7.1f} {outcome.mean_delay_s:8.1f} "
+            f"{outcome.throughput_veh:8.0f} {outcome.nox_mg / 1000:9.1f}  {wait:<30} {nox:<30}"
+        )
