@@ -45,10 +45,10 @@ _BACKGROUND = (20, 20, 20)
 _MAP_BACKGROUND = (34, 34, 34)
 _DIVIDER = (90, 90, 90)
 _TEXT = (235, 235, 235)
-_DIM_TEXT = (170, 170, 170)
 _MARKER = (245, 245, 245)
 _NO_DATA = (95, 95, 95)
 _Y_WHITE = 235
+_Y_DIM = 158
 _NO_DATA_INDEX = 256
 _VEHICLE_SPACING_M = 7.5
 
@@ -59,6 +59,7 @@ class _TextField:
     y: int
     width_chars: int
     atlas: GlyphAtlas
+    luma: int = _Y_WHITE
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,13 @@ class WhatIfScene:
         height: int,
         device: torch.device,
         *,
-        labels: tuple[str, str] = ("CURRENT PLAN", "CANDIDATE"),
-        attribution: Attribution | None = None,
         colormap: str = "viridis",
-        clock_offset_s: float = 0.0,
     ) -> None:
         """Lay out the frame, draw the static background and rasterise every edge.
+
+        The scene depends only on the geometry, the frame size and the colormap,
+        so a daemon can build it once per network and reuse it every cycle;
+        plan labels and the attribution line are per-video text fields.
 
         Raises:
             ConfigError: The frame is too small or odd-sized, or the geometry is invalid.
@@ -160,17 +162,16 @@ class WhatIfScene:
         self.width = width
         self.height = height
         self.device = device
-        self.clock_offset_s = clock_offset_s
         self.n_edges = len(self.geometry.edge_ids)
         self.big = GlyphAtlas(max(1, round(height / 360)), device)
         self.small = GlyphAtlas(max(1, round(height / 540)), device)
-        self._layout(labels, attribution)
+        self._layout()
         self._build_luts(colormap)
         self._rasterise()
 
     # -- layout and static background -------------------------------------------------
 
-    def _layout(self, labels: tuple[str, str], attribution: Attribution | None) -> None:
+    def _layout(self) -> None:
         w, h = self.width, self.height
         big, small = self.big, self.small
         m = max(4, round(h * 0.02))
@@ -186,8 +187,9 @@ class WhatIfScene:
         label_y = header_y + big.cell_h + m // 2
         panel_w = ((w - 3 * m) // 2) // 2 * 2
         self.panel_x = (m, 2 * m + panel_w)
-        for x, label in zip(self.panel_x, labels, strict=True):
-            self._stamp_static(label[: panel_w // big.cell_w], x, label_y, big, _TEXT)
+        self.label_fields = tuple(
+            _TextField(x, label_y, panel_w // big.cell_w, big) for x in self.panel_x
+        )
 
         map_y0 = label_y + big.cell_h + m // 3
         attrib_y = h - m - small.cell_h
@@ -215,14 +217,7 @@ class WhatIfScene:
             for row in (0, 1)
         }
         self._legend(legend_y)
-        if attribution is not None:
-            line = (
-                f"NET {attribution.network_sha256[:12]}  DEMAND {attribution.demand_sha256[:12]}  "
-                f"PLAN {attribution.plan_current_sha256[:12]} | "
-                f"{attribution.plan_candidate_sha256[:12]}  "
-                f"{attribution.simulator_version}  SEED {attribution.seed}"
-            )
-            self._stamp_static(line[: (w - 2 * m) // small.cell_w], m, attrib_y, small, _DIM_TEXT)
+        self.attribution_field = _TextField(m, attrib_y, (w - 2 * m) // small.cell_w, small, _Y_DIM)
 
     def _legend(self, y: int) -> None:
         small, m = self.small, self.margin
@@ -420,7 +415,7 @@ class WhatIfScene:
             ys, xs = slice(field.y, field.y + h), slice(field.x, field.x + w)
             region = frames[:, ys, xs]
             region.copy_(background[ys, xs].expand_as(region))
-            region.masked_fill_(mask[:, :h, :w], _Y_WHITE)
+            region.masked_fill_(mask[:, :h, :w], field.luma)
         return frames
 
     def text_codes(self, field: _TextField, lines: list[str]) -> torch.Tensor:
@@ -428,6 +423,10 @@ class WhatIfScene:
         n = field.width_chars
         codes = [GlyphAtlas.codes(line[:n].ljust(n)) for line in lines]
         return torch.tensor(codes, dtype=torch.long).to(self.device)
+
+    def constant_codes(self, field: _TextField, line: str, n_frames: int) -> torch.Tensor:
+        """Encode one text for all ``n_frames`` frames (an expanded view, no copies)."""
+        return self.text_codes(field, [line]).expand(n_frames, -1)
 
 
 def _align(side: WhatIfFrames, edge_ids: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -476,6 +475,7 @@ def render_whatif(
     batch_frames: int | None = None,
     colormap: str = "viridis",
     clock_offset_s: float = 0.0,
+    scene: WhatIfScene | None = None,
 ) -> VideoArtifact:
     """Render the side-by-side what-if video and its attribution sidecar.
 
@@ -496,6 +496,8 @@ def render_whatif(
         colormap: ``"viridis"`` or ``"cividis"``.
         clock_offset_s: Added to simulated time for the on-screen clock
             (seconds since midnight of the simulated start).
+        scene: A scene built earlier for this geometry, size and device (reused
+            across cycles to skip rasterisation); built here when None.
 
     Returns:
         The written video with the sha256 of the MP4 and of the sidecar.
@@ -508,16 +510,13 @@ def render_whatif(
     n_frames = int(round(duration_s * fps))
     if n_frames < 1 or fps < 1:
         raise ConfigError(f"[video] duration_s={duration_s}, fps={fps} give no frames")
-    scene = WhatIfScene(
-        geometry,
-        width,
-        height,
-        dev,
-        labels=(frames_current.label, frames_candidate.label),
-        attribution=attribution,
-        colormap=colormap,
-        clock_offset_s=clock_offset_s,
-    )
+    if scene is None:
+        scene = WhatIfScene(geometry, width, height, dev, colormap=colormap)
+    elif (scene.width, scene.height, scene.device) != (width, height, dev):
+        raise ConfigError(
+            f"the reused scene is {scene.width}x{scene.height} on {scene.device}, "
+            f"not {width}x{height} on {dev}"
+        )
     edge_ids = scene.geometry.edge_ids
     timeline = FrameTimeline.build(
         n_frames, {"current": frames_current.times_s, "candidate": frames_candidate.times_s}
@@ -555,6 +554,18 @@ def render_whatif(
         lines[scene.stat_fields[(side_name, 0)]] = rows[0]
         lines[scene.stat_fields[(side_name, 1)]] = rows[1]
     codes = {field: scene.text_codes(field, text) for field, text in lines.items()}
+    for field, label in zip(
+        scene.label_fields, (frames_current.label, frames_candidate.label), strict=True
+    ):
+        codes[field] = scene.constant_codes(field, label, n_frames)
+    attribution_line = (
+        f"NET {attribution.network_sha256[:12]}  DEMAND {attribution.demand_sha256[:12]}  "
+        f"PLAN {attribution.plan_current_sha256[:12]} | {attribution.plan_candidate_sha256[:12]}  "
+        f"{attribution.simulator_version}  SEED {attribution.seed}"
+    )
+    codes[scene.attribution_field] = scene.constant_codes(
+        scene.attribution_field, attribution_line, n_frames
+    )
 
     def frame_values(lo_k: int, hi_k: int) -> tuple[torch.Tensor, torch.Tensor]:
         occs, queues = [], []
