@@ -18,17 +18,19 @@ size *n* holds records 1..n).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import os
 import re
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 from configs.errors import LedgerError
 from configs.timing import canonical_json, sha256_hex
@@ -262,6 +264,21 @@ class Checkpoint:
         }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Serialise a Ledger method on the ledger's lock (the connection is shared by threads)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with args[0]._lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 def _check_body(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
     if kind not in RECORD_KINDS:
         raise LedgerError(
@@ -306,6 +323,9 @@ class Ledger:
         self._signer = signer
         self._checkpoint_every = checkpoint_every
         self._clock = clock
+        # the daemon calls from a new thread per job (never two at once); the lock
+        # makes concurrent use from several threads safe as well
+        self._lock = threading.RLock()
         self.ledger_id = self._meta("ledger_id")
         self.origin = f"signaltwin.ledger/{self.ledger_id}"
         self._tree = LeafTree(_SqliteLeaves(self))
@@ -350,11 +370,14 @@ class Ledger:
         try:
             if readonly:
                 conn = sqlite3.connect(
-                    f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+                    f"{p.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
                 )
             else:
                 p.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(p, isolation_level=None)
+                conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 10000")
         except (sqlite3.Error, OSError) as e:
             raise LedgerError(f"cannot open ledger {p}: {e}") from e
@@ -440,6 +463,7 @@ class Ledger:
             raise LedgerError(f"{self.path}: meta key {key!r} is missing; the file is damaged")
         return str(row[0])
 
+    @_locked
     def close(self) -> None:
         """Close the file, folding the WAL into it so the file is self-contained."""
         try:
@@ -458,6 +482,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ writing
 
+    @_locked
     def append(
         self,
         kind: RecordKind | str,
@@ -556,6 +581,7 @@ class Ledger:
         body = {"keyid": signer.keyid, "public_key_pem": signer.public_key_pem().decode(), **extra}
         return self.append("key_enrolment", body, dedupe_key=f"key:{signer.keyid}")
 
+    @_locked
     def checkpoint(self, signer: Signer, *, force: bool = False) -> Checkpoint:
         """Sign the current tree head and store it as a checkpoint.
 
@@ -592,11 +618,13 @@ class Ledger:
 
     # ------------------------------------------------------------------ reading
 
+    @_locked
     def size(self) -> int:
         """Number of records (the tree size)."""
         row = self._conn.execute("SELECT COALESCE(MAX(idx), 0) FROM records").fetchone()
         return int(row[0])
 
+    @_locked
     def get(self, index: int) -> Record:
         """The record at ``index`` (from 1).
 
@@ -653,9 +681,12 @@ class Ledger:
         if until is not None:
             sql += " AND time < ?"
             params.append(format_time(until))
-        for row in self._conn.execute(sql + " ORDER BY idx", params).fetchall():
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY idx", params).fetchall()
+        for row in rows:
             yield self._parse(RawRecord(*row))
 
+    @_locked
     def latest(self, kind: str) -> Record | None:
         """The newest record of ``kind``, or None."""
         row = self._conn.execute(
@@ -676,6 +707,7 @@ class Ledger:
             if all(k in r.body and r.body[k] == v for k, v in match.items())
         ]
 
+    @_locked
     def by_dedupe_key(self, dedupe_key: str) -> Record | None:
         """The record appended with ``dedupe_key``, or None."""
         row = self._conn.execute(
@@ -686,10 +718,19 @@ class Ledger:
 
     def raw_records(self) -> Iterator[RawRecord]:
         """Every stored row in index order, unparsed (for verification)."""
-        cur = self._conn.execute(
-            "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records ORDER BY idx"
-        )
-        while rows := cur.fetchmany(2048):
+        sql = "SELECT idx, kind, time, dedupe_key, leaf_hash, body FROM records"
+        last: int | None = None  # every row, including any with index <= 0
+        while True:
+            with self._lock:
+                if last is None:
+                    rows = self._conn.execute(f"{sql} ORDER BY idx LIMIT 4096").fetchall()
+                else:
+                    rows = self._conn.execute(
+                        f"{sql} WHERE idx > ? ORDER BY idx LIMIT 4096", (last,)
+                    ).fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][0])
             for row in rows:
                 yield RawRecord(
                     int(row[0]),
@@ -700,6 +741,7 @@ class Ledger:
                     bytes(row[5]),
                 )
 
+    @_locked
     def raw_checkpoints(self) -> list[RawCheckpoint]:
         """Every stored checkpoint row in order, unparsed."""
         rows = self._conn.execute(
@@ -713,6 +755,7 @@ class Ledger:
         """Every checkpoint, parsed (not verified: see :func:`controller.audit.verify_ledger`)."""
         return [Checkpoint.parse(r) for r in self.raw_checkpoints()]
 
+    @_locked
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest checkpoint, or None."""
         row = self._conn.execute(
@@ -724,6 +767,7 @@ class Ledger:
             RawCheckpoint(int(row[0]), int(row[1]), str(row[2]), bytes(row[3]), bytes(row[4]))
         )
 
+    @_locked
     def integrity_problems(self) -> list[str]:
         """SQLite's own page-level check (``PRAGMA quick_check``); empty when sound."""
         try:
@@ -735,10 +779,12 @@ class Ledger:
 
     # ------------------------------------------------------------------- proofs
 
+    @_locked
     def root(self, size: int | None = None) -> str:
         """Hex root hash of the tree of the first ``size`` records (all by default)."""
         return self._tree.root(size).hex()
 
+    @_locked
     def prove_inclusion(self, index: int, size: int | None = None) -> dict[str, Any]:
         """Proof that record ``index`` is in the tree of ``size`` records.
 
@@ -762,6 +808,7 @@ class Ledger:
             "proof": proof,
         }
 
+    @_locked
     def prove_consistency(self, prior_size: int, later_size: int | None = None) -> dict[str, Any]:
         """Proof that the tree of ``prior_size`` records is a prefix of that of ``later_size``."""
         n = self.size() if later_size is None else later_size
@@ -777,6 +824,7 @@ class Ledger:
             "proof": proof,
         }
 
+    @_locked
     def backup(self, dest: str | os.PathLike[str]) -> None:
         """Write a consistent, self-contained copy of the ledger (for auditors)."""
         try:

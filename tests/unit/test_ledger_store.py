@@ -208,3 +208,30 @@ def test_checkpoint_parse_rejects_non_canonical_notes(ledger: Ledger) -> None:
     wrong_size = RawCheckpoint(cp.seq, 99, cp.keyid, cp.note, cp.signature)
     with pytest.raises(LedgerError, match="size column 99"):
         Checkpoint.parse(wrong_size)
+
+
+def test_a_ledger_opened_in_one_thread_is_used_from_others(tmp_path: Path) -> None:
+    # the daemon opens the ledger at start-up and runs each cycle in a new thread
+    import threading
+
+    signer = SoftwareSigner()
+    errors: list[BaseException] = []
+    with Ledger.open(tmp_path / "l.sqlite", signer=signer, checkpoint_every=5) as led:
+
+        def work(worker: int) -> None:
+            try:
+                for n in range(20):
+                    led.append("cycle", cycle(worker * 100 + n), dedupe_key=f"{worker}-{n}")
+                    led.latest("cycle")
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert led.size() == 80
+        assert [r.index for r in led.iter_records()] == list(range(1, 81))
+        assert led.checkpoints()[-1].size == 80
