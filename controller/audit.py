@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -286,19 +287,25 @@ def _verify_open(
     result.ledger_id = ledger.ledger_id
     for message in ledger.integrity_problems():
         result.add(Finding("file", None, f"{ledger.path}: SQLite integrity check: {message}"))
+    #: leaf hash of each stored row, in stored order (also explains insertions)
     leaves: list[bytes] = []
-    #: index of each stored row's document -> its leaf hash (to explain insertions)
-    hashes_by_position: list[bytes] = []
     kinds: dict[int, str] = {}
     enrolled: dict[str, int] = {}
     sequences: list[int] = []
     prev_hash = GENESIS_PREV
     expected = 1
-    try:
-        rows = list(ledger.raw_records())
-    except Exception as e:  # sqlite3.DatabaseError on a damaged page
-        raise LedgerError(f"{ledger.path}: cannot read the records table: {e}") from e
-    for raw in rows:
+    count = 0
+    rows = ledger.raw_records()
+    while True:
+        try:
+            raw = next(rows, None)
+        except sqlite3.DatabaseError as e:  # a damaged page part-way through
+            raise LedgerError(
+                f"{ledger.path}: cannot read the records table after record {expected - 1}: {e}"
+            ) from e
+        if raw is None:
+            break
+        count += 1
         i = raw.index
         if i != expected:
             if i > expected:
@@ -311,7 +318,6 @@ def _verify_open(
             expected = i
         digest = leaf_hash(raw.body)
         leaves.append(digest)
-        hashes_by_position.append(digest)
         if raw.stored_hash != digest:
             result.add(
                 Finding(
@@ -323,7 +329,7 @@ def _verify_open(
             )
         doc = _parse_document(raw.body, i, result)
         if doc is not None:
-            _check_document(doc, raw, ledger.ledger_id, prev_hash, hashes_by_position, result)
+            _check_document(doc, raw, ledger.ledger_id, prev_hash, leaves, result)
             body = doc.get("body")
             kind = doc.get("kind")
             if isinstance(body, dict) and isinstance(kind, str):
@@ -331,14 +337,14 @@ def _verify_open(
                 _check_semantics(i, kind, body, kinds, enrolled, sequences, keys, result)
         prev_hash = digest.hex()
         expected = i + 1
-    result.records = len(rows)
+    result.records = count
     _verify_checkpoints(ledger, keys, leaves, enrolled, result)
     if result.covered_size < result.records:
         first = result.covered_size + 1
         msg = (
             f"records {first}..{result.records} are not covered by a signed checkpoint yet "
-            "(their removal could not be detected); run 'signaltwin audit checkpoint' on the "
-            "daemon host or wait for the next one"
+            "(their removal could not be detected); the daemon signs one after every cycle, "
+            "so verify again after the next cycle"
         )
         if require_checkpoint:
             result.add(Finding("record", first, msg))
