@@ -1,1 +1,88 @@
-"""signaltwin package."""
+"""OPC UA actuation: the controller contract, emulated controllers, the secure push.
+
+The public face:
+
+* :mod:`actuation.contract` - namespace, node ids, methods and the status-code table;
+* :class:`ControllerCore` / :class:`EmulatedController` / :class:`EmulatedFleet` -
+  controllers that verify every plan before they stage it and drive a
+  :class:`FieldPort`;
+* :class:`ControllerPool` / :class:`ThreadedActuator` - the daemon's sessions,
+  ``read_all`` and the two-phase ``push`` (the :class:`Actuator` protocol);
+* :func:`provision_demo_pki` and the certificate helpers in :mod:`actuation.security`.
+"""
+
+from __future__ import annotations
+
+from actuation._verify import TrustedKeys
+from actuation.client import (
+    Actuator,
+    ClientCredentials,
+    ControllerEndpoint,
+    ControllerPool,
+    ControllerPushResult,
+    ControllerSnapshot,
+    PushReport,
+    ThreadedActuator,
+    aligned_activation_time,
+    pool_from_settings,
+)
+from actuation.contract import NAMESPACE_URI, PLAN_STATUS_TEXT, PlanStatus
+from actuation.core import (
+    ControllerCore,
+    ControllerProvisioning,
+    FieldPort,
+    PlanResult,
+)
+from actuation.emulated import (
+    ControllerAccess,
+    EmulatedController,
+    EmulatedFleet,
+    pinned_clients,
+)
+from actuation.security import (
+    CLIENT_APPLICATION_URI,
+    CertificatePair,
+    DemoPki,
+    certificate_fingerprint,
+    controller_application_uri,
+    controller_certificate_paths,
+    generate_application_certificate,
+    load_certificate_der,
+    provision_demo_pki,
+)
+from actuation.users import PasswordHash
+
+__all__ = [
+    "CLIENT_APPLICATION_URI",
+    "NAMESPACE_URI",
+    "PLAN_STATUS_TEXT",
+    "Actuator",
+    "CertificatePair",
+    "ClientCredentials",
+    "ControllerAccess",
+    "ControllerCore",
+    "ControllerEndpoint",
+    "ControllerPool",
+    "ControllerProvisioning",
+    "ControllerPushResult",
+    "ControllerSnapshot",
+    "DemoPki",
+    "EmulatedController",
+    "EmulatedFleet",
+    "FieldPort",
+    "PasswordHash",
+    "PlanResult",
+    "PlanStatus",
+    "PushReport",
+    "ThreadedActuator",
+    "TrustedKeys",
+    "aligned_activation_time",
+    "certificate_fingerprint",
+    "controller_application_uri",
+    "controller_certificate_paths",
+    "generate_application_certificate",
+    "load_certificate_der",
+    "pinned_clients",
+    "pool_from_settings",
+    "provision_demo_pki",
+]

@@ -53,6 +53,7 @@ __all__ = [
     "ControllerAccess",
     "EmulatedController",
     "EmulatedFleet",
+    "pinned_clients",
 ]
 
 logger = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ __all__ = [
     "DemoPki",
     "certificate_fingerprint",
     "controller_application_uri",
+    "controller_certificate_paths",
     "generate_application_certificate",
     "load_certificate_der",
     "provision_demo_pki",
@@ -188,9 +189,15 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+def controller_certificate_paths(directory: Path, tls_id: str) -> CertificatePair:
+    """Where :func:`provision_demo_pki` keeps controller ``tls_id``'s certificate and key."""
+    stem = "controller-" + _SAFE_NAME.sub("_", tls_id)
+    return CertificatePair(directory / f"{stem}-cert.der", directory / f"{stem}-key.pem")
+
+
 def _pair(directory: Path, stem: str, uri: str, cn: str, role: Role) -> CertificatePair:
-    cert_path = directory / f"{stem}.der"
-    key_path = directory / f"{stem}.key.pem"
+    cert_path = directory / f"{stem}-cert.der"
+    key_path = directory / f"{stem}-key.pem"
     if not (cert_path.is_file() and key_path.is_file()):
         der, key_pem = generate_application_certificate(uri, cn, role)
         _write_private(key_path, key_pem)
@@ -205,9 +212,10 @@ def provision_demo_pki(
 ) -> DemoPki:
     """Write the demo's certificates and OPC UA password under ``directory``.
 
-    Creates ``client.der``/``client.key.pem`` (the daemon), one
-    ``controller-<id>.der``/``.key.pem`` per intersection, and ``opcua-password``
-    (mode 0600). Existing files are kept, so a restarted demo reuses its PKI.
+    Creates ``daemon-cert.der``/``daemon-key.pem`` (the daemon's client
+    certificate), one ``controller-<id>-cert.der``/``controller-<id>-key.pem`` per
+    intersection, and ``opcua-password`` (mode 0600): the names ``configs/demo.toml``
+    expects under ``<state_dir>/pki``. Existing files are kept, so a restarted demo reuses its PKI.
     Demo only: production installs certificates from its own PKI.
 
     Args:
@@ -217,12 +225,16 @@ def provision_demo_pki(
             and no password file exists yet.
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    client = _pair(directory, "client", CLIENT_APPLICATION_URI, "signaltwin daemon", "client")
+    client = _pair(directory, "daemon", CLIENT_APPLICATION_URI, "signaltwin daemon", "client")
     servers: dict[str, CertificatePair] = {}
     for tls_id in intersections:
-        stem = "controller-" + _SAFE_NAME.sub("_", tls_id)
+        stem = controller_certificate_paths(directory, tls_id).certificate.name
         servers[tls_id] = _pair(
-            directory, stem, controller_application_uri(tls_id), f"controller {tls_id}", "server"
+            directory,
+            stem.removesuffix("-cert.der"),
+            controller_application_uri(tls_id),
+            f"controller {tls_id}",
+            "server",
         )
     password_file = directory / "opcua-password"
     if password is not None or not password_file.is_file():
