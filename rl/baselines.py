@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from configs.errors import ConfigError
 from configs.timing import (
@@ -29,11 +30,14 @@ from simulators.network import NetworkModel
 __all__ = [
     "MaxPressureController",
     "actuated_plan",
+    "as_mode",
     "fixed_plans",
     "lost_time_s",
     "webster",
     "webster_proposal",
 ]
+
+PlanMode = Literal["fixed", "actuated"]
 
 _MAX_Y = 0.9
 """Cap on the sum of critical flow ratios (Webster's formula diverges at Y = 1)."""
@@ -113,6 +117,35 @@ def actuated_plan(
     )
     greens = [float(base.phases[i].duration_s) for i in base.green_indices]
     return project(tls_id, Proposal(green_s=greens), actuated_base, limits, previous)
+
+
+def as_mode(base: BaseProgram, mode: PlanMode) -> BaseProgram:
+    """The base program the plans of ``mode`` are projected onto.
+
+    ``actuated`` plans keep the base's states and durations but run as SUMO
+    actuated control (min green .. max green, see :func:`rl.baselines.actuated_plan`).
+    """
+    if mode == base.mode:
+        return base
+    plan = actuated_plan(base.tls_id, base, SafetyLimits()) if mode == "actuated" else None
+    if plan is None:
+        return base.model_copy(
+            update={
+                "mode": "fixed",
+                "phases": tuple(
+                    p.model_copy(update={"min_s": None, "max_s": None}) for p in base.phases
+                ),
+            }
+        )
+    return base.model_copy(
+        update={
+            "mode": "actuated",
+            "phases": tuple(
+                p.model_copy(update={"min_s": q.min_s, "max_s": q.max_s})
+                for p, q in zip(base.phases, plan.phases, strict=True)
+            ),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- max-pressure

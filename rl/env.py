@@ -41,9 +41,9 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from configs.errors import ConfigError
-from configs.timing import BaseProgram, IntersectionTiming, SafetyLimits, project
+from configs.timing import IntersectionTiming, SafetyLimits, project
 from rl._sumo_session import SumoSession
-from rl.baselines import actuated_plan, fixed_plans
+from rl.baselines import actuated_plan, as_mode, fixed_plans
 from rl.features import (
     ACT_DIM,
     OBS_DIM,
@@ -63,7 +63,6 @@ __all__ = [
     "PlanMode",
     "SignalSimulation",
     "SignalTimingEnv",
-    "as_mode",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,35 +74,6 @@ REF_NOX_MG_S = 0.5
 """NOx per lane (mg/s) that counts as one unit of (negative) reward."""
 
 FloatArray = npt.NDArray[np.float32]
-
-
-def as_mode(base: BaseProgram, mode: PlanMode) -> BaseProgram:
-    """The base program the plans of ``mode`` are projected onto.
-
-    ``actuated`` plans keep the base's states and durations but run as SUMO
-    actuated control (min green .. max green, see :func:`rl.baselines.actuated_plan`).
-    """
-    if mode == base.mode:
-        return base
-    plan = actuated_plan(base.tls_id, base, SafetyLimits()) if mode == "actuated" else None
-    if plan is None:
-        return base.model_copy(
-            update={
-                "mode": "fixed",
-                "phases": tuple(
-                    p.model_copy(update={"min_s": None, "max_s": None}) for p in base.phases
-                ),
-            }
-        )
-    return base.model_copy(
-        update={
-            "mode": "actuated",
-            "phases": tuple(
-                p.model_copy(update={"min_s": q.min_s, "max_s": q.max_s})
-                for p, q in zip(base.phases, plan.phases, strict=True)
-            ),
-        }
-    )
 
 
 @dataclass(frozen=True)

@@ -106,14 +106,18 @@ def train(
             device="cpu",
             verbose=0,
         )
-        model.set_logger(sb3_logger(str(out.parent / "logs"), ["csv"]))
+        progress_log = sb3_logger(str(out.parent / "logs"), ["csv"])
+        model.set_logger(progress_log)
         ckpt_dir = out.parent / "checkpoints"
         callback = CheckpointCallback(
             save_freq=max(1, checkpoint_every // env.num_envs),
             save_path=str(ckpt_dir),
             name_prefix=out.stem,
         )
-        model.learn(total_timesteps=timesteps, progress_bar=progress_bar, callback=callback)
+        try:
+            model.learn(total_timesteps=timesteps, progress_bar=progress_bar, callback=callback)
+        finally:
+            progress_log.close()
         buffer = model.ep_info_buffer
         final = None
         if buffer:
