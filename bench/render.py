@@ -1,0 +1,151 @@
+"""Benchmark the what-if video: ours (render on the device + encode) vs PyAV alone.
+
+Prints one JSON line per figure:
+- render_4k_scene_build_s: rasterising the scene once (reused across cycles).
+- pyav_encode_premade_4k_block_s: PyAV/libx264 encoding 30 pre-made 3840x2160
+  YUV 4:2:0 frames (the encoder's own limit).
+- render_4k_block_latency_s: 30 frames of 3840x2160 rendered and encoded into
+  an MP4 with sidecar (scene reused); ratio = ours / PyAV alone.
+- pyav_encode_premade_1080p_fps and render_1080p_fps: the same at 1920x1080
+  over --frames-1080p frames; ratio = ours / PyAV alone (1.0 = rendering free).
+
+Usage: .venv/bin/python bench/render.py [--device auto|cpu|cuda]
+       [--preset-4k ultrafast] [--preset-1080p veryfast] [--frames-1080p 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from edge_accel import (
+    Attribution,
+    WhatIfFrames,
+    WhatIfScene,
+    describe_device,
+    grid_geometry,
+    render_whatif,
+    select_device,
+)
+
+ATTRIBUTION = Attribution("a" * 64, "b" * 64, "c" * 64, "d" * 64, "sumo 1.28.0", 1)
+
+
+def emit(
+    figure: str, value: float, unit: str, ratio: float | None, against: str | None, **extra: object
+) -> None:
+    line = {
+        "figure": figure,
+        "value": round(value, 4),
+        "unit": unit,
+        "ratio": None if ratio is None else round(ratio, 3),
+        "against": against,
+        **extra,
+    }
+    print(json.dumps(line), flush=True)
+
+
+def sides(edge_ids: tuple[str, ...]) -> tuple[WhatIfFrames, WhatIfFrames]:
+    rng = np.random.default_rng(0)
+    samples = 61
+    t = np.linspace(0.0, 900.0, samples)
+    occ = rng.uniform(0.0, 1.0, size=(samples, len(edge_ids))).astype(np.float32)
+    queue = (occ * 12).astype(np.float32)
+    wait = np.linspace(5, 40, samples)
+    nox = np.cumsum(np.full(samples, 5000.0))
+    return (
+        WhatIfFrames.from_arrays("CURRENT PLAN", edge_ids, t, occ, queue, wait, nox),
+        WhatIfFrames.from_arrays("CANDIDATE", edge_ids, t, occ * 0.7, queue * 0.5, wait * 0.8, nox),
+    )
+
+
+def premade(scene: WhatIfScene, n: int) -> list[np.ndarray]:
+    e = scene.n_edges
+    gen = torch.Generator().manual_seed(0)
+    occ = torch.rand(n, 2 * e, generator=gen).to(scene.device)
+    frames = scene.draw(occ, occ * 40).cpu().numpy()
+    return [np.ascontiguousarray(f) for f in frames]
+
+
+def pyav_encode(
+    frames: list[np.ndarray], width: int, height: int, preset: str, path: Path
+) -> float:
+    started = time.perf_counter()
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": preset, "crf": "23"}
+        stream.codec_context.thread_count = 0
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="yuv420p")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--preset-4k", default="ultrafast")
+    parser.add_argument("--preset-1080p", default="veryfast")
+    parser.add_argument("--frames-1080p", type=int, default=90)
+    parser.add_argument("--grid", type=int, default=10, help="grid columns (rows = 3/4 of it)")
+    args = parser.parse_args()
+    device = select_device(args.device)
+    where = describe_device(device)
+    geometry = grid_geometry(args.grid, max(2, args.grid * 3 // 4), 150.0)
+    current, candidate = sides(geometry.edge_ids)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        # Warm-up: first use of the encoder and the device.
+        small = WhatIfScene(geometry, 640, 360, device)
+        render_whatif(geometry, current, candidate, ATTRIBUTION, out / "w.mp4", 640, 360, 30,
+                      device, duration_s=0.2, scene=small)  # fmt: skip
+
+        started = time.perf_counter()
+        scene4k = WhatIfScene(geometry, 3840, 2160, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        emit("render_4k_scene_build_s", time.perf_counter() - started, "s", None, None,
+             device=where, edges=scene4k.n_edges)  # fmt: skip
+        frames = premade(scene4k, 30)
+        raw_4k = pyav_encode(frames, 3840, 2160, args.preset_4k, out / "raw4k.mp4")
+        emit("pyav_encode_premade_4k_block_s", raw_4k, "s", None, None, preset=args.preset_4k)
+        del frames
+        started = time.perf_counter()
+        render_whatif(geometry, current, candidate, ATTRIBUTION, out / "ours4k.mp4", 3840, 2160,
+                      30, device, duration_s=1.0, preset=args.preset_4k, scene=scene4k)  # fmt: skip
+        ours_4k = time.perf_counter() - started
+        emit("render_4k_block_latency_s", ours_4k, "s", ours_4k / raw_4k,
+             "pyav_encode_premade_4k_block_s", preset=args.preset_4k, device=where,
+             target_s=0.8)  # fmt: skip
+        del scene4k
+
+        n = args.frames_1080p
+        scene_hd = WhatIfScene(geometry, 1920, 1080, device)
+        frames = premade(scene_hd, n)
+        raw_hd = pyav_encode(frames, 1920, 1080, args.preset_1080p, out / "rawhd.mp4")
+        emit("pyav_encode_premade_1080p_fps", n / raw_hd, "frames/s", None, None,
+             preset=args.preset_1080p)  # fmt: skip
+        del frames
+        started = time.perf_counter()
+        render_whatif(geometry, current, candidate, ATTRIBUTION, out / "ourshd.mp4", 1920, 1080,
+                      30, device, duration_s=n / 30, preset=args.preset_1080p,
+                      scene=scene_hd)  # fmt: skip
+        ours_hd = time.perf_counter() - started
+        emit("render_1080p_fps", n / ours_hd, "frames/s", (n / ours_hd) / (n / raw_hd),
+             "pyav_encode_premade_1080p_fps", preset=args.preset_1080p, device=where)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
