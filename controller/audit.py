@@ -102,6 +102,8 @@ class VerifyResult:
     covered_size: int = 0
     problems: list[Finding] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: (size, hex root) of the newest verified signed checkpoint: keep it for the next audit.
+    head: tuple[int, str] | None = None
     #: Per record index of every deployment (and cycle) record with a signed envelope.
     signatures: dict[int, SignatureStatus] = field(default_factory=dict)
     truncated_findings: bool = False
@@ -132,6 +134,9 @@ class VerifyResult:
             "records": self.records,
             "checkpoints": self.checkpoints,
             "covered_size": self.covered_size,
+            "tree_head": None
+            if self.head is None
+            else {"size": self.head[0], "root_hash": self.head[1]},
             "first_problem": None if self.first_problem is None else str(self.first_problem),
             "problems": [
                 {"where": p.where, "index": p.index, "message": p.message} for p in self.problems
@@ -244,6 +249,7 @@ def verify_ledger(
     keys: Sequence[VerificationKey],
     *,
     require_checkpoint: bool = False,
+    trusted_heads: Sequence[tuple[int, bytes]] = (),
 ) -> VerifyResult:
     """Verify a ledger file offline with trusted public keys only.
 
@@ -253,6 +259,9 @@ def verify_ledger(
             with one of them).
         require_checkpoint: report records after the last signed checkpoint as
             a problem rather than a warning.
+        trusted_heads: tree heads (size, root hash) kept from earlier audits;
+            the ledger must still have exactly those first records (it was not
+            cut back or rewritten since).
 
     Returns:
         A :class:`VerifyResult`; ``result.first_problem`` names the first bad
@@ -270,7 +279,7 @@ def verify_ledger(
         result.add(Finding("file", None, str(e)))
         return result
     try:
-        _verify_open(ledger, keys, result, require_checkpoint)
+        _verify_open(ledger, keys, result, require_checkpoint, trusted_heads)
     except LedgerError as e:
         result.add(Finding("file", None, str(e)))
     finally:
@@ -283,6 +292,7 @@ def _verify_open(
     keys: Sequence[VerificationKey],
     result: VerifyResult,
     require_checkpoint: bool,
+    trusted_heads: Sequence[tuple[int, bytes]],
 ) -> None:
     result.ledger_id = ledger.ledger_id
     for message in ledger.integrity_problems():
@@ -339,6 +349,28 @@ def _verify_open(
         expected = i + 1
     result.records = count
     _verify_checkpoints(ledger, keys, leaves, enrolled, result)
+    tree = LeafTree(ListLeafSource(leaves))
+    if result.covered_size:
+        result.head = (result.covered_size, tree.root(result.covered_size).hex())
+    for size, root in trusted_heads:
+        if size > len(leaves):
+            result.add(
+                Finding(
+                    "record",
+                    len(leaves) + 1,
+                    f"missing: your trusted tree head covers {size} records, the ledger holds "
+                    f"{len(leaves)}: records {len(leaves) + 1}..{size} were removed",
+                )
+            )
+        elif tree.root(size) != root:
+            result.add(
+                Finding(
+                    "file",
+                    None,
+                    f"records 1..{size} no longer hash to your trusted root {root.hex()[:16]}…: "
+                    "the ledger was rewritten or cut back since that audit",
+                )
+            )
     if result.covered_size < result.records:
         first = result.covered_size + 1
         msg = (

@@ -87,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="fail when the newest records are not yet covered by a signed checkpoint",
     )
+    p.add_argument(
+        "--trusted-head",
+        action="append",
+        default=[],
+        metavar="SIZE:ROOT",
+        help="a tree head kept from an earlier audit (printed by verify); the ledger must "
+        "still extend it (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_verify)
 
@@ -220,7 +228,12 @@ def _run_show(args: argparse.Namespace) -> int:
 
 def _run_verify(args: argparse.Namespace) -> int:
     keys = _keys(args.pubkey)
-    result = verify_ledger(_ledger_path(args), keys, require_checkpoint=args.require_checkpoint)
+    result = verify_ledger(
+        _ledger_path(args),
+        keys,
+        require_checkpoint=args.require_checkpoint,
+        trusted_heads=[_head(text) for text in args.trusted_head],
+    )
     if args.json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
@@ -230,6 +243,8 @@ def _run_verify(args: argparse.Namespace) -> int:
                 f"checkpoints, records 1..{result.covered_size} covered; "
                 f"{len(result.signatures)} signed envelopes verified"
             )
+            if result.head is not None:
+                print(f"tree head: {result.head[0]}:{result.head[1]}")
         else:
             print(f"FAILED: {result.path}: {result.first_problem}")
             for finding in result.problems[1:]:
@@ -239,6 +254,17 @@ def _run_verify(args: argparse.Namespace) -> int:
         for w in result.warnings:
             print(f"warning: {w}")
     return EXIT_OK if result.ok else EXIT_PROBLEM
+
+
+def _head(text: str) -> tuple[int, bytes]:
+    size, _, root = text.partition(":")
+    try:
+        value = (int(size), bytes.fromhex(root))
+    except ValueError as e:
+        raise ConfigError(f"--trusted-head {text!r}: expected SIZE:HEXROOT") from e
+    if value[0] < 1 or len(value[1]) != 32:
+        raise ConfigError(f"--trusted-head {text!r}: expected SIZE >= 1 and a 64-hex-digit root")
+    return value
 
 
 def _run_prove(args: argparse.Namespace) -> int:

@@ -290,3 +290,30 @@ def test_cli_verify_exit_codes_and_first_bad_record(
     assert code == 1
     assert json.loads(capsys.readouterr().out)["problems"][0]["index"] == 7
     assert run(["audit", "verify", "--ledger", str(ledger_copy), "--pubkey", "/nonexistent"]) == 2
+
+
+def test_a_ledger_cut_back_to_an_older_signed_state_fails_against_a_kept_head(
+    ledger_copy: Path,
+    keys: list[VerificationKey],
+    pristine: tuple[Path, SoftwareSigner],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    head = verify_ledger(ledger_copy, keys).head
+    assert head is not None and head[0] == RECORDS
+    pub = str(pristine[0].parent / "pub.pem")
+    kept = f"{head[0]}:{head[1]}"
+    argv = ["audit", "verify", "--ledger", str(ledger_copy), "--pubkey", pub]
+    assert run([*argv, "--trusted-head", kept]) == 0
+    assert f"tree head: {kept}" in capsys.readouterr().out
+    # cut back to the state of checkpoint 3 (size 12): verifies on its own...
+    tamper(
+        ledger_copy, "DELETE FROM records WHERE idx > 12", "DELETE FROM checkpoints WHERE seq > 3"
+    )
+    assert verify_ledger(ledger_copy, keys).ok
+    # ...but not against the head kept from the earlier audit
+    assert run([*argv, "--trusted-head", kept]) == 1
+    assert "record 13: missing: your trusted tree head covers 16 records" in capsys.readouterr().out
+    # and a rewritten ledger of the same size does not match the kept root
+    assert run([*argv, "--trusted-head", f"12:{'00' * 32}"]) == 1
+    assert "no longer hash to your trusted root" in capsys.readouterr().out
+    assert run([*argv, "--trusted-head", "12:zz"]) == 2
