@@ -9,12 +9,15 @@ these functions. It drives the street through a :class:`FieldPort`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from actuation._verify import EnvelopeRejected, TrustedKeys, open_envelope
 from actuation.contract import PlanStatus
@@ -41,6 +44,57 @@ logger = logging.getLogger(__name__)
 
 #: How long a staged plan waits for ActivatePlan (field seconds) by default.
 DEFAULT_STAGED_TTL_S = 120.0
+
+
+class _Memo:
+    """Results of the deterministic, controller-independent steps, keyed by exact bytes.
+
+    Controllers hosted in one process (a gateway, or the emulated fleet) receive
+    the same envelope; opening it (signature check) depends only on its bytes
+    and the trusted key set, and parsing the document only on the payload bytes.
+    Both are remembered by sha256 of the exact bytes so that a district of
+    hundreds of controllers in one process does not verify and parse the same
+    document hundreds of times. Every controller-specific check (network,
+    intersection, sequence, validity window, safety) still runs per controller.
+    Refusals are not remembered (their outcome is recomputed each time).
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._opened: OrderedDict[tuple[str, frozenset[str]], bytes] = OrderedDict()
+        self._parsed: OrderedDict[str, tuple[TimingConfiguration, str]] = OrderedDict()
+
+    def _put(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        with self._lock:
+            table[key] = value
+            table.move_to_end(key)
+            while len(table) > self._size:
+                table.popitem(last=False)
+
+    def _get(self, table: OrderedDict[Any, Any], key: Any) -> Any:
+        with self._lock:
+            return table.get(key)
+
+    def open(self, data: bytes, trusted: TrustedKeys) -> bytes:
+        key = (hashlib.sha256(data).hexdigest(), trusted.keyids)
+        payload: bytes | None = self._get(self._opened, key)
+        if payload is None:
+            payload = open_envelope(data, trusted)
+            self._put(self._opened, key, payload)
+        return payload
+
+    def parse(self, payload: bytes) -> tuple[TimingConfiguration, str]:
+        key = hashlib.sha256(payload).hexdigest()
+        found: tuple[TimingConfiguration, str] | None = self._get(self._parsed, key)
+        if found is None:
+            config = TimingConfiguration.parse(payload)
+            found = (config, config.digest())
+            self._put(self._parsed, key, found)
+        return found
+
+
+_MEMO = _Memo()
 
 
 @runtime_checkable
@@ -165,11 +219,11 @@ class ControllerCore:
         """
         prov = self.provisioning
         try:
-            payload = open_envelope(data, prov.trusted_keys)
+            payload = _MEMO.open(data, prov.trusted_keys)
         except EnvelopeRejected as e:
             return PlanResult(e.status, e.message), None
         try:
-            config = TimingConfiguration.parse(payload)
+            config, digest = _MEMO.parse(payload)
         except ConfigError as e:
             return PlanResult(PlanStatus.SCHEMA_INVALID, str(e)), None
         if config.network.id != prov.network.id or config.network.sha256 != prov.network.sha256:
@@ -232,7 +286,7 @@ class ControllerCore:
             )
         staged = StagedPlan(
             sequence=config.sequence,
-            digest=config.digest(),
+            digest=digest,
             timing=timing,
             expires_at_s=self.field.field_time_s() + prov.staged_ttl_s,
         )
