@@ -333,10 +333,11 @@ def _deployed(dep: Record) -> bool:
 
 
 def _select(
-    ledger: Ledger, sel: ReportSelection
+    ledger: Ledger, sel: ReportSelection, push_results: dict[int, str]
 ) -> tuple[list[Record], list[_Deployment], set[int]]:
     """(records, deployments, indices of cycles that led to a deployment)."""
     all_records = list(ledger.iter_records())
+    push_results.clear()
     cycles = {r.index: r for r in all_records if r.kind == "cycle"}
     cycles_by_id = {str(r.body.get("cycle_id")): r for r in cycles.values()}
     measured: dict[int, list[Record]] = {}
@@ -345,10 +346,12 @@ def _select(
             measured.setdefault(int(r.body["deployment"]), []).append(r)
     deployed_cycles: set[int] = set()
     for r in all_records:
-        if r.kind == "deployment" and _deployed(r):
+        if r.kind == "deployment":
             c = _cycle_of(r, cycles, cycles_by_id)
-            if c is not None:
+            if c is not None and _deployed(r):
                 deployed_cycles.add(c.index)
+            elif c is not None:
+                push_results[c.index] = str(r.body.get("result"))
     if sel.deployment is not None:
         dep = ledger.get(sel.deployment)
         if dep.kind != "deployment":
@@ -474,7 +477,8 @@ def build_report(
         link_video: copy videos next to the report instead of embedding them.
     """
     sel = selection or ReportSelection()
-    records, deployments, deployed_cycles = _select(ledger, sel)
+    push_results: dict[int, str] = {}
+    records, deployments, deployed_cycles = _select(ledger, sel, push_results)
     ledger_dir = ledger.path.resolve().parent
     title = "signaltwin ledger audit report"
     parts = [
@@ -550,6 +554,9 @@ def build_report(
         else:
             sig_html = f"<span class='bad'>does not verify</span>: {_esc(sig.message)}"
         covered = verification is not None and d.record.index <= verification.covered_size
+        covered_text = (
+            "not verified" if verification is None else "yes (verified)" if covered else "no"
+        )
         video_html, video_status = _video_html(d.cycle, ledger_dir, out_path, link_video)
         parts += [
             f"<section class='deployment' id='deployment-{d.record.index}'>",
@@ -559,7 +566,7 @@ def build_report(
             f"<tr><th>configuration sha256</th><td class='mono'>"
             f"{_esc(body.get('config_digest'))}</td></tr>",
             f"<tr><th>envelope signature</th><td>{sig_html}</td></tr>",
-            f"<tr><th>in a signed checkpoint</th><td>{'yes' if covered else 'no'}</td></tr>",
+            f"<tr><th>in a signed checkpoint</th><td>{covered_text}</td></tr>",
             f"<tr><th>push result</th><td>{_esc(body.get('result', 'deployed'))}</td></tr>",
             f"<tr><th>cycle</th><td>"
             f"{_esc(d.cycle.body.get('cycle_id')) if d.cycle else 'not found'}"
@@ -608,7 +615,9 @@ def build_report(
                 reasons = f"{reasons}; error: {error}" if reasons else f"error: {error}"
             parts.append(
                 f"<tr><td>{r.index}</td><td>{_esc(r.body.get('cycle_id'))}</td>"
-                f"<td>{_esc(r.body.get('outcome'))}</td><td>{_esc(gate.get('decision', '–'))}"
+                f"<td>{_esc(r.body.get('outcome'))}"
+                f"{f' → push {_esc(push_results[r.index])}' if r.index in push_results else ''}"
+                f"</td><td>{_esc(gate.get('decision', '–'))}"
                 f"</td><td>{_esc(reasons)}</td></tr>"
             )
         parts.append("</table>")

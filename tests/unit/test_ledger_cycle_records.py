@@ -120,6 +120,6 @@ def test_cycle_records_verify_and_report(tmp_path: Path) -> None:
     assert "Deployment record 3: sequence 1" in page
     assert "-20.0 %" in page and "-17.0 %" in page  # predicted (from the configuration), measured
     assert "policy: pass" in page  # the gate's verdict for the candidate
-    assert "aborted" in page
+    assert "pushing → push aborted" in page
     assert "Cycles that deployed nothing" in page and "refuse" in page
     assert "<td>J1</td>" in page  # push results per controller
