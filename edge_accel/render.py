@@ -400,13 +400,14 @@ class WhatIfScene:
         contrast = self.contrast_yuv[index].reshape(batch, -1)
         flat = frames.view(batch, -1)
         flat.index_copy_(1, self.pix_flat, colour.index_select(1, self.pix_key))
+        # Queue stripes: only the queued core pixels are rewritten (usually few).
         queued = queue_m.index_select(1, self.core_col) > self.core_dist_m
-        stripe = torch.where(
-            queued,
-            contrast.index_select(1, self.core_key),
-            colour.index_select(1, self.core_key),
-        )
-        flat.index_copy_(1, self.core_flat, stripe)
+        frame_of, pixel = queued.nonzero(as_tuple=True)
+        if frame_of.numel():
+            frames_flat = flat.view(-1)
+            target = frame_of * flat.shape[1] + self.core_flat[pixel]
+            source = frame_of * contrast.shape[1] + self.core_key[pixel]
+            frames_flat.index_copy_(0, target, contrast.reshape(-1).index_select(0, source))
         background = self.background.view(self.height * 3 // 2, self.width)
         for field, codes in (text or {}).items():
             mask = field.atlas.render_codes(codes)
