@@ -99,6 +99,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_run_verify)
 
     p = sub.add_parser(
+        "checkpoints",
+        help="list the signed checkpoints",
+        description="List the signed checkpoints (tree size, root, time, key) as signed notes "
+        "or JSON. They are checked by 'audit verify'.",
+    )
+    ledger_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_run_checkpoints)
+
+    p = sub.add_parser(
         "prove",
         help="print an inclusion or consistency proof",
         description=(
@@ -265,6 +275,17 @@ def _head(text: str) -> tuple[int, bytes]:
     if value[0] < 1 or len(value[1]) != 32:
         raise ConfigError(f"--trusted-head {text!r}: expected SIZE >= 1 and a 64-hex-digit root")
     return value
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    with _open(args) as ledger:
+        for cp in ledger.checkpoints():
+            if args.json:
+                print(json.dumps(cp.to_json(), sort_keys=True))
+            else:
+                print(f"# checkpoint {cp.seq}, keyid {cp.keyid}")
+                print(cp.signed_note())
+    return EXIT_OK
 
 
 def _run_prove(args: argparse.Namespace) -> int:

@@ -144,6 +144,9 @@ def test_cli_list_show_prove_export(
     assert run(["audit", "show", "--ledger", ledger, "3", "--proof"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["record"]["kind"] == "deployment" and shown["inclusion"]["index"] == 3
+    assert run(["audit", "checkpoints", "--ledger", ledger, "--json"]) == 0
+    cps = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert cps and cps[-1]["size"] == 9 and cps[-1]["note"].endswith("Z\n")
     assert run(["audit", "prove", "--ledger", ledger, "--from", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["prior_size"] == 4
     assert run(["audit", "export", "--ledger", ledger, "--out", str(tmp_path / "x.jsonl")]) == 0
