@@ -118,3 +118,64 @@ def build_grid(
         text = text[:idx] + "\n" + flow + text[idx:]
         routes.write_text(text)
     return GridScenario(net=net, detectors=detectors, routes=routes, tls_ids=tuple(tls))
+
+
+@dataclass(frozen=True)
+class ForeignScenario:
+    net: Path
+    routes: Path
+
+
+def build_foreign(directory: Path, seed: int = 4, end_s: float = 1000.0) -> ForeignScenario:
+    """A random (non-grid) network with its own actuated lights and its own routes.
+
+    Nothing in it comes from the project's network builder: netgenerate's random
+    network with guessed actuated traffic lights, two-lane roads, and
+    randomTrips' routes with SUMO's default vehicle type.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    net = directory / "rand.net.xml"
+    subprocess.run(
+        [
+            str(tool_binary("netgenerate")),
+            "--rand",
+            "--rand.iterations",
+            "60",
+            "--seed",
+            str(seed),
+            "--tls.guess",
+            "--tls.guess.threshold",
+            "30",
+            "--tls.default-type",
+            "actuated",
+            "--default.lanenumber",
+            "2",
+            "-o",
+            str(net),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    routes = directory / "rand.rou.xml"
+    subprocess.run(
+        [
+            sys.executable,
+            str(sumo_home() / "tools" / "randomTrips.py"),
+            "-n",
+            str(net),
+            "-o",
+            str(directory / "trips.xml"),
+            "-r",
+            str(routes),
+            "-e",
+            str(end_s),
+            "-p",
+            "1.2",
+            "--seed",
+            str(seed),
+            "--validate",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return ForeignScenario(net=net, routes=routes)

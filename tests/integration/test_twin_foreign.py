@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.cli import run
+from tests.support.twin_scenarios import build_foreign
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.slow
+def test_simulate_runs_on_a_network_with_its_own_actuated_lights_and_routes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = build_foreign(tmp_path / "foreign")
+    argv = [
+        "simulate", "--network", str(foreign.net), "--routes", str(foreign.routes),
+        "--seeds", "2", "--horizon-s", "300", "--warmup-s", "120", "--workers", "2", "--json",
+    ]  # fmt: skip
+    assert run(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = [o["name"] for o in out["outcomes"]]
+    assert names == ["current", "greens-x0.8", "greens-x1.2"]
+    current = out["outcomes"][0]
+    assert current["failed"] is None and current["throughput_veh"] > 0
+    assert len(current["intersections"]) > 10
+    for outcome in out["outcomes"][1:]:
+        low, high = outcome["changes"]["wait"]["ci"]
+        assert low <= outcome["changes"]["wait"]["mean"] <= high
+
+
+def test_simulate_table_and_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    foreign = build_foreign(tmp_path / "foreign", end_s=400)
+    assert run(["simulate", "--network", str(foreign.net)]) == 2
+    assert "no demand" in capsys.readouterr().err
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"nope": {"mode": "fixed"}}))
+    argv = ["simulate", "--network", str(foreign.net), "--routes", str(foreign.routes),
+            "--plan", str(plan)]  # fmt: skip
+    assert run(argv) == 2
+    assert "nope" in capsys.readouterr().err
