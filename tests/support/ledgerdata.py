@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,11 +172,3 @@ def make_mp4(path: Path, frames: int = 24, fps: int = 12) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def iter_lines(text: str) -> Iterator[str]:
-    yield from (line for line in text.splitlines() if line)
