@@ -39,7 +39,8 @@ projected onto the safety limits), so something useful prints.
 
 Demand: --routes FILE (a SUMO routes file), else the settings'
 simulation.demand, else --counts FILE (JSON {"interval_s": 300, "counts":
-{detector id: vehicles}}) estimated into routes from the detectors.
+{detector id: vehicles}}) estimated into routes from the detectors, else (demo
+district) --probe-field S: S seconds of the field emulator's detector counts.
 
 Exit codes: 0 every plan simulated; 1 a plan failed (gridlock, backlog);
 2 bad usage/configuration; 3 SUMO failed.
@@ -60,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--routes", type=Path, help="SUMO routes file (overrides the settings)")
     parser.add_argument("--detectors", type=Path, help="E1 detector file, for --counts")
     parser.add_argument("--counts", type=Path, help="detector counts JSON to estimate demand")
+    parser.add_argument(
+        "--probe-field",
+        type=int,
+        metavar="S",
+        help="demo district only: run the field emulator (peak demand) for S seconds and "
+        "estimate the twin's demand from its detector counts, as the daemon does",
+    )
     parser.add_argument("--seeds", type=int, help="paired seeds per plan (default 5)")
     parser.add_argument("--horizon-s", type=int, help="measured seconds (default 900)")
     parser.add_argument("--warmup-s", type=int, help="warm-up seconds (default 300)")
@@ -107,8 +115,40 @@ def _scaled(
     return out
 
 
+def _read_counts(path: Path) -> tuple[dict[str, float], float]:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        counts = {str(k): float(v) for k, v in raw["counts"].items()}
+        return counts, float(raw["interval_s"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f'--counts {path}: expected JSON {{"interval_s": S, "counts": {{id: n}}}}: {e}'
+        ) from e
+
+
+def _probe_field(net: Path, seconds: int, workdir: Path) -> tuple[dict[str, float], float, int]:
+    """Counts of the demo district's field emulator over ``seconds`` (after 300 s)."""
+    from simulators.field import FieldConfig, FieldEmulator
+    from simulators.netbuild import district_paths
+
+    if Path(net).resolve() != district_paths()["net"].resolve():
+        raise ConfigError("--probe-field works on the demo district only; use --counts or --routes")
+    if seconds < 60:
+        raise ConfigError(f"--probe-field must be at least 60 s (got {seconds})")
+    print(f"probing the field emulator for {seconds} s ...", file=sys.stderr)
+    with FieldEmulator(FieldConfig.for_district(seed=1, work_dir=workdir)) as field:
+        start = field.field_time_s
+        field.step_until(start + 300)
+        before = field.detector_counts().readings
+        field.step_until(start + 300 + seconds)
+        after = field.detector_counts()
+    counts = {d: float(r.count - before[d].count) for d, r in after.readings.items()}
+    return counts, float(seconds), int(after.field_time_s)
+
+
 def _routes_from_counts(
-    args: argparse.Namespace,
+    counts: dict[str, float],
+    interval_s: float,
     net: Path,
     detectors: Path | None,
     fleet: list[FleetLike] | None,
@@ -119,14 +159,6 @@ def _routes_from_counts(
         raise ConfigError(
             "--counts needs the detector file: give --detectors or simulation.detectors"
         )
-    try:
-        raw = json.loads(Path(args.counts).read_text(encoding="utf-8"))
-        counts = {str(k): float(v) for k, v in raw["counts"].items()}
-        interval_s = float(raw["interval_s"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(
-            f'--counts {args.counts}: expected JSON {{"interval_s": S, "counts": {{id: n}}}}: {e}'
-        ) from e
     model = load_network(net, detectors)
     estimator = DemandEstimator(net, {d.id: d.lane_id for d in model.detectors}, fleet)
     estimate = estimator.estimate(counts, interval_s)
@@ -164,18 +196,25 @@ def _run(args: argparse.Namespace) -> int:
             "greens-x1.2": _scaled(bases, 1.2, limits),
         }
 
+    field_time_s = 0
     with tempfile.TemporaryDirectory(prefix="signaltwin-simulate-") as tmp:
         routes = args.routes or (sim.demand if sim else None)
-        if routes is None and args.counts is not None:
+        if routes is None and (args.counts is not None or args.probe_field is not None):
+            if args.counts is not None:
+                counts, interval_s = _read_counts(args.counts)
+            else:
+                counts, interval_s, field_time_s = _probe_field(
+                    Path(net), args.probe_field, Path(tmp)
+                )
             detectors = args.detectors or (sim.detectors if sim else None)
             fleet: list[FleetLike] | None = list(sim.fleet) if sim else None
             routes = _routes_from_counts(
-                args, Path(net), detectors, fleet, warmup_s + horizon_s, Path(tmp)
+                counts, interval_s, Path(net), detectors, fleet, warmup_s + horizon_s, Path(tmp)
             )
         if routes is None:
             raise ConfigError(
-                "no demand: give --routes ROUTES, set simulation.demand, or give --counts FILE "
-                "with detector counts to estimate it from"
+                "no demand: give --routes ROUTES, set simulation.demand, give --counts FILE "
+                "with detector counts to estimate it from, or (demo district) --probe-field 600"
             )
         request = WhatIfRequest(
             network=str(net),
@@ -188,6 +227,7 @@ def _run(args: argparse.Namespace) -> int:
             step_length_s=sim.step_length_s if sim else 1.0,
             gridlock_s=sim.gridlock_s if sim else 300,
             confidence_level=settings.gate.confidence_level if settings else 0.95,
+            field_time_s=field_time_s,
         )
         print(
             f"what-if: {len(request.plan_names())} plans x {count} seeds, "
