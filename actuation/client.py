@@ -295,8 +295,10 @@ class _Link:
         call_timeout_s: float,
         watchdog_s: float,
         backoff_max_s: float,
+        connect_gate: asyncio.Semaphore | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._gate = connect_gate
         self._credentials = credentials
         self._connect_timeout_s = connect_timeout_s
         self._call_timeout_s = call_timeout_s
@@ -386,7 +388,11 @@ class _Link:
         delay = 0.5
         while not self._closing:
             try:
-                await self._connect_once()
+                if self._gate is None:
+                    await self._connect_once()
+                else:
+                    async with self._gate:
+                        await self._connect_once()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure means retry later
@@ -513,6 +519,8 @@ class ControllerPool:
         activate_lead_s: Default lead from "now" to the activation time.
         watchdog_s: How often asyncua checks that an idle session is alive.
         backoff_max_s: Longest wait between reconnection attempts.
+        connect_concurrency: Most handshakes in flight at once (each costs RSA
+            work on both sides; hundreds at once would time out and storm).
     """
 
     def __init__(
@@ -524,10 +532,18 @@ class ControllerPool:
         activate_lead_s: float = 10.0,
         watchdog_s: float = 5.0,
         backoff_max_s: float = 30.0,
+        connect_concurrency: int = 8,
     ) -> None:
+        self._connect_gate = asyncio.Semaphore(max(1, connect_concurrency))
         self._links = {
             e.tls_id: _Link(
-                e, credentials, connect_timeout_s, call_timeout_s, watchdog_s, backoff_max_s
+                e,
+                credentials,
+                connect_timeout_s,
+                call_timeout_s,
+                watchdog_s,
+                backoff_max_s,
+                self._connect_gate,
             )
             for e in endpoints
         }
