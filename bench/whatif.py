@@ -124,6 +124,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--horizon-s", type=int, default=900)
     parser.add_argument(
+        "--skip-whatif", action="store_true", help="only the demand and single-run figures"
+    )
+    parser.add_argument(
         "--mesoscopic", action="store_true", help="only the meso 5x5 what-if (skip the micro one)"
     )
     args = parser.parse_args()
@@ -187,6 +190,8 @@ def main() -> None:
         emit("whatif_run_s_meso", meso.wall_s, "s", round(meso.wall_s / ours.wall_s, 3),
              f"one microscopic run ({ours.wall_s:.2f} s), same scenario and seed")  # fmt: skip
 
+        if args.skip_whatif:
+            return
         # the full what-if: plans x seeds
         limits = SafetyLimits()
         factors = [0.8, 0.9, 1.1, 1.2, 0.7, 1.3][: max(0, args.plans - 1)]
