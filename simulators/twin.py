@@ -123,6 +123,17 @@ def apply_timing(
         SimulationError: SUMO refused the program (unknown light, wrong state length).
     """
     tl = tc.trafficlight
+    try:
+        links = len(tl.getRedYellowGreenState(tls_id))
+    except Exception as e:  # libsumo.TraCIException / traci.TraCIException
+        raise SimulationError(f"traffic light {tls_id!r} is not in the simulated network") from e
+    for number, phase in enumerate(timing.phases):
+        if len(phase.state) != links:
+            raise SimulationError(
+                f"plan for traffic light {tls_id!r} phase {number}: state {phase.state!r} has "
+                f"{len(phase.state)} signals, the light controls {links}; check that the plan "
+                "was made for this network"
+            )
     phases = [
         tl.Phase(
             float(p.duration_s),

@@ -126,3 +126,35 @@ def test_gridlock_is_a_failure_with_its_reason(
     assert result.outcome("red").changes == {}
     with pytest.raises(SimulationError, match="gridlock"):
         result.prediction("red")
+
+
+def test_apply_timing_puts_the_light_in_the_phase_its_offset_implies(
+    arterial: GridScenario, base_plans: dict[str, IntersectionTiming]
+) -> None:
+    import libsumo
+
+    from simulators.twin import apply_timing
+
+    plan = base_plans["B1"].model_copy(update={"offset_s": 50})  # cycle 90: 42 G, 3 y, 42 G, 3 y
+    libsumo.start(["sumo", "-n", str(arterial.net), "--no-step-log", "true"])
+    try:
+        # field time 100 -> position (100 - 50) mod 90 = 50: phase 2, 37 s left
+        apply_timing(libsumo, "B1", plan, 0.0, field_time_s=100)
+        assert libsumo.trafficlight.getProgram("B1") == "signaltwin"
+        assert libsumo.trafficlight.getPhase("B1") == 2
+        assert libsumo.trafficlight.getNextSwitch("B1") == pytest.approx(37.0)
+        with pytest.raises(SimulationError, match="B1"):
+            apply_timing(
+                libsumo,
+                "B1",
+                _all_red(plan).model_copy(
+                    update={
+                        "phases": tuple(
+                            p.model_copy(update={"state": "rr"}) for p in _all_red(plan).phases
+                        )
+                    }
+                ),
+                0.0,
+            )
+    finally:
+        libsumo.close()
