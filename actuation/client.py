@@ -167,14 +167,7 @@ class ControllerPushResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the ledger."""
-
-        def name(code: int | None) -> str | None:
-            if code is None:
-                return None
-            try:
-                return PlanStatus(code).name
-            except ValueError:
-                return f"UNKNOWN_{code}"
+        name = _status_name
 
         return {
             "tls_id": self.tls_id,
@@ -246,6 +239,15 @@ class PushReport:
         }
 
 
+def _status_name(code: int | None) -> str | None:
+    if code is None:
+        return None
+    try:
+        return PlanStatus(code).name
+    except ValueError:
+        return f"UNKNOWN_{code}"
+
+
 @runtime_checkable
 class Actuator(Protocol):
     """The daemon's view of its controllers (real OPC UA, or a fake in tests)."""
@@ -311,6 +313,8 @@ class _Link:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        #: A plan to abort as soon as the session is back (its abort failed).
+        self.pending_abort: int | None = None
 
     @property
     def tls_id(self) -> str:
@@ -407,8 +411,31 @@ class _Link:
             self.last_error = None
             self._lost.clear()
             self.connected.set()
+            await self._abort_pending()
             await self._lost.wait()
             await self._drop()
+
+    async def _abort_pending(self) -> None:
+        sequence = self.pending_abort
+        if sequence is None:
+            return
+        try:
+            status, message = await self.call(
+                c.ABORT_STAGED, ua.Variant(sequence, ua.VariantType.UInt64)
+            )
+        except ActuationError as e:
+            logger.warning(
+                "controller %s: abort of plan %d still pending: %s", self.tls_id, sequence, e
+            )
+            return
+        self.pending_abort = None
+        logger.info(
+            "controller %s: pending abort of plan %d after reconnect: %s %s",
+            self.tls_id,
+            sequence,
+            _status_name(status),
+            message,
+        )
 
     async def call(self, method: str, *args: ua.Variant) -> tuple[int, str]:
         client = self.client
@@ -664,7 +691,8 @@ class ControllerPool:
             )
             for tls, abort_out in aborted.items():
                 if isinstance(abort_out, BaseException):
-                    rows[tls].note(f"abort: {abort_out}")
+                    rows[tls].note(f"abort: {abort_out} (retried when the session is back)")
+                    self._links[tls].pending_abort = sequence
                 else:
                     rows[tls].abort_status, rows[tls].abort_message = abort_out
             failed = sorted(t for t, r in rows.items() if not r.staged)
