@@ -114,6 +114,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--wait-s", type=float, default=20.0, help="how long to wait for sessions")
     status.add_argument("--json", action="store_true", help="print JSON lines")
     status.set_defaults(func=_status)
+
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help()
         return 2
