@@ -158,3 +158,219 @@ class TwinAdapter:
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
+
+
+# --------------------------------------------------------------------------- proposer
+
+
+class ProposerAdapter:
+    """Candidates from the RL policy and Webster, projected onto the safe set.
+
+    With a surrogate, many perturbations of those proposals are screened and the
+    most promising go to the twin; without one the proposals themselves do.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        network: NetworkModel,
+        policy: Any | None = None,
+        surrogate: Any | None = None,
+        surrogate_device: Any | None = None,
+    ) -> None:
+        from rl.features import layouts_from_network
+
+        self.settings = settings
+        self.network = network
+        self.layouts = layouts_from_network(network)
+        self.policy = policy
+        self.surrogate = surrogate
+        self.surrogate_device = surrogate_device
+        self._current: Mapping[str, IntersectionTiming] = {}
+        self._demand_features: Any = None
+
+    def _observations(
+        self, observation: Observation, current: Mapping[str, IntersectionTiming]
+    ) -> Any:
+        from rl.features import build_observations
+
+        return build_observations(self.layouts, observation.counts, observation.interval_s, current)
+
+    def _project(
+        self, proposals: Mapping[str, Any], current: Mapping[str, IntersectionTiming]
+    ) -> dict[str, IntersectionTiming]:
+        from configs.timing import project
+
+        plans: dict[str, IntersectionTiming] = {}
+        for tls_id, proposal in proposals.items():
+            base = self.layouts[tls_id].base
+            limits = self.settings.safety.limits_for(tls_id)
+            plans[tls_id] = project(tls_id, proposal, base, limits, current.get(tls_id))
+        return plans
+
+    def propose(
+        self,
+        observation: Observation,
+        demand: Mapping[str, Any],
+        current: Mapping[str, IntersectionTiming],
+    ) -> tuple[dict[str, dict[str, IntersectionTiming]], str | None]:
+        """Return the candidates of this cycle and the policy's digest."""
+        from rl.baselines import webster_proposal
+
+        observations = self._observations(observation, current)
+        candidates: dict[str, dict[str, IntersectionTiming]] = {
+            "webster": self._project(
+                {t: webster_proposal(o) for t, o in observations.items()}, current
+            )
+        }
+        policy_sha: str | None = None
+        if self.policy is not None:
+            candidates["policy"] = self._project(self.policy.propose(observations), current)
+            policy_sha = str(self.policy.sha256)
+        self._current = current
+        self._demand_features = _demand_features(observations)
+        return candidates, policy_sha
+
+    def screen(
+        self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
+    ) -> dict[str, dict[str, IntersectionTiming]]:
+        """Keep the proposals, plus the surrogate's best perturbations when one is loaded."""
+        n = self.settings.simulation.screen_candidates
+        if self.surrogate is None or n <= 0 or not candidates:
+            return dict(sorted(candidates.items())[:keep]) if len(candidates) > keep else candidates
+        from edge_accel.surrogate import candidate_features, plan_arrays, screen
+
+        pool = _perturbations(candidates, self._current, self.layouts, self.settings, n)
+        order = sorted(self._current)
+        features = candidate_features(
+            self._demand_features,
+            plan_arrays([p for _, p in pool], order),
+            plan_arrays([self._current], order),
+            self.surrogate_device,
+        )
+        result = screen(
+            self.surrogate, features, top_k=keep, max_nox_change=self.settings.gate.max_nox_increase
+        )
+        chosen = {pool[int(i)][0]: pool[int(i)][1] for i in result.selected}
+        logger.info("screened %d candidates, kept %s", len(pool), sorted(chosen))
+        return chosen
+
+
+def _demand_features(observations: Mapping[str, Any]) -> Any:
+    """Demand features shared by every candidate: flow ratios pooled over the district."""
+    import numpy as np
+
+    from rl.features import critical_flow_ratios
+
+    ratios = [sum(critical_flow_ratios(o)) for o in observations.values()]
+    if not ratios:
+        return np.zeros(3, dtype=np.float32)
+    arr = np.asarray(ratios, dtype=np.float32)
+    return np.asarray([arr.mean(), arr.min(), arr.max()], dtype=np.float32)
+
+
+def _perturbations(
+    candidates: Mapping[str, Mapping[str, IntersectionTiming]],
+    current: Mapping[str, IntersectionTiming],
+    layouts: Mapping[str, Any],
+    settings: Settings,
+    n: int,
+) -> list[tuple[str, dict[str, IntersectionTiming]]]:
+    """The proposals themselves plus ``n`` seeded random perturbations (all projected)."""
+    import numpy as np
+
+    from configs.timing import Proposal, project
+
+    rng = np.random.default_rng(settings.simulation.base_seed)
+    pool: list[tuple[str, dict[str, IntersectionTiming]]] = [
+        (name, dict(plans)) for name, plans in sorted(candidates.items())
+    ]
+    names = sorted(candidates)
+    for k in range(n):
+        origin = candidates[names[k % len(names)]]
+        scale = float(rng.uniform(0.85, 1.15))
+        plans: dict[str, IntersectionTiming] = {}
+        for tls_id, plan in origin.items():
+            base = layouts[tls_id].base
+            greens = [
+                plan.phases[i].duration_s * float(rng.uniform(0.8, 1.2)) for i in base.green_indices
+            ]
+            proposal = Proposal(
+                green_s=greens, cycle_s=plan.cycle_s * scale, offset_s=plan.offset_s
+            )
+            plans[tls_id] = project(
+                tls_id, proposal, base, settings.safety.limits_for(tls_id), current.get(tls_id)
+            )
+        pool.append((f"{names[k % len(names)]}~{k}", plans))
+    return pool
+
+
+# --------------------------------------------------------------------------- renderer
+
+
+class RendererAdapter:
+    """Draws the what-if video of the chosen candidate next to the current plan."""
+
+    def __init__(self, settings: Settings, network: NetworkModel) -> None:
+        from controller.commands.render import geometry_from_network
+        from edge_accel.device import select_device
+
+        self.settings = settings
+        self.geometry = geometry_from_network(Path(network.path))
+        self.device = select_device(settings.edge.device)
+
+    def render(
+        self, summary: WhatIfSummary, candidate: str, attribution: Mapping[str, Any], out: Path
+    ) -> tuple[Path, str]:
+        """Render current | candidate and return (video path, sha256)."""
+        from configs.timing import canonical_json, sha256_hex
+        from edge_accel.encode import Attribution
+        from edge_accel.render import render_whatif
+        from edge_accel.scene import WhatIfFrames
+        from simulators.sumo import SUMO_VERSION
+
+        recordings = summary.recording or {}
+        if "current" not in recordings or candidate not in recordings:
+            raise SimulationError(
+                f"the what-if recorded no time series for 'current' and {candidate!r}; "
+                "enable [video] before the what-if runs"
+            )
+        request = summary.record.get("request", {})
+
+        def side(name: str, label: str) -> WhatIfFrames:
+            rec = recordings[name]
+            return WhatIfFrames.from_arrays(
+                label,
+                rec.edge_ids,
+                rec.frame_times_s,
+                rec.occupancy,
+                rec.queue_veh,
+                getattr(rec, "mean_wait_s", None),
+                getattr(rec, "nox_mg", None),
+            )
+
+        def plan_digest(plans: Any) -> str:
+            return sha256_hex(canonical_json(plans)) if plans else "0" * 64
+
+        video = self.settings.video
+        out.parent.mkdir(parents=True, exist_ok=True)
+        artifact = render_whatif(
+            self.geometry,
+            side("current", "CURRENT PLAN"),
+            side(candidate, f"CANDIDATE ({candidate})"),
+            Attribution(
+                network_sha256=str(attribution.get("network_sha256", "")),
+                demand_sha256=str(attribution.get("demand_sha256", "")),
+                plan_current_sha256=plan_digest(request.get("current")),
+                plan_candidate_sha256=plan_digest(request.get("candidates", {}).get(candidate)),
+                simulator_version=f"sumo {SUMO_VERSION}",
+                seed=int(recordings[candidate].seed),
+            ),
+            out,
+            width=video.width,
+            height=video.height,
+            fps=video.fps,
+            device=self.device,
+            duration_s=video.duration_s,
+        )
+        return artifact.path, artifact.sha256
