@@ -294,6 +294,16 @@ def test_cli_tools_read_a_controller(setup: Setup, tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "J003" in ok.stdout
+    uals = str(Path(sys.executable).parent / "uals")
+    listing = subprocess.run(
+        [uals, *base[1:], "--password", PASSWORD, "-n", f"ns=2;s={c.OBJECT}", "-l"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    for name in ("StagePlan", "ActivatePlan", "AbortStaged", "FieldTime", "Detectors"):
+        assert name in listing.stdout, listing.stdout
     bad = subprocess.run(
         [*base, "--password", "wrong", "-n", f"ns=2;s={c.CONTROLLER_ID}"],
         capture_output=True,
