@@ -904,8 +904,15 @@ def _loop(
     for step in range(1, total_steps + 1):
         if step == warmup_steps + 1:
             now = sim.getTime()
-            for tls_id, timing in sorted(plan.items()):
-                apply_timing(ls, tls_id, timing, now, field_time_s=request.field_time_s)
+            try:
+                for tls_id, timing in sorted(plan.items()):
+                    apply_timing(ls, tls_id, timing, now, field_time_s=request.field_time_s)
+            except SimulationError as e:
+                if task.plan == CURRENT:
+                    raise
+                # a candidate that does not fit the network fails alone, not the what-if
+                failed = f"plan cannot be installed: {e}"
+                break
             vehicles = ls.vehicle.getIDCount() + len(sim.getPendingVehicles())
         sim.step()
         now = sim.getTime()

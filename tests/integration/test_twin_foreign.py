@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import run
+from simulators.network import load_network
 from tests.support.twin_scenarios import build_foreign
 
 pytestmark = pytest.mark.integration
@@ -44,3 +45,16 @@ def test_simulate_table_and_usage_errors(
             "--plan", str(plan)]  # fmt: skip
     assert run(argv) == 2
     assert "nope" in capsys.readouterr().err
+
+    # a candidate made for another network fails alone; the table says why
+    tls = load_network(foreign.net).tls_ids[0]
+    wrong = {"mode": "fixed", "cycle_s": 60, "offset_s": 0, "phases": [
+        {"state": "GGrr", "duration_s": 27}, {"state": "yyrr", "duration_s": 3},
+        {"state": "rrGG", "duration_s": 27}, {"state": "rryy", "duration_s": 3}]}  # fmt: skip
+    plan.write_text(json.dumps({tls: wrong}))
+    argv = ["simulate", "--network", str(foreign.net), "--routes", str(foreign.routes),
+            "--plan", str(plan), "--seeds", "2", "--horizon-s", "60", "--warmup-s", "30",
+            "--workers", "0"]  # fmt: skip
+    assert run(argv) == 1
+    out = capsys.readouterr().out
+    assert "candidate" in out and "FAILED" in out and "cannot be installed" in out
