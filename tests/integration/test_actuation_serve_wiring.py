@@ -36,6 +36,13 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def test_the_field_emulator_port_fits_the_controllers() -> None:
+    from actuation import FieldPort
+    from simulators.field import ControllerFieldPort
+
+    assert issubclass(ControllerFieldPort, FieldPort)
+
+
 def test_settings_to_controllers_to_pool(tmp_path: Path) -> None:
     network = load_network(DISTRICT / "district.net.xml")
     bases = network.base_programs()
