@@ -667,6 +667,7 @@ class ControllerPool:
 
         staged = await self._each(stage)
         field_now = 0.0
+        probe: str | None = None
         all_staged = True
         for tls, stage_out in staged.items():
             row = rows[tls]
@@ -676,7 +677,8 @@ class ControllerPool:
                 continue
             (status, message), ft = stage_out
             row.stage_status, row.stage_message = status, message
-            field_now = max(field_now, ft)
+            if probe is None or ft > field_now:
+                field_now, probe = ft, tls
             if status != PlanStatus.OK:
                 all_staged = False
         stage_done = time.perf_counter()
@@ -710,6 +712,15 @@ class ControllerPool:
                 reason=reason,
             )
 
+        if probe is not None:
+            # Staging took a while (hundreds of large documents); the field clock
+            # moved on meanwhile, possibly faster than the wall clock: re-read it
+            # on the controller that was furthest ahead.
+            try:
+                (again,) = await self._links[probe].read([c.FIELD_TIME])
+                field_now = max(field_now, float(again))
+            except ActuationError as e:
+                logger.warning("push %d: field clock re-read on %s failed: %s", sequence, probe, e)
         at = aligned_activation_time(field_now, lead, alignment_s)
         activated = await self._each(
             lambda link: link.call(

@@ -24,6 +24,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,10 @@ class EmulatedController:
             ) from e
         self._ns = await server.register_namespace(c.NAMESPACE_URI)
         await self._build(server)
+        # FieldTime is read live: activation times are computed from it, and a
+        # value refreshed once a wall second lags by seconds when the field runs
+        # faster than real time.
+        server.set_attribute_value_callback(self._node(c.FIELD_TIME), self._live_field_time)
         try:
             await server.start()
         except OSError as e:
@@ -386,6 +391,17 @@ class EmulatedController:
                 [_argument(a) for a in method.outputs],
             )
 
+    def _live_field_time(self, _node: Any, _attr: Any) -> Any:
+        try:
+            now = float(self.core.field.field_time_s())
+        except Exception:  # noqa: BLE001 - an unreadable field clock is a bad value, not a crash
+            return ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadResourceUnavailable))
+        return ua.DataValue(
+            ua.Variant(now, ua.VariantType.Double),
+            SourceTimestamp=datetime.now(UTC),
+            ServerTimestamp=datetime.now(UTC),
+        )
+
     # ------------------------------------------------------------------ methods
 
     def _called_on_controller(self, parent: ua.NodeId) -> bool:
@@ -454,7 +470,6 @@ class EmulatedController:
         field = self.core.field
         tls = self.tls_id
         try:
-            now = field.field_time_s()
             snapshot = field.detector_snapshot(tls)
             mean_wait_s, nox_mg, interval_end_s = field.measurements(tls)
             health = field.health(tls)
@@ -466,7 +481,7 @@ class EmulatedController:
             await self._publish_plans()
         counts = [int(snapshot.get(d, (0, 0.0))[0]) for d in self._detector_ids]
         occupancy = [float(snapshot.get(d, (0, 0.0))[1]) for d in self._detector_ids]
-        await self._write(c.FIELD_TIME, float(now), "Double")
+        # FieldTime is not written: a write would replace its live read callback.
         await self._write(c.HEALTH, health, "String")
         await self._write(c.DETECTOR_IDS, list(self._detector_ids), "String[]")
         await self._write(c.DETECTOR_COUNTS, counts, "UInt64[]")

@@ -112,7 +112,10 @@ def assert_old_plan_everywhere(s: Setup) -> None:
 def good_push(s: Setup) -> None:
     nxt = s.active + 1
     report = s.loop.run(s.pool.push(plan(s, nxt), nxt))
-    assert report.outcome == "activated", report.to_dict()
+    rows = [
+        (r.tls_id, r.activate_message, r.readback_sequence, r.error) for r in report.controllers
+    ]
+    assert report.outcome == "activated", rows
     s.active = nxt
 
 
@@ -165,6 +168,21 @@ def test_slow_controller_aborts_everywhere(setup: Setup) -> None:
         restore()
     assert s.loop.run(s.pool.wait_connected(30))
     good_push(s)
+
+
+def test_activation_time_follows_a_fast_field_clock(setup: Setup) -> None:
+    """Staging takes 0.6 s while the field runs 20x: the activation must still be ahead."""
+    s = setup
+    slow = s.slow_fleet.by_id()[SLOW]
+    field = slow.core.field
+    assert isinstance(field, FakeField)
+    restore = _wrap_stage(slow, lambda: time.sleep(0.6))
+    field.set_speed(20.0)
+    try:
+        good_push(s)  # the lead is 3 field seconds; staging alone takes ~12
+    finally:
+        field.set_speed(1.0)
+        restore()
 
 
 def test_session_dropped_mid_push_aborts_everywhere(setup: Setup) -> None:

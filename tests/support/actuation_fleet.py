@@ -120,6 +120,13 @@ class FakeField:
     def advance(self, seconds: float) -> None:
         self.offset_s += seconds
 
+    def set_speed(self, speed: float) -> None:
+        """Change the clock rate from now on (the field time does not jump)."""
+        now = self.field_time_s()
+        self._t0 = time.monotonic()
+        self.offset_s = now - self.start_s
+        self.speed = speed
+
     def apply(self, tls_id: str, timing: IntersectionTiming, at_field_time_s: float) -> None:
         with self._lock:
             self.applied.append((tls_id, timing, at_field_time_s))
