@@ -133,6 +133,9 @@ def test_controller_down_aborts_everywhere_and_reconnects(setup: Setup) -> None:
     rows = {r.tls_id: r for r in report.controllers}
     assert rows["J002"].error and rows["J002"].stage_status is None
     assert_old_plan_everywhere(s)
+    snaps = s.loop.run(s.pool.read_all())
+    assert not snaps["J002"].reachable and snaps["J002"].error
+    assert all(snap.reachable for tls, snap in snaps.items() if tls != "J002")
     s.loop.run(down.start())
     assert s.loop.run(s.pool.wait_connected(30))
     good_push(s)
