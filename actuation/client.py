@@ -40,6 +40,7 @@ from actuation import contract as c
 from actuation.contract import PlanStatus
 from actuation.security import CLIENT_APPLICATION_URI, load_certificate_der
 from configs.errors import ActuationError, ConfigError
+from configs.settings import ControllersSettings
 from configs.timing import TimingConfiguration
 from hsm.envelope import Envelope
 
@@ -866,11 +867,11 @@ class ThreadedActuator:
             self._loop.close()
 
 
-def pool_from_settings(settings: Any, password: str) -> ControllerPool:
+def pool_from_settings(settings: ControllersSettings, password: str) -> ControllerPool:
     """Build a pool from ``Settings.controllers`` (the daemon's TOML).
 
     Args:
-        settings: The ``controllers`` section (``configs.settings.ControllersSettings``).
+        settings: The ``controllers`` section.
         password: The OPC UA password (read by the caller from ``password_file``).
 
     Raises:
