@@ -326,9 +326,26 @@ class WhatIfRequest:
         """Rebuild a request recorded with :meth:`to_dict` (the auditor's replay).
 
         Raises:
-            ConfigError: a recorded file's sha256 differs from the file now on disk.
+            ConfigError: the data is malformed, or a recorded file's sha256 differs
+                from the file now on disk.
         """
-        request = cls(
+        try:
+            request = cls._from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"malformed what-if request record: {type(e).__name__}: {e}") from e
+        if verify_files:
+            for key in ("network", "demand"):
+                recorded = data.get(f"{key}_sha256")
+                if recorded is not None and recorded != _file_sha256(str(data[key])):
+                    raise ConfigError(
+                        f"{key} file {data[key]} differs from the recorded one "
+                        f"(sha256 {recorded}); restore the recorded input to replay"
+                    )
+        return request
+
+    @classmethod
+    def _from_dict(cls, data: Mapping[str, Any]) -> WhatIfRequest:
+        return cls(
             network=str(data["network"]),
             demand=str(data["demand"]),
             current=_plans_from_dict(data["current"]),
@@ -348,15 +365,6 @@ class WhatIfRequest:
             confidence_level=float(data["confidence_level"]),
             mesoscopic=bool(data.get("mesoscopic", False)),
         )
-        if verify_files:
-            for key in ("network", "demand"):
-                recorded = data.get(f"{key}_sha256")
-                if recorded is not None and recorded != _file_sha256(str(data[key])):
-                    raise ConfigError(
-                        f"{key} file {data[key]} differs from the recorded one "
-                        f"(sha256 {recorded}); restore the recorded input to replay"
-                    )
-        return request
 
 
 # --------------------------------------------------------------------------- results
@@ -676,14 +684,21 @@ class WhatIfResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WhatIfResult:
-        """Inverse of :meth:`to_dict` (without recordings)."""
-        return cls(
-            outcomes=tuple(PlanOutcome.from_dict(o) for o in data["outcomes"]),
-            horizon_s=int(data["horizon_s"]),
-            warmup_s=int(data["warmup_s"]),
-            seeds=tuple(int(s) for s in data["seeds"]),
-            confidence_level=float(data["confidence_level"]),
-        )
+        """Inverse of :meth:`to_dict` (without recordings).
+
+        Raises:
+            ConfigError: the data is not a recorded what-if result.
+        """
+        try:
+            return cls(
+                outcomes=tuple(PlanOutcome.from_dict(o) for o in data["outcomes"]),
+                horizon_s=int(data["horizon_s"]),
+                warmup_s=int(data["warmup_s"]),
+                seeds=tuple(int(s) for s in data["seeds"]),
+                confidence_level=float(data["confidence_level"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"malformed what-if result record: {type(e).__name__}: {e}") from e
 
 
 def _clip(value: float) -> float:

@@ -58,3 +58,21 @@ def test_simulate_table_and_usage_errors(
     assert run(argv) == 1
     out = capsys.readouterr().out
     assert "candidate" in out and "FAILED" in out and "cannot be installed" in out
+
+
+@pytest.mark.slow
+def test_simulate_on_the_demo_district_with_demand_from_the_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
+    argv = [
+        "simulate", "--config", str(config), "--probe-field", "120",
+        "--seeds", "2", "--horizon-s", "120", "--warmup-s", "60", "--json",
+    ]  # fmt: skip
+    assert run(argv) == 0
+    captured = capsys.readouterr()
+    assert "demand:" in captured.err
+    out = json.loads(captured.out)
+    current = out["outcomes"][0]
+    assert current["failed"] is None and len(current["intersections"]) == 47
+    assert current["nox_mg"] > 0

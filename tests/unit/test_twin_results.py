@@ -130,6 +130,9 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
     )
     data = json.loads(json.dumps(result.to_dict()))
     assert WhatIfResult.from_dict(data) == result
+    del data["outcomes"][0]["runs"][0]["nox_mg"]
+    with pytest.raises(ConfigError, match="malformed"):
+        WhatIfResult.from_dict(data)
     prediction = result.prediction("cand")
     assert prediction.seeds == (1, 2, 3)
     assert prediction.wait_change == pytest.approx(result.outcome("cand").changes["wait"].mean)
