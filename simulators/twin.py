@@ -859,6 +859,7 @@ def _simulate(task: RunTask) -> RunMetrics:
             "--begin", "0",
             "--end", repr(end_s),
             "--time-to-teleport", "-1",
+            "--ignore-route-errors", "true",
             "--no-step-log", "true",
             "--no-warnings", "true",
             "--duration-log.disable", "true",
