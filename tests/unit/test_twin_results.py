@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 from configs.errors import ConfigError, SimulationError
@@ -208,3 +210,27 @@ def test_timeout_is_a_simulation_error_not_a_hang(tmp_path: Path) -> None:
     with LibsumoWhatIfEngine(workers=1, runner=slow_runner, timeout_s=3) as engine:
         with pytest.raises(SimulationError, match="time limit"):
             engine.evaluate(_request(tmp_path, seeds=(1, 2)))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0.1, max_value=1e4, allow_nan=False),
+            st.floats(min_value=0.0, max_value=1e4, allow_nan=False),
+        ),
+        min_size=2,
+        max_size=8,
+    ),
+    st.sampled_from([0.8, 0.9, 0.95, 0.99]),
+)
+def test_paired_interval_contains_its_mean_and_widens_with_level(
+    pairs: list[tuple[float, float]], level: float
+) -> None:
+    current = [a for a, _ in pairs]
+    candidate = [b for _, b in pairs]
+    change = paired_change(current, candidate, level)
+    assert change.ci[0] <= change.mean <= change.ci[1]
+    assert change.ci[1] - change.mean == pytest.approx(change.mean - change.ci[0], abs=1e-9)
+    wider = paired_change(current, candidate, 0.999)
+    assert wider.ci[0] <= change.ci[0] + 1e-12 and change.ci[1] <= wider.ci[1] + 1e-12
+    assert paired_change(current, current, level).mean == 0.0
