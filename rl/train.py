@@ -61,6 +61,7 @@ def train(
     n_sims: int = 1,
     seed: int = 7,
     learning_rate: float = 3e-4,
+    n_steps: int = 20,
     progress_bar: bool = True,
     checkpoint_every: int = 10_000,
 ) -> TrainResult:
@@ -73,6 +74,8 @@ def train(
         n_sims: simulations in parallel (one process each).
         seed: seeds PPO and the simulations.
         learning_rate: PPO learning rate.
+        n_steps: intervals per slot in each PPO rollout (rounded to a multiple of 4,
+            so that 4 minibatches divide the rollout exactly).
         progress_bar: show SB3's progress bar (rich).
         checkpoint_every: samples between SB3 checkpoints.
     """
@@ -85,13 +88,13 @@ def train(
     started = time.monotonic()
     try:
         # a multiple of 4 steps per rollout, so that 4 minibatches divide it exactly
-        n_steps = 4 * max(1, min(config.episode_steps * 2, 2048 // max(1, env.num_envs)) // 4)
-        batch = env.num_envs * n_steps
+        rollout = 4 * max(1, round(n_steps / 4))
+        batch = env.num_envs * rollout
         model = PPO(
             "MlpPolicy",
             env,
             learning_rate=learning_rate,
-            n_steps=n_steps,
+            n_steps=rollout,
             batch_size=batch // 4,
             n_epochs=10,
             gamma=0.9,
@@ -122,8 +125,8 @@ def train(
         final = None
         if buffer:
             final = float(sum(e["r"] for e in buffer) / len(buffer))
-        rollout = model.rollout_buffer
-        mean_reward = float(rollout.rewards.mean()) if rollout.full else final
+        buffer_now = model.rollout_buffer
+        mean_reward = float(buffer_now.rewards.mean()) if buffer_now.full else final
         net = actor_from_sb3(model)
         digest = save_weights(net, out, config.mode)
     finally:

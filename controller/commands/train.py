@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--episode-steps", type=int, default=10, help="intervals per episode")
     parser.add_argument(
+        "--n-steps", type=int, default=20, help="intervals per slot in each PPO rollout"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="PPO learning rate (default 3e-4)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("rl/policies/district.pt"), help="weights file to write"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -100,7 +106,8 @@ def _run(args: argparse.Namespace) -> int:
         timesteps=args.timesteps or timesteps,
         n_sims=args.envs or n_envs,
         seed=args.seed if args.seed is not None else seed,
-        learning_rate=lr,
+        learning_rate=args.learning_rate or lr,
+        n_steps=args.n_steps,
         progress_bar=not args.no_progress,
     )
     print(f"weights: {result.weights}")
