@@ -28,7 +28,14 @@ from typing import Literal
 
 from configs.timing import IntersectionTiming, SafetyLimits, project
 from rl._sumo_session import SumoSession, TripStats
-from rl.baselines import MaxPressureController, actuated_plan, fixed_plans, webster_proposal
+from rl.baselines import (
+    MaxPressureController,
+    PlanMode,
+    actuated_plan,
+    as_mode,
+    fixed_plans,
+    webster_proposal,
+)
 from rl.features import (
     IntersectionLayout,
     IntersectionObservation,
@@ -132,12 +139,12 @@ def policy_decide(
 
     if not isinstance(policy, Policy):
         raise TypeError("policy must implement rl.policy.Policy")
+    # an actuated policy's proposals are projected onto the base switched to actuated
+    bases = {t: as_mode(lay.base, policy.mode) for t, lay in layouts.items()}
 
     def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
         proposals = policy.propose(obs)
-        return {
-            t: project(t, p, layouts[t].base, limits, obs[t].timing) for t, p in proposals.items()
-        }
+        return {t: project(t, p, bases[t], limits, obs[t].timing) for t, p in proposals.items()}
 
     return decide
 
@@ -154,15 +161,21 @@ def run_once(
     decide: Decide | None = None,
     limits: SafetyLimits | None = None,
     scale: float = 1.0,
+    start_mode: PlanMode = "fixed",
 ) -> TripStats:
-    """Run one controller closed-loop for ``horizon_s`` on one seed; return trip stats."""
+    """Run one controller closed-loop for ``horizon_s`` on one seed; return trip stats.
+
+    ``start_mode="actuated"`` starts every light on its base program switched to
+    actuated control (what an actuated policy was trained from); the
+    ``actuated`` controller always does.
+    """
     limits = limits or SafetyLimits()
     layouts = layouts_from_network(network)
     session = SumoSession(network, route_files, seed=seed, begin_s=begin_s, scale=scale)
     try:
         current = fixed_plans(network.base_programs())
         hook = None
-        if controller == "actuated":
+        if controller == "actuated" or start_mode == "actuated":
             for tls_id, base in network.base_programs().items():
                 current[tls_id] = actuated_plan(tls_id, base, limits)
                 session.apply(tls_id, current[tls_id])
@@ -202,6 +215,7 @@ def evaluate_controller(
     interval_s: float = 240.0,
     decide: Decide | None = None,
     limits: SafetyLimits | None = None,
+    start_mode: PlanMode = "fixed",
 ) -> EvaluationResult:
     """Run :func:`run_once` for every seed and collect the results."""
     result = EvaluationResult(controller=controller, seeds=tuple(seeds))
@@ -218,6 +232,7 @@ def evaluate_controller(
             interval_s=interval_s,
             decide=decide,
             limits=limits,
+            start_mode=start_mode,
         )
         result.per_seed.append(stats.as_dict())
         logger.info("%s seed %d: delay %.1f s", controller, seed, stats.delay_s)
@@ -294,12 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[EvaluationResult] = []
     for kind in args.controllers:
         decide: Decide | None = None
+        start_mode: PlanMode = "fixed"
         if kind == "webster":
             decide = webster_decide(layouts, limits)
         elif kind == "policy":
             from rl.policy import TorchPolicy
 
-            decide = policy_decide(TorchPolicy.load(args.policy), layouts, limits)
+            policy = TorchPolicy.load(args.policy)
+            decide = policy_decide(policy, layouts, limits)
+            start_mode = policy.mode
         results.append(
             evaluate_controller(
                 network,
@@ -311,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 interval_s=args.interval,
                 decide=decide,
                 limits=limits,
+                start_mode=start_mode,
             )
         )
     fixed = next((r for r in results if r.controller == "fixed"), None)
