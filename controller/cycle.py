@@ -47,6 +47,7 @@ __all__ = [
     "STAGES",
     "CycleCancelled",
     "CycleRunner",
+    "build_cycle_runner",
     "DeployOutcome",
     "FieldPort",
     "Observation",
@@ -129,6 +130,8 @@ class DeployOutcome:
     ok: bool
     results: Mapping[str, Any]
     message: str = ""
+    #: "activated" everywhere, "aborted" everywhere, or "partial" (some activated)
+    outcome: str = "activated"
 
 
 class FieldPort(Protocol):
@@ -234,7 +237,8 @@ class CycleRunner:
         ledger: Ledger,
         renderer: RendererPort | None = None,
         clock: Callable[[], datetime] | None = None,
-        on_feedback: Callable[[], None] | None = None,
+        on_feedback: Callable[[], Any] | None = None,
+        closers: list[Any] | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
@@ -247,6 +251,7 @@ class CycleRunner:
         self.renderer = renderer
         self._clock = clock or (lambda: datetime.now(UTC))
         self._on_feedback = on_feedback
+        self._closers = closers or []
         self._lock = threading.Lock()
         self.current: dict[str, IntersectionTiming] = self._current_from_ledger()
         self.sequence = self._last_sequence()
@@ -370,7 +375,11 @@ class CycleRunner:
             with timed("push"):
                 align = max(p.cycle_s for p in config.intersections.values())
                 pushed = self.field.deploy(envelope_bytes, config, align)
-            result = "deployed" if pushed.ok else "aborted"
+            result = (
+                "deployed"
+                if pushed.ok
+                else ("partial" if pushed.outcome == "partial" else "aborted")
+            )
             if not pushed.ok:
                 report.failed_stage = "push"
                 report.error = pushed.message or "push failed; aborted on every controller"
@@ -464,6 +473,13 @@ class CycleRunner:
         self.sequence = config.sequence
         if result == "deployed":
             self.current = dict(config.intersections)
+        elif result == "partial":
+            # the controllers that read back the new plan run it; the others do not
+            rows = pushed.results.get("controllers", [])
+            for row in rows if isinstance(rows, list) else []:
+                tls = row.get("tls_id")
+                if row.get("readback_sequence") == config.sequence and tls in config.intersections:
+                    self.current[tls] = config.intersections[tls]
 
     def _finish(self, report: CycleReport, record: dict[str, Any], outcome: str) -> CycleReport:
         start = time.perf_counter()
@@ -506,10 +522,25 @@ class CycleRunner:
             "config_change", {"sha256": sha256_hex(canonical_json(body)), "settings": body}
         )
 
-    def collect_feedback(self) -> None:
+    def collect_feedback(self) -> Any:
         """Collect measured deltas and fine-tune (delegated to the feedback hook)."""
-        if self._on_feedback is not None:
-            self._on_feedback()
+        with self._lock:
+            if self._on_feedback is not None:
+                return self._on_feedback()
+            return None
 
     def close(self) -> None:
-        """Release resources (the ports are closed by whoever opened them)."""
+        """Release what :func:`build_cycle_runner` opened (sessions, workers, HSM, ledger)."""
+        for item in self._closers:
+            try:
+                item.close()
+            except Exception:  # noqa: BLE001 - close everything we can
+                logger.exception("error while closing %s", type(item).__name__)
+        self._closers = []
+
+
+def build_cycle_runner(settings: Settings) -> CycleRunner:
+    """The daemon's runner for ``settings``: real HSM, ledger, controllers, twin, policy."""
+    from controller.wiring import build_runner
+
+    return build_runner(settings)

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from configs.errors import SimulationError
-from configs.settings import Settings
+from configs.errors import ActuationError, ConfigError, SignaltwinError, SimulationError
+from configs.settings import Settings, read_secret
 from configs.timing import IntersectionTiming
-from controller.cycle import Observation, WhatIfSummary
+from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
 from simulators.demand import FleetShare, RoadGraph, candidate_routes, estimate_demand, write_routes
 from simulators.network import NetworkModel
@@ -29,7 +29,15 @@ from simulators.twin import (
     WhatIfResult,
 )
 
-__all__ = ["TwinAdapter", "outcomes_of", "whatif_request_seeds"]
+__all__ = [
+    "ControllersFieldPort",
+    "ProposerAdapter",
+    "RendererAdapter",
+    "TwinAdapter",
+    "build_runner",
+    "outcomes_of",
+    "whatif_request_seeds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -374,3 +382,173 @@ class RendererAdapter:
             duration_s=video.duration_s,
         )
         return artifact.path, artifact.sha256
+
+
+# --------------------------------------------------------------------------- field over OPC UA
+
+
+class ControllersFieldPort:
+    """The field as the controllers report it (OPC UA), and the push to them.
+
+    Detector counts are cumulative on the controllers; each observation returns
+    the counts since the previous one (the first observation is taken when the
+    port is primed at start-up, so the first cycle already has an interval).
+    """
+
+    def __init__(self, actuator: Any, settings: Settings) -> None:
+        self.actuator = actuator
+        self.settings = settings
+        self._previous: dict[str, int] | None = None
+        self._previous_time_s = 0.0
+        self.last_snapshots: dict[str, Any] = {}
+
+    def prime(self) -> None:
+        """Take the baseline observation (counts start from here)."""
+        try:
+            self.observe()
+        except SignaltwinError as e:
+            logger.warning("could not read the controllers at start-up: %s", e)
+
+    def observe(self) -> Observation:
+        """Read every controller; counts are the increase since the last observation."""
+        snapshots = self.actuator.read_all()
+        self.last_snapshots = dict(snapshots)
+        reachable = [s for s in snapshots.values() if s.reachable]
+        if not reachable:
+            raise ActuationError("no controller could be read; is the field reachable?")
+        field_time = max(s.field_time_s for s in reachable)
+        cumulative = {d: int(v[0]) for s in reachable for d, v in s.detectors.items()}
+        counts: dict[str, float] = {}
+        interval = 0.0
+        if self._previous is not None:
+            interval = field_time - self._previous_time_s
+            for det, total in cumulative.items():
+                before = self._previous.get(det)
+                if before is not None:
+                    # a controller restart resets its counters: count from zero then
+                    counts[det] = float(total - before if total >= before else total)
+        self._previous, self._previous_time_s = cumulative, field_time
+        return Observation(
+            field_time_s=field_time,
+            counts=counts,
+            interval_s=max(0.0, interval),
+            active={s.tls_id: (s.active_sequence, s.active_digest) for s in reachable},
+            measurements={s.tls_id: (s.mean_wait_s, s.nox_mg) for s in reachable},
+            unhealthy=tuple(sorted(t for t, s in snapshots.items() if not s.reachable)),
+        )
+
+    def deploy(self, envelope: bytes, config: Any, align_s: int) -> DeployOutcome:
+        """Two-phase push to every controller (aborted everywhere unless all staged)."""
+        report = self.actuator.push(
+            envelope,
+            config.sequence,
+            alignment_s=float(align_s),
+            lead_s=self.settings.controllers.activate_lead_s,
+        )
+        return DeployOutcome(
+            ok=report.ok,
+            results=report.to_dict(),
+            message=report.reason,
+            outcome=report.outcome,
+        )
+
+    def close(self) -> None:
+        """Close the sessions."""
+        self.actuator.close()
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def build_runner(settings: Settings) -> CycleRunner:
+    """Build the daemon's cycle runner from settings (opens HSM, ledger, sessions, workers)."""
+    from actuation.client import ThreadedActuator, pool_from_settings
+    from controller.ledger import Ledger
+    from hsm import HsmParams, HsmSigner
+    from simulators.network import ensure_detectors, load_network
+
+    closers: list[Any] = []
+    try:
+        sim = settings.simulation
+        detectors = sim.detectors or ensure_detectors(
+            sim.network, settings.state_dir / "detectors.add.xml"
+        )
+        network = load_network(sim.network, detectors)
+        if settings.hsm.auto_provision:
+            from hsm.provision import provision_softhsm
+
+            provision_softhsm(
+                settings.state_dir,
+                module=settings.hsm.module,
+                token_label=settings.hsm.token_label,
+                key_label=settings.hsm.key_label,
+            )
+        signer = HsmSigner(HsmParams.from_settings(settings.hsm))
+        closers.append(signer)
+        settings.ledger.path.parent.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger.open(settings.ledger.path)
+        closers.append(ledger)
+        ledger.enrol_key(
+            signer, enrolment=signer.enrolment_record(settings.hsm.attestation_certificate)
+        )
+        password = read_secret(settings.controllers.password_file, "controllers.password_file")
+        actuator = ThreadedActuator(
+            lambda: pool_from_settings(settings.controllers, password.get_secret_value()),
+            start_wait_s=settings.controllers.connect_timeout_s,
+        )
+        field_port = ControllersFieldPort(actuator, settings)
+        closers.append(field_port)
+        field_port.prime()
+        twin = TwinAdapter(settings, network, {d.id: d.lane_id for d in network.detectors})
+        closers.append(twin)
+        policy = load_policy(settings)
+        if policy is not None:
+            ledger.append(
+                "policy_version",
+                {"sha256": policy.sha256, "path": str(policy_path(settings))},
+                dedupe_key=f"policy:{policy.sha256}",
+            )
+        proposer = ProposerAdapter(settings, network, policy=policy)
+        renderer = RendererAdapter(settings, network) if settings.video.enabled else None
+        runner = CycleRunner(
+            settings,
+            network=network.ref,
+            bases=network.base_programs(),
+            field_port=field_port,
+            twin=twin,
+            proposer=proposer,
+            signer=signer,
+            ledger=ledger,
+            renderer=renderer,
+            closers=list(reversed(closers)),
+        )
+        return runner
+    except BaseException:
+        for item in reversed(closers):
+            try:
+                item.close()
+            except Exception:  # noqa: BLE001 - best effort while failing
+                logger.exception("while closing after a failed start-up")
+        raise
+
+
+def policy_path(settings: Settings) -> Path:
+    """The policy weights in use: configured, else the one shipped for the demo district."""
+    if settings.rl.policy_path is not None:
+        return settings.rl.policy_path
+    import rl
+
+    return Path(rl.__file__).parent / "policies" / "district.pt"
+
+
+def load_policy(settings: Settings) -> Any | None:
+    """Load the policy (weights only, digest checked); None when there is none to load."""
+    from rl.policy import TorchPolicy
+
+    path = policy_path(settings)
+    if not path.exists():
+        if settings.rl.policy_path is not None:
+            raise ConfigError(f"rl.policy_path: {path} does not exist")
+        logger.warning("no shipped policy at %s; proposing with Webster only", path)
+        return None
+    return TorchPolicy.load(path)
