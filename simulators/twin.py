@@ -165,9 +165,11 @@ def apply_timing(
 class RecordSpec:
     """What to record for rendering: per-edge occupancy and queues at a frame rate.
 
-    ``fps * duration_s`` frames are spread evenly over the recorded window of the
-    horizon: its last ``window_s`` seconds, or the whole horizon when ``window_s``
-    is None (subsampled; frame times are rounded to simulation steps).
+    Up to ``fps * duration_s`` samples are spread evenly over the recorded window
+    of the horizon: its last ``window_s`` seconds, or the whole horizon when
+    ``window_s`` is None (subsampled). Sample times are rounded to simulation
+    steps and distinct, so a window shorter than the frame count gives one sample
+    per step; the renderer maps samples to video frames.
 
     Attributes:
         fps: video frame rate.
@@ -378,9 +380,13 @@ class Recording:
         plan: plan name.
         seed: the seed of the recorded run.
         edge_ids: the columns (every non-internal edge, sorted).
-        frame_times_s: simulation time of each frame (s), shape ``[frames]``.
-        occupancy: float32 ``[frames, edges]`` in [0, 1].
-        queue_veh: float32 ``[frames, edges]``: halting vehicles on the edge.
+        frame_times_s: simulation time of each sample (s), strictly increasing, ``[T]``.
+        occupancy: float32 ``[T, edges]`` in [0, 1].
+        queue_veh: float32 ``[T, edges]``: halting vehicles on the edge.
+        mean_wait_s: float32 ``[T]``: running mean wait per vehicle since the
+            recorded window began (integrated from the samples; for display).
+        nox_mg: float32 ``[T]``: running NOx on the recorded edges since the window
+            began (integrated from the samples; for display).
     """
 
     plan: str
@@ -389,6 +395,8 @@ class Recording:
     frame_times_s: np.ndarray
     occupancy: np.ndarray
     queue_veh: np.ndarray
+    mean_wait_s: np.ndarray
+    nox_mg: np.ndarray
 
     def save_npz(self, path: Path) -> Path:
         """Save the arrays (and edge ids) to a compressed ``.npz`` file."""
@@ -398,6 +406,8 @@ class Recording:
             frame_times_s=self.frame_times_s,
             occupancy=self.occupancy,
             queue_veh=self.queue_veh,
+            mean_wait_s=self.mean_wait_s,
+            nox_mg=self.nox_mg,
         )
         return Path(path)
 
@@ -775,7 +785,8 @@ def _frame_steps(request: WhatIfRequest, spec: RecordSpec) -> list[int]:
     window = request.horizon_s if spec.window_s is None else min(spec.window_s, request.horizon_s)
     start = end - window
     n = spec.frames
-    return [max(1, round((start + (i + 1) * window / n) / step)) for i in range(n)]
+    steps = {max(1, math.ceil((start + (i + 1) * window / n) / step - 1e-9)) for i in range(n)}
+    return sorted(steps)  # distinct: the renderer needs strictly increasing times
 
 
 def _edge_data_file(directory: Path, begin: float, end: float) -> Path:
@@ -901,13 +912,17 @@ def _loop(
     edge_ids = tuple(sorted(e for e in ls.edge.getIDList() if not e.startswith(":")))
 
     spec = request.record if task.record else None
-    frames: dict[int, list[int]] = {}
+    frames: dict[int, int] = {}
     if spec is not None:
-        for i, s in enumerate(_frame_steps(request, spec)):
-            frames.setdefault(s, []).append(i)
-        occupancy = np.zeros((spec.frames, len(edge_ids)), dtype=np.float32)
-        queue = np.zeros((spec.frames, len(edge_ids)), dtype=np.float32)
-        frame_times = np.zeros(spec.frames, dtype=np.float64)
+        frames = {s: i for i, s in enumerate(_frame_steps(request, spec))}
+        occupancy = np.zeros((len(frames), len(edge_ids)), dtype=np.float32)
+        queue = np.zeros((len(frames), len(edge_ids)), dtype=np.float32)
+        frame_times = np.zeros(len(frames), dtype=np.float64)
+        running_wait = np.zeros(len(frames), dtype=np.float32)
+        running_nox = np.zeros(len(frames), dtype=np.float32)
+        window_start_s = (min(frames) - 1) * step_s
+        last_sample_s, wait_so_far, nox_so_far = window_start_s, 0.0, 0.0
+        vehicles_at_window, running_at_window = -1, 0
 
     sim = ls.simulation
     vehicles = 0
@@ -962,14 +977,24 @@ def _loop(
             )
             break
         if spec is not None and step in frames:
-            occ = np.array([ls.edge.getLastStepOccupancy(e) for e in edge_ids], dtype=np.float32)
-            halt = np.array(
-                [ls.edge.getLastStepHaltingNumber(e) for e in edge_ids], dtype=np.float32
-            )
-            for i in frames[step]:
-                occupancy[i] = np.clip(occ, 0.0, 1.0)
-                queue[i] = halt
-                frame_times[i] = now
+            i = frames[step]
+            edge = ls.edge
+            occ = np.array([edge.getLastStepOccupancy(e) for e in edge_ids], dtype=np.float32)
+            halt = np.array([edge.getLastStepHaltingNumber(e) for e in edge_ids], dtype=np.float32)
+            nox_rate = math.fsum(edge.getNOxEmission(e) for e in edge_ids)
+            # running counters for the video, integrated from the samples themselves
+            dt = now - last_sample_s
+            wait_so_far += (float(halt.sum()) + pending) * dt
+            nox_so_far += nox_rate * dt
+            if vehicles_at_window < 0:
+                vehicles_at_window, running_at_window = vehicles, running + pending
+            served = max(1, vehicles - vehicles_at_window + running_at_window)
+            occupancy[i] = np.clip(occ, 0.0, 1.0)
+            queue[i] = halt
+            frame_times[i] = now
+            running_wait[i] = wait_so_far / served
+            running_nox[i] = nox_so_far
+            last_sample_s = now
     ls.close()  # flushes the edgeData outputs
 
     recording = None
@@ -981,6 +1006,8 @@ def _loop(
             frame_times_s=frame_times,
             occupancy=occupancy,
             queue_veh=queue,
+            mean_wait_s=running_wait,
+            nox_mg=running_nox,
         )
     if failed is not None:
         return RunMetrics(

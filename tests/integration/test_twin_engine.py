@@ -97,6 +97,9 @@ def test_same_inputs_and_seeds_give_identical_numbers(
     assert 0.0 <= rec.occupancy.min() and rec.occupancy.max() <= 1.0
     assert rec.queue_veh.max() > 0
     assert rec.frame_times_s[0] == 786.0 and rec.frame_times_s[-1] == 900.0
+    assert rec.mean_wait_s.shape == rec.nox_mg.shape == (20,)
+    assert (np.diff(rec.nox_mg) >= 0).all() and rec.nox_mg[-1] > 0
+    assert (rec.mean_wait_s >= 0).all()
     assert set(first.recordings) == {CURRENT, "same", "short"}
 
 

@@ -173,6 +173,9 @@ def test_frames_cover_the_window_end(tmp_path: Path) -> None:
     assert steps[0] == 810 and steps[-1] == 900
     whole = frame_steps(request, RecordSpec(fps=1, duration_s=6))
     assert whole == [400, 500, 600, 700, 800, 900]
+    # more frames than steps in the window: one sample per step, strictly increasing
+    dense = frame_steps(request, RecordSpec(fps=30, duration_s=20, window_s=10))
+    assert dense == list(range(891, 901))
 
 
 def test_engine_satisfies_protocol() -> None:
