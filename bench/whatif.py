@@ -209,17 +209,31 @@ def main() -> None:
             horizon_s=args.horizon_s, warmup_s=300, seeds=tuple(range(1, args.seeds + 1)),
         )  # fmt: skip
         modes = [True] if args.mesoscopic else [True, False]
+        changes: dict[bool, dict[str, float]] = {}
         for meso_mode in modes:
             started = time.perf_counter()
             with LibsumoWhatIfEngine(workers=args.workers) as engine:
                 result = engine.evaluate(replace(request, mesoscopic=meso_mode))
             wall = time.perf_counter() - started
             runs = [r for o in result.outcomes for r in o.runs]
+            changes[meso_mode] = {
+                o.name: o.changes["wait"].mean for o in result.outcomes if "wait" in o.changes
+            }
             label = "meso" if meso_mode else "micro"
             emit(f"whatif_wall_{args.plans}x{args.seeds}_{label}", wall, "s", round(wall / 24.0, 2),
                  f"24 s cycle budget; {args.plans} plans x {args.seeds} seeds x {args.horizon_s} s "
                  f"+ 300 s warm-up, {args.workers} workers, {label}; "
                  f"sum of run walls {sum(r.wall_s for r in runs):.1f} s")  # fmt: skip
+
+        if len(changes) == 2:
+            meso_c, micro_c = changes[True], changes[False]
+            common = sorted(set(meso_c) & set(micro_c))
+            agree = sum((meso_c[n] > 0) == (micro_c[n] > 0) for n in common)
+            detail = ", ".join(
+                f"{n}: meso {meso_c[n]:+.1%} micro {micro_c[n]:+.1%}" for n in common
+            )
+            emit("whatif_meso_micro_sign_agreement", agree / max(1, len(common)), "fraction",
+                 None, f"wait change per candidate; {detail}")  # fmt: skip
 
 
 if __name__ == "__main__":
