@@ -774,6 +774,16 @@ class ControllerPool:
 # --------------------------------------------------------------------------- sync facade
 
 
+async def _cancel_leftover_tasks(timeout_s: float = 5.0) -> None:
+    """Cancel tasks asyncua left behind for sessions that died (before the loop stops)."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout_s)
+
+
 class ThreadedActuator:
     """A :class:`ControllerPool` owned by an event-loop thread, for synchronous callers.
 
@@ -857,6 +867,7 @@ class ThreadedActuator:
         self._closed = True
         try:
             self._run(self._pool.close())
+            self._run(_cancel_leftover_tasks())
         finally:
             self._stop_loop()
 

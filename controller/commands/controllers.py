@@ -92,7 +92,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         help="field demand: a demand profile JSON (default <network>.demand.json if present)",
     )
-    serve.add_argument("--begin-s", type=int, default=0, help="field time at start")
+    serve.add_argument(
+        "--begin-s",
+        type=int,
+        help="field time at start (default: 15 minutes before the demand profile's first "
+        "peak, else 0)",
+    )
     serve.add_argument(
         "--staged-ttl-s", type=float, default=120.0, help="field seconds a staged plan waits"
     )
@@ -233,19 +238,23 @@ def build_fleet(
 
 def _field_config(settings: Settings, args: argparse.Namespace) -> Any:
     from simulators.field import FieldConfig
+    from simulators.netbuild import DemandProfile
 
     net = Path(settings.simulation.network)
     profile = args.demand_profile
     if args.routes is None and profile is None:
         guess = net.with_name(net.name.removesuffix(".net.xml") + ".demand.json")
         profile = guess if guess.is_file() else None
+    begin_s = args.begin_s
+    if begin_s is None:
+        begin_s = max(0, DemandProfile.load(profile).peak_begin_s - 900) if profile else 0
     return FieldConfig(
         net_path=net,
         detectors_path=settings.simulation.detectors,
         routes_path=args.routes,
         demand_profile_path=profile,
         seed=args.seed,
-        begin_s=args.begin_s,
+        begin_s=begin_s,
         step_length_s=settings.simulation.step_length_s,
     )
 
