@@ -24,7 +24,7 @@ from configs.timing import (
     project,
 )
 from rl._sumo_session import FieldSimulation
-from rl.features import IntersectionObservation, critical_flow_ratios
+from rl.features import SATURATION_VPH_PER_LANE, IntersectionObservation
 from simulators.network import NetworkModel
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "as_mode",
     "fixed_plans",
     "lost_time_s",
+    "stage_flow_ratios",
     "webster",
     "webster_proposal",
 ]
@@ -83,10 +84,34 @@ def webster(flow_ratios: Sequence[float], lost_s: float) -> tuple[float, list[fl
     return cycle, [effective * y / raw for y in flow_ratios]
 
 
-def webster_proposal(obs: IntersectionObservation) -> Proposal:
-    """Webster's plan for one intersection from its detector flows (offset kept)."""
+def stage_flow_ratios(obs: IntersectionObservation) -> list[float]:
+    """Critical flow ratios per green, counting each lane once per stage.
+
+    A green that directly follows another green (no intergreen between them,
+    e.g. a protected-turn continuation) extends that stage: its critical lane
+    is taken only among the lanes the previous green did not already serve, so
+    a lane's flow is not demanded twice in one cycle.
+    """
+    hours = max(obs.interval_s, 1.0) / 3600.0
     base = obs.layout.base
-    cycle, greens = webster(critical_flow_ratios(obs), lost_time_s(base))
+    greens = base.green_indices
+    out: list[float] = []
+    for slot, index in enumerate(greens):
+        group = set(obs.layout.green_detectors[slot])
+        if slot > 0 and greens[slot - 1] == index - 1:
+            group -= set(obs.layout.green_detectors[slot - 1])
+        flows = [max(0.0, float(obs.counts_veh.get(d, 0.0))) / hours for d in group]
+        out.append(max(flows, default=0.0) / SATURATION_VPH_PER_LANE)
+    return out
+
+
+def webster_proposal(obs: IntersectionObservation) -> Proposal:
+    """Webster's plan for one intersection from its detector flows (offset kept).
+
+    Flow ratios come from :func:`stage_flow_ratios`.
+    """
+    base = obs.layout.base
+    cycle, greens = webster(stage_flow_ratios(obs), lost_time_s(base))
     return Proposal(green_s=tuple(greens), cycle_s=cycle, offset_s=None)
 
 

@@ -119,3 +119,25 @@ def test_max_pressure_switches_to_the_loaded_phase_through_yellow_and_red() -> N
     assert times[3] - times[2] == 2.0  # base all-red
     # with no pressure left on the other phase it stays
     assert len(shown) == 4
+
+
+def test_a_green_continuing_another_counts_only_its_new_lanes() -> None:
+    from configs.timing import BaseProgram
+    from rl.baselines import stage_flow_ratios
+    from rl.features import IntersectionLayout, IntersectionObservation
+
+    base = BaseProgram.from_sumo(
+        "J",
+        "0",
+        [
+            ("GGrr", 30, None, None),
+            ("GGrG", 8, None, None),  # continues the first green, adds a turn lane
+            ("yyry", 3, None, None),
+            ("rrGr", 30, None, None),
+            ("rryr", 3, None, None),
+        ],
+    )
+    layout = IntersectionLayout("J", base, (("a", "b"), ("a", "b", "t"), ("c",)))
+    counts = {"a": 60.0, "b": 30.0, "t": 12.0, "c": 24.0}
+    obs = IntersectionObservation(layout, 240.0, counts, IntersectionTiming.from_base(base))
+    assert stage_flow_ratios(obs) == pytest.approx([0.5, 0.1, 0.2])

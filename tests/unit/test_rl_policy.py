@@ -94,6 +94,7 @@ def test_shipped_policy_loads_and_matches_its_digest() -> None:
     assert out.shape[0] == 3 and np.all(np.abs(out) <= 1.0)
 
 
+@pytest.mark.slow
 def test_feedback_measured_delta_becomes_reward_and_finetune_versions_the_policy(
     tmp_path: Path,
 ) -> None:
