@@ -16,7 +16,7 @@ from typing import Any
 
 from configs.errors import ActuationError, ConfigError, SignaltwinError, SimulationError
 from configs.settings import Settings, read_secret
-from configs.timing import IntersectionTiming
+from configs.timing import IntersectionTiming, NetworkRef
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
 from simulators.demand import FleetShare, RoadGraph, candidate_routes, estimate_demand, write_routes
@@ -512,7 +512,8 @@ def build_runner(settings: Settings) -> CycleRunner:
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,
-            network=network.ref,
+            # controllers compare the id from the same settings and the file's sha256
+            network=NetworkRef(id=settings.network_id, sha256=network.sha256),
             bases=network.base_programs(),
             field_port=field_port,
             twin=twin,
