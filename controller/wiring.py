@@ -326,6 +326,8 @@ class RendererAdapter:
         self.settings = settings
         self.geometry = geometry_from_network(Path(network.path))
         self.device = select_device(settings.edge.device)
+        # the rasterised scene depends only on geometry, size and device: build it once
+        self._scene: Any = None
 
     def render(
         self, summary: WhatIfSummary, candidate: str, attribution: Mapping[str, Any], out: Path
@@ -362,6 +364,10 @@ class RendererAdapter:
 
         video = self.settings.video
         out.parent.mkdir(parents=True, exist_ok=True)
+        if self._scene is None:
+            from edge_accel.render import WhatIfScene
+
+            self._scene = WhatIfScene(self.geometry, video.width, video.height, self.device)
         artifact = render_whatif(
             self.geometry,
             side("current", "CURRENT PLAN"),
@@ -380,6 +386,7 @@ class RendererAdapter:
             fps=video.fps,
             device=self.device,
             duration_s=video.duration_s,
+            scene=self._scene,
         )
         return artifact.path, artifact.sha256
 
