@@ -19,7 +19,7 @@ from configs.settings import Settings, read_secret
 from configs.timing import IntersectionTiming, NetworkRef
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from simulators.demand import FleetShare, RoadGraph, candidate_routes, estimate_demand, write_routes
+from simulators.demand import RoadGraph, candidate_routes, estimate_demand, write_routes
 from simulators.network import NetworkModel
 from simulators.twin import (
     LibsumoWhatIfEngine,
@@ -95,13 +95,12 @@ class TwinAdapter:
                 "no detector counts yet (the first observation only sets the baseline); "
                 "the next cycle will have an interval to estimate demand from"
             )
-        fleet = [FleetShare(f.emission_class, f.share) for f in self.settings.simulation.fleet]
         estimate = estimate_demand(
             observation.counts,
             observation.interval_s,
             self.detector_lanes,
             self.graph,
-            fleet=fleet,
+            fleet=self.settings.simulation.fleet,
             routes=self.routes,
         )
         self._field_time_s = int(observation.field_time_s)
