@@ -626,6 +626,29 @@ class ControllerPool:
         snaps = await asyncio.gather(*(self.read_one(t) for t in self._links))
         return {s.tls_id: s for s in snaps}
 
+    async def abort_staged(
+        self, sequence: int, only: Iterable[str] | None = None
+    ) -> dict[str, tuple[int, str] | str]:
+        """Call ``AbortStaged(sequence)`` on every controller (or those in ``only``).
+
+        Used by the daemon's start-up reconciliation after a crash mid-push
+        (:mod:`controller.recovery`). Returns per controller the (status,
+        message) the controller answered, or the error text when the call failed
+        (that abort is then retried when the session is back).
+        """
+        out = await self._each(
+            lambda link: link.call(c.ABORT_STAGED, ua.Variant(sequence, ua.VariantType.UInt64)),
+            only,
+        )
+        answers: dict[str, tuple[int, str] | str] = {}
+        for tls, result in out.items():
+            if isinstance(result, BaseException):
+                self._links[tls].pending_abort = sequence
+                answers[tls] = f"{type(result).__name__}: {result}"
+            else:
+                answers[tls] = result
+        return answers
+
     async def _each(
         self, fn: Callable[[_Link], Awaitable[T]], only: Iterable[str] | None = None
     ) -> dict[str, T | BaseException]:
@@ -859,6 +882,12 @@ class ThreadedActuator:
         return self._run(
             self._pool.push(envelope, sequence, alignment_s=alignment_s, lead_s=lead_s)
         )
+
+    def abort_staged(
+        self, sequence: int, only: Iterable[str] | None = None
+    ) -> dict[str, tuple[int, str] | str]:
+        """See :meth:`ControllerPool.abort_staged`."""
+        return self._run(self._pool.abort_staged(sequence, only))
 
     def close(self) -> None:
         """Close every session and stop the loop thread."""

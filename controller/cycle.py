@@ -130,7 +130,8 @@ class DeployOutcome:
     ok: bool
     results: Mapping[str, Any]
     message: str = ""
-    #: "activated" everywhere, "aborted" everywhere, or "partial" (some activated)
+    #: "activated" everywhere, "aborted" everywhere, "partial" (some activated), or
+    #: "unknown" (the push itself raised; the port could not say)
     outcome: str = "activated"
 
 
@@ -258,15 +259,33 @@ class CycleRunner:
 
     # ------------------------------------------------------------ state from ledger
 
+    def resume_from_ledger(self, min_sequence: int = 0) -> None:
+        """Re-read the current plans and last sequence from the ledger (after recovery).
+
+        Args:
+            min_sequence: the next plan's sequence goes above this too (the
+                highest sequence any controller reported).
+        """
+        with self._lock:
+            self.current = self._current_from_ledger()
+            self.sequence = max(self._last_sequence(), int(min_sequence))
+
     def _current_from_ledger(self) -> dict[str, IntersectionTiming]:
         plans = {tls: IntersectionTiming.from_base(base) for tls, base in self.bases.items()}
-        last = self.ledger.latest("deployment")
-        for last in reversed(self.ledger.find("deployment")):
-            if last.body.get("result") != "deployed":
+        # replay every deployment in order: a full one sets every plan, a partial
+        # one (or one settled at start-up) only those that read the new plan back
+        for record in self.ledger.find("deployment"):
+            result = record.body.get("result")
+            if result not in ("deployed", "recovered-activated", "partial", "recovered-partial"):
                 continue
-            config = TimingConfiguration.model_validate(last.body["configuration"])
-            plans.update(config.intersections)
-            break
+            config = TimingConfiguration.model_validate(record.body["configuration"])
+            if result in ("deployed", "recovered-activated"):
+                plans.update(config.intersections)
+                continue
+            results = record.body.get("push", {}).get("results", {})
+            for tls in _running(results, config.sequence):
+                if tls in config.intersections:
+                    plans[tls] = config.intersections[tls]
         return plans
 
     def _last_sequence(self) -> int:
@@ -368,21 +387,35 @@ class CycleRunner:
                 report.ok = True
                 return self._finish(report, record, "shadow")
             # the cycle record (with the signed envelope) is written before the push,
-            # so that a crash mid-push is recognised and reconciled on restart
+            # so that a crash mid-push is recognised and reconciled on restart; if it
+            # cannot be written (disk full) nothing is pushed
+            stage = "record"
             record_start = time.perf_counter()
             cycle_ref = self._append_cycle(report, record, "pushing")
             record_s = time.perf_counter() - record_start
+            # from here on this sequence is spent, whatever the push does
+            self.sequence = max(self.sequence, config.sequence)
             with timed("push"):
                 align = max(p.cycle_s for p in config.intersections.values())
-                pushed = self.field.deploy(envelope_bytes, config, align)
+                try:
+                    pushed = self.field.deploy(envelope_bytes, config, align)
+                except Exception as e:  # noqa: BLE001 - recorded as the deployment's result
+                    logger.error("push of plan %d raised: %s", config.sequence, e)
+                    pushed = DeployOutcome(
+                        ok=False,
+                        results={"error": f"{type(e).__name__}: {e}"},
+                        message=f"push raised {type(e).__name__}: {e}; field state unknown",
+                        outcome="unknown",
+                    )
             result = (
                 "deployed"
                 if pushed.ok
-                else ("partial" if pushed.outcome == "partial" else "aborted")
+                else (pushed.outcome if pushed.outcome in ("partial", "unknown") else "aborted")
             )
             if not pushed.ok:
                 report.failed_stage = "push"
                 report.error = pushed.message or "push failed; aborted on every controller"
+            stage = "record"
             record_start = time.perf_counter()
             self._append_deployment(config, record["envelope"], cycle_ref, result, pushed)
             report.stage_s["record"] = round(record_s + time.perf_counter() - record_start, 4)
@@ -475,10 +508,8 @@ class CycleRunner:
             self.current = dict(config.intersections)
         elif result == "partial":
             # the controllers that read back the new plan run it; the others do not
-            rows = pushed.results.get("controllers", [])
-            for row in rows if isinstance(rows, list) else []:
-                tls = row.get("tls_id")
-                if row.get("readback_sequence") == config.sequence and tls in config.intersections:
+            for tls in _running(pushed.results, config.sequence):
+                if tls in config.intersections:
                     self.current[tls] = config.intersections[tls]
 
     def _finish(self, report: CycleReport, record: dict[str, Any], outcome: str) -> CycleReport:
@@ -537,6 +568,22 @@ class CycleRunner:
             except Exception:  # noqa: BLE001 - close everything we can
                 logger.exception("error while closing %s", type(item).__name__)
         self._closers = []
+
+
+def _running(results: Any, sequence: int) -> list[str]:
+    """The controllers whose push row read back ``sequence`` as their active plan."""
+    rows = results.get("controllers", []) if isinstance(results, Mapping) else []
+    found = []
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, Mapping):
+            continue
+        readback = row.get("readback")
+        seq = readback.get("sequence") if isinstance(readback, Mapping) else None
+        if seq is None:
+            seq = row.get("readback_sequence")
+        if seq == sequence and isinstance(row.get("tls_id"), str):
+            found.append(row["tls_id"])
+    return found
 
 
 def build_cycle_runner(settings: Settings) -> CycleRunner:

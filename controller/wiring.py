@@ -444,13 +444,37 @@ class ControllersFieldPort:
         )
 
     def deploy(self, envelope: bytes, config: Any, align_s: int) -> DeployOutcome:
-        """Two-phase push to every controller (aborted everywhere unless all staged)."""
-        report = self.actuator.push(
-            envelope,
-            config.sequence,
-            alignment_s=float(align_s),
-            lead_s=self.settings.controllers.activate_lead_s,
-        )
+        """Two-phase push to every controller (aborted everywhere unless all staged).
+
+        If the push call itself fails (the actuator's thread timed out), every
+        controller is read back and the plan aborted wherever it is only staged
+        (:func:`controller.recovery.settle`), so the outcome says what runs.
+        """
+        try:
+            report = self.actuator.push(
+                envelope,
+                config.sequence,
+                alignment_s=float(align_s),
+                lead_s=self.settings.controllers.activate_lead_s,
+            )
+        except SignaltwinError as e:
+            from controller.recovery import settle
+
+            logger.error("push of plan %d failed (%s); settling by read-back", config.sequence, e)
+            settled = settle(self.actuator, config.sequence, config.digest(), config.intersections)
+            message = f"push failed ({e}); read back: {settled.outcome}"
+            return DeployOutcome(
+                ok=settled.outcome == "activated",
+                results={
+                    "sequence": config.sequence,
+                    "outcome": settled.outcome,
+                    "reason": message,
+                    "settled": True,
+                    "controllers": list(settled.rows),
+                },
+                message=message,
+                outcome=settled.outcome,
+            )
         return DeployOutcome(
             ok=report.ok,
             results=report.to_dict(),
@@ -529,6 +553,11 @@ def build_runner(settings: Settings) -> CycleRunner:
             renderer=renderer,
             closers=list(reversed(closers)),
         )
+        # a push interrupted by a crash is settled before the first cycle (never re-pushed)
+        from controller.recovery import reconcile
+
+        recovery = reconcile(ledger, actuator, signer)
+        runner.resume_from_ledger(recovery.highest_sequence)
         return runner
     except BaseException:
         for item in reversed(closers):

@@ -1174,20 +1174,10 @@ class LibsumoWhatIfEngine:
     def _fan_out(
         self, tasks: list[RunTask], progress: Callable[[int, int], None] | None
     ) -> dict[tuple[str, int], RunMetrics]:
-        if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context)
-        pool = self._pool
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         results: dict[tuple[str, int], RunMetrics] = {}
         with tempfile.TemporaryDirectory(prefix="signaltwin-markers-") as markers:
-            futures = {
-                pool.submit(
-                    _guarded,
-                    self._runner,
-                    RunTask(t.request, t.plan, t.seed, t.record, marker_dir=markers),
-                ): t
-                for t in tasks
-            }
+            futures = self._submit(tasks, markers)
             try:
                 pending = set(futures)
                 while pending:
@@ -1218,6 +1208,33 @@ class LibsumoWhatIfEngine:
                 self._abandon_pool()
                 raise
         return results
+
+    def _submit(self, tasks: list[RunTask], markers: str) -> dict[cf.Future[RunMetrics], RunTask]:
+        """Submit every task; a pool broken while idle (a worker killed) is replaced once."""
+        for attempt in (1, 2):
+            if self._pool is None:
+                self._pool = cf.ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=self._context
+                )
+            pool = self._pool
+            futures: dict[cf.Future[RunMetrics], RunTask] = {}
+            try:
+                for t in tasks:
+                    task = RunTask(t.request, t.plan, t.seed, t.record, marker_dir=markers)
+                    futures[pool.submit(_guarded, self._runner, task)] = t
+            except BrokenProcessPool as e:
+                for fut in futures:
+                    fut.cancel()
+                self._abandon_pool()
+                if attempt == 2:
+                    raise SimulationError(
+                        "the what-if worker pool broke again right after it was rebuilt; "
+                        "check memory and the workers' stderr"
+                    ) from e
+                logger.warning("what-if worker pool was broken (a worker died while idle); rebuilt")
+                continue
+            return futures
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _abandon_pool(self) -> None:
         pool, self._pool = self._pool, None
