@@ -240,6 +240,7 @@ class CycleRunner:
         clock: Callable[[], datetime] | None = None,
         on_feedback: Callable[[], Any] | None = None,
         closers: list[Any] | None = None,
+        feedback: Any | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
@@ -253,6 +254,9 @@ class CycleRunner:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._on_feedback = on_feedback
         self._closers = closers or []
+        #: measured-delta collector (controller.feedback.FeedbackCollector) or None
+        self.feedback = feedback
+        self._observation: Observation | None = None
         self._lock = threading.Lock()
         self.current: dict[str, IntersectionTiming] = self._current_from_ledger()
         self.sequence = self._last_sequence()
@@ -328,6 +332,7 @@ class CycleRunner:
         try:
             with timed("observe"):
                 observation = self.field.observe()
+                self._observation = observation
                 record["observation"] = observation.to_dict()
             with timed("estimate"):
                 demand, demand_sha = self.twin.estimate(observation)
@@ -485,7 +490,7 @@ class CycleRunner:
         result: str,
         pushed: DeployOutcome,
     ) -> None:
-        self.ledger.append(
+        ref = self.ledger.append(
             "deployment",
             {
                 "sequence": config.sequence,
@@ -506,6 +511,14 @@ class CycleRunner:
         self.sequence = config.sequence
         if result == "deployed":
             self.current = dict(config.intersections)
+            if self.feedback is not None and self._observation is not None:
+                at = pushed.results.get("activate_at_field_time_s")
+                try:
+                    self.feedback.deployed(
+                        ref.index, config, self._observation, None if at is None else float(at)
+                    )
+                except Exception:  # noqa: BLE001 - feedback must never fail a deployment
+                    logger.exception("could not register plan %d for feedback", config.sequence)
         elif result == "partial":
             # the controllers that read back the new plan run it; the others do not
             for tls in _running(pushed.results, config.sequence):
@@ -556,6 +569,8 @@ class CycleRunner:
     def collect_feedback(self) -> Any:
         """Collect measured deltas and fine-tune (delegated to the feedback hook)."""
         with self._lock:
+            if self.feedback is not None:
+                return self.feedback.collect()
             if self._on_feedback is not None:
                 return self._on_feedback()
             return None
