@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError
+from configs.settings import load_settings
 from hsm import (
     HsmParams,
     SoftHsmLayout,
@@ -131,23 +132,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _token_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="daemon settings: take the state directory and the [hsm] section from FILE "
+        "(options given explicitly still win)",
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
-        default=Path("state"),
+        default=None,
         help="daemon state directory; the token lives in STATE_DIR/hsm (default: ./state)",
     )
     p.add_argument(
         "--module",
         type=Path,
-        default=DEFAULT_MODULE,
-        help="PKCS#11 module (default: %(default)s)",
+        default=None,
+        help=f"PKCS#11 module (default: {DEFAULT_MODULE})",
     )
     p.add_argument(
-        "--token-label", default=DEFAULT_TOKEN_LABEL, help="token label (default: %(default)s)"
+        "--token-label", default=None, help=f"token label (default: {DEFAULT_TOKEN_LABEL})"
     )
-    p.add_argument(
-        "--key-label", default=DEFAULT_KEY_LABEL, help="key label (default: %(default)s)"
-    )
+    p.add_argument("--key-label", default=None, help=f"key label (default: {DEFAULT_KEY_LABEL})")
     p.add_argument(
         "--pin-file",
         default=None,
@@ -160,6 +167,25 @@ def _token_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="SOFTHSM2_CONF to use (default: STATE_DIR/hsm/softhsm2.conf when it exists)",
     )
+
+
+def _resolve(args: argparse.Namespace, *, for_init: bool) -> None:
+    """Fill unset token options: explicit option, else --config's [hsm], else the default."""
+    settings = load_settings(args.config) if args.config is not None else None
+    hsm = settings.hsm if settings is not None else None
+    if args.state_dir is None:
+        args.state_dir = settings.state_dir if settings is not None else Path("state")
+    if args.module is None:
+        args.module = hsm.module if hsm is not None else DEFAULT_MODULE
+    if args.token_label is None:
+        args.token_label = hsm.token_label if hsm is not None else DEFAULT_TOKEN_LABEL
+    if args.key_label is None:
+        args.key_label = hsm.key_label if hsm is not None else DEFAULT_KEY_LABEL
+    if hsm is not None and args.pin_file is None:
+        if not (for_init and hsm.pin_file.startswith("credential:")):
+            args.pin_file = hsm.pin_file
+    if hsm is not None and not for_init and args.softhsm_conf is None:
+        args.softhsm_conf = hsm.softhsm_conf
 
 
 def params_from_args(args: argparse.Namespace) -> HsmParams:
@@ -184,6 +210,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _run_init(args: argparse.Namespace) -> int:
+    _resolve(args, for_init=True)
     if args.existing_token:
         params = params_from_args(args)
         report, created = ensure_signing_key(params)
@@ -252,6 +279,7 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    _resolve(args, for_init=False)
     params = params_from_args(args)
     report = inspect_token(params)
     if args.export_public_key is not None:
