@@ -28,11 +28,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from configs.errors import ActuationError, SignaltwinError
 from controller.ledger import Ledger, Record
 from hsm.base import Signer
+
+if TYPE_CHECKING:
+    from controller.cycle import CycleRunner
 
 __all__ = [
     "RECOVERED_RESULTS",
@@ -41,6 +44,7 @@ __all__ = [
     "find_interrupted",
     "highest_controller_sequence",
     "reconcile",
+    "recover",
     "settle",
 ]
 
@@ -340,4 +344,20 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
         ledger.checkpoint(signer)
     except SignaltwinError as e:
         logger.error("recovery: could not sign a ledger checkpoint: %s", e)
+    return report
+
+
+def recover(runner: CycleRunner, actuator: AbortingActuator) -> RecoveryReport:
+    """Start-up step of the daemon: :func:`reconcile`, then resume the runner from the ledger.
+
+    The runner's current plans are re-read (a ``recovered-activated`` or
+    ``recovered-partial`` deployment counts like a deployed or partial one)
+    and its next sequence is put above every sequence in the ledger and every
+    sequence any controller reports.
+    """
+    report = reconcile(runner.ledger, actuator, runner.signer)
+    runner.resume_from_ledger(report.highest_sequence)
+    if report.needed:
+        logger.warning("recovery: %s", report.message)
+    logger.info("recovery: next plan sequence %d", runner.sequence + 1)
     return report

@@ -195,6 +195,10 @@ class ProposerAdapter:
         self.surrogate_device = surrogate_device
         self._current: Mapping[str, IntersectionTiming] = {}
         self._demand_features: Any = None
+        #: the per-intersection observations of the last proposal (for the feedback store)
+        self.last_observations: Mapping[str, Any] = {}
+        #: where the policy's weights are (fine-tuning starts from them)
+        self.policy_path: Path | None = None
 
     def _observations(
         self, observation: Observation, current: Mapping[str, IntersectionTiming]
@@ -225,6 +229,7 @@ class ProposerAdapter:
         from rl.baselines import webster_proposal
 
         observations = self._observations(observation, current)
+        self.last_observations = observations
         candidates: dict[str, dict[str, IntersectionTiming]] = {
             "webster": self._project(
                 {t: webster_proposal(o) for t, o in observations.items()}, current
@@ -482,6 +487,16 @@ class ControllersFieldPort:
             outcome=report.outcome,
         )
 
+    def read_measurements(self) -> tuple[float, dict[str, tuple[float, float]]]:
+        """Field time and every reachable controller's (mean wait s, NOx mg)."""
+        snapshots = [s for s in self.actuator.read_all().values() if s.reachable]
+        if not snapshots:
+            raise ActuationError("no controller could be read for measurements")
+        return (
+            max(s.field_time_s for s in snapshots),
+            {s.tls_id: (s.mean_wait_s, s.nox_mg) for s in snapshots},
+        )
+
     def close(self) -> None:
         """Close the sessions."""
         self.actuator.close()
@@ -539,6 +554,15 @@ def build_runner(settings: Settings) -> CycleRunner:
                 dedupe_key=f"policy:{policy.sha256}",
             )
         proposer = ProposerAdapter(settings, network, policy=policy)
+        proposer.policy_path = policy_path(settings) if policy is not None else None
+        from controller.feedback import FeedbackCollector
+        from rl.feedback import FeedbackStore
+
+        store = FeedbackStore(settings.rl.feedback_path)
+        closers.append(store)
+        collector = FeedbackCollector(
+            settings, ledger, field_port.read_measurements, proposer, store
+        )
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,
@@ -552,12 +576,12 @@ def build_runner(settings: Settings) -> CycleRunner:
             ledger=ledger,
             renderer=renderer,
             closers=list(reversed(closers)),
+            feedback=collector,
         )
         # a push interrupted by a crash is settled before the first cycle (never re-pushed)
-        from controller.recovery import reconcile
+        from controller.recovery import recover
 
-        recovery = reconcile(ledger, actuator, signer)
-        runner.resume_from_ledger(recovery.highest_sequence)
+        recover(runner, actuator)
         return runner
     except BaseException:
         for item in reversed(closers):
