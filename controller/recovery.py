@@ -26,8 +26,11 @@ so its ``deployment`` record says what the field actually runs.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from configs.errors import ActuationError, SignaltwinError
@@ -41,6 +44,7 @@ __all__ = [
     "RECOVERED_RESULTS",
     "RecoveryReport",
     "Settlement",
+    "claim_startup",
     "find_interrupted",
     "highest_controller_sequence",
     "reconcile",
@@ -347,15 +351,50 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
     return report
 
 
-def recover(runner: CycleRunner, actuator: AbortingActuator) -> RecoveryReport:
+_claimed: set[str] = set()
+_claimed_lock = threading.Lock()
+
+
+def claim_startup(ledger_path: str | os.PathLike[str]) -> bool:
+    """True the first time this process opens the ledger at ``ledger_path`` for a runner.
+
+    Reconciliation must run only at process start-up: a runner built by a
+    reload (SIGHUP) while the old runner's push is in flight would otherwise
+    take that push for an interrupted one and abort it.
+    """
+    key = str(Path(ledger_path).resolve())
+    with _claimed_lock:
+        if key in _claimed:
+            return False
+        _claimed.add(key)
+        return True
+
+
+def recover(
+    runner: CycleRunner, actuator: AbortingActuator, *, settle_interrupted: bool = True
+) -> RecoveryReport:
     """Start-up step of the daemon: :func:`reconcile`, then resume the runner from the ledger.
 
     The runner's current plans are re-read (a ``recovered-activated`` or
     ``recovered-partial`` deployment counts like a deployed or partial one)
     and its next sequence is put above every sequence in the ledger and every
     sequence any controller reports.
+
+    Args:
+        runner: the freshly built runner.
+        actuator: its controllers.
+        settle_interrupted: False for a runner built by a reload (the previous
+            runner of this process may be pushing right now): only the
+            sequence floor is taken from the controllers.
     """
-    report = reconcile(runner.ledger, actuator, runner.signer)
+    if settle_interrupted:
+        report = reconcile(runner.ledger, actuator, runner.signer)
+    else:
+        report = RecoveryReport()
+        try:
+            report.highest_sequence = highest_controller_sequence(actuator.read_all())
+        except SignaltwinError as e:
+            logger.warning("recovery: could not read the controllers' sequences: %s", e)
     runner.resume_from_ledger(report.highest_sequence)
     if report.needed:
         logger.warning("recovery: %s", report.message)

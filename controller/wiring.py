@@ -578,10 +578,12 @@ def build_runner(settings: Settings) -> CycleRunner:
             closers=list(reversed(closers)),
             feedback=collector,
         )
-        # a push interrupted by a crash is settled before the first cycle (never re-pushed)
-        from controller.recovery import recover
+        # a push interrupted by a crash is settled before the first cycle (never
+        # re-pushed); a runner built by a reload only takes the sequence floor, as
+        # the previous runner of this process may be pushing right now
+        from controller.recovery import claim_startup, recover
 
-        recover(runner, actuator)
+        recover(runner, actuator, settle_interrupted=claim_startup(settings.ledger.path))
         return runner
     except BaseException:
         for item in reversed(closers):
