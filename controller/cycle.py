@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from configs.errors import SafetyViolation, SignaltwinError
+from configs.errors import SafetyViolation, SignaltwinError, SigningError
 from configs.settings import Settings
 from configs.timing import (
     BaseProgram,
@@ -211,6 +211,13 @@ class CycleReport:
     predicted_nox_change: float | None = None
     video: str | None = None
     ledger_index: int | None = None
+    #: HSM failures met (signing the plan, signing the checkpoint); the daemon
+    #: counts them in ``signaltwin_hsm_errors_total``
+    hsm_errors: int = 0
+    #: controller -> OPC UA errors met in the push (``signaltwin_opcua_errors_total``)
+    opcua_errors: dict[str, int] = field(default_factory=dict)
+    #: controller -> answered the observation (``signaltwin_controller_up``)
+    controllers_up: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -334,6 +341,8 @@ class CycleRunner:
                 observation = self.field.observe()
                 self._observation = observation
                 record["observation"] = observation.to_dict()
+                report.controllers_up = {t: True for t in observation.active}
+                report.controllers_up.update({t: False for t in observation.unhealthy})
             with timed("estimate"):
                 demand, demand_sha = self.twin.estimate(observation)
                 record["demand"] = {"sha256": demand_sha, "snapshot": demand}
@@ -417,6 +426,7 @@ class CycleRunner:
                 if pushed.ok
                 else (pushed.outcome if pushed.outcome in ("partial", "unknown") else "aborted")
             )
+            report.opcua_errors = _push_errors(pushed.results)
             if not pushed.ok:
                 report.failed_stage = "push"
                 report.error = pushed.message or "push failed; aborted on every controller"
@@ -432,6 +442,8 @@ class CycleRunner:
             report.error = f"{type(e).__name__}: {e}"
             if isinstance(e, SafetyViolation):
                 record["safety_violations"] = [str(v) for v in e.violations]
+            elif isinstance(e, SigningError):
+                report.hsm_errors += 1
             logger.warning("cycle %s failed in stage %s: %s", slot_time, stage, report.error)
             return self._finish(report, record, "failed")
 
@@ -544,6 +556,8 @@ class CycleRunner:
             self.ledger.checkpoint(self.signer)
         except SignaltwinError as e:
             report.ok = False
+            if isinstance(e, SigningError):
+                report.hsm_errors += 1
             report.error = f"{report.error + '; ' if report.error else ''}checkpoint: {e}"
             logger.error("could not sign a ledger checkpoint: %s", e)
         return report
@@ -583,6 +597,16 @@ class CycleRunner:
             except Exception:  # noqa: BLE001 - close everything we can
                 logger.exception("error while closing %s", type(item).__name__)
         self._closers = []
+
+
+def _push_errors(results: Any) -> dict[str, int]:
+    """Controller -> 1 for every push row that carries an error (timeouts, lost sessions)."""
+    rows = results.get("controllers", []) if isinstance(results, Mapping) else []
+    return {
+        str(row["tls_id"]): 1
+        for row in (rows if isinstance(rows, list) else [])
+        if isinstance(row, Mapping) and row.get("error") and row.get("tls_id")
+    }
 
 
 def _running(results: Any, sequence: int) -> list[str]:

@@ -171,6 +171,7 @@ def _assert_failed_at_sign(runner: CycleRunner, field: RecordingField, minute: i
     pushed = list(field.pushed)
     report = runner.run_cycle(slot(minute), threading.Event())
     assert not report.deployed and report.failed_stage == "sign", report.error
+    assert report.hsm_errors >= 1  # signaltwin_hsm_errors_total
     assert field.pushed == pushed  # nothing pushed
     body = runner.ledger.latest("cycle").body  # type: ignore[union-attr]
     assert body["outcome"] == "failed" and body["report"]["failed_stage"] == "sign"

@@ -254,6 +254,9 @@ def test_a_controller_down_during_a_push_aborts_everywhere_and_is_recorded(
         fleet.loop.run(down.start())
     assert not report.deployed and report.failed_stage == "push"
     assert "stage failed" in (report.error or "")
+    # signaltwin_controller_up / signaltwin_opcua_errors_total{controller}
+    assert report.controllers_up[IDS[1]] is False and report.controllers_up[IDS[0]] is True
+    assert report.opcua_errors == {IDS[1]: 1}
     fleet.wait_settled()
     assert fleet.states() == before  # every controller on its old plan, nothing staged
     deployment = runner.ledger.find("deployment")[-1].body
