@@ -208,13 +208,19 @@ class ProposerAdapter:
         return build_observations(self.layouts, observation.counts, observation.interval_s, current)
 
     def _project(
-        self, proposals: Mapping[str, Any], current: Mapping[str, IntersectionTiming]
+        self,
+        proposals: Mapping[str, Any],
+        current: Mapping[str, IntersectionTiming],
+        mode: str = "fixed",
     ) -> dict[str, IntersectionTiming]:
         from configs.timing import project
+        from rl.baselines import as_mode
 
         plans: dict[str, IntersectionTiming] = {}
         for tls_id, proposal in proposals.items():
             base = self.layouts[tls_id].base
+            if mode != base.mode:
+                base = as_mode(base, mode)  # type: ignore[arg-type]
             limits = self.settings.safety.limits_for(tls_id)
             plans[tls_id] = project(tls_id, proposal, base, limits, current.get(tls_id))
         return plans
@@ -237,7 +243,10 @@ class ProposerAdapter:
         }
         policy_sha: str | None = None
         if self.policy is not None:
-            candidates["policy"] = self._project(self.policy.propose(observations), current)
+            # an actuated policy tunes actuated plans: project onto the actuated base
+            candidates["policy"] = self._project(
+                self.policy.propose(observations), current, str(self.policy.mode)
+            )
             policy_sha = str(self.policy.sha256)
         self._current = current
         self._demand_features = _demand_features(observations)
