@@ -118,7 +118,8 @@ class FeedbackStore:
         self.nox_weight = nox_weight
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path)
+            # the daemon runs its jobs in worker threads (never two at once)
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise ConfigError(
