@@ -60,8 +60,8 @@ def train(
     timesteps: int = 20_000,
     n_sims: int = 1,
     seed: int = 7,
-    learning_rate: float = 3e-4,
-    n_steps: int = 20,
+    learning_rate: float = 1e-3,
+    n_steps: int = 4,
     progress_bar: bool = True,
     checkpoint_every: int = 10_000,
 ) -> TrainResult:

@@ -53,10 +53,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--episode-steps", type=int, default=10, help="intervals per episode")
     parser.add_argument(
-        "--n-steps", type=int, default=20, help="intervals per slot in each PPO rollout"
+        "--n-steps", type=int, default=4, help="intervals per slot in each PPO rollout (default 4)"
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=None, help="PPO learning rate (default 3e-4)"
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="PPO learning rate (default: [rl] learning_rate with --config, else 1e-3)",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("rl/policies/district.pt"), help="weights file to write"
@@ -66,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    timesteps, n_envs, seed, lr = 20_000, 1, 7, 3e-4
+    timesteps, n_envs, seed, lr = 40_000, 2, 11, 1e-3
     network: Path | None = args.network
     detectors: Path | None = args.detectors
     routes: list[Path] | None = args.routes
