@@ -264,6 +264,9 @@ class CycleRunner:
         #: measured-delta collector (controller.feedback.FeedbackCollector) or None
         self.feedback = feedback
         self._observation: Observation | None = None
+        #: a push whose deployment record could not be written (disk full); the next
+        #: cycle writes it first and pushes nothing until it is written
+        self._unrecorded: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
         self.current: dict[str, IntersectionTiming] = self._current_from_ledger()
         self.sequence = self._last_sequence()
@@ -337,6 +340,11 @@ class CycleRunner:
                 report.stage_s[name] = round(time.perf_counter() - start, 4)
 
         try:
+            if self._unrecorded is not None:
+                stage = "record"
+                self._append_deployment(*self._unrecorded)
+                self._unrecorded = None
+                logger.warning("recorded the deployment a previous cycle could not record")
             with timed("observe"):
                 observation = self.field.observe()
                 self._observation = observation
@@ -432,7 +440,9 @@ class CycleRunner:
                 report.error = pushed.message or "push failed; aborted on every controller"
             stage = "record"
             record_start = time.perf_counter()
-            self._append_deployment(config, record["envelope"], cycle_ref, result, pushed)
+            self._unrecorded = (config, record["envelope"], cycle_ref, result, pushed)
+            self._append_deployment(*self._unrecorded)
+            self._unrecorded = None
             report.stage_s["record"] = round(record_s + time.perf_counter() - record_start, 4)
             report.ok = pushed.ok
             report.deployed = pushed.ok

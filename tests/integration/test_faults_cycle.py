@@ -271,3 +271,40 @@ def test_full_ledger_disk_pushes_nothing_and_keeps_stored_records(
     assert again.deployed and field.pushed == [1, again.sequence]
     verify(runner, signer)
     runner.close()
+
+
+def test_disk_full_after_the_push_records_the_deployment_first_thing_next_cycle(
+    tmp_path: Path,
+) -> None:
+    signer = SoftwareSigner()
+    runner, field = make_runner(tmp_path, signer)
+    ledger = runner.ledger
+    conn = ledger._conn  # noqa: SLF001 - a full disk, simulated on the ledger's own connection
+    deploy = field.deploy
+
+    def deploy_then_fill(envelope: bytes, config: TimingConfiguration, align_s: int) -> Any:
+        out = deploy(envelope, config, align_s)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # full right after the push
+        return out
+
+    field.deploy = deploy_then_fill  # type: ignore[method-assign]
+    report = runner.run_cycle(slot(0), threading.Event())
+    assert report.failed_stage == "record" and not report.ok and field.pushed == [1]
+    assert ledger.find("deployment") == []  # the push happened; its record could not land
+    # still full: the next cycle pushes nothing while it cannot record
+    field.deploy = deploy  # type: ignore[method-assign]
+    blocked = runner.run_cycle(slot(4), threading.Event())
+    assert blocked.failed_stage == "record" and field.pushed == [1]
+    # space again: the missing deployment record is written first, then the cycle runs
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    again = runner.run_cycle(slot(8), threading.Event())
+    assert again.deployed and field.pushed == [1, 2]
+    deployments = [r.body for r in ledger.find("deployment")]
+    assert [(d["sequence"], d["result"]) for d in deployments] == [(1, "deployed"), (2, "deployed")]
+    assert (
+        runner.current["J1"]
+        == TimingConfiguration.model_validate(deployments[-1]["configuration"]).intersections["J1"]
+    )
+    verify(runner, signer)
+    runner.close()
