@@ -144,6 +144,11 @@ class SimulationSettings(BaseModel):
     screen_candidates: Annotated[int, Field(ge=0, le=100_000)] = Field(
         1000, description="Candidates screened by the surrogate (0 disables screening)."
     )
+    surrogate: Path | None = Field(
+        None,
+        description="Screening surrogate weights (signaltwin surrogate train); "
+        "None: no screening, the proposals go to the twin directly.",
+    )
     fleet: list[FleetShare] = Field(default_factory=_default_fleet)
 
     @field_validator("fleet")
@@ -361,6 +366,7 @@ class Settings(BaseModel):
                 "network": _absolute(self.simulation.network, base_dir),
                 "detectors": at(self.simulation.detectors, base_dir),
                 "demand": at(self.simulation.demand, base_dir),
+                "surrogate": at(self.simulation.surrogate, base_dir),
             }
         )
         hsm = self.hsm.model_copy(
@@ -594,7 +600,11 @@ def check_environment(settings: Settings) -> list[str]:
         problems.append(
             f"simulation.network: {sim.network} does not exist (run 'signaltwin network build')"
         )
-    for key, file in (("simulation.detectors", sim.detectors), ("simulation.demand", sim.demand)):
+    for key, file in (
+        ("simulation.detectors", sim.detectors),
+        ("simulation.demand", sim.demand),
+        ("simulation.surrogate", sim.surrogate),
+    ):
         if file is not None and not file.is_file():
             problems.append(f"{key}: {file} does not exist")
     if not settings.hsm.module.is_file():

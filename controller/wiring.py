@@ -562,7 +562,10 @@ def build_runner(settings: Settings) -> CycleRunner:
                 {"sha256": policy.sha256, "path": str(policy_path(settings))},
                 dedupe_key=f"policy:{policy.sha256}",
             )
-        proposer = ProposerAdapter(settings, network, policy=policy)
+        surrogate, device = load_screening_surrogate(settings)
+        proposer = ProposerAdapter(
+            settings, network, policy=policy, surrogate=surrogate, surrogate_device=device
+        )
         proposer.policy_path = policy_path(settings) if policy is not None else None
         from controller.feedback import FeedbackCollector
         from rl.feedback import FeedbackStore
@@ -623,3 +626,15 @@ def load_policy(settings: Settings) -> Any | None:
         logger.warning("no shipped policy at %s; proposing with Webster only", path)
         return None
     return TorchPolicy.load(path)
+
+
+def load_screening_surrogate(settings: Settings) -> tuple[Any | None, Any | None]:
+    """The screening surrogate and its device, or (None, None) when screening is off."""
+    sim = settings.simulation
+    if sim.surrogate is None or sim.screen_candidates <= 0:
+        return None, None
+    from edge_accel.device import select_device
+    from edge_accel.surrogate import load_surrogate
+
+    device = select_device(settings.edge.device)
+    return load_surrogate(sim.surrogate, device), device
