@@ -213,6 +213,7 @@ class SumoSession:
         self._tls_lanes = {t: i.incoming_lanes for t, i in network.intersections.items()}
         self._lanes = sorted({lane for lanes in self._tls_lanes.values() for lane in lanes})
         self._lane_halt: dict[str, int] = {}
+        self._applied: dict[str, IntersectionTiming] = {}
 
     # ------------------------------------------------------------------ protocol
 
@@ -222,7 +223,13 @@ class SumoSession:
         return float(self._sumo.simulation.getTime())
 
     def apply(self, tls_id: str, timing: IntersectionTiming) -> None:
-        """Switch ``tls_id`` to ``timing`` now, entering the phase its offset implies."""
+        """Switch ``tls_id`` to ``timing`` now, entering the phase its offset implies.
+
+        Re-applying the plan the light already runs changes nothing (a controller
+        given its active plan again does not restart its cycle).
+        """
+        if self._applied.get(tls_id) == timing:
+            return
         tl = self._sumo.trafficlight
         phases = []
         for p in timing.phases:
@@ -246,6 +253,7 @@ class SumoSession:
                 tl.setPhaseDuration(tls_id, max(1.0, remaining))
         except Exception as e:
             raise SimulationError(f"SUMO refused the plan for {tls_id!r}: {e}") from e
+        self._applied[tls_id] = timing
 
     def run_until(self, end_s: float, hook: StepHook | None = None) -> IntervalMeasurements:
         """Advance to ``end_s`` step by step, accumulating the interval's measurements."""
