@@ -14,7 +14,9 @@ dev=0
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- system packages ------------------------------------------------------
-packages=(softhsm2 python3-venv)
+packages=(softhsm2)
+# Debian's python3 needs python3-venv for `python3 -m venv`; other Pythons have it built in
+"${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 [ "$dev" = 1 ] && packages+=(ffmpeg chromium)
 missing=()
 for p in "${packages[@]}"; do
