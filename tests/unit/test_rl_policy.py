@@ -16,7 +16,7 @@ from rl.finetune import PolicyVersion, finetune
 from rl.policy import ActorNet, Policy, TorchPolicy, file_sha256, save_weights
 from tests.support.rl_fakes import fake_network, three_phase_light, two_phase_light
 
-SHIPPED = Path(__file__).resolve().parents[2] / "rl" / "policies" / "district.pt"
+POLICIES = Path(__file__).resolve().parents[2] / "rl" / "policies"
 
 
 def _weights(tmp_path: Path, seed: int = 0) -> tuple[Path, str]:
@@ -86,10 +86,15 @@ def test_missing_digest_file_and_wrong_expected_digest_are_refused(tmp_path: Pat
         TorchPolicy.load(tmp_path / "nope.pt")
 
 
-def test_shipped_policy_loads_and_matches_its_digest() -> None:
-    policy = TorchPolicy.load(SHIPPED)
-    assert policy.sha256 == file_sha256(SHIPPED)
-    assert SHIPPED.stat().st_size < 5 * 1024 * 1024
+@pytest.mark.parametrize(
+    ("name", "mode"), [("district.pt", "actuated"), ("district-fixed.pt", "fixed")]
+)
+def test_shipped_policy_loads_and_matches_its_digest(name: str, mode: str) -> None:
+    shipped = POLICIES / name
+    policy = TorchPolicy.load(shipped)
+    assert policy.sha256 == file_sha256(shipped)
+    assert policy.mode == mode
+    assert shipped.stat().st_size < 5 * 1024 * 1024
     out = policy.act(np.zeros((3, OBS_DIM), dtype=np.float32))
     assert out.shape[0] == 3 and np.all(np.abs(out) <= 1.0)
 
