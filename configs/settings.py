@@ -300,10 +300,10 @@ class RlSettings(BaseModel):
 
     policy_path: Path | None = Field(None, description="Policy weights; None = shipped policy.")
     feedback_path: Path = Path("feedback.sqlite")
-    total_timesteps: Annotated[int, Field(ge=1)] = 20_000
+    total_timesteps: Annotated[int, Field(ge=1)] = 40_000
     n_envs: Annotated[int, Field(ge=1, le=64)] = 2
-    seed: Annotated[int, Field(ge=0)] = 7
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-4
+    seed: Annotated[int, Field(ge=0)] = 11
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 1e-3
     fine_tune: bool = True
     fine_tune_min_samples: Annotated[int, Field(ge=1)] = 8
 
