@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 SURROGATE_FORMAT = "signaltwin.surrogate/v1"
 _CYCLE_SCALE_S = 150.0
 _CYCLE_CHANGE_SCALE_S = 20.0
+_MIN_FEATURE_STD = 1e-3
 
 
 # -- features ---------------------------------------------------------------------------
@@ -360,7 +361,10 @@ def train_surrogate(
     torch.manual_seed(seed)
     model = SurrogateModel(x_all.shape[1], hidden).to(dev)
     model.x_mean.copy_(x_train.mean(dim=0))
-    model.x_std.copy_(x_train.std(dim=0, unbiased=False).clamp(min=1e-6))
+    # A feature (nearly) constant in training carries no information; scaling it
+    # by its tiny spread would blow up any held-out or run-time value that differs.
+    x_std = x_train.std(dim=0, unbiased=False)
+    model.x_std.copy_(torch.where(x_std < _MIN_FEATURE_STD, torch.ones_like(x_std), x_std))
     model.y_mean.copy_(y_train.mean(dim=0))
     model.y_std.copy_(y_train.std(dim=0, unbiased=False).clamp(min=1e-6))
     optimiser = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=1e-5)
