@@ -688,19 +688,31 @@ def project(
 
 
 def _water_fill(want: list[float], lo: list[float], hi: list[float], total: float) -> list[float]:
-    """Least-squares nearest ``x`` to ``want`` with ``lo <= x <= hi`` and ``sum(x) == total``."""
+    """Least-squares nearest ``x`` to ``want`` with ``lo <= x <= hi`` and ``sum(x) == total``.
+
+    The solution is ``clip(want + shift, lo, hi)`` for the shift at which the sum
+    reaches ``total``; that sum is piecewise linear and non-decreasing in the
+    shift, with breakpoints where an entry meets a bound, so the shift is found
+    exactly by interpolating between the two breakpoints that straddle ``total``.
+    """
 
     def filled(shift: float) -> list[float]:
         return [min(max(w + shift, a), b) for w, a, b in zip(want, lo, hi, strict=True)]
 
-    low, high = -total - max(want, default=0.0) - 1.0, total + 1.0
-    for _ in range(100):
-        mid = (low + high) / 2
-        if sum(filled(mid)) < total:
-            low = mid
-        else:
-            high = mid
-    return filled(high)
+    points = sorted(
+        {a - w for w, a in zip(want, lo, strict=True)}
+        | {b - w for w, b in zip(want, hi, strict=True)}
+    )
+    before: tuple[float, float] | None = None
+    for point in points:
+        reached = sum(filled(point))
+        if reached >= total:
+            if before is None or reached == before[1]:
+                return filled(point)
+            shift = before[0] + (total - before[1]) * (point - before[0]) / (reached - before[1])
+            return filled(shift)
+        before = (point, reached)
+    return filled(points[-1]) if points else []
 
 
 def _round_preserving_sum(x: list[float], lo: list[int], hi: list[int], total: int) -> list[int]:

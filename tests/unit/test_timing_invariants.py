@@ -303,3 +303,30 @@ def test_check_configuration_names_missing_base_and_require_safe_raises() -> Non
     with pytest.raises(SafetyViolation) as info:
         require_safe(unsafe, {"J1": base}, LIMITS)
     assert "min_yellow" in info.value.invariants
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n=st.integers(1, 8))
+def test_water_fill_is_the_clipped_shift_that_meets_the_total(data: st.DataObject, n: int) -> None:
+    from configs.timing import _water_fill
+
+    want = data.draw(st.lists(st.floats(0, 200), min_size=n, max_size=n))
+    lo = data.draw(st.lists(st.floats(1, 30), min_size=n, max_size=n))
+    hi = [a + data.draw(st.floats(0, 100)) for a in lo]
+    total = data.draw(st.floats(sum(lo), sum(hi)))
+    got = _water_fill(want, lo, hi, total)
+    assert sum(got) == pytest.approx(total, abs=1e-6)
+    assert all(a - 1e-9 <= x <= b + 1e-9 for x, a, b in zip(got, lo, hi, strict=True))
+
+    # reference: bisection on the shift
+    def filled(shift: float) -> list[float]:
+        return [min(max(w + shift, a), b) for w, a, b in zip(want, lo, hi, strict=True)]
+
+    low, high = -1000.0, 1000.0
+    for _ in range(200):
+        mid = (low + high) / 2
+        if sum(filled(mid)) < total:
+            low = mid
+        else:
+            high = mid
+    assert got == pytest.approx(filled(high), abs=1e-6)
