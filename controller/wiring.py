@@ -255,10 +255,15 @@ class ProposerAdapter:
     def screen(
         self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
     ) -> dict[str, dict[str, IntersectionTiming]]:
-        """Keep the proposals, plus the surrogate's best perturbations when one is loaded."""
+        """The proposals, and in the remaining slots the surrogate's best perturbations.
+
+        The proposals themselves (policy, Webster) always reach the twin, so the
+        ledger shows how each proposer fared; ``keep`` bounds the total.
+        """
+        kept = dict(sorted(candidates.items())[:keep])
         n = self.settings.simulation.screen_candidates
-        if self.surrogate is None or n <= 0 or not candidates:
-            return dict(sorted(candidates.items())[:keep]) if len(candidates) > keep else candidates
+        if self.surrogate is None or n <= 0 or not candidates or len(kept) >= keep:
+            return kept
         from edge_accel.surrogate import candidate_features, plan_arrays, screen
 
         pool = _perturbations(candidates, self._current, self.layouts, self.settings, n)
@@ -270,11 +275,18 @@ class ProposerAdapter:
             self.surrogate_device,
         )
         result = screen(
-            self.surrogate, features, top_k=keep, max_nox_change=self.settings.gate.max_nox_increase
+            self.surrogate,
+            features,
+            top_k=keep + len(candidates),
+            max_nox_change=self.settings.gate.max_nox_increase,
         )
-        chosen = {pool[int(i)][0]: pool[int(i)][1] for i in result.selected}
-        logger.info("screened %d candidates, kept %s", len(pool), sorted(chosen))
-        return chosen
+        for i in result.selected:
+            name, plans = pool[int(i)]
+            if len(kept) >= keep:
+                break
+            kept.setdefault(name, plans)
+        logger.info("screened %d candidates, kept %s", len(pool), sorted(kept))
+        return kept
 
 
 def _demand_features(observations: Mapping[str, Any]) -> Any:
