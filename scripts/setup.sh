@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+if [ "${1:-}" = "--dev" ]; then dev=1; fi
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -17,7 +17,7 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 packages=(softhsm2)
 # Debian's python3 needs python3-venv for `python3 -m venv`; other Pythons have it built in
 "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
-[ "$dev" = 1 ] && packages+=(ffmpeg chromium)
+if [ "$dev" = 1 ]; then packages+=(ffmpeg chromium); fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,8 +38,11 @@ fi
 [ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
 
 extra=""
-[ "$dev" = 1 ] && extra="[dev]"
-stamp=".venv/.signaltwin-setup$( [ "$dev" = 1 ] && echo -dev )"
+stamp=".venv/.signaltwin-setup"
+if [ "$dev" = 1 ]; then
+    extra="[dev]"
+    stamp="$stamp-dev"
+fi
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c 'import configs, torch' 2>/dev/null; then
     say "python environment up to date"
