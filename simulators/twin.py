@@ -76,6 +76,7 @@ from scipy import stats
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming, Prediction
 from simulators.field import phase_at
+from simulators.signal_program import install_program
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +108,10 @@ def apply_timing(
     does (:func:`simulators.field.phase_at`): at field time ``t`` the plan is at
     cycle position ``(t - offset_s) mod cycle_s`` (phase 0 starts at
     ``offset_s + k * cycle_s``), where ``t = field_time_s + time_s``. The program
-    is installed static (SUMO type 0) or actuated (type 3, greens bounded by
-    ``min_s``/``max_s``), switched to, and put in the phase and remaining time that
-    position implies, so installing the same plan again changes nothing.
+    is installed as the controllers run it (:mod:`simulators.signal_program`:
+    static, or fully actuated without recall), switched to, and put in the phase
+    and remaining time that position implies, so installing the same plan again
+    changes nothing.
 
     Args:
         tc: the ``libsumo`` or ``traci`` module (or connection) driving SUMO.
@@ -134,28 +136,8 @@ def apply_timing(
                 f"{len(phase.state)} signals, the light controls {links}; check that the plan "
                 "was made for this network"
             )
-    phases = [
-        tl.Phase(
-            float(p.duration_s),
-            p.state,
-            float(p.min_s if p.min_s is not None else p.duration_s),
-            float(p.max_s if p.max_s is not None else p.duration_s),
-        )
-        for p in timing.phases
-    ]
     index, remaining = phase_at(timing, field_time_s + time_s)
-    logic = tl.Logic(program_id, 0 if timing.mode == "fixed" else 3, index, phases)
-    try:
-        tl.setProgramLogic(tls_id, logic)
-        tl.setProgram(tls_id, program_id)
-        tl.setPhase(tls_id, index)
-        if timing.mode == "fixed":
-            tl.setPhaseDuration(tls_id, float(remaining))
-    except Exception as e:  # libsumo.TraCIException / traci.TraCIException
-        raise SimulationError(
-            f"SUMO refused the plan for traffic light {tls_id!r}: {e}; check that the plan's "
-            "phase states match the network's signal groups"
-        ) from e
+    install_program(tc, tls_id, timing, program_id, index, remaining)
 
 
 # --------------------------------------------------------------------------- request
