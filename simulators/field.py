@@ -2,8 +2,8 @@
 
 A :class:`FieldEmulator` owns one SUMO simulation with *hidden* demand (a routes
 file, or a time-varying demand profile expanded with the field's own seed), no
-teleporting (``--time-to-teleport -1``), and an emissions device on every
-vehicle. It exposes what real traffic controllers would:
+teleporting by default (``--time-to-teleport -1``), and an emissions device on
+every vehicle. It exposes what real traffic controllers would:
 
 - :meth:`FieldEmulator.apply` switches a traffic light to an
   :class:`~configs.timing.IntersectionTiming` at a given field time, in step
@@ -16,6 +16,13 @@ vehicle. It exposes what real traffic controllers would:
 - :meth:`FieldEmulator.trip_statistics` (evaluation only, after
   :meth:`FieldEmulator.close`): ground truth of every vehicle, including those
   still driving and those never inserted.
+
+For closed-loop evaluation and training (:mod:`rl`), and nothing else, it also
+offers a per-step hook (:meth:`FieldEmulator.step_until` with ``hook``), the
+halting vehicles on every lane a light serves or feeds
+(:meth:`FieldEmulator.lane_halting`), and a direct signal-state setter
+(:meth:`FieldEmulator.set_signal_state`) for real-time reference controllers
+such as max-pressure, which bypasses plans and the controller contract.
 
 Backends and processes:
     ``backend="libsumo"`` (default) runs SUMO inside this process: fastest, but
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 __all__ = [
     "ActivePlan",
+    "Backend",
     "ControllerFieldPort",
     "DetectorReading",
     "DetectorSnapshot",
@@ -57,6 +65,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
@@ -71,6 +80,7 @@ from simulators.sumo import sumo_binary
 logger = logging.getLogger(__name__)
 
 Backend = Literal["libsumo", "traci"]
+"""How the field runs SUMO: in this process (``libsumo``) or as a separate process (``traci``)."""
 
 # traci.constants is a pure-Python table shared by libsumo and traci.
 _VAR_VEHICLE_IDS = 0x12
@@ -79,6 +89,25 @@ _VAR_HALTING = 0x14
 _VAR_NOX = 0x63
 _TYPE_STATIC = 0
 _TYPE_ACTUATED = 3
+_SIGNAL_CHARS = frozenset("rygGsuoO")
+"""SUMO's signal letters: red, yellow, green (minor, major), right-turn arrow, red-yellow, off."""
+# SUMO options the field sets itself (long and short names); SUMO refuses an option given twice.
+_OWN_OPTIONS = {
+    "--net-file": "net_path",
+    "-n": "net_path",
+    "--route-files": "routes_path / demand_profile_path",
+    "-r": "routes_path / demand_profile_path",
+    "--additional-files": "detectors_path",
+    "-a": "detectors_path",
+    "--begin": "begin_s",
+    "-b": "begin_s",
+    "--step-length": "step_length_s",
+    "--seed": "seed",
+    "--scale": "demand_scale",
+    "--time-to-teleport": "teleport_s",
+    "--tripinfo-output": "(the field's own tripinfo)",
+    "--device.emissions.probability": "(the field's own emissions device)",
+}
 
 _libsumo_owner_lock = threading.Lock()
 _libsumo_in_use = False
@@ -159,6 +188,11 @@ class ActivePlan:
     timing: IntersectionTiming
     applied_at_s: float | None
     """Field time the plan took effect (None: the network's base program)."""
+    externally_controlled: bool = False
+    """True once :meth:`FieldEmulator.set_signal_state` drives the light directly
+    (evaluation reference controllers only): SUMO then runs its ``online``
+    program, ``timing`` is the plan that ran before, and ``applied_at_s`` is
+    when the direct control began. The next applied plan ends it."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +200,10 @@ class TripStatistics:
     """Ground truth over every vehicle (evaluation only; a real city has none).
 
     Delay is ``timeLoss + departDelay``. Vehicles still driving at the end and
-    vehicles that never entered the network are included, not dropped.
+    vehicles that never entered the network are included, not dropped (a
+    never-inserted vehicle's delay is its wait for insertion). Trip time is over
+    the vehicles that departed (a vehicle still driving counts up to the end):
+    one that never departed has no trip.
     """
 
     vehicles: int
@@ -174,10 +211,19 @@ class TripStatistics:
     running: int
     undeparted: int
     mean_delay_s: float
+    """Mean ``timeLoss + departDelay`` over every vehicle."""
     mean_waiting_s: float
+    """Mean waiting time (speed below 0.1 m/s) over every vehicle."""
     mean_trip_s: float
+    """Mean trip duration over the vehicles that departed."""
     total_delay_s: float
     total_nox_mg: float
+    """NOx of every vehicle's emissions device, in mg."""
+
+    @property
+    def departed(self) -> int:
+        """Vehicles that entered the network (arrived or still driving)."""
+        return self.vehicles - self.undeparted
 
 
 @dataclass(frozen=True)
@@ -187,25 +233,30 @@ class FieldConfig:
     Attributes:
         net_path: the ``.net.xml`` (any signalised SUMO network).
         detectors_path: E1 loops; ``None`` generates loops into the work directory.
-        routes_path: a routes/trips file (hidden demand), or
+        routes_path: a routes/trips file (hidden demand), or several as a tuple, or
         demand_profile_path: a demand profile expanded with ``seed`` (exactly one
             of the two, or neither for an empty city).
-        demand_scale: multiplier on the profile's rates.
+        demand_scale: multiplier on the demand: on the profile's rates when it is
+            expanded, or SUMO's ``--scale`` for ``routes_path``.
         demand_repeat: how many times the profile runs back to back (4 x the
             district's 3-hour peak keeps a demo busy for 12 field hours).
         seed: SUMO's random seed (and the profile expansion's).
         begin_s: field time at start (e.g. the start of the morning peak).
         step_length_s: simulation step.
-        interval_s: detector and measurement interval.
+        interval_s: detector and measurement interval; intervals end at
+            multiples of it in field time.
+        teleport_s: SUMO ``--time-to-teleport``: ``-1`` (default) never teleports
+            a stuck vehicle, as a city would not; training uses e.g. 300 so that
+            a gridlocked episode still ends.
         backend: ``libsumo`` (in-process, one per process) or ``traci``.
         work_dir: where tripinfo and expanded demand go (default: a temp dir,
             removed on close).
-        extra_args: further SUMO options.
+        extra_args: further SUMO options (not one the field sets itself).
     """
 
     net_path: Path
     detectors_path: Path | None = None
-    routes_path: Path | None = None
+    routes_path: Path | tuple[Path, ...] | None = None
     demand_profile_path: Path | None = None
     demand_scale: float = 1.0
     demand_repeat: int = 4
@@ -213,6 +264,7 @@ class FieldConfig:
     begin_s: int = 0
     step_length_s: float = 1.0
     interval_s: int = 60
+    teleport_s: float = -1
     backend: Backend = "libsumo"
     work_dir: Path | None = None
     extra_args: tuple[str, ...] = ()
@@ -295,6 +347,15 @@ class FieldEmulator:
             raise ConfigError("field: give routes_path or demand_profile_path, not both")
         if config.interval_s <= 0 or config.step_length_s <= 0:
             raise ConfigError("field: interval_s and step_length_s must be positive")
+        if not (config.demand_scale > 0 and math.isfinite(config.demand_scale)):
+            raise ConfigError(f"field: demand_scale must be positive, got {config.demand_scale}")
+        for arg in config.extra_args:
+            option = arg.split("=", 1)[0]
+            if option in _OWN_OPTIONS:
+                raise ConfigError(
+                    f"field: extra_args gives SUMO option {option}, which the field sets "
+                    f"itself (FieldConfig {_OWN_OPTIONS[option]}); SUMO refuses an option twice"
+                )
         self._own_work_dir = config.work_dir is None
         self._work_dir = (
             Path(tempfile.mkdtemp(prefix="signaltwin-field-"))
@@ -330,6 +391,16 @@ class FieldEmulator:
                 for lane in self.network.edges.get(edge, ()):
                     if self.network.lanes[lane].vehicles:
                         self._lane_tls.setdefault(lane, []).append(tls_id)
+        # every vehicle lane a light serves or feeds (max-pressure reads both ends)
+        self._halt_lanes: frozenset[str] = frozenset(
+            lane
+            for inter in self.network.intersections.values()
+            for link in inter.links
+            if not link.pedestrian
+            for lane in (link.from_lane, link.to_lane)
+            if lane in self.network.lanes
+        ) | frozenset(self._lane_tls)
+        self._lane_results: dict[str, dict[int, Any]] = {}
         self._tls_acc: dict[str, _TlsAcc] = {t: _TlsAcc() for t in self.network.intersections}
         self._last_measure: MeasurementSnapshot | None = None
         self._interval_begin = float(config.begin_s)
@@ -351,9 +422,16 @@ class FieldEmulator:
     def _demand_args(self) -> list[str]:
         cfg = self.config
         if cfg.routes_path is not None:
-            if not Path(cfg.routes_path).is_file():
-                raise ConfigError(f"field routes file {cfg.routes_path} does not exist")
-            return ["-r", str(cfg.routes_path)]
+            files = (cfg.routes_path,) if isinstance(cfg.routes_path, Path) else cfg.routes_path
+            if not files:
+                raise ConfigError("field: routes_path is an empty tuple of route files")
+            for route_file in files:
+                if not Path(route_file).is_file():
+                    raise ConfigError(f"field routes file {route_file} does not exist")
+            args = ["-r", ",".join(str(f) for f in files)]
+            if cfg.demand_scale != 1.0:
+                args += ["--scale", f"{cfg.demand_scale:g}"]
+            return args
         if cfg.demand_profile_path is not None:
             profile = DemandProfile.load(Path(cfg.demand_profile_path))
             routes = expand_demand(
@@ -383,7 +461,7 @@ class FieldEmulator:
             "--seed",
             str(int(cfg.seed)),
             "--time-to-teleport",
-            "-1",
+            f"{cfg.teleport_s:g}",
             "--no-step-log",
             "true",
             "--no-warnings",
@@ -463,8 +541,11 @@ class FieldEmulator:
         api = self._api
         for det in self._det_ids:
             api.inductionloop.subscribe(det, [_VAR_VEHICLE_IDS, _VAR_OCCUPANCY])
-        for lane in self._lane_tls:
-            api.lane.subscribe(lane, [_VAR_HALTING, _VAR_VEHICLE_IDS, _VAR_NOX])
+        for lane in sorted(self._halt_lanes):
+            if lane in self._lane_tls:
+                api.lane.subscribe(lane, [_VAR_HALTING, _VAR_VEHICLE_IDS, _VAR_NOX])
+            else:  # an exit lane only: its queue, for lane_halting
+                api.lane.subscribe(lane, [_VAR_HALTING])
 
     def close(self) -> None:
         """Stop the runner thread, end SUMO and compute the trip statistics."""
@@ -523,13 +604,27 @@ class FieldEmulator:
             self._apply_due()
             return self._time_s
 
-    def step_until(self, field_time_s: float) -> float:
-        """Step until field time reaches ``field_time_s`` (lock released between steps)."""
+    def step_until(
+        self, field_time_s: float, hook: Callable[[FieldEmulator], None] | None = None
+    ) -> float:
+        """Step until field time reaches ``field_time_s`` (lock released between steps).
+
+        Args:
+            field_time_s: the field time to reach (no step if already there).
+            hook: called as ``hook(self)`` after every step, outside the lock
+                (evaluation reference controllers, e.g. max-pressure reading
+                :meth:`lane_halting` and calling :meth:`set_signal_state`).
+
+        Returns:
+            The field time reached.
+        """
         while True:
             with self._lock:
                 if self._time_s + 1e-9 >= field_time_s:
                     return self._time_s
             self.step()
+            if hook is not None:
+                hook(self)
 
     def run_realtime(
         self,
@@ -624,10 +719,11 @@ class FieldEmulator:
                 step_occ[det_id] = float(occupancy) / 100.0
         self._det_step_occ = step_occ
         lanes = api.lane.getAllSubscriptionResults()
+        self._lane_results = lanes  # read by lane_halting until the next step
         lane_tls = self._lane_tls
         accs = self._tls_acc
         for lane_id, res in lanes.items():
-            vehicles = res[_VAR_VEHICLE_IDS]
+            vehicles = res.get(_VAR_VEHICLE_IDS)  # None on exit-only lanes
             if not vehicles:
                 continue
             tls_ids = lane_tls.get(lane_id)
@@ -694,6 +790,28 @@ class FieldEmulator:
                 readings=readings,
             )
 
+    def lane_halting(self, lane_id: str) -> int:
+        """Vehicles halting (speed below 0.1 m/s) on ``lane_id`` during the last step.
+
+        Tracked for every vehicle lane that enters a traffic light (its
+        approaches) and every lane its links lead to (their exit lanes), read
+        from the per-step subscription: no query to SUMO. 0 before the first step.
+
+        Raises:
+            ConfigError: ``lane_id`` is neither an approach nor an exit lane of a
+                traffic light in the network.
+        """
+        with self._lock:
+            res = self._lane_results.get(lane_id)
+            if res is not None:
+                return int(res[_VAR_HALTING])
+            if lane_id not in self._halt_lanes:
+                raise ConfigError(
+                    f"lane {lane_id!r} is not an approach or exit lane of a traffic light in "
+                    f"network {self.network.path.name}; the field tracks queues only there"
+                )
+            return 0
+
     def step_occupancy(self, detector_id: str) -> float:
         """Fraction of the last simulation step ``detector_id`` was occupied (0..1)."""
         with self._lock:
@@ -715,6 +833,17 @@ class FieldEmulator:
         offset puts at that moment, with the phase's remaining time, so the
         light runs in step with ``field time - offset``. Safety is not checked
         here (the controller does that before activating).
+
+        Two cases do not re-enter the cycle, as a controller would not:
+
+        - the plan the light already runs (equal timing, not under
+          :meth:`set_signal_state`): nothing changes;
+        - an actuated plan replacing an actuated plan with the same phase
+          states: the light stays in its current phase with the new bounds
+          (offsets mean nothing to actuated control). When the running plan is
+          one the field applied, its program is updated in place and the phase
+          keeps its elapsed time; from the network's own actuated program the
+          light enters the new program at its current phase.
 
         Raises:
             ConfigError: unknown light, or phase states that do not fit its links.
@@ -743,37 +872,108 @@ class FieldEmulator:
             self._apply_now(item.tls_id, item.timing)
 
     def _apply_now(self, tls_id: str, timing: IntersectionTiming) -> None:
-        api = self._api
-        tl = api.trafficlight
-        self._program_seq += 1
-        program_id = f"signaltwin-{self._program_seq}"
+        active = self._active[tls_id]
+        if not active.externally_controlled and active.timing == timing:
+            logger.debug("field t=%.0f: %s already runs this plan", self._time_s, tls_id)
+            return
+        tl = self._api.trafficlight
         actuated = timing.mode == "actuated"
         phases = []
         for p in timing.phases:
             min_s = p.min_s if actuated and p.min_s is not None else p.duration_s
             max_s = p.max_s if actuated and p.max_s is not None else p.duration_s
             phases.append(tl.Phase(float(p.duration_s), p.state, float(min_s), float(max_s)))
-        index, remaining = phase_at(timing, self._time_s)
-        logic = tl.Logic(program_id, _TYPE_ACTUATED if actuated else _TYPE_STATIC, index, phases)
+        continues = (
+            actuated
+            and active.timing.mode == "actuated"
+            and not active.externally_controlled
+            and [p.state for p in active.timing.phases] == [p.state for p in timing.phases]
+        )
+        in_place = continues and active.applied_at_s is not None
         try:
-            tl.setProgramLogic(tls_id, logic)
-            tl.setProgram(tls_id, program_id)
-            tl.setPhase(tls_id, index)
-            if not actuated:
-                tl.setPhaseDuration(tls_id, remaining)
+            if in_place:
+                # the field's own actuated program: new bounds, same phase, same elapsed time
+                program_id = active.program_id
+                index = int(tl.getPhase(tls_id))
+                tl.setProgramLogic(tls_id, tl.Logic(program_id, _TYPE_ACTUATED, index, phases))
+                remaining = float(tl.getNextSwitch(tls_id)) - self._time_s
+            else:
+                self._program_seq += 1
+                program_id = f"signaltwin-{self._program_seq}"
+                if continues:
+                    index = int(tl.getPhase(tls_id))
+                    remaining = float(timing.phases[index].duration_s)
+                else:
+                    index, remaining = phase_at(timing, self._time_s)
+                kind = _TYPE_ACTUATED if actuated else _TYPE_STATIC
+                tl.setProgramLogic(tls_id, tl.Logic(program_id, kind, index, phases))
+                tl.setProgram(tls_id, program_id)
+                tl.setPhase(tls_id, index)
+                if not actuated:
+                    tl.setPhaseDuration(tls_id, remaining)
         except Exception as e:
             raise SimulationError(f"field could not apply a plan to {tls_id!r}: {e}") from e
         self._active[tls_id] = ActivePlan(tls_id, program_id, timing, self._time_s)
         logger.info(
-            "field t=%.0f: %s runs %s (cycle %d s, offset %d s), phase %d with %.0f s left",
+            "field t=%.0f: %s runs %s (%s, cycle %d s, offset %d s), phase %d with %.0f s left%s",
             self._time_s,
             tls_id,
             program_id,
+            timing.mode,
             timing.cycle_s,
             timing.offset_s,
             index,
             remaining,
+            " (continued)" if continues else "",
         )
+
+    def set_signal_state(self, tls_id: str, state: str) -> None:
+        """Show ``state`` at ``tls_id`` now, bypassing plans (evaluation reference only).
+
+        This is not something a deployed controller accepts: it skips the plan,
+        the safety check and the controller contract, and exists so that a
+        real-time reference controller (max-pressure) can run on the field in
+        closed-loop evaluation. SUMO holds the state until it is set again or a
+        plan is applied; :meth:`active_plan` reports the light as
+        ``externally_controlled`` until then.
+
+        Raises:
+            ConfigError: unknown light, a state of the wrong length, or a letter
+                that is not a SUMO signal state.
+            SimulationError: the field is not running, or SUMO refused.
+        """
+        inter = self.network.intersections.get(tls_id)
+        if inter is None:
+            raise ConfigError(
+                f"traffic light {tls_id!r} is not in network {self.network.path.name}"
+            )
+        links = len(inter.base.phases[0].state)
+        if len(state) != links:
+            raise ConfigError(
+                f"signal state {state!r} for {tls_id!r} has {len(state)} signals, "
+                f"the light controls {links}"
+            )
+        if not set(state) <= _SIGNAL_CHARS:
+            raise ConfigError(
+                f"signal state {state!r} for {tls_id!r} has letters outside "
+                f"{''.join(sorted(_SIGNAL_CHARS))!r}"
+            )
+        with self._lock:
+            tl = self._require().trafficlight
+            try:
+                tl.setRedYellowGreenState(tls_id, state)
+                active = self._active[tls_id]
+                if not active.externally_controlled:
+                    self._active[tls_id] = replace(
+                        active,
+                        program_id=str(tl.getProgram(tls_id)),
+                        applied_at_s=self._time_s,
+                        externally_controlled=True,
+                    )
+            except Exception as e:
+                raise SimulationError(
+                    f"field could not set the signal state of {tls_id!r}: {e}"
+                ) from e
 
     def active_plan(self, tls_id: str) -> ActivePlan:
         """The plan ``tls_id`` runs now (its base program until one is applied)."""
@@ -823,6 +1023,12 @@ class FieldEmulator:
 
 
 def _parse_tripinfo(path: Path) -> TripStatistics:
+    """Summarise a tripinfo file written with ``write-unfinished`` and ``write-undeparted``.
+
+    Never-departed vehicles appear with ``depart="-1"``, their wait for
+    insertion as ``departDelay`` and ``duration="0"``: they count towards delay
+    and waiting, not towards trip time.
+    """
     vehicles = arrived = undeparted = 0
     delay = waiting = trip = nox = 0.0
     try:
@@ -833,11 +1039,12 @@ def _parse_tripinfo(path: Path) -> TripStatistics:
                 vehicles += 1
                 if elem.get("depart", "-1").startswith("-"):
                     undeparted += 1
-                elif not elem.get("arrival", "-1").startswith("-"):
-                    arrived += 1
+                else:
+                    trip += float(elem.get("duration", "0"))
+                    if not elem.get("arrival", "-1").startswith("-"):
+                        arrived += 1
                 delay += float(elem.get("timeLoss", "0")) + float(elem.get("departDelay", "0"))
                 waiting += float(elem.get("waitingTime", "0"))
-                trip += float(elem.get("duration", "0"))
                 elem.clear()
     except (ET.ParseError, ValueError, OSError) as e:
         raise SimulationError(f"field tripinfo output {path} is unreadable: {e}") from e
@@ -849,7 +1056,7 @@ def _parse_tripinfo(path: Path) -> TripStatistics:
         undeparted=undeparted,
         mean_delay_s=delay / n,
         mean_waiting_s=waiting / n,
-        mean_trip_s=trip / n,
+        mean_trip_s=trip / max(1, vehicles - undeparted),
         total_delay_s=delay,
         total_nox_mg=nox,
     )
