@@ -23,8 +23,8 @@ from configs.timing import (
     SafetyLimits,
     project,
 )
-from rl._sumo_session import FieldSimulation
 from rl.features import SATURATION_VPH_PER_LANE, IntersectionObservation
+from rl.field_session import FieldSimulation
 from simulators.network import NetworkModel
 
 __all__ = [

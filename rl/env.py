@@ -1,8 +1,12 @@
-"""Gymnasium environment and shared-policy vectorised environment over SUMO.
+"""Gymnasium environment and shared-policy vectorised environment over the field emulator.
 
-One step is one plan interval (240 s simulated by default): every light gets a
-new plan from its action (through :func:`configs.timing.project`, so every
-plan the simulation runs is safe), then the simulation advances one interval
+Episodes run on :class:`rl.field_session.FieldSession`, i.e. the field emulator
+(:class:`simulators.field.FieldEmulator`) with the training demand, a random
+demand scale, and teleporting after ``teleport_s`` so that a gridlocked episode
+still ends. One step is one plan interval (240 s of field time by default, and
+episodes begin on multiples of it, the field's measurement grid): every light
+gets a new plan from its action (through :func:`configs.timing.project`, so
+every plan the simulation runs is safe), then the field advances one interval
 and each light is rewarded for its own approaches:
 
 ``r = -(queue / REF_QUEUE_VEH) - nox_weight * (nox / REF_NOX_MG_S)``
@@ -42,7 +46,6 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 
 from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, SafetyLimits, project
-from rl._sumo_session import SumoSession
 from rl.baselines import actuated_plan, as_mode, fixed_plans
 from rl.features import (
     ACT_DIM,
@@ -53,6 +56,7 @@ from rl.features import (
     encode_batch,
     layouts_from_network,
 )
+from rl.field_session import FieldSession, IntervalMeasurements
 from simulators.network import NetworkModel, load_network
 
 __all__ = [
@@ -84,10 +88,12 @@ class EnvConfig:
         net_file: the SUMO network.
         detectors_file: its E1 detectors.
         route_files: the demand.
-        interval_s: simulated seconds per step (one plan interval).
+        interval_s: simulated seconds per step (one plan interval; whole seconds).
         episode_steps: steps per episode.
-        warmup_s: simulated seconds before the first observation.
-        begin_range_s: episode start times are drawn uniformly from this range.
+        warmup_s: simulated seconds before the first observation (a multiple of
+            ``interval_s``).
+        begin_range_s: episode start times are drawn uniformly from this range
+            and rounded to a multiple of ``interval_s``.
         scale_range: demand scale factors are drawn uniformly from this range.
         nox_weight: weight of the NOx term in the reward.
         mode: plans deployed as ``fixed`` or ``actuated`` timing.
@@ -109,9 +115,26 @@ class EnvConfig:
 
 
 class SignalSimulation:
-    """One SUMO run seen as a sequence of plan intervals for every light."""
+    """One field run seen as a sequence of plan intervals for every light."""
 
     def __init__(self, config: EnvConfig, limits: SafetyLimits | None = None) -> None:
+        """Load the network and check the episode timing; the field starts in :meth:`reset`.
+
+        Raises:
+            ConfigError: an interval that is not a whole number of seconds, a
+                warm-up that is not a positive multiple of it, or a network
+                without traffic lights.
+        """
+        interval = config.interval_s
+        if interval <= 0 or interval != int(interval):
+            raise ConfigError(
+                f"EnvConfig.interval_s must be a whole number of seconds, got {interval}"
+            )
+        if config.warmup_s <= 0 or config.warmup_s % interval:
+            raise ConfigError(
+                f"EnvConfig.warmup_s ({config.warmup_s:g}) must be a positive multiple of "
+                f"interval_s ({interval:g}): measurements end at multiples of the interval"
+            )
         self.config = config
         self.limits = limits or SafetyLimits()
         self.network: NetworkModel = load_network(config.net_file, config.detectors_file)
@@ -123,10 +146,10 @@ class SignalSimulation:
         self._lanes = {
             t: max(1, len(self.network.intersections[t].incoming_lanes)) for t in self.tls_ids
         }
-        self._session: SumoSession | None = None
+        self._session: FieldSession | None = None
         self._current: dict[str, IntersectionTiming] = {}
         self._obs: FloatArray = np.zeros((len(self.tls_ids), OBS_DIM), dtype=np.float32)
-        self._last_measure: Any = None
+        self._last_measure: IntervalMeasurements | None = None
         self._steps = 0
         self._rng = np.random.default_rng(0)
 
@@ -136,19 +159,22 @@ class SignalSimulation:
         return len(self.tls_ids)
 
     def reset(self, seed: int | None = None) -> FloatArray:
-        """Start a new episode (new SUMO run) and return the first observations."""
+        """Start a new episode (a new field run) and return the first observations."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self.close()
         lo, hi = self.config.begin_range_s
         begin = float(self._rng.uniform(lo, hi)) if hi > lo else lo
+        interval = int(self.config.interval_s)
+        begin_s = max(0, round(begin / interval)) * interval  # on the measurement grid
         slo, shi = self.config.scale_range
         scale = float(self._rng.uniform(slo, shi)) if shi > slo else slo
-        self._session = SumoSession(
+        self._session = FieldSession(
             self.network,
             self.config.route_files,
             seed=int(self._rng.integers(0, 2**31 - 1)),
-            begin_s=round(begin),
+            begin_s=begin_s,
+            interval_s=interval,
             scale=scale,
             teleport_s=self.config.teleport_s,
         )
@@ -162,7 +188,7 @@ class SignalSimulation:
         self._obs = self._observe(measured)
         return self._obs
 
-    def _observe(self, measured: Any) -> FloatArray:
+    def _observe(self, measured: IntervalMeasurements) -> FloatArray:
         self._last_measure = measured
         obs = build_observations(
             self.layouts,
@@ -195,7 +221,7 @@ class SignalSimulation:
         }
         return self._obs, rewards, done, info
 
-    def rewards(self, measured: Any) -> FloatArray:
+    def rewards(self, measured: IntervalMeasurements) -> FloatArray:
         """Per-light reward of one interval (see the module docstring)."""
         out = np.zeros(self.n, dtype=np.float32)
         span = max(float(measured.interval_s), 1.0)
@@ -206,9 +232,9 @@ class SignalSimulation:
         return out
 
     def close(self) -> None:
-        """Stop the SUMO run, if any."""
+        """Stop the field run, if any."""
         if self._session is not None:
-            self._session.cleanup()
+            self._session.close()
             self._session = None
 
 

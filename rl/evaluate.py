@@ -1,12 +1,18 @@
-"""Closed-loop evaluation of one controller type on the simulated field.
+"""Closed-loop evaluation of one controller type on the field emulator.
 
-:func:`evaluate_controller` runs a controller for a horizon at full speed over
-several seeds and returns ground-truth trip statistics per seed with means and
-95 % confidence intervals. Plan deployers (``webster``, ``policy``) are asked
-every interval through a ``decide(observations) -> plans | None`` callback, which
-the daemon can replace by its own gate logic; ``fixed`` keeps the base plans,
-``actuated`` switches every light to SUMO actuated control once, and
-``max-pressure`` selects phases in real time inside the simulation.
+:func:`evaluate_controller` runs a controller on the field emulator
+(:class:`simulators.field.FieldEmulator`, through :class:`rl.field_session.FieldSession`)
+for a horizon of field time at full speed over several seeds, and returns
+ground-truth trip statistics (the field's tripinfo summary) per seed with means
+and 95 % confidence intervals. The field runs as in the demo: no teleporting,
+detector counts as the controllers report them (each vehicle once).
+
+Plan deployers (``webster``, ``policy``) are asked at every plan-interval
+boundary (multiples of ``interval_s`` in field time) through a
+``decide(observations) -> plans | None`` callback, which the daemon can replace
+by its own gate logic; ``fixed`` keeps the base plans, ``actuated`` switches
+every light to SUMO actuated control once, and ``max-pressure`` selects phases
+in real time through a per-step hook on the field.
 
 Run ``python -m rl.evaluate --help`` for the command line.
 """
@@ -27,7 +33,6 @@ from pathlib import Path
 from typing import Literal
 
 from configs.timing import IntersectionTiming, SafetyLimits, project
-from rl._sumo_session import SumoSession, TripStats
 from rl.baselines import (
     MaxPressureController,
     PlanMode,
@@ -42,6 +47,7 @@ from rl.features import (
     build_observations,
     layouts_from_network,
 )
+from rl.field_session import FieldSession, TripStats
 from simulators.netbuild import DemandProfile, expand_demand
 from simulators.network import NetworkModel, ensure_detectors, load_network
 
@@ -165,13 +171,24 @@ def run_once(
 ) -> TripStats:
     """Run one controller closed-loop for ``horizon_s`` on one seed; return trip stats.
 
+    The run is a :class:`~rl.field_session.FieldSession` (the field emulator,
+    never teleporting) from ``begin_s`` to ``begin_s + horizon_s``. Plan
+    deployers decide at every multiple of ``interval_s`` in field time from the
+    interval's detector counts and occupancy (the first interval is shorter
+    when ``begin_s`` is not on that grid); the last stretch, after which nothing
+    is decided, is not measured.
+
     ``start_mode="actuated"`` starts every light on its base program switched to
     actuated control (what an actuated policy was trained from); the
     ``actuated`` controller always does.
     """
     limits = limits or SafetyLimits()
     layouts = layouts_from_network(network)
-    session = SumoSession(network, route_files, seed=seed, begin_s=begin_s, scale=scale)
+    if controller in ("webster", "policy") and decide is None:
+        raise ValueError(f"controller {controller!r} needs a decide callback")
+    session = FieldSession(
+        network, route_files, seed=seed, begin_s=begin_s, interval_s=interval_s, scale=scale
+    )
     try:
         current = fixed_plans(network.base_programs())
         hook = None
@@ -181,23 +198,21 @@ def run_once(
                 session.apply(tls_id, current[tls_id])
         elif controller == "max-pressure":
             hook = MaxPressureController(network, limits)
-        elif controller in ("webster", "policy") and decide is None:
-            raise ValueError(f"controller {controller!r} needs a decide callback")
         end = begin_s + horizon_s
-        while session.time_s < end - 1e-6:
-            stop = min(end, session.time_s + interval_s)
-            measured = session.run_until(stop, hook)
-            if decide is not None and controller in ("webster", "policy") and stop < end:
-                obs = build_observations(
-                    layouts, measured.counts_veh, measured.interval_s, current, measured.occupancy
-                )
-                plans = decide(obs)
-                for tls_id, plan in (plans or {}).items():
-                    session.apply(tls_id, plan)
-                    current[tls_id] = plan
+        deciding = decide is not None and controller in ("webster", "policy")
+        while deciding and session.next_boundary_s() < end - 1e-6:
+            measured = session.run_until(session.next_boundary_s(), hook)
+            obs = build_observations(
+                layouts, measured.counts_veh, measured.interval_s, current, measured.occupancy
+            )
+            plans = decide(obs) if decide is not None else None
+            for tls_id, plan in (plans or {}).items():
+                session.apply(tls_id, plan)
+                current[tls_id] = plan
+        session.advance(end, hook)
         return session.finish()
     finally:
-        session.cleanup()
+        session.close()
 
 
 RouteSource = Sequence[Path] | Callable[[int], Sequence[Path]]
@@ -281,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate the chosen controllers and print a Markdown table."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # the field logs every plan it applies; the table is what this command reports
+    logging.getLogger("simulators.field").setLevel(logging.WARNING)
     detectors = args.detectors
     if detectors is None:
         sibling = args.network.with_name(args.network.name.replace(".net.xml", ".det.add.xml"))

@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from configs.timing import SafetyLimits, check_intersection
-from rl.env import EnvConfig, IntersectionVecEnv, SignalTimingEnv
+from configs.errors import ConfigError
+from configs.timing import IntersectionTiming, SafetyLimits, check_intersection
+from rl.baselines import MaxPressureController
+from rl.env import EnvConfig, IntersectionVecEnv, SignalSimulation, SignalTimingEnv
 from rl.evaluate import run_once, webster_decide
-from rl.features import ACT_DIM, OBS_DIM, layouts_from_network
+from rl.features import ACT_DIM, OBS_DIM, IntersectionObservation, layouts_from_network
+from rl.field_session import FieldSession
 from rl.policy import TorchPolicy
 from rl.train import train
 from simulators.network import load_network
@@ -114,3 +118,99 @@ def test_closed_loop_run_reports_ground_truth_for_each_controller(grid: GridScen
         assert stats.delay_s > 0 and stats.nox_g > 0
         delays[kind] = stats.delay_s
     assert len(set(delays.values())) > 1  # the controllers really differ
+
+
+def test_field_session_measures_plan_intervals_on_the_field(grid: GridScenario) -> None:
+    network = load_network(grid.net, grid.detectors)
+    session = FieldSession(network, [grid.routes], seed=2, begin_s=60, interval_s=120)
+    try:
+        assert session.next_boundary_s() == 120.0
+        first = session.run_until(120.0)  # the first interval starts at the begin time
+        assert (first.start_s, first.end_s, first.interval_s) == (60.0, 120.0, 60.0)
+        before = {d: r.count for d, r in session.field.detector_counts().readings.items()}
+        second = session.run_until(240.0)
+        assert (second.start_s, second.end_s) == (120.0, 240.0)
+        after = session.field.detector_counts().readings
+        # each vehicle counted once, as the controllers report it to the daemon
+        assert second.counts_veh == {d: float(after[d].count - before[d]) for d in before}
+        assert sum(second.counts_veh.values()) > 10
+        assert all(0.0 <= o <= 1.0 for o in second.occupancy.values())
+        assert set(second.wait_veh_s) == set(second.nox_mg) == set(network.tls_ids)
+        assert sum(second.wait_veh_s.values()) > 0 and sum(second.nox_mg.values()) > 0
+        with pytest.raises(ConfigError, match="multiples of the plan interval"):
+            session.run_until(300.0)
+        session.advance(300.0)
+        assert session.time_s == 300.0
+        stats = session.finish()
+    finally:
+        session.close()
+    assert stats.vehicles >= stats.arrived > 0
+    assert stats.trip_time_s > 0 and stats.delay_s > 0 and stats.nox_g > 0
+
+
+def test_plan_deployers_decide_at_interval_boundaries(grid: GridScenario) -> None:
+    network = load_network(grid.net, grid.detectors)
+    webster = webster_decide(layouts_from_network(network), SafetyLimits())
+    seen: list[tuple[float, int]] = []
+
+    def decide(obs: dict[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
+        first = next(iter(obs.values()))
+        seen.append((first.interval_s, round(sum(first.counts_veh.values()))))
+        return webster(obs)
+
+    stats = run_once(
+        network,
+        [grid.routes],
+        "webster",
+        seed=1,
+        horizon_s=400.0,
+        begin_s=60.0,
+        interval_s=120.0,
+        decide=decide,  # type: ignore[arg-type]
+    )
+    # begin 60 s, end 460 s: decisions at 120, 240 and 360 s, none at the end
+    assert [interval for interval, _ in seen] == [60.0, 120.0, 120.0]
+    assert all(count > 0 for _, count in seen)
+    assert stats.vehicles > 50
+
+
+def test_max_pressure_drives_the_field_lights(grid: GridScenario) -> None:
+    network = load_network(grid.net, grid.detectors)
+    controller = MaxPressureController(network, SafetyLimits(), decision_s=5.0)
+    session = FieldSession(network, [grid.routes], seed=3, begin_s=0, interval_s=120)
+    shown: dict[str, set[str]] = {t: set() for t in network.tls_ids}
+
+    def hook(sim: object) -> None:
+        controller(session)
+        for tls_id in network.tls_ids:
+            shown[tls_id].add(session.field.signal_state(tls_id)[2])
+
+    try:
+        session.run_until(480.0, hook)  # type: ignore[arg-type]
+        for tls_id in network.tls_ids:
+            active = session.field.active_plan(tls_id)
+            assert active.externally_controlled and active.program_id == "online"
+            # greens, yellows and all-reds of its own: more than one state shown
+            assert len(shown[tls_id]) >= 3, shown[tls_id]
+        stats = session.finish()
+    finally:
+        session.close()
+    assert stats.arrived > 0
+
+
+def test_episodes_begin_on_the_measurement_grid_and_teleport(grid: GridScenario) -> None:
+    config = replace(_config(grid), begin_range_s=(10.0, 290.0))
+    sim = SignalSimulation(config)
+    try:
+        for seed in (1, 2, 3):
+            sim.reset(seed)
+            assert sim._session is not None
+            field_config = sim._session.field.config
+            assert field_config.begin_s % 120 == 0 and field_config.teleport_s == 300.0
+            assert sim._session.time_s == field_config.begin_s + 120.0  # after the warm-up
+    finally:
+        sim.close()
+    with pytest.raises(ConfigError, match="warmup_s"):
+        SignalSimulation(replace(config, warmup_s=90.0))
+    with pytest.raises(ConfigError, match="whole number"):
+        SignalSimulation(replace(config, interval_s=120.5))
