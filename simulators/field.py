@@ -75,6 +75,7 @@ from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
 from simulators.netbuild import DemandProfile, district_paths, expand_demand
 from simulators.network import NetworkModel, ensure_detectors, load_network
+from simulators.signal_program import build_logic
 from simulators.sumo import sumo_binary
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ _VAR_VEHICLE_IDS = 0x12
 _VAR_OCCUPANCY = 0x13
 _VAR_HALTING = 0x14
 _VAR_NOX = 0x63
-_TYPE_STATIC = 0
-_TYPE_ACTUATED = 3
 _SIGNAL_CHARS = frozenset("rygGsuoO")
 """SUMO's signal letters: red, yellow, green (minor, major), right-turn arrow, red-yellow, off."""
 # SUMO options the field sets itself (long and short names); SUMO refuses an option given twice.
@@ -878,11 +877,6 @@ class FieldEmulator:
             return
         tl = self._api.trafficlight
         actuated = timing.mode == "actuated"
-        phases = []
-        for p in timing.phases:
-            min_s = p.min_s if actuated and p.min_s is not None else p.duration_s
-            max_s = p.max_s if actuated and p.max_s is not None else p.duration_s
-            phases.append(tl.Phase(float(p.duration_s), p.state, float(min_s), float(max_s)))
         continues = (
             actuated
             and active.timing.mode == "actuated"
@@ -895,7 +889,9 @@ class FieldEmulator:
                 # the field's own actuated program: new bounds, same phase, same elapsed time
                 program_id = active.program_id
                 index = int(tl.getPhase(tls_id))
-                tl.setProgramLogic(tls_id, tl.Logic(program_id, _TYPE_ACTUATED, index, phases))
+                tl.setProgramLogic(
+                    tls_id, build_logic(self._api, tls_id, timing, program_id, index)
+                )
                 remaining = float(tl.getNextSwitch(tls_id)) - self._time_s
             else:
                 self._program_seq += 1
@@ -905,8 +901,9 @@ class FieldEmulator:
                     remaining = float(timing.phases[index].duration_s)
                 else:
                     index, remaining = phase_at(timing, self._time_s)
-                kind = _TYPE_ACTUATED if actuated else _TYPE_STATIC
-                tl.setProgramLogic(tls_id, tl.Logic(program_id, kind, index, phases))
+                tl.setProgramLogic(
+                    tls_id, build_logic(self._api, tls_id, timing, program_id, index)
+                )
                 tl.setProgram(tls_id, program_id)
                 tl.setPhase(tls_id, index)
                 if not actuated:
