@@ -17,10 +17,17 @@ Layout of one observation vector (``OBS_DIM`` floats, all roughly in [0, 1]):
 * ``cycle / 150``, ``sin``/``cos`` of the offset's position in the cycle, the
   sum of critical flow ratios ``Y`` and the intersection's mean occupancy.
 
-An action (``ACT_DIM`` floats in [-1, 1]) is a bounded relative adjustment:
-one value per green slot (each green multiplied by ``2 ** (SPLIT_GAIN * a)``),
-one for the cycle (``+ CYCLE_GAIN_S * a``) and one for the offset
-(``+ OFFSET_GAIN_S * a``). :func:`action_to_proposal` turns it into a
+An action (``ACT_DIM`` floats in [-1, 1]) is a bounded adjustment **of the
+engineer-approved base program** (action scheme 2): one value per green slot
+(each base green multiplied by ``2 ** (SPLIT_GAIN * a)``), one for the cycle
+(base cycle ``+ CYCLE_GAIN_S * a``) and one for the offset (base offset
+``+ OFFSET_GAIN_S * a``). The zero action proposes the base program's own
+timings, and the same observation always gives the same proposal, whatever the
+history: plans cannot drift by accumulating small changes interval after
+interval (scheme 1, adjustments of the plan in force, did; its weights are
+refused by :meth:`rl.policy.TorchPolicy.load`). How fast a plan may move per
+deployment stays the projection's business (cycle and split change limits
+against the plan in force). :func:`action_to_proposal` turns an action into a
 :class:`configs.timing.Proposal`; only :func:`configs.timing.project` makes it
 a plan.
 """
@@ -39,6 +46,7 @@ from configs.timing import BaseProgram, IntersectionTiming, Proposal
 from simulators.network import NetworkModel
 
 __all__ = [
+    "ACTION_SCHEME",
     "ACT_DIM",
     "CYCLE_GAIN_S",
     "MAX_GREENS",
@@ -64,6 +72,8 @@ OBS_DIM = MAX_GREENS * PER_GREEN + MAX_GREENS + 5
 ACT_DIM = MAX_GREENS + 2
 SATURATION_VPH_PER_LANE = 1800.0
 """Saturation flow of one lane (veh/h of green), the textbook default."""
+ACTION_SCHEME = 2
+"""How actions are read: 2 = adjustments of the base program (see the module docstring)."""
 SPLIT_GAIN = 0.5
 CYCLE_GAIN_S = 20.0
 OFFSET_GAIN_S = 10.0
@@ -208,7 +218,7 @@ def encode_batch(observations: Sequence[IntersectionObservation]) -> FloatArray:
 
 
 def action_to_proposal(action: npt.ArrayLike, obs: IntersectionObservation) -> Proposal:
-    """Turn one action vector into a proposal relative to the current timing.
+    """Turn one action vector into a proposal: an adjustment of the light's base program.
 
     Values are clipped to [-1, 1]; padded green slots are ignored.
 
@@ -220,28 +230,30 @@ def action_to_proposal(action: npt.ArrayLike, obs: IntersectionObservation) -> P
         raise ConfigError(f"policy action has {a.shape[0]} values; expected {ACT_DIM}")
     a = np.clip(np.nan_to_num(a, nan=0.0), -1.0, 1.0)
     base = obs.layout.base
-    greens = obs.timing.green_durations(base)
-    green_s = [float(g) * 2.0 ** (SPLIT_GAIN * a[i]) for i, g in enumerate(greens)]
-    fixed = sum(p.duration_s for p in obs.timing.phases) - sum(greens)
+    greens = [float(base.phases[i].duration_s) for i in base.green_indices]
+    green_s = [g * 2.0 ** (SPLIT_GAIN * a[i]) for i, g in enumerate(greens)]
+    base_cycle = float(sum(p.duration_s for p in base.phases))
+    fixed = base_cycle - sum(greens)
     # the split adjustment defines shares; the cycle adjustment scales them
-    cycle_s = obs.timing.cycle_s + CYCLE_GAIN_S * a[MAX_GREENS]
+    cycle_s = base_cycle + CYCLE_GAIN_S * a[MAX_GREENS]
     total = sum(green_s)
     if total > 0:
         green_s = [g * max(cycle_s - fixed, 1.0) / total for g in green_s]
-    offset_s = (obs.timing.offset_s + OFFSET_GAIN_S * a[MAX_GREENS + 1]) % max(cycle_s, 1.0)
+    offset_s = (base.offset_s + OFFSET_GAIN_S * a[MAX_GREENS + 1]) % max(cycle_s, 1.0)
     return Proposal(green_s=tuple(green_s), cycle_s=float(cycle_s), offset_s=float(offset_s))
 
 
 def plan_to_action(plan: IntersectionTiming, obs: IntersectionObservation) -> FloatArray:
-    """The action that would propose ``plan`` from the observation's current timing.
+    """The action that would propose ``plan`` for the observation's light.
 
-    The inverse of :func:`action_to_proposal` up to what projection changed, so a
-    deployed plan from any proposer (the policy, Webster, the current plan) can be
-    logged as an action for fine-tuning. Split values are centred (only their
-    differences matter) and everything is clipped to [-1, 1].
+    The inverse of :func:`action_to_proposal` (an adjustment of the base program)
+    up to what projection changed, so a deployed plan from any proposer (the
+    policy, Webster, the current plan) can be logged as an action for
+    fine-tuning. Split values are centred (only their differences matter) and
+    everything is clipped to [-1, 1].
     """
     base = obs.layout.base
-    old = obs.timing.green_durations(base)
+    old = tuple(base.phases[i].duration_s for i in base.green_indices)
     new = plan.green_durations(base)
     a = np.zeros(ACT_DIM, dtype=np.float32)
     if old and len(old) == len(new):
@@ -251,8 +263,8 @@ def plan_to_action(plan: IntersectionTiming, obs: IntersectionObservation) -> Fl
         centre = sum(logs) / len(logs)
         for i, value in enumerate(logs[:MAX_GREENS]):
             a[i] = value - centre
-    a[MAX_GREENS] = (plan.cycle_s - obs.timing.cycle_s) / CYCLE_GAIN_S
-    shift = (plan.offset_s - obs.timing.offset_s) % max(plan.cycle_s, 1)
+    a[MAX_GREENS] = (plan.cycle_s - sum(p.duration_s for p in base.phases)) / CYCLE_GAIN_S
+    shift = (plan.offset_s - base.offset_s) % max(plan.cycle_s, 1)
     if shift > plan.cycle_s / 2:
         shift -= plan.cycle_s
     a[MAX_GREENS + 1] = shift / OFFSET_GAIN_S

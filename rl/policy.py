@@ -26,7 +26,14 @@ from torch import nn
 
 from configs.errors import ConfigError
 from configs.timing import Proposal
-from rl.features import ACT_DIM, OBS_DIM, IntersectionObservation, action_to_proposal, encode_batch
+from rl.features import (
+    ACT_DIM,
+    ACTION_SCHEME,
+    OBS_DIM,
+    IntersectionObservation,
+    action_to_proposal,
+    encode_batch,
+)
 
 __all__ = [
     "HIDDEN",
@@ -102,6 +109,7 @@ def save_weights(net: ActorNet, path: Path, mode: PlanMode = "fixed") -> str:
     state["meta.act_dim"] = torch.tensor(ACT_DIM)
     state["meta.hidden"] = torch.tensor(net.head.in_features)
     state["meta.mode"] = torch.tensor(_MODES.index(mode))
+    state["meta.action_scheme"] = torch.tensor(ACTION_SCHEME)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     digest = file_sha256(path)
@@ -170,8 +178,15 @@ class TorchPolicy:
             act_dim = int(state.pop("meta.act_dim"))
             hidden = int(state.pop("meta.hidden"))
             mode = _MODES[int(state.pop("meta.mode"))]
+            scheme = int(state.pop("meta.action_scheme", torch.tensor(1)))
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise ConfigError(f"policy weights {p} lack their metadata: {e}") from e
+        if scheme != ACTION_SCHEME:
+            raise ConfigError(
+                f"policy weights {p} were trained with action scheme {scheme} (1: adjustments "
+                f"of the plan in force); this version reads actions as scheme {ACTION_SCHEME} "
+                "(adjustments of the base program): retrain with signaltwin train"
+            )
         if (obs_dim, act_dim) != (OBS_DIM, ACT_DIM):
             raise ConfigError(
                 f"policy weights {p} are for observations/actions {obs_dim}/{act_dim}; "

@@ -70,11 +70,27 @@ def test_missing_occupancy_is_zero_not_an_error() -> None:
     assert vec[1] == 0.0 and vec[2] == 0.0
 
 
-def test_zero_action_keeps_the_current_plan() -> None:
+def test_zero_action_proposes_the_base_program() -> None:
     layouts, obs = _observations()
     proposal = action_to_proposal(np.zeros(ACT_DIM), obs["J2"])
     plan = project("J2", proposal, layouts["J2"].base, SafetyLimits(), obs["J2"].timing)
-    assert plan == obs["J2"].timing
+    assert plan == IntersectionTiming.from_base(layouts["J2"].base)
+
+
+def test_proposals_do_not_drift_with_the_plan_in_force() -> None:
+    # scheme 2: an action adjusts the base program, so the same action gives the
+    # same proposal whatever plan runs now (repeating it cannot accumulate)
+    layouts, obs = _observations()
+    o = obs["J1"]
+    action = np.zeros(ACT_DIM)
+    action[0], action[MAX_GREENS] = 0.8, 0.5
+    limits = SafetyLimits()
+    first = project("J1", action_to_proposal(action, o), layouts["J1"].base, limits, o.timing)
+    assert first != o.timing
+    moved = build_observations(layouts, {}, 240.0, {"J1": first})["J1"]
+    assert action_to_proposal(action, moved) == action_to_proposal(action, o)
+    again = project("J1", action_to_proposal(action, moved), layouts["J1"].base, limits, first)
+    assert again == first
 
 
 def test_action_moves_green_towards_the_favoured_phase() -> None:

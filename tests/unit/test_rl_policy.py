@@ -49,6 +49,17 @@ def test_weights_round_trip_and_propose_batched_deterministically(tmp_path: Path
         assert check_intersection(tls_id, plan, layouts[tls_id].base, SafetyLimits()) == []
 
 
+def test_weights_of_the_old_action_scheme_are_refused(tmp_path: Path) -> None:
+    # scheme-1 files (actions adjusted the plan in force) carry no action_scheme
+    path, _ = _weights(tmp_path)
+    state = torch.load(path, weights_only=True)
+    del state["meta.action_scheme"]
+    torch.save(state, path)
+    digest = file_sha256(path)
+    with pytest.raises(ConfigError, match="action scheme 1.*retrain"):
+        TorchPolicy.load(path, expected_sha256=digest)
+
+
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     path, _ = _weights(tmp_path)
     data = bytearray(path.read_bytes())
