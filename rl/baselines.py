@@ -1,4 +1,4 @@
-"""Reference controllers: fixed plans, Webster, SUMO actuated and max-pressure.
+"""Reference controllers: fixed plans, Webster, actuated plans and max-pressure.
 
 Plan deployers (fixed, Webster, actuated) produce :class:`configs.timing.Proposal`
 objects or plans made by :func:`configs.timing.project`, exactly like the policy.
@@ -121,7 +121,10 @@ def actuated_plan(
     limits: SafetyLimits,
     previous: IntersectionTiming | None = None,
 ) -> IntersectionTiming:
-    """The base program switched to SUMO actuated control, bounded by :func:`project`.
+    """The base program as an actuated plan, bounded by :func:`project`.
+
+    Controllers run actuated plans without recall (rest in green, maximum green
+    against a conflicting call; :mod:`simulators.signal_program`).
 
     Greens keep their base durations as the nominal green, ``min_s`` is the
     minimum green and ``max_s`` extends into the headroom below the maximum cycle.

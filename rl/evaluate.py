@@ -11,7 +11,7 @@ Plan deployers (``webster``, ``policy``) are asked at every plan-interval
 boundary (multiples of ``interval_s`` in field time) through a
 ``decide(observations) -> plans | None`` callback, which the daemon can replace
 by its own gate logic; ``fixed`` keeps the base plans, ``actuated`` switches
-every light to SUMO actuated control once, and ``max-pressure`` selects phases
+every light to an actuated plan once (run without recall), and ``max-pressure`` selects phases
 in real time through a per-step hook on the field.
 
 Run ``python -m rl.evaluate --help`` for the command line.

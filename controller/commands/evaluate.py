@@ -5,7 +5,8 @@ hidden demand) for ``--hours`` of field time at full speed, once per seed, and
 is judged on ground-truth trips (delay = timeLoss + departDelay, counting
 vehicles that never departed; waiting time; trip time; NOx; throughput).
 
-``fixed`` (the network's own plans), ``actuated`` (SUMO actuated control) and
+``fixed`` (the network's own plans), ``actuated`` (actuated plans, run by the
+controllers without recall: rest in green, maximum green against a call) and
 ``max-pressure`` (real-time phase selection, a reference controller) run
 inside the simulation. ``webster`` and ``policy`` deploy plans every interval
 through the daemon's own decision: the interval's detector counts -> demand
