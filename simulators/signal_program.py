@@ -179,15 +179,30 @@ def install_program(
         tc: the ``libsumo`` or ``traci`` module (or a traci connection).
         tls_id: the traffic light.
         timing: the plan.
-        program_id: SUMO program id (a new one per installation keeps SUMO from
-            mixing an old program's state into the new one).
+        program_id: SUMO program id. An id already installed is updated in place
+            (SUMO keeps the program's type), so a plan of another mode needs a
+            new id.
         index: phase to start in.
         remaining_s: for fixed plans, the time left in that phase.
 
     Raises:
-        SimulationError: SUMO refused the program.
+        SimulationError: SUMO refused the program, or ``program_id`` is installed
+            with another type.
     """
     tl = tc.trafficlight
+    kind = PROGRAM_TYPE_ACTUATED if timing.mode == "actuated" else PROGRAM_TYPE_STATIC
+    try:
+        existing = {
+            str(logic.programID): int(logic.type) for logic in tl.getAllProgramLogics(tls_id)
+        }
+    except Exception as e:  # libsumo.TraCIException / traci.TraCIException
+        raise SimulationError(f"traffic light {tls_id!r} is not in the simulation: {e}") from e
+    if existing.get(program_id, kind) != kind:
+        # SUMO would update the program in place and keep its old type
+        raise SimulationError(
+            f"traffic light {tls_id!r} already has program {program_id!r} of another type; "
+            f"install a {timing.mode} plan under a new program id"
+        )
     try:
         logic = build_logic(tc, tls_id, timing, program_id, index)
         tl.setProgramLogic(tls_id, logic)

@@ -84,6 +84,8 @@ CURRENT: Final = "current"
 """Name of the current plan in every result."""
 
 PROGRAM_ID: Final = "signaltwin"
+EVALUATED_PROGRAM_ID: Final = "signaltwin-evaluated"
+"""Program id of the plan under evaluation (installed after the warm-up)."""
 """SUMO program id under which plans are installed."""
 
 METRICS: Final = ("wait", "delay", "nox", "throughput")
@@ -919,7 +921,17 @@ def _loop(
             now = sim.getTime()
             try:
                 for tls_id, timing in sorted(plan.items()):
-                    apply_timing(ls, tls_id, timing, now, field_time_s=request.field_time_s)
+                    # a program of its own: SUMO updates an existing program id in
+                    # place and keeps its type, so an actuated candidate installed
+                    # over the current fixed plan's id would run as a fixed plan
+                    apply_timing(
+                        ls,
+                        tls_id,
+                        timing,
+                        now,
+                        field_time_s=request.field_time_s,
+                        program_id=EVALUATED_PROGRAM_ID,
+                    )
             except SimulationError as e:
                 if task.plan == CURRENT:
                     raise

@@ -104,3 +104,17 @@ def test_maximum_green_holds_against_a_waiting_call(sumo: Any) -> None:
     phases = _run(sumo, max_s + 30)
     green = next(i for i, p in enumerate(phases) if p != 0)
     assert green <= max_s + 1, f"green lasted {green} s with a call waiting, max {max_s} s"
+
+
+def test_a_program_id_is_not_reused_for_another_plan_type(sumo: Any) -> None:
+    from configs.errors import SimulationError
+    from configs.timing import IntersectionTiming
+
+    paths = district_paths()
+    base = load_network(paths["net"], paths["det"]).base_programs()[TLS]
+    install_program(sumo, TLS, IntersectionTiming.from_base(base), "plan", 0, 10.0)
+    # SUMO would update the fixed program in place and keep running it fixed
+    with pytest.raises(SimulationError, match="another type"):
+        install_program(sumo, TLS, _plan(), "plan", 0)
+    install_program(sumo, TLS, _plan(), "plan-2", 0)
+    assert sumo.trafficlight.getProgram(TLS) == "plan-2"

@@ -161,3 +161,34 @@ def test_apply_timing_puts_the_light_in_the_phase_its_offset_implies(
             )
     finally:
         libsumo.close()
+
+
+def test_an_actuated_candidate_over_fixed_plans_runs_as_actuated_control() -> None:
+    # the twin once installed candidates under the current plan's SUMO program id;
+    # SUMO then updated the fixed program in place and kept it fixed, so actuated
+    # candidates were simulated as fixed-time plans (and, with rest-in-green
+    # successors, stuck in green): on the district an actuated plan must cut
+    # the waiting time of the fixed plans, as it does in the field
+    from configs.timing import SafetyLimits
+    from rl.baselines import actuated_plan
+    from simulators.netbuild import district_paths
+
+    paths = district_paths()
+    bases = load_network(paths["net"], paths["det"]).base_programs()
+    current = {t: IntersectionTiming.from_base(b) for t, b in bases.items()}
+    actuated = {t: actuated_plan(t, b, SafetyLimits()) for t, b in bases.items()}
+    request = WhatIfRequest(
+        network=str(paths["net"]),
+        demand=str(paths["rou"]),
+        current=current,
+        candidates={"actuated": actuated},
+        horizon_s=600,
+        warmup_s=300,
+        seeds=(1,),
+    )
+    result = LibsumoWhatIfEngine(workers=0).evaluate(request)
+    fixed, candidate = (
+        next(o for o in result.outcomes if o.name == n) for n in (CURRENT, "actuated")
+    )
+    assert candidate.failed is None
+    assert candidate.mean_wait_s < 0.7 * fixed.mean_wait_s
