@@ -75,7 +75,7 @@ from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
 from simulators.netbuild import DemandProfile, district_paths, expand_demand
 from simulators.network import NetworkModel, ensure_detectors, load_network
-from simulators.signal_program import build_logic
+from simulators.signal_program import build_logic, install_program
 from simulators.sumo import sumo_binary
 
 logger = logging.getLogger(__name__)
@@ -901,13 +901,7 @@ class FieldEmulator:
                     remaining = float(timing.phases[index].duration_s)
                 else:
                     index, remaining = phase_at(timing, self._time_s)
-                tl.setProgramLogic(
-                    tls_id, build_logic(self._api, tls_id, timing, program_id, index)
-                )
-                tl.setProgram(tls_id, program_id)
-                tl.setPhase(tls_id, index)
-                if not actuated:
-                    tl.setPhaseDuration(tls_id, remaining)
+                install_program(self._api, tls_id, timing, program_id, index, remaining)
         except Exception as e:
             raise SimulationError(f"field could not apply a plan to {tls_id!r}: {e}") from e
         self._active[tls_id] = ActivePlan(tls_id, program_id, timing, self._time_s)
