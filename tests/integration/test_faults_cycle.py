@@ -25,7 +25,6 @@ import pytest
 
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
-    BaseProgram,
     IntersectionTiming,
     NetworkRef,
     Proposal,
@@ -41,21 +40,13 @@ from hsm import HsmSigner, ProvisionResult, provision_softhsm
 from hsm.token import acquire_module
 from hsm.verify import load_public_key
 from tests.support.softkeys import SoftwareSigner
+from tests.support.timings import two_stage_base
 
 SOFTHSM = Path("/usr/lib/softhsm/libsofthsm2.so")
 
 pytestmark = [pytest.mark.integration]
 
-BASE = BaseProgram.from_sumo(
-    "J1",
-    "0",
-    [
-        ("GGrr", 30, None, None),
-        ("yyrr", 3, None, None),
-        ("rrGG", 30, None, None),
-        ("rryy", 3, None, None),
-    ],
-)
+BASE = two_stage_base()
 NET = NetworkRef(id="faults", sha256="f" * 64)
 
 

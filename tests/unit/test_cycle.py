@@ -12,7 +12,6 @@ import pytest
 
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
-    BaseProgram,
     IntersectionTiming,
     NetworkRef,
     Proposal,
@@ -26,17 +25,9 @@ from controller.ledger import Ledger
 from hsm.envelope import Envelope
 from hsm.verify import load_public_key, verify_envelope
 from tests.support.softkeys import SoftwareSigner
+from tests.support.timings import two_stage_base
 
-BASE = BaseProgram.from_sumo(
-    "J1",
-    "0",
-    [
-        ("GGrr", 30, None, None),
-        ("yyrr", 3, None, None),
-        ("rrGG", 30, None, None),
-        ("rryy", 3, None, None),
-    ],
-)
+BASE = two_stage_base()
 NET = NetworkRef(id="test", sha256="c" * 64)
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
-    BaseProgram,
     Evidence,
     IntersectionTiming,
     NetworkRef,
@@ -19,17 +18,9 @@ from configs.timing import (
 from controller.cycle import Observation
 from controller.feedback import FeedbackCollector
 from controller.ledger import Ledger
+from tests.support.timings import two_stage_base
 
-BASE = BaseProgram.from_sumo(
-    "J1",
-    "0",
-    [
-        ("GGrr", 30, None, None),
-        ("yyrr", 3, None, None),
-        ("rrGG", 30, None, None),
-        ("rryy", 3, None, None),
-    ],
-)
+BASE = two_stage_base()
 
 
 def _config(sequence: int = 1) -> TimingConfiguration:

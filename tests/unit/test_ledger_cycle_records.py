@@ -10,7 +10,6 @@ from typing import Any
 
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
-    BaseProgram,
     IntersectionTiming,
     NetworkRef,
     Proposal,
@@ -25,13 +24,9 @@ from controller.gate import CandidateOutcome
 from controller.ledger import Ledger
 from hsm.verify import load_public_key
 from tests.support.softkeys import SoftwareSigner
+from tests.support.timings import two_stage_base
 
-BASE = BaseProgram.from_sumo(
-    "J1",
-    "0",
-    [("GGrr", 30, None, None), ("yyrr", 3, None, None), ("rrGG", 30, None, None)]
-    + [("rryy", 3, None, None)],
-)
+BASE = two_stage_base()
 
 
 class Field:
