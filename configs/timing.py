@@ -30,7 +30,6 @@ Invariant names (reported in :class:`configs.errors.Violation`):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
@@ -48,6 +47,7 @@ from pydantic import (
     model_validator,
 )
 
+from configs.digests import canonical_json, sha256_hex
 from configs.errors import ConfigError, SafetyViolation, Violation
 
 __all__ = [
@@ -101,18 +101,6 @@ SignalState = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[rRy
 TlsId = Annotated[str, Field(min_length=1, max_length=200)]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", strict=False)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Serialise ``obj`` canonically: sorted keys, no whitespace, UTF-8, no NaN."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def classify_state(state: str) -> PhaseKind:
