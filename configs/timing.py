@@ -70,6 +70,7 @@ __all__ = [
     "check_intersection",
     "classify_state",
     "project",
+    "project_plans",
     "require_safe",
     "sha256_hex",
 ]
@@ -673,6 +674,34 @@ def project(
     if found:  # a bug in the projection must never become an unsafe plan
         raise SafetyViolation(found)
     return plan
+
+
+def project_plans(
+    proposals: Mapping[str, Proposal],
+    bases: Mapping[str, BaseProgram],
+    limits: SafetyLimits | LimitsSource,
+    current: Mapping[str, IntersectionTiming] | None = None,
+) -> dict[str, IntersectionTiming]:
+    """Project a proposal per intersection onto its safe set (see :func:`project`).
+
+    The one way proposals for several intersections become plans: each
+    intersection gets its own limits (``limits.limits_for(tls_id)`` when given
+    the settings' safety section, so per-intersection overrides apply) and is
+    bounded by the plan it runs now, when ``current`` has one.
+
+    Raises:
+        ConfigError: a proposal names an intersection without a base program.
+    """
+    previous = current or {}
+    plans: dict[str, IntersectionTiming] = {}
+    for tls_id, proposal in proposals.items():
+        base = bases.get(tls_id)
+        if base is None:
+            raise ConfigError(f"{tls_id}: proposal for an intersection without a base program")
+        plans[tls_id] = project(
+            tls_id, proposal, base, _limits_for(limits, tls_id), previous.get(tls_id)
+        )
+    return plans
 
 
 def _water_fill(want: list[float], lo: list[float], hi: list[float], total: float) -> list[float]:
