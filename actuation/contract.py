@@ -269,6 +269,11 @@ class PlanStatus(IntEnum):
     SEQUENCE_MISMATCH = 13
     ACTIVATION_IN_PAST = 14
     STAGED_EXPIRED = 15
+    SHADOW_PLAN = 16
+    VALIDITY_TOO_LONG = 17
+    ACTIVATION_TOO_FAR = 18
+    ACTIVATION_PENDING = 19
+    BAD_ARGUMENTS = 20
     INTERNAL_ERROR = 99
 
 
@@ -276,23 +281,32 @@ class PlanStatus(IntEnum):
 PLAN_STATUS_TEXT: Final[dict[PlanStatus, str]] = {
     PlanStatus.OK: "done",
     PlanStatus.MALFORMED_ENVELOPE: "the bytes are not a well-formed DSSE JSON envelope "
-    "(or too large), or the arguments have the wrong types",
+    "(or too large)",
     PlanStatus.BAD_SIGNATURE: "a signature by a provisioned key does not verify over "
     "payloadType and payload",
     PlanStatus.UNKNOWN_KEY: "no signature is by a key provisioned on this controller",
     PlanStatus.WRONG_PAYLOAD_TYPE: "payloadType is not application/vnd.signaltwin.timing+json",
-    PlanStatus.SCHEMA_INVALID: "the payload is not a valid signaltwin.timing/v1 document",
+    PlanStatus.SCHEMA_INVALID: "the payload is not a valid signaltwin.timing/v1 document "
+    "(strict: no duplicate keys, canonical bytes, exact JSON types)",
     PlanStatus.OTHER_NETWORK: "the document names another network (id or sha256)",
     PlanStatus.INTERSECTION_MISSING: "the document has no timing for this controller's "
     "intersection",
     PlanStatus.SEQUENCE_NOT_ABOVE_ACTIVE: "sequence is not above the active plan's "
     "(replay or stale)",
     PlanStatus.VALIDITY_PASSED: "valid_until has passed",
-    PlanStatus.VALIDITY_NOT_YET: "valid_from is still in the future",
+    PlanStatus.VALIDITY_NOT_YET: "valid_from is still in the future (beyond the clock-skew "
+    "tolerance)",
     PlanStatus.UNSAFE_TIMING: "the timing breaks safety invariants (named in the message)",
     PlanStatus.NOTHING_STAGED: "ActivatePlan/AbortStaged while nothing is staged",
     PlanStatus.SEQUENCE_MISMATCH: "the sequence given is not the staged plan's",
     PlanStatus.ACTIVATION_IN_PAST: "at_field_time is not after the controller's field time",
     PlanStatus.STAGED_EXPIRED: "the staged plan was not activated in time and was dropped",
+    PlanStatus.SHADOW_PLAN: "the document was signed with intent 'shadow' (not deployable)",
+    PlanStatus.VALIDITY_TOO_LONG: "valid_until - valid_from exceeds the controller's cap",
+    PlanStatus.ACTIVATION_TOO_FAR: "at_field_time is beyond field time + max_activation_lead_s",
+    PlanStatus.ACTIVATION_PENDING: "an activation is pending at or after at_field_time; "
+    "the newer plan must take over after it",
+    PlanStatus.BAD_ARGUMENTS: "arguments missing, extra or of the wrong OPC UA type "
+    "(e.g. UInt32 for UInt64, Float for Double)",
     PlanStatus.INTERNAL_ERROR: "the controller failed; nothing changed",
 }

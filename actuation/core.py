@@ -16,12 +16,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from actuation._verify import EnvelopeRejected, TrustedKeys, open_envelope
 from actuation.contract import PlanStatus
-from configs.errors import ConfigError
+from actuation.documents import parse_strict
+from actuation.persistence import ActiveRecord, ControllerMemory
+from configs.errors import ActuationError, ConfigError
 from configs.timing import (
     BaseProgram,
     IntersectionTiming,
@@ -44,6 +47,12 @@ logger = logging.getLogger(__name__)
 
 #: How long a staged plan waits for ActivatePlan (field seconds) by default.
 DEFAULT_STAGED_TTL_S = 120.0
+#: Furthest ahead of the field clock an activation may be scheduled (field seconds).
+DEFAULT_MAX_ACTIVATION_LEAD_S = 600.0
+#: Longest validity window (valid_until - valid_from) a controller accepts (seconds).
+DEFAULT_MAX_VALIDITY_S = 86400.0
+#: How far valid_from may lie ahead of the controller's wall clock (seconds).
+DEFAULT_CLOCK_SKEW_S = 5.0
 
 
 class _Memo:
@@ -88,7 +97,7 @@ class _Memo:
         key = hashlib.sha256(payload).hexdigest()
         found: tuple[TimingConfiguration, str] | None = self._get(self._parsed, key)
         if found is None:
-            config = TimingConfiguration.parse(payload)
+            config = parse_strict(payload)
             found = (config, config.digest())
             self._put(self._parsed, key, found)
         return found
@@ -136,6 +145,14 @@ class ControllerProvisioning:
         network: The network id and .net.xml sha256 its plans must name.
         trusted_keys: The signing public keys it accepts.
         staged_ttl_s: Field seconds a staged plan waits for activation.
+        max_activation_lead_s: ActivatePlan refuses a time further than this
+            ahead of the field clock (ACTIVATION_TOO_FAR).
+        max_validity_s: StagePlan refuses a document whose
+            ``valid_until - valid_from`` exceeds this (VALIDITY_TOO_LONG).
+        clock_skew_s: ``valid_from`` may lie this far ahead of the controller's
+            wall clock (the daemon's and the controller's clocks differ a little).
+        state_dir: Where the active plan (sequence, digest, timing) is kept
+            across restarts; ``None`` keeps it in memory only (tests).
     """
 
     tls_id: str
@@ -144,6 +161,10 @@ class ControllerProvisioning:
     network: NetworkRef
     trusted_keys: TrustedKeys
     staged_ttl_s: float = DEFAULT_STAGED_TTL_S
+    max_activation_lead_s: float = DEFAULT_MAX_ACTIVATION_LEAD_S
+    max_validity_s: float = DEFAULT_MAX_VALIDITY_S
+    clock_skew_s: float = DEFAULT_CLOCK_SKEW_S
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +223,23 @@ class ControllerCore:
         self.field = field_port
         self._wall_clock = wall_clock
         self.state = ControllerState(active_timing=IntersectionTiming.from_base(provisioning.base))
+        self._memory = (
+            None
+            if provisioning.state_dir is None
+            else ControllerMemory(provisioning.state_dir, provisioning.tls_id)
+        )
+        remembered = None if self._memory is None else self._memory.load()
+        if remembered is not None:
+            self.state.active_sequence = remembered.sequence
+            self.state.active_digest = remembered.digest
+            self.state.active_from_s = remembered.from_s
+            self.state.active_timing = remembered.timing
+            logger.info(
+                "%s: remembered active plan %d (%s)",
+                self.tls_id,
+                remembered.sequence,
+                remembered.digest[:12],
+            )
 
     @property
     def tls_id(self) -> str:
@@ -213,9 +251,10 @@ class ControllerCore:
     def check_envelope(self, data: bytes) -> tuple[PlanResult, StagedPlan | None]:
         """Run every acceptance check on ``data``; change nothing.
 
-        Order: envelope form, payloadType, key, signature, schema, network,
-        intersection, sequence, validity window, safety invariants (against
-        this controller's own base program, limits and active plan).
+        Order: envelope form, payloadType, key, signature, schema (strict),
+        intent, network, intersection, sequence, validity window (length, end,
+        start with clock skew), safety invariants (against this controller's own
+        base program, limits and the plan that runs last, pending included).
         """
         prov = self.provisioning
         try:
@@ -226,6 +265,15 @@ class ControllerCore:
             config, digest = _MEMO.parse(payload)
         except ConfigError as e:
             return PlanResult(PlanStatus.SCHEMA_INVALID, str(e)), None
+        if config.intent != "deploy":
+            return (
+                PlanResult(
+                    PlanStatus.SHADOW_PLAN,
+                    f"plan {config.sequence} was signed with intent {config.intent!r}; "
+                    "only intent 'deploy' is deployable",
+                ),
+                None,
+            )
         if config.network.id != prov.network.id or config.network.sha256 != prov.network.sha256:
             return (
                 PlanResult(
@@ -253,6 +301,16 @@ class ControllerCore:
                 ),
                 None,
             )
+        window_s = (config.valid_until - config.valid_from).total_seconds()
+        if window_s > prov.max_validity_s:
+            return (
+                PlanResult(
+                    PlanStatus.VALIDITY_TOO_LONG,
+                    f"validity window is {window_s:.0f} s; this controller accepts at most "
+                    f"{prov.max_validity_s:.0f} s",
+                ),
+                None,
+            )
         now = self._wall_clock()
         if now >= config.valid_until:
             return (
@@ -263,12 +321,12 @@ class ControllerCore:
                 ),
                 None,
             )
-        if now < config.valid_from:
+        if now + timedelta(seconds=prov.clock_skew_s) < config.valid_from:
             return (
                 PlanResult(
                     PlanStatus.VALIDITY_NOT_YET,
                     f"valid_from {config.valid_from.isoformat()} is in the future "
-                    f"(now {now.isoformat()})",
+                    f"(now {now.isoformat()}, tolerance {prov.clock_skew_s:g} s)",
                 ),
                 None,
             )
@@ -337,24 +395,86 @@ class ControllerCore:
                 PlanStatus.ACTIVATION_IN_PAST,
                 f"activation time {at_field_time_s} is not after field time {now:.1f}",
             )
+        elif at_field_time_s > now + self.provisioning.max_activation_lead_s:
+            result = PlanResult(
+                PlanStatus.ACTIVATION_TOO_FAR,
+                f"activation time {at_field_time_s:.1f} is more than "
+                f"{self.provisioning.max_activation_lead_s:g} s after field time {now:.1f}",
+            )
         else:
-            try:
-                self.field.apply(self.tls_id, staged.timing, at_field_time_s)
-            except Exception as e:
-                logger.exception("%s: field refused plan %d", self.tls_id, staged.sequence)
-                result = PlanResult(PlanStatus.INTERNAL_ERROR, f"field apply failed: {e}")
-            else:
-                self.state.active_sequence = staged.sequence
-                self.state.active_digest = staged.digest
-                self.state.active_from_s = at_field_time_s
-                self.state.active_timing = staged.timing
-                self.state.staged = None
-                result = PlanResult(
-                    PlanStatus.OK, f"plan {sequence} active from field time {at_field_time_s:.1f}"
-                )
+            result = self._check_activation(staged, at_field_time_s, now) or self._activate(
+                staged, at_field_time_s
+            )
         self.state.last_result = result
         logger.info("%s ActivatePlan: %s %s", self.tls_id, result.status.name, result.message)
         return result
+
+    def _check_activation(
+        self, staged: StagedPlan, at_field_time_s: float, now: float
+    ) -> PlanResult | None:
+        """Refusals that depend on the plan running at ``at_field_time_s`` (None: none)."""
+        state = self.state
+        if staged.sequence <= state.active_sequence:
+            return PlanResult(
+                PlanStatus.SEQUENCE_NOT_ABOVE_ACTIVE,
+                f"sequence {staged.sequence} is not above the active {state.active_sequence}",
+            )
+        # The newest plan must run last: it may take over only after every
+        # activation already scheduled, or an older plan would override it later.
+        if state.active_from_s > now and at_field_time_s <= state.active_from_s:
+            return PlanResult(
+                PlanStatus.ACTIVATION_PENDING,
+                f"plan {state.active_sequence} takes over at field time "
+                f"{state.active_from_s:.1f}; activate {staged.sequence} after that time",
+            )
+        prov = self.provisioning
+        violations = check_intersection(
+            prov.tls_id, staged.timing, prov.base, prov.limits, state.active_timing
+        )
+        if violations:
+            names = sorted({v.invariant for v in violations})
+            detail = "; ".join(str(v) for v in violations[:6])
+            return PlanResult(
+                PlanStatus.UNSAFE_TIMING,
+                f"unsafe against plan {state.active_sequence} running at "
+                f"{at_field_time_s:.1f} [{', '.join(names)}]: {detail}",
+            )
+        return None
+
+    def _activate(self, staged: StagedPlan, at_field_time_s: float) -> PlanResult:
+        """Persist, then hand the plan to the field; restore the record if the field refuses."""
+        state = self.state
+        previous = ActiveRecord(
+            state.active_sequence,
+            state.active_digest,
+            state.active_from_s,
+            state.active_timing or IntersectionTiming.from_base(self.provisioning.base),
+        )
+        record = ActiveRecord(staged.sequence, staged.digest, at_field_time_s, staged.timing)
+        try:
+            if self._memory is not None:
+                self._memory.save(record)
+        except ActuationError as e:
+            logger.error("%s: %s", self.tls_id, e)
+            return PlanResult(PlanStatus.INTERNAL_ERROR, f"cannot persist the activation: {e}")
+        try:
+            self.field.apply(self.tls_id, staged.timing, at_field_time_s)
+        except Exception as e:
+            logger.exception("%s: field refused plan %d", self.tls_id, staged.sequence)
+            if self._memory is not None:
+                try:
+                    self._memory.save(previous)
+                except ActuationError:
+                    logger.exception("%s: cannot restore the state record", self.tls_id)
+            return PlanResult(PlanStatus.INTERNAL_ERROR, f"field apply failed: {e}")
+        state.active_sequence = staged.sequence
+        state.active_digest = staged.digest
+        state.active_from_s = at_field_time_s
+        state.active_timing = staged.timing
+        state.staged = None
+        return PlanResult(
+            PlanStatus.OK, f"plan {staged.sequence} active from field time {at_field_time_s:.1f}"
+        )
 
     def abort(self, sequence: int) -> PlanResult:
         """AbortStaged: drop the staged plan (``sequence`` 0 drops whatever is staged)."""

@@ -194,12 +194,18 @@ def _answer(result: PlanResult) -> list[ua.Variant]:
     ]
 
 
-def _bad_arguments(method: str, expected: str) -> list[ua.Variant]:
+def _bad_arguments(method: str, expected: str, args: Sequence[Any]) -> list[ua.Variant]:
+    got = ", ".join(str(getattr(a, "VariantType", type(a).__name__)) for a in args) or "nothing"
     return _answer(
-        PlanResult(
-            PlanStatus.MALFORMED_ENVELOPE if method == "StagePlan" else PlanStatus.INTERNAL_ERROR,
-            f"{method} expects {expected}",
-        )
+        PlanResult(PlanStatus.BAD_ARGUMENTS, f"{method} expects {expected}; got ({got})"[:400])
+    )
+
+
+def _typed(args: Sequence[Any], kinds: Sequence[Any]) -> bool:
+    """Whether ``args`` are scalar variants of exactly the OPC UA types ``kinds``."""
+    return len(args) == len(kinds) and all(
+        isinstance(a, ua.Variant) and a.VariantType == k and not a.is_array and a.Value is not None
+        for a, k in zip(args, kinds, strict=True)
     )
 
 
@@ -412,8 +418,10 @@ class EmulatedController:
             return _answer(
                 PlanResult(PlanStatus.INTERNAL_ERROR, "call StagePlan on TrafficController")
             )
-        if len(args) != 1 or not isinstance(args[0].Value, bytes | bytearray):
-            return _bad_arguments("StagePlan", "one ByteString argument (the DSSE envelope)")
+        if not _typed(args, (ua.VariantType.ByteString,)) or not isinstance(
+            args[0].Value, bytes | bytearray
+        ):
+            return _bad_arguments("StagePlan", "one ByteString argument (the DSSE envelope)", args)
         async with self._lock:
             result = self.core.stage(bytes(args[0].Value))
             await self._publish_plans()
@@ -424,12 +432,8 @@ class EmulatedController:
             return _answer(
                 PlanResult(PlanStatus.INTERNAL_ERROR, "call ActivatePlan on TrafficController")
             )
-        if (
-            len(args) != 2
-            or args[0].VariantType != ua.VariantType.UInt64
-            or args[1].VariantType != ua.VariantType.Double
-        ):
-            return _bad_arguments("ActivatePlan", "(sequence: UInt64, at_field_time: Double)")
+        if not _typed(args, (ua.VariantType.UInt64, ua.VariantType.Double)):
+            return _bad_arguments("ActivatePlan", "(sequence: UInt64, at_field_time: Double)", args)
         async with self._lock:
             result = self.core.activate(int(args[0].Value), float(args[1].Value))
             await self._publish_plans()
@@ -440,8 +444,8 @@ class EmulatedController:
             return _answer(
                 PlanResult(PlanStatus.INTERNAL_ERROR, "call AbortStaged on TrafficController")
             )
-        if len(args) != 1 or args[0].VariantType != ua.VariantType.UInt64:
-            return _bad_arguments("AbortStaged", "(sequence: UInt64)")
+        if not _typed(args, (ua.VariantType.UInt64,)):
+            return _bad_arguments("AbortStaged", "(sequence: UInt64)", args)
         async with self._lock:
             result = self.core.abort(int(args[0].Value))
             await self._publish_plans()

@@ -338,6 +338,7 @@ class TimingConfiguration(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     schema_: Literal["signaltwin.timing/v1"] = Field(SCHEMA, alias="schema")
+    intent: Literal["deploy", "shadow"] = "deploy"
     network: NetworkRef
     sequence: Annotated[int, Field(ge=1, le=2**53)]
     issued_at: datetime
