@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from asyncua.server.internal_server import InternalServer
 from asyncua.server.server import Server
 
 from actuation import contract as c
+from actuation.channel import ChannelPolicy, ControllerServer, policy_uris
 from actuation.contract import PlanStatus
 from actuation.core import ControllerCore, PlanResult
 from actuation.security import CertificatePair, controller_application_uri
@@ -68,11 +69,26 @@ SECURITY_POLICIES = (
 
 @dataclass(frozen=True)
 class ControllerAccess:
-    """Who may connect: one user (password kept as a hash) and the pinned client certificates."""
+    """Who may connect, and what the transport admits before authentication.
+
+    Attributes:
+        user: The daemon's user name (the only one that may call the methods).
+        password: Its password, as a hash.
+        client_certificates_der: The daemon's pinned client certificate(s).
+        operators: Operator tools' user names and password hashes (read-only role).
+        operator_certificates_der: Operator tools' pinned certificates; a session on
+            one of these may browse, read and subscribe, never call a method.
+        max_sessions_per_connection: CreateSession calls one TCP connection may make.
+        max_sessions: Sessions a controller holds at once.
+    """
 
     user: str
     password: PasswordHash
     client_certificates_der: tuple[bytes, ...]
+    operators: Mapping[str, PasswordHash] = field(default_factory=dict)
+    operator_certificates_der: tuple[bytes, ...] = ()
+    max_sessions_per_connection: int = 4
+    max_sessions: int = 64
 
 
 # --------------------------------------------------------------------------- fast address space
@@ -269,12 +285,25 @@ class EmulatedController:
             ActuationError: the certificate cannot be loaded or the port is taken.
         """
         access = self._access
-        server = Server(
+        server = ControllerServer(
             iserver=_SharedStandardSpaceServer(
                 user_manager=StrictUserManager(
-                    access.user, access.password, access.client_certificates_der
+                    access.user,
+                    access.password,
+                    access.client_certificates_der,
+                    operators=access.operators,
+                    operator_certificates_der=access.operator_certificates_der,
                 )
             )
+        )
+        validator = PinnedCertificateValidator(
+            (*access.client_certificates_der, *access.operator_certificates_der)
+        )
+        server.channel_policy = ChannelPolicy(
+            policy_uris=policy_uris(SECURITY_POLICIES),
+            validator=validator,
+            max_sessions_per_connection=access.max_sessions_per_connection,
+            max_sessions=access.max_sessions,
         )
         await server.init()
         server.set_server_name(f"signaltwin emulated controller {self.tls_id}")
@@ -284,7 +313,7 @@ class EmulatedController:
         await server.set_application_uri(controller_application_uri(self.tls_id))
         server.set_security_policy(list(SECURITY_POLICIES), permission_ruleset=ControllerRuleset())
         server.set_identity_tokens([ua.UserNameIdentityToken])
-        server.set_certificate_validator(PinnedCertificateValidator(access.client_certificates_der))
+        server.set_certificate_validator(validator)
         server.iserver.allow_remote_admin = False
         try:
             await server.load_certificate(str(self._certificate.certificate))

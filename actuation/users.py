@@ -1,4 +1,4 @@
-"""Who may talk to an emulated controller: one user, one client certificate, no one else.
+"""Who may talk to an emulated controller: the daemon (operate) and operator tools (read).
 
 asyncua's defaults admit anyone (``PermissiveUserManager`` makes every session a
 user and the name "admin" an administrator; every certificate is accepted). The
@@ -6,13 +6,16 @@ controllers replace all of it:
 
 * :class:`StrictUserManager` admits exactly the configured user name with the
   right password (scrypt hash, constant-time compare) and only over a secure
-  channel opened with a pinned client certificate; everything else, anonymous
-  included, is refused (``BadUserAccessDenied``).
+  channel opened with a pinned daemon certificate; an operator user over a
+  channel opened with a pinned operator certificate gets the read-only role
+  (:class:`ReadOnlyUser`); everything else, anonymous included, is refused
+  (``BadUserAccessDenied``).
 * :class:`PinnedCertificateValidator` refuses a session whose client certificate
   is not byte-for-byte one of the pinned ones, or is expired, lacks the
   application URI or the clientAuth usage (asyncua's validator, extended).
-* :class:`ControllerRuleset` lets the user browse, read, subscribe and call
-  methods; it never lets anyone write or change the address space.
+* :class:`ControllerRuleset` lets the daemon's user browse, read, subscribe and
+  call methods and a read-only user browse, read and subscribe; it never lets
+  anyone write or change the address space.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,7 @@ __all__ = [
     "ControllerRuleset",
     "PasswordHash",
     "PinnedCertificateValidator",
+    "ReadOnlyUser",
     "StrictUserManager",
 ]
 
@@ -82,6 +86,11 @@ class PasswordHash:
         return hmac.compare_digest(candidate, self.digest)
 
 
+@dataclass
+class ReadOnlyUser(User):  # type: ignore[misc]
+    """An operator tool's session: browse, read and subscribe; never call a method."""
+
+
 class StrictUserManager(UserManager):
     """Admit exactly one user name/password, over a channel with a pinned client certificate.
 
@@ -92,29 +101,51 @@ class StrictUserManager(UserManager):
     """
 
     def __init__(
-        self, user: str, password: PasswordHash, client_certificates_der: Iterable[bytes]
+        self,
+        user: str,
+        password: PasswordHash,
+        client_certificates_der: Iterable[bytes],
+        operators: Mapping[str, PasswordHash] | None = None,
+        operator_certificates_der: Iterable[bytes] = (),
     ) -> None:
         self._user = user.encode("utf-8")
         self._password = password
         self._pinned = tuple(bytes(c) for c in client_certificates_der)
+        self._operators = {k.encode("utf-8"): v for k, v in (operators or {}).items()}
+        self._operator_pins = tuple(bytes(c) for c in operator_certificates_der)
         # A verified (user, password) pair is remembered by its keyed digest so that
         # reconnects do not pay scrypt again; the key never leaves this object.
         self._memo_key = os.urandom(32)
         self._accepted: set[bytes] = set()
 
-    def _pinned_certificate(self, certificate: Any) -> bool:
+    @staticmethod
+    def _among(certificate: Any, pins: tuple[bytes, ...]) -> bool:
         if not isinstance(certificate, bytes | bytearray) or not certificate:
             return False
-        return any(hmac.compare_digest(bytes(certificate), pin) for pin in self._pinned)
+        return any(hmac.compare_digest(bytes(certificate), pin) for pin in pins)
 
-    def _password_ok(self, password: str) -> bool:
-        token = hmac.new(self._memo_key, password.encode("utf-8"), hashlib.sha256).digest()
+    def _pinned_certificate(self, certificate: Any) -> bool:
+        return self._among(certificate, self._pinned)
+
+    def _password_ok(self, password: str, expected: PasswordHash, who: bytes = b"") -> bool:
+        token = hmac.new(
+            self._memo_key, who + b"\0" + password.encode("utf-8"), hashlib.sha256
+        ).digest()
         if token in self._accepted:
             return True
-        if self._password.matches(password):
+        if expected.matches(password):
             self._accepted.add(token)
             return True
         return False
+
+    def _operator(self, username: str, password: str, certificate: Any) -> User | None:
+        name = username.encode("utf-8")
+        expected = self._operators.get(name)
+        if expected is None or not self._among(certificate, self._operator_pins):
+            return None
+        if not self._password_ok(password, expected, name):
+            return None
+        return ReadOnlyUser(role=UserRole.User, name=username)
 
     def get_user(
         self,
@@ -127,6 +158,13 @@ class StrictUserManager(UserManager):
         if username is None or password is None:
             logger.warning("refused a session without user name and password")
             return None
+        if self._among(certificate, self._operator_pins) and not self._pinned_certificate(
+            certificate
+        ):
+            operator = self._operator(username, password, certificate)
+            if operator is None:
+                logger.warning("refused operator %r: wrong user name or password", username)
+            return operator
         if not self._pinned_certificate(certificate):
             logger.warning(
                 "refused user %r: secure channel not opened with a pinned certificate", username
@@ -134,7 +172,7 @@ class StrictUserManager(UserManager):
             return None
         name_ok = hmac.compare_digest(username.encode("utf-8"), self._user)
         # Always run the password check so that timing does not tell names apart.
-        password_ok = self._password_ok(password)
+        password_ok = self._password_ok(password, self._password)
         if not (name_ok and password_ok):
             logger.warning("refused user %r: wrong user name or password", username)
             return None
@@ -195,15 +233,24 @@ _ALLOWED_REQUESTS = (
 )
 
 
+_OPERATE_ONLY = (ua.ObjectIds.CallRequest_Encoding_DefaultBinary,)
+
+
 class ControllerRuleset(SimpleRoleRuleset):  # type: ignore[misc]
-    """Authenticated users may read, browse, subscribe and call; nobody writes."""
+    """The daemon's user reads, browses, subscribes and calls; operators only read; nobody writes.
+
+    A refused request is answered ``BadUserAccessDenied`` as the service result.
+    """
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._allowed = frozenset(ua.NodeId(i) for i in _ALLOWED_REQUESTS)
+        self._operate = frozenset(ua.NodeId(i) for i in _OPERATE_ONLY)
 
     def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
         """Whether ``user`` may send a request of type ``action_type_id``."""
         if user is None or user.role != UserRole.User:
+            return False
+        if isinstance(user, ReadOnlyUser) and action_type_id in self._operate:
             return False
         return action_type_id in self._allowed
