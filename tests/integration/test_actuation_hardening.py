@@ -236,12 +236,18 @@ def test_an_expired_pinned_certificate_is_refused_even_without_session_certifica
             await client.send_hello()
             await client.open_secure_channel()
             # Leave the CreateSession certificate empty: asyncua then skips its validator.
-            certificate = client.security_policy.host_certificate
-            client.security_policy.host_certificate = None
-            try:
-                await client.create_session()
-            finally:
-                client.security_policy.host_certificate = certificate
+            params = ua.CreateSessionParameters()
+            params.ClientNonce = b"n" * 32
+            params.ClientCertificate = None
+            desc = ua.ApplicationDescription()
+            desc.ApplicationUri = "urn:signaltwin:daemon"
+            desc.ApplicationType = ua.ApplicationType.Client
+            params.ClientDescription = desc
+            params.EndpointUrl = setup.controller.url
+            params.SessionName = "sneak"
+            params.RequestedSessionTimeout = 60_000
+            response = await client.uaclient.create_session(params)
+            client._server_nonce = response.ServerNonce  # noqa: SLF001
             await client.activate_session(USER, PASSWORD, None)
             return await _call(client, c.ABORT_STAGED, ua.Variant(0, ua.VariantType.UInt64))
         finally:
