@@ -197,6 +197,8 @@ class _GuardedProcessor(UaProcessor):  # type: ignore[misc]
 
 
 _HEADER = struct.Struct("<3scI")
+_MESSAGE_TYPES = frozenset({b"HEL", b"ACK", b"ERR", b"RHE", b"OPN", b"MSG", b"CLO"})
+_CHUNK_TYPES = frozenset({b"F", b"C", b"A"})
 
 
 class _GuardedProtocol(OPCUAProtocol):  # type: ignore[misc]
@@ -212,20 +214,41 @@ class _GuardedProtocol(OPCUAProtocol):  # type: ignore[misc]
             )
             self.processor.set_policies(self.policies)  # type: ignore[no-untyped-call]
 
-    def data_received(self, data: bytes) -> None:
-        head = (self._buffer + data[: _HEADER.size])[: _HEADER.size]
-        if len(head) == _HEADER.size and self.transport is not None:
-            _kind, _chunk, size = _HEADER.unpack(head)
+    def _refuse_head(self) -> bool:
+        """Refuse the message at the head of the buffer before buffering its body."""
+        head = self._buffer[: _HEADER.size]
+        if len(head) < 4 or self.transport is None:
+            return False
+        kind, chunk = head[:3], head[3:4]
+        reason = None
+        code = ua.StatusCodes.BadTcpMessageTypeInvalid
+        if kind not in _MESSAGE_TYPES or chunk not in _CHUNK_TYPES:
+            reason = f"message type {head[:4]!r} is not an OPC UA TCP message"
+        elif len(head) == _HEADER.size:
+            size = _HEADER.unpack(head)[2]
             if size > self.limits.max_recv_buffer or size < _HEADER.size:
-                err = ua.ErrorMessage(
-                    ua.StatusCode(ua.StatusCodes.BadTcpMessageTooLarge),
-                    f"chunk of {size} bytes; the limit is {self.limits.max_recv_buffer}",
-                )
-                self.transport.write(uatcp_to_binary(ua.MessageType.Error, err))
-                self.transport.close()
-                self._buffer = b""
-                return
-        super().data_received(data)
+                code = ua.StatusCodes.BadTcpMessageTooLarge
+                reason = f"chunk of {size} bytes; the limit is {self.limits.max_recv_buffer}"
+        if reason is None:
+            return False
+        logger.warning("refused %s: %s", self.peer_name, reason)
+        err = ua.ErrorMessage(ua.StatusCode(code), reason)
+        self.transport.write(uatcp_to_binary(ua.MessageType.Error, err))
+        self.transport.close()
+        self._buffer = b""
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        # Check the head before asyncio's parser buffers a body, and again after it
+        # consumed complete messages (the next one may already be waiting).
+        self._buffer += data
+        if self._refuse_head():
+            return
+        pending, self._buffer = self._buffer, b""
+        super().data_received(pending)
+        self._refuse_head()
 
 
 class _GuardedBinaryServer(BinaryServer):  # type: ignore[misc]
