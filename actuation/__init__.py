@@ -8,12 +8,15 @@ The public face:
   :class:`FieldPort`;
 * :class:`ControllerPool` / :class:`ThreadedActuator` - the daemon's sessions,
   ``read_all`` and the two-phase ``push`` (the :class:`Actuator` protocol);
-* :func:`provision_demo_pki` and the certificate helpers in :mod:`actuation.security`.
+* :func:`provision_demo_pki` and the certificate helpers in :mod:`actuation.security`;
+* :mod:`actuation.channel` - what a controller refuses before authentication;
+  :func:`parse_strict` - how a controller reads a signed timing document.
 """
 
 from __future__ import annotations
 
 from actuation._verify import TrustedKeys
+from actuation.channel import MAX_MESSAGE_BYTES, ChannelPolicy, contract_limits
 from actuation.client import (
     Actuator,
     ClientCredentials,
@@ -33,6 +36,7 @@ from actuation.core import (
     FieldPort,
     PlanResult,
 )
+from actuation.documents import parse_strict
 from actuation.emulated import (
     ControllerAccess,
     EmulatedController,
@@ -50,14 +54,16 @@ from actuation.security import (
     load_certificate_der,
     provision_demo_pki,
 )
-from actuation.users import PasswordHash
+from actuation.users import PasswordHash, ReadOnlyUser
 
 __all__ = [
     "CLIENT_APPLICATION_URI",
+    "MAX_MESSAGE_BYTES",
     "NAMESPACE_URI",
     "PLAN_STATUS_TEXT",
     "Actuator",
     "CertificatePair",
+    "ChannelPolicy",
     "ClientCredentials",
     "ControllerAccess",
     "ControllerCore",
@@ -74,14 +80,17 @@ __all__ = [
     "PlanResult",
     "PlanStatus",
     "PushReport",
+    "ReadOnlyUser",
     "ThreadedActuator",
     "TrustedKeys",
     "aligned_activation_time",
     "certificate_fingerprint",
+    "contract_limits",
     "controller_application_uri",
     "controller_certificate_paths",
     "generate_application_certificate",
     "load_certificate_der",
+    "parse_strict",
     "pinned_clients",
     "pool_from_settings",
     "provision_demo_pki",

@@ -272,8 +272,7 @@ class PlanStatus(IntEnum):
     SHADOW_PLAN = 16
     VALIDITY_TOO_LONG = 17
     ACTIVATION_TOO_FAR = 18
-    ACTIVATION_PENDING = 19
-    BAD_ARGUMENTS = 20
+    BAD_ARGUMENTS = 19
     INTERNAL_ERROR = 99
 
 
@@ -304,8 +303,6 @@ PLAN_STATUS_TEXT: Final[dict[PlanStatus, str]] = {
     PlanStatus.SHADOW_PLAN: "the document was signed with intent 'shadow' (not deployable)",
     PlanStatus.VALIDITY_TOO_LONG: "valid_until - valid_from exceeds the controller's cap",
     PlanStatus.ACTIVATION_TOO_FAR: "at_field_time is beyond field time + max_activation_lead_s",
-    PlanStatus.ACTIVATION_PENDING: "an activation is pending at or after at_field_time; "
-    "the newer plan must take over after it",
     PlanStatus.BAD_ARGUMENTS: "arguments missing, extra or of the wrong OPC UA type "
     "(e.g. UInt32 for UInt64, Float for Double)",
     PlanStatus.INTERNAL_ERROR: "the controller failed; nothing changed",

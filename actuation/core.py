@@ -223,6 +223,11 @@ class ControllerCore:
         self.field = field_port
         self._wall_clock = wall_clock
         self.state = ControllerState(active_timing=IntersectionTiming.from_base(provisioning.base))
+        # What the field will run from when, as handed to it by this process:
+        # (field time, timing), ascending; a restarted field holds none of the
+        # earlier entries, so this is not persisted.
+        self._timeline: list[tuple[float, IntersectionTiming]] = []
+        self._running_before_timeline: IntersectionTiming | None = None
         self._memory = (
             None
             if provisioning.state_dir is None
@@ -240,6 +245,7 @@ class ControllerCore:
                 remembered.sequence,
                 remembered.digest[:12],
             )
+        self._running_before_timeline = self.state.active_timing
 
     @property
     def tls_id(self) -> str:
@@ -409,6 +415,14 @@ class ControllerCore:
         logger.info("%s ActivatePlan: %s %s", self.tls_id, result.status.name, result.message)
         return result
 
+    def running_at(self, field_time_s: float) -> IntersectionTiming | None:
+        """The plan the street runs just before ``field_time_s`` (as this controller scheduled)."""
+        running = self._running_before_timeline
+        for at_s, timing in self._timeline:
+            if at_s < field_time_s:
+                running = timing
+        return running
+
     def _check_activation(
         self, staged: StagedPlan, at_field_time_s: float, now: float
     ) -> PlanResult | None:
@@ -419,30 +433,33 @@ class ControllerCore:
                 PlanStatus.SEQUENCE_NOT_ABOVE_ACTIVE,
                 f"sequence {staged.sequence} is not above the active {state.active_sequence}",
             )
-        # The newest plan must run last: it may take over only after every
-        # activation already scheduled, or an older plan would override it later.
-        if state.active_from_s > now and at_field_time_s <= state.active_from_s:
-            return PlanResult(
-                PlanStatus.ACTIVATION_PENDING,
-                f"plan {state.active_sequence} takes over at field time "
-                f"{state.active_from_s:.1f}; activate {staged.sequence} after that time",
-            )
         prov = self.provisioning
-        violations = check_intersection(
-            prov.tls_id, staged.timing, prov.base, prov.limits, state.active_timing
-        )
-        if violations:
-            names = sorted({v.invariant for v in violations})
-            detail = "; ".join(str(v) for v in violations[:6])
-            return PlanResult(
-                PlanStatus.UNSAFE_TIMING,
-                f"unsafe against plan {state.active_sequence} running at "
-                f"{at_field_time_s:.1f} [{', '.join(names)}]: {detail}",
+        # Checked at staging against the newest plan; here against the plan the
+        # street will actually run when this one takes over (an earlier activation
+        # time than a pending plan's follows the plan running before that one).
+        candidates = (state.active_timing, self.running_at(at_field_time_s))
+        for previous in {id(t): t for t in candidates}.values():
+            violations = check_intersection(
+                prov.tls_id, staged.timing, prov.base, prov.limits, previous
             )
+            if violations:
+                names = sorted({v.invariant for v in violations})
+                detail = "; ".join(str(v) for v in violations[:6])
+                return PlanResult(
+                    PlanStatus.UNSAFE_TIMING,
+                    f"unsafe against the plan running at {at_field_time_s:.1f} "
+                    f"[{', '.join(names)}]: {detail}",
+                )
         return None
 
     def _activate(self, staged: StagedPlan, at_field_time_s: float) -> PlanResult:
-        """Persist, then hand the plan to the field; restore the record if the field refuses."""
+        """Persist, then hand the plan to the field; restore the record if the field refuses.
+
+        The newest sequence always wins: if an older plan is still pending at a
+        later field time, the newer plan is handed to the field again at that
+        time (a field applies switches with equal times in call order), so the
+        older one never overrides it.
+        """
         state = self.state
         previous = ActiveRecord(
             state.active_sequence,
@@ -451,6 +468,7 @@ class ControllerCore:
             state.active_timing or IntersectionTiming.from_base(self.provisioning.base),
         )
         record = ActiveRecord(staged.sequence, staged.digest, at_field_time_s, staged.timing)
+        later = [at_s for at_s, _ in self._timeline if at_s > at_field_time_s]
         try:
             if self._memory is not None:
                 self._memory.save(record)
@@ -459,6 +477,8 @@ class ControllerCore:
             return PlanResult(PlanStatus.INTERNAL_ERROR, f"cannot persist the activation: {e}")
         try:
             self.field.apply(self.tls_id, staged.timing, at_field_time_s)
+            for at_s in later:
+                self.field.apply(self.tls_id, staged.timing, at_s)
         except Exception as e:
             logger.exception("%s: field refused plan %d", self.tls_id, staged.sequence)
             if self._memory is not None:
@@ -467,6 +487,14 @@ class ControllerCore:
                 except ActuationError:
                     logger.exception("%s: cannot restore the state record", self.tls_id)
             return PlanResult(PlanStatus.INTERNAL_ERROR, f"field apply failed: {e}")
+        if later:
+            logger.warning(
+                "%s: plan %d supersedes a plan pending at field time %.1f",
+                self.tls_id,
+                staged.sequence,
+                later[-1],
+            )
+        self._record_schedule(at_field_time_s, staged.timing)
         state.active_sequence = staged.sequence
         state.active_digest = staged.digest
         state.active_from_s = at_field_time_s
@@ -475,6 +503,14 @@ class ControllerCore:
         return PlanResult(
             PlanStatus.OK, f"plan {staged.sequence} active from field time {at_field_time_s:.1f}"
         )
+
+    def _record_schedule(self, at_s: float, timing: IntersectionTiming) -> None:
+        now = self.field.field_time_s()
+        kept = [(t, x) for t, x in self._timeline if t < at_s]
+        # Entries in force before the newest one in force are history: fold them.
+        while kept and kept[0][0] <= now and (len(kept) == 1 or kept[1][0] <= now):
+            self._running_before_timeline = kept.pop(0)[1]
+        self._timeline = [*kept, (at_s, timing)]
 
     def abort(self, sequence: int) -> PlanResult:
         """AbortStaged: drop the staged plan (``sequence`` 0 drops whatever is staged)."""

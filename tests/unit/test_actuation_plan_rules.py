@@ -214,20 +214,22 @@ def test_activation_beyond_the_lead_is_refused() -> None:
 
 
 def test_an_older_plan_never_overrides_a_newer_one() -> None:
-    """Plan 9 far ahead, then plan 10 sooner: 10 must not be overridden by 9 later."""
+    """Plan 9 far ahead, then plan 10 sooner: the newer plan wins, 9 never runs after it."""
     core, field = make_core()
     now = field.field_time_s()
     assert core.stage(signed(SIGNER, configuration(9, {"J1": timing()}))).ok
     assert core.activate(9, now + 500).ok
     assert core.stage(signed(SIGNER, configuration(10, {"J1": timing(36, 20)}))).ok
-    result = core.activate(10, now + 110)
-    assert not result.ok, result
-    assert result.status is PlanStatus.ACTIVATION_PENDING
-    assert core.state.active_sequence == 9
-    # After the pending activation, the newer plan takes over: it runs last.
-    assert core.activate(10, now + 510).ok
-    assert [seq_at for _, _, seq_at in field.applied] == [now + 500, now + 510]
+    assert core.activate(10, now + 110).ok
     assert core.state.active_sequence == 10
+    # 10 from now+110, and handed again at now+500, after 9 (equal times: call order).
+    assert [(t.phases[0].duration_s, at) for _, t, at in field.applied] == [
+        (34, now + 500),
+        (36, now + 110),
+        (36, now + 500),
+    ]
+    last_at = max(at for _, _, at in field.applied)
+    assert [t for _, t, at in field.applied if at == last_at][-1] == timing(36, 20)
 
 
 def test_change_limits_are_checked_against_the_plan_running_at_activation() -> None:
@@ -239,8 +241,8 @@ def test_change_limits_are_checked_against_the_plan_running_at_activation() -> N
     assert staged is not None
     assert core.stage(signed(SIGNER, configuration(2, {"J1": timing(40, 20)}))).ok
     assert core.activate(2, now + 10).ok
-    # Plan 3 (26 s) was fine against the base (30) but is 14 s from plan 2's 40: allowed;
-    # plan 4 at 24 is 16 s from 40: refused at stage; forcing it staged shows activate re-checks.
+    # Plan 4 at 24 is 16 s from plan 2's 40: refused at stage; forced into the staged
+    # slot, activate re-checks it against the plan running at its activation time.
     assert core.stage(signed(SIGNER, configuration(4, {"J1": timing(24, 20)}))).status is (
         PlanStatus.UNSAFE_TIMING
     )
@@ -248,6 +250,22 @@ def test_change_limits_are_checked_against_the_plan_running_at_activation() -> N
     result = core.activate(4, now + 20)
     assert result.status is PlanStatus.UNSAFE_TIMING
     assert core.state.active_sequence == 2
+
+
+def test_a_plan_activated_before_a_pending_one_is_checked_against_what_runs_then() -> None:
+    core, field = make_core()
+    now = field.field_time_s()
+    # The base (30) runs; plan 1 (44) is pending at now+100.
+    assert core.stage(signed(SIGNER, configuration(1, {"J1": timing(44, 20)}))).ok
+    assert core.activate(1, now + 100).ok
+    # A plan 2 of 50 is within 15 s of plan 1 (44) but takes over at now+50, from the base
+    # (30): 20 s. Forced into the staged slot, activation refuses it.
+    staged = core.stage(signed(SIGNER, configuration(2, {"J1": timing(44, 20)})))
+    assert staged.ok
+    core.state.staged = replace(core.state.staged, timing=timing(50, 20))  # type: ignore[arg-type]
+    result = core.activate(2, now + 50)
+    assert result.status is PlanStatus.UNSAFE_TIMING, result
+    assert "running at" in result.message
 
 
 # --------------------------------------------------------------------------- restart
