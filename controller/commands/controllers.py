@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         action="append",
         default=[],
-        help="also pin this client certificate (e.g. an operator's OPC UA tool); repeatable",
+        help="also pin this client certificate, read-only (an operator's OPC UA tool); repeatable",
     )
     serve.set_defaults(func=_serve)
     status = sub.add_parser(
@@ -209,7 +209,8 @@ def build_fleet(
     access = ControllerAccess(
         user=ctl.user,
         password=PasswordHash.create(password),
-        client_certificates_der=pinned_clients([ctl.client_certificate, *extra_clients]),
+        client_certificates_der=pinned_clients([ctl.client_certificate]),
+        operator_certificates_der=pinned_clients(extra_clients),
     )
     controllers = []
     for ep in endpoints:
@@ -223,6 +224,7 @@ def build_fleet(
             network=network,
             trusted_keys=trusted,
             staged_ttl_s=staged_ttl_s,
+            state_dir=settings.state_dir / "controllers",
         )
         controllers.append(
             EmulatedController(
