@@ -340,3 +340,32 @@ def test_the_daemon_still_stages_and_activates(setup: Setup) -> None:
     staged, active = setup.loop.run(run())
     assert staged[0] == PlanStatus.OK, staged
     assert active[0] == PlanStatus.OK, active
+
+
+def test_sessions_per_connection_are_bounded(setup: Setup) -> None:
+    client = _client(setup)
+    limit = setup.controller._access.max_sessions_per_connection  # noqa: SLF001
+
+    async def run() -> tuple[int, BaseException | None]:
+        await client.connect_socket()
+        created = 0
+        try:
+            await client.send_hello()
+            await client.open_secure_channel()
+            for _ in range(limit + 2):
+                try:
+                    await client.create_session()
+                except ua.UaError as e:
+                    # asyncua finds no matching endpoint only after the server answered.
+                    if "No matching endpoints" not in str(e):
+                        return created, e
+                except Exception as e:  # noqa: BLE001 - the refusal closes the socket
+                    return created, e
+                created += 1
+            return created, None
+        finally:
+            client.disconnect_socket()
+
+    created, refusal = setup.loop.run(run(), timeout=60)
+    assert created == limit, (created, refusal)
+    assert refusal is not None
