@@ -4,10 +4,12 @@ Each :class:`EmulatedController` implements ``docs/controller-contract.md``
 exactly: it serves ``Objects/TrafficController`` on its own port with its own
 certificate, accepts only SignAndEncrypt sessions (Basic256Sha256 or
 Aes256Sha256RsaPss) from the pinned client certificate with the configured user
-and password, verifies every plan with :class:`~actuation.core.ControllerCore`
-before staging it, and drives the street through a
-:class:`~actuation.core.FieldPort`. Many controllers can share one process and
-event loop (:class:`EmulatedFleet`), as a gateway would host several.
+and password (operator certificates: read-only), refuses everything else before
+authentication with an OPC UA ERR (:mod:`actuation.channel`), verifies every
+plan with :class:`~actuation.core.ControllerCore` before staging it, and drives
+the street through a :class:`~actuation.core.FieldPort`. Method arguments of the
+wrong number or OPC UA type are answered ``BAD_ARGUMENTS``. Many controllers can
+share one process and event loop (:class:`EmulatedFleet`), as a gateway would host several.
 
 Start-up cost: asyncua builds the ~6000-node standard address space for every
 server, which takes seconds of CPU each. The controllers here build it once per
