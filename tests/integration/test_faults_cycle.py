@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from configs.outcomes import PushOutcome
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
     IntersectionTiming,
@@ -75,7 +76,7 @@ class RecordingField:
         assert last.body["configuration"]["sequence"] == config.sequence
         self.pushed.append(config.sequence)
         self.active = config.sequence
-        return DeployOutcome(True, {"controllers": []}, "", "activated")
+        return DeployOutcome(PushOutcome.ACTIVATED)
 
 
 class PassingTwin:
@@ -123,7 +124,7 @@ def make_runner(tmp_path: Path, signer: Any) -> tuple[CycleRunner, RecordingFiel
         settings,
         network=NET,
         bases={"J1": BASE},
-        field_port=field,
+        fleet=field,
         twin=PassingTwin(),
         proposer=Proposer(),
         signer=signer,

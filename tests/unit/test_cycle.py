@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from configs.outcomes import PushOutcome
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
     IntersectionTiming,
@@ -48,7 +49,9 @@ class FakeField:
     def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
         self.pushed.append((envelope, config))
         return DeployOutcome(
-            self.ok, {"J1": {"status": 0 if self.ok else 7}}, "" if self.ok else "J1 timed out"
+            PushOutcome.ACTIVATED if self.ok else PushOutcome.ABORTED,
+            message="" if self.ok else "J1 timed out",
+            push_record={"J1": {"status": 0 if self.ok else 7}},
         )
 
 
@@ -125,7 +128,7 @@ def _runner(
         settings,
         network=NET,
         bases={"J1": BASE},
-        field_port=field,
+        fleet=field,
         twin=twin,
         proposer=proposer or FakeProposer(),
         signer=signer,
