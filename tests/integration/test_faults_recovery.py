@@ -19,16 +19,15 @@ from typing import Any
 import pytest
 
 from configs.errors import ActuationError
-from configs.settings import Settings, SimulationSettings
 from configs.timing import IntersectionTiming, TimingConfiguration
 from controller.audit import verify_ledger
 from controller.cycle import CycleRunner, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
 from controller.recovery import find_interrupted, reconcile, recover
 from controller.wiring import OpcUaFleet
 from hsm.verify import load_public_key
 from tests.support.actuation_fleet import NETWORK, base_program, timing
+from tests.support.cycle_ports import cycle_settings, make_runner
 from tests.support.softkeys import SoftwareSigner
 
 pytestmark = [pytest.mark.integration]
@@ -120,27 +119,16 @@ class Proposer:
 def runner_for(
     tmp_path: Path, controllers: Controllers, signer: SoftwareSigner
 ) -> tuple[CycleRunner, OpcUaFleet]:
-    settings = Settings(
-        mode="auto",
-        simulation=SimulationSettings(network=tmp_path / "n.net.xml"),
-        state_dir=tmp_path,
-    )
-    settings = settings.model_copy(
-        update={"video": settings.video.model_copy(update={"enabled": False})}
-    )
-    ledger = Ledger.open(tmp_path / "ledger.sqlite")
-    ledger.enrol_key(signer)
-    port = OpcUaFleet(controllers, settings)
-    runner = CycleRunner(
-        settings,
-        network=NETWORK,
-        bases={t: base_program(t) for t in IDS},
-        fleet=port,
-        twin=Twin(),
-        proposer=Proposer(),
+    port = OpcUaFleet(controllers, cycle_settings(tmp_path))
+    runner, _, _ = make_runner(
+        tmp_path,
+        port,
+        Twin(),
+        Proposer(),
         signer=signer,
-        ledger=ledger,
-        closers=[ledger],
+        enrol=True,
+        bases={t: base_program(t) for t in IDS},
+        network=NETWORK,
     )
     return runner, port
 

@@ -13,6 +13,7 @@ from typing import Any
 from configs.outcomes import PushOutcome
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
+    BaseProgram,
     IntersectionTiming,
     NetworkRef,
     Proposal,
@@ -21,6 +22,7 @@ from configs.timing import (
     project,
 )
 from controller.contracts import (
+    ControllerFleet,
     DeployOutcome,
     Observation,
     ProposerPort,
@@ -30,10 +32,19 @@ from controller.contracts import (
 from controller.cycle import CycleRunner
 from controller.gate import CandidateOutcome
 from controller.ledger import Ledger
+from hsm.base import Signer
 from tests.support.softkeys import SoftwareSigner
 from tests.support.timings import two_stage_base
 
-__all__ = ["BASE", "NET", "FakeField", "FakeProposer", "FakeTwin", "make_runner"]
+__all__ = [
+    "BASE",
+    "NET",
+    "FakeField",
+    "FakeProposer",
+    "FakeTwin",
+    "cycle_settings",
+    "make_runner",
+]
 
 BASE = two_stage_base()
 NET = NetworkRef(id="test", sha256="c" * 64)
@@ -114,32 +125,60 @@ class FakeProposer:
         return candidates
 
 
+def cycle_settings(tmp_path: Path, mode: str = "auto", network: Path | None = None) -> Settings:
+    """Settings for a cycle under test: state in ``tmp_path``, video off."""
+    settings = Settings(
+        mode=mode,  # type: ignore[arg-type]
+        simulation=SimulationSettings(network=network or tmp_path / "n.net.xml"),
+        state_dir=tmp_path,
+    )
+    return settings.model_copy(
+        update={"video": settings.video.model_copy(update={"enabled": False})}
+    )
+
+
 def make_runner(
     tmp_path: Path,
-    field: FakeField,
+    field: ControllerFleet,
     twin: TwinPort,
     proposer: ProposerPort | None = None,
     mode: str = "auto",
-) -> tuple[CycleRunner, Ledger, SoftwareSigner]:
-    """A cycle runner over the fakes (video off; ledger at ``tmp_path/ledger.sqlite``)."""
-    settings = Settings(
-        mode=mode,  # type: ignore[arg-type]
-        simulation=SimulationSettings(network=tmp_path / "n.net.xml"),
-        state_dir=tmp_path,
-    )
-    settings = settings.model_copy(
-        update={"video": settings.video.model_copy(update={"enabled": False})}
-    )
-    signer = SoftwareSigner()
+    *,
+    signer: Signer | None = None,
+    enrol: bool = False,
+    bases: Mapping[str, BaseProgram] | None = None,
+    network: NetworkRef = NET,
+    settings: Settings | None = None,
+    closers: list[Any] | None = None,
+) -> tuple[CycleRunner, Ledger, Signer]:
+    """A cycle runner over fake (or given) ports, ledger at ``tmp_path/ledger.sqlite``.
+
+    Args:
+        tmp_path: the state directory.
+        field: the controllers.
+        twin: the twin.
+        proposer: the proposer (default :class:`FakeProposer`).
+        mode: ``auto`` or ``shadow``.
+        signer: the signer (default a fresh software key).
+        enrol: enrol the signer's key in the ledger first.
+        bases: the base programs (default ``{"J1": BASE}``).
+        network: the network reference plans are signed for.
+        settings: the settings (default :func:`cycle_settings`).
+        closers: what the runner closes (default the ledger).
+    """
+    signer = signer or SoftwareSigner()
     ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    if enrol:
+        ledger.enrol_key(signer)
     runner = CycleRunner(
-        settings,
-        network=NET,
-        bases={"J1": BASE},
+        settings or cycle_settings(tmp_path, mode),
+        network=network,
+        bases=bases or {"J1": BASE},
         fleet=field,
         twin=twin,
         proposer=proposer or FakeProposer(),
         signer=signer,
         ledger=ledger,
+        closers=[ledger] if closers is None else closers,
     )
     return runner, ledger, signer
