@@ -37,18 +37,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Generic, TypeVar
 
-from apscheduler.events import (
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    JobExecutionEvent,
-    JobSubmissionEvent,
-    SchedulerEvent,
-)
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -64,7 +56,7 @@ from controller.contracts import (
     SkipReason,
 )
 from controller.exit_codes import ExitCode
-from controller.lifecycle import SignalHandlers, check_watchdog, serve_metrics
+from controller.lifecycle import DaemonOptions, SignalHandlers, check_watchdog, serve_metrics
 from controller.metrics import Metrics, MetricsServer
 from controller.notify import Notifier, monotonic_usec
 from controller.schedule import (
@@ -111,28 +103,6 @@ still imports it); new code names the Protocol ``RunsCycles``, since
 
 
 # --- the daemon ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    """Process-level knobs that are not in the settings file.
-
-    Attributes:
-        tick_s: how often the main loop looks at the signal flags.
-        install_signal_handlers: install SIGTERM/SIGINT/SIGHUP handlers (only
-            possible in the main thread; in-process tests call
-            :meth:`Daemon.request_stop` / :meth:`Daemon.request_reload` instead).
-        align_to_clock: put cycle slots on multiples of the interval since the Unix
-            epoch (240 s: hh:00, hh:04, ...), so that slot times are predictable;
-            otherwise the first slot is one interval after start-up.
-        misfire_grace_s: how late a slot may start before it counts as missed
-            (None: a quarter of the interval, at least 1 s).
-    """
-
-    tick_s: float = 0.1
-    install_signal_handlers: bool = True
-    align_to_clock: bool = True
-    misfire_grace_s: int | None = None
 
 
 class Daemon(Generic[S]):
@@ -333,8 +303,7 @@ class Daemon(Generic[S]):
             cycle_grace_s=self._misfire_grace_s(settings.schedule.interval_s),
             feedback_interval_s=settings.schedule.feedback_interval_s,
         )
-        scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
-        scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self._slots.listen(scheduler)
         return scheduler
 
     def _next_run_time(self, job_id: str) -> str:
@@ -540,19 +509,6 @@ class Daemon(Generic[S]):
             self._runner_lock.release()
 
     # --- skips -------------------------------------------------------------------------------
-
-    def _on_max_instances(self, event: SchedulerEvent) -> None:
-        if event.job_id != CYCLE_JOB_ID or not isinstance(event, JobSubmissionEvent):
-            if event.job_id == FEEDBACK_JOB_ID:
-                logger.info("feedback collection still running; this run is skipped")
-            return
-        for run_time in event.scheduled_run_times:
-            self._skip(run_time, "overrun")
-
-    def _on_missed(self, event: SchedulerEvent) -> None:
-        if event.job_id != CYCLE_JOB_ID or not isinstance(event, JobExecutionEvent):
-            return
-        self._skip(event.scheduled_run_time, "missed")
 
     def _skip(self, slot_time: datetime, reason: SkipReason) -> None:
         self._slots.skip(slot_time, reason)

@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -21,7 +22,7 @@ from controller.contracts import MetricsSettingsLike
 from controller.metrics import Metrics, MetricsServer, start_metrics_server
 from controller.notify import watchdog_timeout_s
 
-__all__ = ["SignalHandlers", "check_watchdog", "serve_metrics"]
+__all__ = ["DaemonOptions", "SignalHandlers", "check_watchdog", "serve_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,28 @@ SignalHandler = Callable[[int, FrameType | None], None]
 
 #: the signals the daemon handles: stop (SIGINT, SIGTERM) and reload (SIGHUP)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Process-level knobs that are not in the settings file.
+
+    Attributes:
+        tick_s: how often the main loop looks at the signal flags.
+        install_signal_handlers: install SIGTERM/SIGINT/SIGHUP handlers (only
+            possible in the main thread; in-process tests call
+            :meth:`Daemon.request_stop` / :meth:`Daemon.request_reload` instead).
+        align_to_clock: put cycle slots on multiples of the interval since the Unix
+            epoch (240 s: hh:00, hh:04, ...), so that slot times are predictable;
+            otherwise the first slot is one interval after start-up.
+        misfire_grace_s: how late a slot may start before it counts as missed
+            (None: a quarter of the interval, at least 1 s).
+    """
+
+    tick_s: float = 0.1
+    install_signal_handlers: bool = True
+    align_to_clock: bool = True
+    misfire_grace_s: int | None = None
 
 
 class SignalHandlers:

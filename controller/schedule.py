@@ -22,6 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from apscheduler.events import (
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+    SchedulerEvent,
+)
 from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -193,6 +200,24 @@ class SlotLog:
             self._skips.append((slot_time, reason))
             if self._last_slot is None or slot_time > self._last_slot:
                 self._last_slot = slot_time
+
+    def listen(self, scheduler: BackgroundScheduler) -> None:
+        """Log the cycle slots the scheduler skips (overrun, missed) as skips."""
+        scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+
+    def _on_max_instances(self, event: SchedulerEvent) -> None:
+        if event.job_id != CYCLE_JOB_ID or not isinstance(event, JobSubmissionEvent):
+            if event.job_id == FEEDBACK_JOB_ID:
+                logger.info("feedback collection still running; this run is skipped")
+            return
+        for run_time in event.scheduled_run_times:
+            self.skip(run_time, "overrun")
+
+    def _on_missed(self, event: SchedulerEvent) -> None:
+        if event.job_id != CYCLE_JOB_ID or not isinstance(event, JobExecutionEvent):
+            return
+        self.skip(event.scheduled_run_time, "missed")
 
     def note_gap(self, slot_time: datetime, interval_s: float) -> None:
         """Report slots between the last one handled and ``slot_time`` as missed.
