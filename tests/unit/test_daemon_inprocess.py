@@ -87,6 +87,7 @@ class Harness:
         self,
         load: Callable[[], FakeSettings],
         factory: Callable[[FakeSettings], Runner],
+        reload_factory: Callable[[FakeSettings], Runner] | None = None,
         **options: Any,
     ) -> None:
         self.registry = CollectorRegistry()
@@ -97,6 +98,7 @@ class Harness:
             Metrics(self.registry),
             self.notifier,
             DaemonOptions(**({"tick_s": 0.02, "install_signal_handlers": False} | options)),
+            reload_factory=reload_factory,
         )
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -272,6 +274,24 @@ def test_reload_applies_a_new_interval(harnesses: list[Harness]) -> None:
     assert built[0].calls == [("close", None)]
     assert built[1].calls[0] == ("config_change", "b")
     assert h.value("signaltwin_config_reload_total", result="applied") == 1
+    assert h.stop() == ExitCode.OK
+
+
+def test_a_reload_builds_its_runner_as_a_reload(harnesses: list[Harness]) -> None:
+    """Start-up and reload are told apart by the daemon (no process-global state)."""
+    current = {"s": settings("a")}
+    started: list[Runner] = []
+    reloaded: list[Runner] = []
+    h = Harness(lambda: current["s"], recording(started), reload_factory=recording(reloaded))
+    harnesses.append(h)
+    h.start()
+    current["s"] = settings("b")
+    h.daemon.request_reload()
+    h.wait_for(
+        "the reload", lambda: h.value("signaltwin_config_reload_total", result="applied") == 1
+    )
+    assert len(started) == 1 and len(reloaded) == 1
+    assert reloaded[0].calls[0] == ("config_change", "b")
     assert h.stop() == ExitCode.OK
 
 
