@@ -16,6 +16,7 @@ __all__ = [
     "SigningError",
     "SimulationError",
     "Violation",
+    "WhatIfCancelled",
 ]
 
 from dataclasses import dataclass
@@ -75,3 +76,7 @@ class SimulationError(SignaltwinError):
 
 class LedgerError(SignaltwinError):
     """The ledger could not be written, or does not verify."""
+
+
+class WhatIfCancelled(SimulationError):
+    """A what-if was cancelled (the daemon is shutting down) before it finished."""

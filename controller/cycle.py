@@ -6,11 +6,13 @@ nothing, leaves every controller on its current plan (a push that fails is
 aborted everywhere by the actuator) and still appends a ledger record saying
 which stage failed and why.
 
-The cycle talks to the world through narrow ports (:class:`FieldPort`,
-:class:`TwinPort`, :class:`ProposerPort`, :class:`RendererPort`), so the daemon,
-the demo and ``signaltwin evaluate`` plug in real OPC UA controllers or an
-in-process field emulator without monkeypatching. :mod:`controller.wiring` builds
-the real ones.
+The cycle talks to the world through narrow ports defined in
+:mod:`controller.contracts` (:class:`~controller.contracts.ControllerFleet`,
+:class:`~controller.contracts.TwinPort`, :class:`~controller.contracts.ProposerPort`,
+:class:`~controller.contracts.RendererPort`), so the daemon, the demo and
+``signaltwin evaluate`` plug in real OPC UA controllers or an in-process field
+emulator without monkeypatching. :mod:`controller.wiring` builds the real ones;
+this module imports neither it nor the feedback collector nor recovery.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from configs.errors import SafetyViolation, SignaltwinError, SigningError
+from configs.outcomes import CycleOutcome, PushOutcome
 from configs.settings import Settings
 from configs.timing import (
     BaseProgram,
@@ -38,192 +39,48 @@ from configs.timing import (
     require_safe,
     sha256_hex,
 )
+from controller.contracts import (
+    STAGES,
+    ControllerFleet,
+    CycleCancelled,
+    CycleReport,
+    DeployOutcome,
+    FeedbackHook,
+    Observation,
+    Plans,
+    ProposerPort,
+    RendererPort,
+    TwinPort,
+    WhatIfSummary,
+)
 from controller.gate import CandidateOutcome, decide
 from controller.ledger import Ledger
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.envelope import sign_envelope
 
+# The ports and report types live in controller.contracts; they are re-exported
+# here so that ``from controller.cycle import Observation`` keeps working.
 __all__ = [
     "STAGES",
+    "ControllerFleet",
     "CycleCancelled",
+    "CycleReport",
     "CycleRunner",
-    "build_cycle_runner",
     "DeployOutcome",
-    "FieldPort",
     "Observation",
     "ProposerPort",
     "RendererPort",
     "TwinPort",
     "WhatIfSummary",
+    "running_in_record",
 ]
 
 logger = logging.getLogger(__name__)
 
-STAGES = (
-    "observe",
-    "estimate",
-    "propose",
-    "screen",
-    "whatif",
-    "gate",
-    "render",
-    "sign",
-    "push",
-    "record",
-)
-
-Plans = Mapping[str, IntersectionTiming]
-
-
-class CycleCancelled(SignaltwinError):
-    """The cycle was cancelled (shutdown) before it deployed anything."""
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the controllers reported at the start of a cycle."""
-
-    field_time_s: float
-    #: detector id -> vehicles counted since the previous observation
-    counts: Mapping[str, float]
-    #: seconds the counts cover
-    interval_s: float
-    #: tls id -> (active sequence, active digest)
-    active: Mapping[str, tuple[int, str]]
-    #: tls id -> (mean wait s, NOx mg) of the last measurement interval
-    measurements: Mapping[str, tuple[float, float]]
-    #: tls ids whose controller did not answer
-    unhealthy: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for the ledger."""
-        return {
-            "field_time_s": self.field_time_s,
-            "interval_s": self.interval_s,
-            "counts": dict(sorted(self.counts.items())),
-            "active": {k: list(v) for k, v in sorted(self.active.items())},
-            "measurements": {k: list(v) for k, v in sorted(self.measurements.items())},
-            "unhealthy": list(self.unhealthy),
-        }
-
-
-@dataclass(frozen=True)
-class WhatIfSummary:
-    """The twin's verdict on the candidates against the current plan."""
-
-    outcomes: tuple[CandidateOutcome, ...]
-    #: the full, JSON-able result (recorded in the ledger; replayable)
-    record: Mapping[str, Any]
-    horizon_s: int
-    seeds: tuple[int, ...]
-    #: opaque handle the renderer uses to draw the chosen candidate (time series)
-    recording: Any = None
-
-
-@dataclass(frozen=True)
-class DeployOutcome:
-    """What the push did, per controller."""
-
-    ok: bool
-    results: Mapping[str, Any]
-    message: str = ""
-    #: "activated" everywhere, "aborted" everywhere, "partial" (some activated), or
-    #: "unknown" (the push itself raised; the port could not say)
-    outcome: str = "activated"
-
-
-class FieldPort(Protocol):
-    """The controllers as the daemon sees them."""
-
-    def observe(self) -> Observation:
-        """Read detectors, measurements and active plans of every controller."""
-        ...
-
-    def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
-        """Stage everywhere, activate together (aligned), read back; abort all on failure."""
-        ...
-
-
-class TwinPort(Protocol):
-    """The digital twin."""
-
-    def estimate(self, observation: Observation) -> tuple[Mapping[str, Any], str]:
-        """Estimate demand; return (demand snapshot, its sha256)."""
-        ...
-
-    def whatif(
-        self,
-        demand: Mapping[str, Any],
-        current: Plans,
-        candidates: Mapping[str, Plans],
-        cancel: threading.Event,
-    ) -> WhatIfSummary:
-        """Run current vs candidates on paired seeds."""
-        ...
-
-
-class ProposerPort(Protocol):
-    """Proposes candidate plans (the RL policy, Webster, ...), always through projection."""
-
-    def propose(
-        self, observation: Observation, demand: Mapping[str, Any], current: Plans
-    ) -> tuple[dict[str, dict[str, IntersectionTiming]], str | None]:
-        """Return ({candidate name: plans}, policy sha256 or None)."""
-        ...
-
-    def screen(
-        self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
-    ) -> dict[str, dict[str, IntersectionTiming]]:
-        """Keep the ``keep`` most promising candidates (identity when no surrogate)."""
-        ...
-
-
-class RendererPort(Protocol):
-    """Draws the what-if video (current | candidate)."""
-
-    def render(
-        self, summary: WhatIfSummary, candidate: str, attribution: Mapping[str, Any], out: Path
-    ) -> tuple[Path, str]:
-        """Render and return (video path, sha256)."""
-        ...
-
-
-# --------------------------------------------------------------------------- report
-
-
-@dataclass
-class CycleReport:
-    """What one cycle did (for the daemon, the demo and metrics)."""
-
-    slot_time: datetime
-    ok: bool = False
-    deployed: bool = False
-    shadow: bool = False
-    decision: str = "none"
-    failed_stage: str | None = None
-    error: str | None = None
-    stage_s: dict[str, float] = field(default_factory=dict)
-    sequence: int | None = None
-    predicted_wait_change: float | None = None
-    predicted_nox_change: float | None = None
-    video: str | None = None
-    ledger_index: int | None = None
-    #: HSM failures met (signing the plan, signing the checkpoint); the daemon
-    #: counts them in ``signaltwin_hsm_errors_total``
-    hsm_errors: int = 0
-    #: controller -> OPC UA errors met in the push (``signaltwin_opcua_errors_total``)
-    opcua_errors: dict[str, int] = field(default_factory=dict)
-    #: controller -> answered the observation (``signaltwin_controller_up``)
-    controllers_up: dict[str, bool] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data."""
-        data = asdict(self)
-        data["slot_time"] = self.slot_time.isoformat()
-        return data
+#: ``deployment.result`` values after which every named controller runs the plan
+_FULL_RESULTS = ("deployed", "recovered-activated")
+#: ``deployment.result`` values after which only the controllers that read it back run it
+_PARTIAL_RESULTS = ("partial", "recovered-partial")
 
 
 # --------------------------------------------------------------------------- runner
@@ -238,7 +95,7 @@ class CycleRunner:
         *,
         network: NetworkRef,
         bases: Mapping[str, BaseProgram],
-        field_port: FieldPort,
+        fleet: ControllerFleet,
         twin: TwinPort,
         proposer: ProposerPort,
         signer: Signer,
@@ -247,12 +104,12 @@ class CycleRunner:
         clock: Callable[[], datetime] | None = None,
         on_feedback: Callable[[], Any] | None = None,
         closers: list[Any] | None = None,
-        feedback: Any | None = None,
+        feedback: FeedbackHook | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
         self.bases = dict(bases)
-        self.field = field_port
+        self.fleet = fleet
         self.twin = twin
         self.proposer = proposer
         self.signer = signer
@@ -262,7 +119,7 @@ class CycleRunner:
         self._on_feedback = on_feedback
         self._closers = closers or []
         #: measured-delta collector (controller.feedback.FeedbackCollector) or None
-        self.feedback = feedback
+        self.feedback: FeedbackHook | None = feedback
         self._observation: Observation | None = None
         #: a push whose deployment record could not be written (disk full); the next
         #: cycle writes it first and pushes nothing until it is written
@@ -290,14 +147,13 @@ class CycleRunner:
         # one (or one settled at start-up) only those that read the new plan back
         for record in self.ledger.find("deployment"):
             result = record.body.get("result")
-            if result not in ("deployed", "recovered-activated", "partial", "recovered-partial"):
+            if result not in _FULL_RESULTS + _PARTIAL_RESULTS:
                 continue
             config = TimingConfiguration.model_validate(record.body["configuration"])
-            if result in ("deployed", "recovered-activated"):
+            if result in _FULL_RESULTS:
                 plans.update(config.intersections)
                 continue
-            results = record.body.get("push", {}).get("results", {})
-            for tls in _running(results, config.sequence):
+            for tls in running_in_record(record.body, config.sequence):
                 if tls in config.intersections:
                     plans[tls] = config.intersections[tls]
         return plans
@@ -346,7 +202,7 @@ class CycleRunner:
                 self._unrecorded = None
                 logger.warning("recorded the deployment a previous cycle could not record")
             with timed("observe"):
-                observation = self.field.observe()
+                observation = self.fleet.observe()
                 self._observation = observation
                 record["observation"] = observation.to_dict()
                 report.controllers_up = {t: True for t in observation.active}
@@ -369,14 +225,14 @@ class CycleRunner:
                 }
             with timed("whatif"):
                 summary = self.twin.whatif(demand, self.current, kept, cancel)
-                record["whatif"] = dict(summary.record)
+                record["whatif"] = dict(summary.document)
             with timed("gate"):
                 decision = decide(summary.outcomes, self.settings.gate)
                 record["gate"] = decision.to_dict()
                 report.decision = decision.decision
             if decision.chosen is None:
                 report.ok = True
-                return self._finish(report, record, "refused")
+                return self._finish(report, record, CycleOutcome.REFUSED)
             chosen = decision.chosen
             outcome = next(o for o in summary.outcomes if o.name == chosen)
             report.predicted_wait_change = outcome.wait_change
@@ -407,34 +263,29 @@ class CycleRunner:
                 report.sequence = config.sequence
             if self.settings.mode == "shadow":
                 report.ok = True
-                return self._finish(report, record, "shadow")
+                return self._finish(report, record, CycleOutcome.SHADOW)
             # the cycle record (with the signed envelope) is written before the push,
             # so that a crash mid-push is recognised and reconciled on restart; if it
             # cannot be written (disk full) nothing is pushed
             stage = "record"
             record_start = time.perf_counter()
-            cycle_ref = self._append_cycle(report, record, "pushing")
+            cycle_ref = self._append_cycle(report, record, CycleOutcome.PUSHING)
             record_s = time.perf_counter() - record_start
             # from here on this sequence is spent, whatever the push does
             self.sequence = max(self.sequence, config.sequence)
             with timed("push"):
                 align = max(p.cycle_s for p in config.intersections.values())
                 try:
-                    pushed = self.field.deploy(envelope_bytes, config, align)
+                    pushed = self.fleet.deploy(envelope_bytes, config, align)
                 except Exception as e:  # noqa: BLE001 - recorded as the deployment's result
                     logger.error("push of plan %d raised: %s", config.sequence, e)
                     pushed = DeployOutcome(
-                        ok=False,
-                        results={"error": f"{type(e).__name__}: {e}"},
+                        outcome=PushOutcome.UNKNOWN,
                         message=f"push raised {type(e).__name__}: {e}; field state unknown",
-                        outcome="unknown",
+                        push_record={"error": f"{type(e).__name__}: {e}"},
                     )
-            result = (
-                "deployed"
-                if pushed.ok
-                else (pushed.outcome if pushed.outcome in ("partial", "unknown") else "aborted")
-            )
-            report.opcua_errors = _push_errors(pushed.results)
+            result = _deployment_result(pushed.outcome)
+            report.opcua_errors = dict.fromkeys(sorted(pushed.errors), 1)
             if not pushed.ok:
                 report.failed_stage = "push"
                 report.error = pushed.message or "push failed; aborted on every controller"
@@ -455,7 +306,7 @@ class CycleRunner:
             elif isinstance(e, SigningError):
                 report.hsm_errors += 1
             logger.warning("cycle %s failed in stage %s: %s", slot_time, stage, report.error)
-            return self._finish(report, record, "failed")
+            return self._finish(report, record, CycleOutcome.FAILED)
 
     def _configuration(
         self,
@@ -496,10 +347,12 @@ class CycleRunner:
             intersections=merged,
         )
 
-    def _append_cycle(self, report: CycleReport, record: dict[str, Any], outcome: str) -> int:
+    def _append_cycle(
+        self, report: CycleReport, record: dict[str, Any], outcome: CycleOutcome
+    ) -> int:
         cycle_id = report.slot_time.isoformat()
         record["report"] = report.to_dict()
-        body = {"cycle_id": cycle_id, "outcome": outcome, **record}
+        body = {"cycle_id": cycle_id, "outcome": str(outcome), **record}
         ref = self.ledger.append("cycle", body, dedupe_key=f"cycle-{cycle_id}")
         report.ledger_index = ref.index
         return ref.index
@@ -524,7 +377,7 @@ class CycleRunner:
                 "push": {
                     "ok": pushed.ok,
                     "message": pushed.message,
-                    "results": dict(pushed.results),
+                    "results": dict(pushed.push_record),
                 },
             },
             dedupe_key=f"deployment-{config.sequence}",
@@ -534,24 +387,25 @@ class CycleRunner:
         if result == "deployed":
             self.current = dict(config.intersections)
             if self.feedback is not None and self._observation is not None:
-                at = pushed.results.get("activate_at_field_time_s")
                 try:
                     self.feedback.deployed(
-                        ref.index, config, self._observation, None if at is None else float(at)
+                        ref.index, config, self._observation, pushed.activate_at_field_time_s
                     )
                 except Exception:  # noqa: BLE001 - feedback must never fail a deployment
                     logger.exception("could not register plan %d for feedback", config.sequence)
         elif result == "partial":
             # the controllers that read back the new plan run it; the others do not
-            for tls in _running(pushed.results, config.sequence):
+            for tls in sorted(pushed.running):
                 if tls in config.intersections:
                     self.current[tls] = config.intersections[tls]
 
-    def _finish(self, report: CycleReport, record: dict[str, Any], outcome: str) -> CycleReport:
+    def _finish(
+        self, report: CycleReport, record: dict[str, Any], outcome: CycleOutcome
+    ) -> CycleReport:
         start = time.perf_counter()
         try:
             self._append_cycle(report, record, outcome)
-            if outcome == "shadow" and report.sequence is not None:
+            if outcome == CycleOutcome.SHADOW and report.sequence is not None:
                 self.sequence = report.sequence
         except SignaltwinError as e:
             report.ok = False
@@ -579,7 +433,7 @@ class CycleRunner:
         cycle_id = slot_time.isoformat()
         self.ledger.append(
             "cycle",
-            {"cycle_id": cycle_id, "outcome": "skipped", "reason": reason},
+            {"cycle_id": cycle_id, "outcome": str(CycleOutcome.SKIPPED), "reason": reason},
             dedupe_key=f"cycle-{cycle_id}",
         )
 
@@ -600,7 +454,7 @@ class CycleRunner:
             return None
 
     def close(self) -> None:
-        """Release what :func:`build_cycle_runner` opened (sessions, workers, HSM, ledger)."""
+        """Release what :func:`controller.wiring.build_runner` opened (sessions, HSM, ledger)."""
         for item in self._closers:
             try:
                 item.close()
@@ -609,18 +463,24 @@ class CycleRunner:
         self._closers = []
 
 
-def _push_errors(results: Any) -> dict[str, int]:
-    """Controller -> 1 for every push row that carries an error (timeouts, lost sessions)."""
-    rows = results.get("controllers", []) if isinstance(results, Mapping) else []
-    return {
-        str(row["tls_id"]): 1
-        for row in (rows if isinstance(rows, list) else [])
-        if isinstance(row, Mapping) and row.get("error") and row.get("tls_id")
-    }
+def _deployment_result(outcome: PushOutcome) -> str:
+    """The ``deployment.result`` a push outcome is recorded as."""
+    if outcome == PushOutcome.ACTIVATED:
+        return "deployed"
+    if outcome in (PushOutcome.PARTIAL, PushOutcome.UNKNOWN):
+        return str(outcome)
+    return "aborted"
 
 
-def _running(results: Any, sequence: int) -> list[str]:
-    """The controllers whose push row read back ``sequence`` as their active plan."""
+def running_in_record(body: Mapping[str, Any], sequence: int) -> list[str]:
+    """The controllers a ``deployment`` record's push rows say read back ``sequence``.
+
+    Reads what the ledger holds (written by this module or by recovery), the
+    only place the rows are parsed again: the running cycle uses the typed
+    :attr:`DeployOutcome.running`.
+    """
+    push = body.get("push")
+    results = push.get("results") if isinstance(push, Mapping) else None
     rows = results.get("controllers", []) if isinstance(results, Mapping) else []
     found = []
     for row in rows if isinstance(rows, list) else []:
@@ -633,10 +493,3 @@ def _running(results: Any, sequence: int) -> list[str]:
         if seq == sequence and isinstance(row.get("tls_id"), str):
             found.append(row["tls_id"])
     return found
-
-
-def build_cycle_runner(settings: Settings) -> CycleRunner:
-    """The daemon's runner for ``settings``: real HSM, ledger, controllers, twin, policy."""
-    from controller.wiring import build_runner
-
-    return build_runner(settings)

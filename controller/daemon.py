@@ -1,4 +1,9 @@
-"""The daemon's process around the cycle: schedule, signals, reload, systemd, metrics.
+"""The daemon: runs cycles on a schedule until told to stop (the thin process around them).
+
+The schedule's pieces (executor, slot grid, skips) are :mod:`controller.schedule`;
+the process's (signals, watchdog, metrics endpoint) :mod:`controller.lifecycle`;
+the contracts (:class:`~controller.contracts.RunsCycles`, the report types)
+:mod:`controller.contracts`; exit codes :class:`controller.exit_codes.ExitCode`.
 
 The lifecycle follows uvicorn's ``server.py``: **start-up** (load settings, serve
 metrics, build the cycle runner, start the scheduler, ``READY=1``) → **main
@@ -11,373 +16,93 @@ with ``max_instances=1`` and ``coalesce=True``, so a cycle never overlaps the
 next; a slot that comes due while a cycle still runs is skipped (``overrun``),
 one the scheduler woke up too late for is skipped (``missed``), and each skip
 is logged, counted in ``signaltwin_cycle_skipped_total{reason}`` and recorded
-through :meth:`CycleRunner.record_skip` (after the running cycle, so the runner
+through :meth:`RunsCycles.record_skip` (after the running cycle, so the runner
 is never called from two threads at once). A second job collects measured
-deltas and fine-tunes (:meth:`CycleRunner.collect_feedback`) on its own interval.
+deltas and fine-tunes (:meth:`RunsCycles.collect_feedback`) on its own interval.
 All runner calls are serialised by one lock; the runner need not be thread-safe,
 except that the ``cancel`` event it was given is set from another thread.
 
 Signals: SIGTERM or SIGINT stop gracefully (the running cycle is cancelled and
 given ``schedule.shutdown_deadline_s`` to return); a second SIGINT forces the
 exit; SIGHUP reloads the settings: an invalid file is refused and the old
-settings kept; a valid one builds a new runner, which replaces the old one
-between cycles and records the change via :meth:`CycleRunner.record_config_change`.
+settings kept; a valid one builds a new runner (with ``reload_factory``, told
+that it is a reload, so it does not settle the running runner's push), which replaces the old one
+between cycles and records the change via :meth:`RunsCycles.record_config_change`.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Generic, TypeVar
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from configs.errors import ConfigError
+from configs.outcomes import DeploymentResult
+from controller.contracts import (
+    BasicCycleReport,
+    ComponentHealth,
+    CycleReportLike,
+    DaemonSettings,
+    FeedbackReport,
+    RunsCycles,
+    SkipReason,
+)
+from controller.exit_codes import ExitCode
+from controller.lifecycle import DaemonOptions, SignalHandlers, check_watchdog, serve_metrics
+from controller.metrics import Metrics, MetricsServer
+from controller.notify import Notifier, monotonic_usec
+from controller.schedule import (
+    CYCLE_JOB_ID,
+    FEEDBACK_JOB_ID,
+    CycleRun,
+    SlotLog,
+    build_scheduler,
+    cycle_trigger,
+    deployment_result,
+    misfire_grace_s,
+    next_run_time,
+    record_cycle_metrics,
+    scheduled_run_time,
+    slot_floor,
+)
+
+# The contracts and schedule types are re-exported: ``from controller.daemon
+# import FeedbackReport`` keeps working.
 __all__ = [
-    "EXIT_FORCED",
-    "EXIT_OK",
-    "EXIT_SHUTDOWN_TIMEOUT",
-    "EXIT_STARTUP_COMPONENT",
-    "EXIT_STARTUP_CONFIG",
     "BasicCycleReport",
     "ComponentHealth",
-    "CycleOutcome",
+    "CycleReportLike",
     "CycleRun",
     "CycleRunner",
     "Daemon",
     "DaemonOptions",
     "DaemonSettings",
     "FeedbackReport",
+    "RunsCycles",
     "SkipReason",
     "deployment_result",
     "run_daemon",
 ]
 
-import logging
-import math
-import signal
-import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from types import FrameType
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
-
-from apscheduler.events import (
-    EVENT_JOB_MAX_INSTANCES,
-    EVENT_JOB_MISSED,
-    JobExecutionEvent,
-    JobSubmissionEvent,
-    SchedulerEvent,
-)
-from apscheduler.executors.base import BaseExecutor, run_job
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
-
-from configs.errors import ConfigError
-from controller.metrics import Metrics, MetricsServer, start_metrics_server
-from controller.notify import Notifier, monotonic_usec, watchdog_timeout_s
-
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-"""Stopped by a signal after the running cycle finished or aborted in time."""
-EXIT_SHUTDOWN_TIMEOUT = 1
-"""Stopped, but a cycle was still running when the shutdown deadline passed."""
-EXIT_STARTUP_CONFIG = 2
-"""The settings were invalid at start-up."""
-EXIT_STARTUP_COMPONENT = 3
-"""A component (metrics port, HSM, controllers, ...) failed at start-up."""
-EXIT_FORCED = 130
-"""A second SIGINT forced the exit."""
-
-SkipReason = Literal["overrun", "missed", "busy"]
-DeploymentResult = Literal["deployed", "shadow", "refused", "failed", "aborted"]
-
-CYCLE_JOB_ID = "cycle"
-FEEDBACK_JOB_ID = "feedback"
-
-
-# --- what the daemon needs from the settings ---------------------------------------
-
-
-class ScheduleSettingsLike(Protocol):
-    """The ``[schedule]`` section, as far as the daemon reads it."""
-
-    @property
-    def interval_s(self) -> float:
-        """Seconds between cycle starts."""
-        ...
-
-    @property
-    def feedback_interval_s(self) -> float:
-        """Seconds between feedback collections."""
-        ...
-
-    @property
-    def shutdown_deadline_s(self) -> float:
-        """How long a stop waits for the running cycle."""
-        ...
-
-
-class MetricsSettingsLike(Protocol):
-    """The ``[metrics]`` section."""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether to serve metrics over HTTP."""
-        ...
-
-    @property
-    def address(self) -> str:
-        """Address to bind."""
-        ...
-
-    @property
-    def port(self) -> int:
-        """Port to bind (0: any free port)."""
-        ...
-
-
-class DaemonSettings(Protocol):
-    """What the daemon reads from the settings (``configs.settings.Settings`` fits)."""
-
-    @property
-    def mode(self) -> str:
-        """``auto`` or ``shadow``."""
-        ...
-
-    @property
-    def schedule(self) -> ScheduleSettingsLike:
-        """The schedule section."""
-        ...
-
-    @property
-    def metrics(self) -> MetricsSettingsLike:
-        """The metrics section."""
-        ...
-
-
 S = TypeVar("S", bound=DaemonSettings)
-S_contra = TypeVar("S_contra", contravariant=True)
 
-
-# --- what a cycle reports -------------------------------------------------------------
-
-
-class CycleOutcome(Protocol):
-    """What the daemon reads from a cycle's report (``controller.cycle.CycleReport`` fits).
-
-    Attributes:
-        ok: the cycle ran to its end without error (a refusal by the gate is ok).
-        deployed: a plan was activated on the controllers.
-        decision: the gate's decision (``pass``, ``refuse_wait``, ``refuse_nox``,
-            ``refuse_failed``), or ``none`` when the cycle ended before the gate.
-        stage_s: seconds per stage (``observe``, ``estimate``, ``propose``, ``screen``,
-            ``whatif``, ``gate``, ``render``, ``sign``, ``push``, ``record``).
-        error: what failed and why, when not ok.
-        sequence: the sequence number of the deployed (or shadow) configuration.
-    """
-
-    @property
-    def ok(self) -> bool: ...  # noqa: D102
-
-    @property
-    def deployed(self) -> bool: ...  # noqa: D102
-
-    @property
-    def decision(self) -> str: ...  # noqa: D102
-
-    @property
-    def stage_s(self) -> Mapping[str, float]: ...  # noqa: D102
-
-    @property
-    def error(self) -> str | None: ...  # noqa: D102
-
-    @property
-    def sequence(self) -> int | None: ...  # noqa: D102
-
-
-@runtime_checkable
-class ComponentHealth(Protocol):
-    """Optional extra a report may carry: component errors met during the cycle.
-
-    When a cycle's report has these attributes too, the daemon records them in
-    ``signaltwin_hsm_errors_total``, ``signaltwin_opcua_errors_total{controller}``
-    and ``signaltwin_controller_up{controller}``.
-    """
-
-    @property
-    def hsm_errors(self) -> int: ...  # noqa: D102
-
-    @property
-    def opcua_errors(self) -> Mapping[str, int]: ...  # noqa: D102
-
-    @property
-    def controllers_up(self) -> Mapping[str, bool]: ...  # noqa: D102
-
-
-@dataclass(frozen=True)
-class BasicCycleReport:
-    """A plain :class:`CycleOutcome` with :class:`ComponentHealth` (for fakes and crashes)."""
-
-    ok: bool
-    deployed: bool
-    decision: str = "none"
-    stage_s: Mapping[str, float] = field(default_factory=dict)
-    error: str | None = None
-    sequence: int | None = None
-    hsm_errors: int = 0
-    opcua_errors: Mapping[str, int] = field(default_factory=dict)
-    controllers_up: Mapping[str, bool] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FeedbackReport:
-    """What a feedback collection did.
-
-    Attributes:
-        measured: deployments whose field outcome was measured in this run.
-        prediction_error_ratios: per measured deployment, the relative error of the
-            predicted change against the measured one (``|measured - predicted| /
-            |predicted|``, or whatever ratio the runner documents).
-        fine_tuned: whether the policy was fine-tuned.
-    """
-
-    measured: int = 0
-    prediction_error_ratios: tuple[float, ...] = ()
-    fine_tuned: bool = False
-
-
-def deployment_result(report: CycleOutcome, cancelled: bool = False) -> DeploymentResult:
-    """Classify a cycle's outcome for ``signaltwin_deployments_total{result}``.
-
-    Args:
-        report: the cycle's report.
-        cancelled: whether the cycle's cancel event was set when it returned (a
-            cycle that did not finish ok then counts as ``aborted``).
-    """
-    if report.deployed:
-        return "deployed"
-    if not report.ok:
-        return "aborted" if cancelled else "failed"
-    if report.decision == "pass":
-        return "shadow"
-    return "refused"
-
-
-@dataclass(frozen=True)
-class CycleRun:
-    """One cycle as the daemon saw it: the runner's report plus timing and outcome."""
-
-    slot_time: datetime
-    report: CycleOutcome
-    result: DeploymentResult
-    duration_s: float
-    returned: bool
-    """False when ``run_cycle`` raised and ``report`` was made up by the daemon."""
-
-    def describe(self) -> str:
-        """One line for logs and systemd's STATUS, e.g. ``cycle 12:04:00Z: deployed``."""
-        slot = self.slot_time.astimezone(UTC).strftime("%H:%M:%SZ")
-        text = f"cycle {slot}: {self.result}"
-        report = self.report
-        if report.decision and report.decision != "none":
-            text += f" (gate {report.decision})"
-        if report.sequence is not None and self.result in ("deployed", "shadow"):
-            text += f", sequence {report.sequence}"
-        if report.error:
-            text += f": {report.error}"
-        return text
-
-
-class CycleRunner(Protocol[S_contra]):
-    """One configured cycle pipeline (built from settings by a factory).
-
-    The daemon calls these methods from worker threads, never two at once.
-    """
-
-    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleOutcome:
-        """Run one cycle for ``slot_time`` (UTC); return promptly once ``cancel`` is set.
-
-        Must never leave a plan staged but not activated: on cancel, abort what
-        was staged (or let the activation complete) before returning.
-        """
-        ...
-
-    def collect_feedback(self) -> FeedbackReport | None:
-        """Collect measured deltas of past deployments and fine-tune the policy."""
-        ...
-
-    def record_skip(self, slot_time: datetime, reason: str) -> None:
-        """Record in the ledger that the cycle slot ``slot_time`` was skipped, and why."""
-        ...
-
-    def record_config_change(self, settings: S_contra) -> None:
-        """Record in the ledger that ``settings`` now apply (called on the new runner)."""
-        ...
-
-    def close(self) -> None:
-        """Release connections, sessions and files."""
-        ...
-
-
-# --- the executor: one daemon thread per job run ---------------------------------------
-
-
-class _JobThread(threading.Thread):
-    """A job run, carrying the time it was scheduled for."""
-
-    scheduled_run_time: datetime | None = None
-
-
-class _DaemonThreadExecutor(BaseExecutor):  # type: ignore[misc]
-    """Runs each job in its own daemon thread.
-
-    APScheduler's pool executor uses non-daemon threads that the interpreter
-    joins at exit, so a cycle stuck past the shutdown deadline would keep the
-    process alive; these threads do not. The thread also carries the scheduled
-    run time, which APScheduler does not pass to the job function.
-    """
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        def target() -> None:
-            try:
-                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
-            except BaseException as e:  # pragma: no cover - run_job catches job errors
-                self._run_job_error(job.id, e, e.__traceback__)
-            else:
-                self._run_job_success(job.id, events)
-
-        thread = _JobThread(target=target, name=f"signaltwin-{job.id}", daemon=True)
-        thread.scheduled_run_time = run_times[-1] if run_times else None
-        thread.start()
-
-
-def _scheduled_run_time() -> datetime:
-    thread = threading.current_thread()
-    if isinstance(thread, _JobThread) and thread.scheduled_run_time is not None:
-        return thread.scheduled_run_time.astimezone(UTC)
-    return datetime.now(UTC)
+CycleRunner = RunsCycles
+"""The previous name of :class:`controller.contracts.RunsCycles` (``controller.commands.run``
+still imports it); new code names the Protocol ``RunsCycles``, since
+:class:`controller.cycle.CycleRunner` is the class that implements it."""
 
 
 # --- the daemon ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    """Process-level knobs that are not in the settings file.
-
-    Attributes:
-        tick_s: how often the main loop looks at the signal flags.
-        install_signal_handlers: install SIGTERM/SIGINT/SIGHUP handlers (only
-            possible in the main thread; in-process tests call
-            :meth:`Daemon.request_stop` / :meth:`Daemon.request_reload` instead).
-        align_to_clock: put cycle slots on multiples of the interval since the Unix
-            epoch (240 s: hh:00, hh:04, ...), so that slot times are predictable;
-            otherwise the first slot is one interval after start-up.
-        misfire_grace_s: how late a slot may start before it counts as missed
-            (None: a quarter of the interval, at least 1 s).
-    """
-
-    tick_s: float = 0.1
-    install_signal_handlers: bool = True
-    align_to_clock: bool = True
-    misfire_grace_s: int | None = None
 
 
 class Daemon(Generic[S]):
@@ -386,10 +111,11 @@ class Daemon(Generic[S]):
     def __init__(
         self,
         settings_loader: Callable[[], S],
-        cycle_factory: Callable[[S], CycleRunner[S]],
+        cycle_factory: Callable[[S], RunsCycles[S]],
         metrics: Metrics,
         notifier: Notifier,
         options: DaemonOptions | None = None,
+        reload_factory: Callable[[S], RunsCycles[S]] | None = None,
     ) -> None:
         """Prepare the daemon; nothing starts until :meth:`run`.
 
@@ -400,9 +126,14 @@ class Daemon(Generic[S]):
             metrics: where to record (its registry is served when metrics are enabled).
             notifier: systemd notifications (a no-op outside systemd).
             options: process-level knobs.
+            reload_factory: builds the runner of a reload (SIGHUP), told that it is
+                not the process's start-up (e.g. ``build_runner(s, reload=True)``,
+                which leaves a push in flight to the running runner); default
+                ``cycle_factory``.
         """
         self._loader = settings_loader
         self._factory = cycle_factory
+        self._reload_factory = reload_factory or cycle_factory
         self.metrics = metrics
         self._notifier = notifier
         self.options = options or DaemonOptions()
@@ -416,15 +147,13 @@ class Daemon(Generic[S]):
         self._stopping = False
         self._runner_lock = threading.Lock()
         self._settings: S | None = None
-        self._runner: CycleRunner[S] | None = None
-        self._pending: tuple[S, CycleRunner[S]] | None = None
+        self._runner: RunsCycles[S] | None = None
+        self._pending: tuple[S, RunsCycles[S]] | None = None
         self._pending_lock = threading.Lock()  # ownership of _pending moves atomically
-        self._last_slot: datetime | None = None  # the last slot run or skipped
-        self._skips: list[tuple[datetime, SkipReason]] = []
-        self._skips_lock = threading.Lock()
+        self._slots = SlotLog(metrics)
         self._scheduler: BackgroundScheduler | None = None
         self._server: MetricsServer | None = None
-        self._saved_handlers: dict[int, Any] = {}
+        self._signals = SignalHandlers(self.handle_signal)
         self._once = False
         self.cycles_completed = 0
 
@@ -468,12 +197,12 @@ class Daemon(Generic[S]):
 
     # --- the lifecycle --------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self) -> ExitCode:
         """Start up, run cycles until stopped, shut down; return the exit code."""
         self._install_signal_handlers()
         try:
             code = self._startup()
-            if code != EXIT_OK:
+            if code != ExitCode.OK:
                 self._close_quietly()
                 return code
             self._main_loop()
@@ -494,7 +223,7 @@ class Daemon(Generic[S]):
         settings = self._loader()
         runner = self._factory(settings)
         if slot_time is None:
-            slot_time = self._slot_floor(datetime.now(UTC), settings.schedule.interval_s)
+            slot_time = slot_floor(datetime.now(UTC), settings.schedule.interval_s)
         watcher_stop = threading.Event()
 
         def watch() -> None:
@@ -516,47 +245,37 @@ class Daemon(Generic[S]):
 
     # --- start-up ---------------------------------------------------------------------
 
-    def _startup(self) -> int:
+    def _startup(self) -> ExitCode:
         self._status("starting")
         try:
             settings = self._loader()
         except ConfigError as e:
             logger.error("cannot start: %s", e)
-            return EXIT_STARTUP_CONFIG
+            return ExitCode.USAGE
         except Exception as e:
             logger.exception("cannot start: loading the settings failed: %s", e)
-            return EXIT_STARTUP_CONFIG
+            return ExitCode.USAGE
         self._settings = settings
         if self.should_exit:
-            return EXIT_OK
+            return ExitCode.OK
 
-        if settings.metrics.enabled:
-            try:
-                self._server = start_metrics_server(
-                    self.metrics.registry, settings.metrics.address, settings.metrics.port
-                )
-            except OSError as e:
-                logger.error(
-                    "cannot start: metrics endpoint %s:%s: %s (change metrics.address / "
-                    "metrics.port in the settings, or set metrics.enabled = false)",
-                    settings.metrics.address,
-                    settings.metrics.port,
-                    e,
-                )
-                return EXIT_STARTUP_COMPONENT
+        try:
+            self._server = serve_metrics(self.metrics, settings.metrics)
+        except OSError:
+            return ExitCode.COMPONENT
 
         try:
             self._runner = self._factory(settings)
         except ConfigError as e:
             logger.error("cannot start: %s", e)
-            return EXIT_STARTUP_CONFIG
+            return ExitCode.USAGE
         except Exception as e:
             logger.exception("cannot start: building the cycle failed: %s", e)
-            return EXIT_STARTUP_COMPONENT
+            return ExitCode.COMPONENT
         if self.should_exit:
-            return EXIT_OK
+            return ExitCode.OK
 
-        self._check_watchdog(settings)
+        check_watchdog(settings.schedule.interval_s)
         self._scheduler = self._build_scheduler(settings)
         self._scheduler.start()
         next_slot = self._next_run_time(CYCLE_JOB_ID)
@@ -571,76 +290,24 @@ class Daemon(Generic[S]):
         self._notifier.notify(
             "READY=1", f"STATUS=ready, mode {settings.mode}, next cycle {next_slot}{where}"
         )
-        return EXIT_OK
-
-    def _check_watchdog(self, settings: S) -> None:
-        watchdog_s = watchdog_timeout_s()
-        needed_s = 2 * settings.schedule.interval_s
-        if watchdog_s is not None and watchdog_s < needed_s:
-            logger.warning(
-                "WatchdogSec=%.0f is shorter than two cycle intervals (%.0f s): WATCHDOG=1 is "
-                "sent after each completed cycle, so systemd may kill a healthy daemon; raise "
-                "WatchdogSec in the unit",
-                watchdog_s,
-                needed_s,
-            )
+        return ExitCode.OK
 
     def _misfire_grace_s(self, interval_s: float) -> int:
-        if self.options.misfire_grace_s is not None:
-            return max(1, self.options.misfire_grace_s)
-        return max(1, int(interval_s / 4))
-
-    def _cycle_trigger(self, interval_s: float) -> IntervalTrigger:
-        now = datetime.now(UTC)
-        if self.options.align_to_clock:
-            start = self._slot_floor(now, interval_s)
-        else:
-            start = now
-        return IntervalTrigger(seconds=interval_s, start_date=start, timezone=UTC)
-
-    @staticmethod
-    def _slot_floor(moment: datetime, interval_s: float) -> datetime:
-        epoch_s = moment.timestamp()
-        return datetime.fromtimestamp(math.floor(epoch_s / interval_s) * interval_s, UTC)
+        return misfire_grace_s(interval_s, self.options.misfire_grace_s)
 
     def _build_scheduler(self, settings: S) -> BackgroundScheduler:
-        interval_s = settings.schedule.interval_s
-        scheduler = BackgroundScheduler(
-            executors={"default": _DaemonThreadExecutor()},
-            timezone=UTC,
-            daemon=True,
-        )
-        scheduler.add_job(
+        scheduler = build_scheduler(
             self._cycle_job,
-            trigger=self._cycle_trigger(interval_s),
-            id=CYCLE_JOB_ID,
-            name="signaltwin cycle",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=self._misfire_grace_s(interval_s),
-        )
-        feedback_s = settings.schedule.feedback_interval_s
-        scheduler.add_job(
             self._feedback_job,
-            trigger=IntervalTrigger(seconds=feedback_s, timezone=UTC),
-            id=FEEDBACK_JOB_ID,
-            name="signaltwin feedback",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(feedback_s)),
+            cycle_trigger(settings.schedule.interval_s, self.options.align_to_clock),
+            cycle_grace_s=self._misfire_grace_s(settings.schedule.interval_s),
+            feedback_interval_s=settings.schedule.feedback_interval_s,
         )
-        scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
-        scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self._slots.listen(scheduler)
         return scheduler
 
     def _next_run_time(self, job_id: str) -> str:
-        if self._scheduler is None:
-            return "?"
-        job = self._scheduler.get_job(job_id)
-        if job is None or job.next_run_time is None:
-            return "?"
-        moment: datetime = job.next_run_time
-        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return next_run_time(self._scheduler, job_id)
 
     # --- main loop ------------------------------------------------------------------------
 
@@ -682,7 +349,7 @@ class Daemon(Generic[S]):
                 "address until the daemon restarts"
             )
         try:
-            new_runner = self._factory(new_settings)
+            new_runner = self._reload_factory(new_settings)
         except Exception as e:
             self._refuse_reload(f"cannot build the cycle from the new settings: {e}")
             return
@@ -732,12 +399,13 @@ class Daemon(Generic[S]):
             return
         if new.schedule.interval_s != old.schedule.interval_s:
             interval_s = new.schedule.interval_s
-            with self._skips_lock:
-                self._last_slot = None  # the slot grid changes
+            self._slots.reset()  # the slot grid changes
             self._scheduler.modify_job(
                 CYCLE_JOB_ID, misfire_grace_time=self._misfire_grace_s(interval_s)
             )
-            self._scheduler.reschedule_job(CYCLE_JOB_ID, trigger=self._cycle_trigger(interval_s))
+            self._scheduler.reschedule_job(
+                CYCLE_JOB_ID, trigger=cycle_trigger(interval_s, self.options.align_to_clock)
+            )
             logger.info(
                 "cycle interval now %s s; next cycle at %s",
                 interval_s,
@@ -752,7 +420,7 @@ class Daemon(Generic[S]):
     # --- jobs --------------------------------------------------------------------------------
 
     def _cycle_job(self) -> None:
-        slot_time = _scheduled_run_time()
+        slot_time = scheduled_run_time()
         self._note_gap(slot_time)
         if self._stopping:
             return
@@ -776,7 +444,7 @@ class Daemon(Generic[S]):
             status = f"STATUS={run.describe()}; next cycle {self._next_run_time(CYCLE_JOB_ID)}"
             # The watchdog is fed by completed cycles only (not aborted ones, nor
             # ones that raised: a runner that raises every time may need a restart).
-            if run.returned and run.result != "aborted":
+            if run.returned and run.result != DeploymentResult.ABORTED:
                 self._notifier.notify("WATCHDOG=1", status)
             else:
                 self._notifier.notify(status)
@@ -785,12 +453,12 @@ class Daemon(Generic[S]):
         finally:
             self._runner_lock.release()
 
-    def _execute_cycle(self, runner: CycleRunner[S], slot_time: datetime) -> CycleRun:
+    def _execute_cycle(self, runner: RunsCycles[S], slot_time: datetime) -> CycleRun:
         """Run one cycle, time it, log it and record its metrics; never raises."""
         logger.info("cycle for slot %s starting", slot_time.isoformat())
         self.metrics.set_cycle_running(True)
         started = time.monotonic()
-        report: CycleOutcome
+        report: CycleReportLike
         returned = False
         try:
             report = runner.run_cycle(slot_time, self._cancel)
@@ -807,27 +475,10 @@ class Daemon(Generic[S]):
             duration_s=time.monotonic() - started,
             returned=returned,
         )
-        self._record_cycle(run)
+        record_cycle_metrics(self.metrics, run)
         log = logger.info if report.ok else logger.error
         log("%s (%.1f s)", run.describe(), run.duration_s)
         return run
-
-    def _record_cycle(self, run: CycleRun) -> None:
-        metrics, report = self.metrics, run.report
-        metrics.observe_cycle(run.duration_s)
-        for stage, stage_s in report.stage_s.items():
-            metrics.observe_stage(stage, stage_s)
-        if report.decision and report.decision != "none":
-            metrics.count_gate_decision(report.decision)
-        metrics.count_deployment(run.result)
-        if isinstance(report, ComponentHealth):
-            metrics.count_hsm_error(report.hsm_errors)
-            for controller, errors in report.opcua_errors.items():
-                metrics.count_opcua_error(controller, errors)
-            for controller, up in report.controllers_up.items():
-                metrics.set_controller_up(controller, up)
-        if report.ok:
-            metrics.mark_success(time.time())
 
     def _feedback_job(self) -> None:
         if self._stopping:
@@ -859,64 +510,19 @@ class Daemon(Generic[S]):
 
     # --- skips -------------------------------------------------------------------------------
 
-    def _on_max_instances(self, event: SchedulerEvent) -> None:
-        if event.job_id != CYCLE_JOB_ID or not isinstance(event, JobSubmissionEvent):
-            if event.job_id == FEEDBACK_JOB_ID:
-                logger.info("feedback collection still running; this run is skipped")
-            return
-        for run_time in event.scheduled_run_times:
-            self._skip(run_time, "overrun")
-
-    def _on_missed(self, event: SchedulerEvent) -> None:
-        if event.job_id != CYCLE_JOB_ID or not isinstance(event, JobExecutionEvent):
-            return
-        self._skip(event.scheduled_run_time, "missed")
-
     def _skip(self, slot_time: datetime, reason: SkipReason) -> None:
-        slot_time = slot_time.astimezone(UTC)
-        why = {
-            "overrun": "the previous cycle is still running",
-            "missed": "the scheduler woke up too late for it (host suspended or overloaded)",
-            "busy": "feedback collection or a reload held the runner",
-        }[reason]
-        logger.warning("cycle slot %s skipped (%s): %s", slot_time.isoformat(), reason, why)
-        self.metrics.count_skip(reason)
-        with self._skips_lock:
-            self._skips.append((slot_time, reason))
-            if self._last_slot is None or slot_time > self._last_slot:
-                self._last_slot = slot_time
+        self._slots.skip(slot_time, reason)
 
     def _note_gap(self, slot_time: datetime) -> None:
-        """Report slots between the last one handled and ``slot_time`` as missed.
+        if self._settings is not None:
+            self._slots.note_gap(slot_time, self._settings.schedule.interval_s)
 
-        APScheduler's ``coalesce`` silently drops all but the latest of several
-        overdue run times (after the host was suspended, or the process stopped),
-        so gaps in the slot sequence are found here instead.
-        """
-        settings = self._settings
-        if settings is None:
-            return
-        interval_s = settings.schedule.interval_s
-        with self._skips_lock:
-            last, self._last_slot = self._last_slot, max(slot_time, self._last_slot or slot_time)
-        if last is None or slot_time <= last:
-            return
-        lost = round((slot_time - last).total_seconds() / interval_s) - 1
-        for k in range(1, lost + 1):
-            self._skip(last + timedelta(seconds=k * interval_s), "missed")
-
-    def _flush_skips(self, runner: CycleRunner[S]) -> None:
-        with self._skips_lock:
-            skips, self._skips = self._skips, []
-        for slot_time, reason in skips:
-            try:
-                runner.record_skip(slot_time, reason)
-            except Exception:
-                logger.exception("runner.record_skip failed for slot %s", slot_time.isoformat())
+    def _flush_skips(self, runner: RunsCycles[S]) -> None:
+        self._slots.flush(runner.record_skip)
 
     # --- shutdown ------------------------------------------------------------------------------
 
-    def _shutdown(self) -> int:
+    def _shutdown(self) -> ExitCode:
         self._stopping = True
         settings = self._settings
         deadline_s = settings.schedule.shutdown_deadline_s if settings is not None else 30.0
@@ -942,11 +548,11 @@ class Daemon(Generic[S]):
                 self._close_quietly()
             finally:
                 self._runner_lock.release()
-            code = EXIT_OK
+            code = ExitCode.OK
             logger.info("stopped")
         elif self.force_exit:
             logger.warning("forced exit: a running cycle was abandoned")
-            code = EXIT_FORCED
+            code = ExitCode.INTERRUPTED
         else:
             logger.error(
                 "a cycle (or feedback run) was still running %s s after the stop request; "
@@ -955,7 +561,7 @@ class Daemon(Generic[S]):
                 "to abort)",
                 deadline_s,
             )
-            code = EXIT_SHUTDOWN_TIMEOUT
+            code = ExitCode.PROBLEM
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -983,17 +589,11 @@ class Daemon(Generic[S]):
     # --- signals ------------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
-        if not self.options.install_signal_handlers:
-            return
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            self._saved_handlers[sig] = signal.signal(sig, self.handle_signal)
+        if self.options.install_signal_handlers:
+            self._signals.install()
 
     def _restore_signal_handlers(self) -> None:
-        for sig, handler in self._saved_handlers.items():
-            signal.signal(sig, handler)
-        self._saved_handlers.clear()
+        self._signals.restore()
 
     def _status(self, text: str) -> None:
         self._notifier.notify(f"STATUS={text}")
@@ -1001,15 +601,18 @@ class Daemon(Generic[S]):
 
 def run_daemon(
     settings_loader: Callable[[], S],
-    cycle_factory: Callable[[S], CycleRunner[S]],
+    cycle_factory: Callable[[S], RunsCycles[S]],
     metrics: Metrics,
     notifier: Notifier,
     options: DaemonOptions | None = None,
-) -> int:
+    reload_factory: Callable[[S], RunsCycles[S]] | None = None,
+) -> ExitCode:
     """Run the daemon in the foreground until a signal stops it; return the exit code.
 
-    Exit codes: 0 stopped cleanly; 1 stopped with a cycle still running after the
-    shutdown deadline; 2 invalid settings at start-up; 3 a component failed at
-    start-up; 130 forced by a second SIGINT.
+    Exit codes (:class:`~controller.exit_codes.ExitCode`): OK stopped cleanly;
+    PROBLEM stopped with a cycle still running after the shutdown deadline; USAGE
+    invalid settings at start-up; COMPONENT a component failed at start-up;
+    INTERRUPTED forced by a second SIGINT.
     """
-    return Daemon(settings_loader, cycle_factory, metrics, notifier, options).run()
+    daemon = Daemon(settings_loader, cycle_factory, metrics, notifier, options, reload_factory)
+    return daemon.run()

@@ -29,7 +29,9 @@ from typing import IO, Any
 
 from configs.errors import ActuationError, ConfigError, SignaltwinError
 from configs.settings import ControllerEndpoint, Settings, dump_settings_toml, load_settings
-from controller.cycle import CycleReport, CycleRunner, build_cycle_runner
+from controller.contracts import CycleReport
+from controller.cycle import CycleRunner
+from controller.wiring import build_runner
 
 __all__ = ["DemoOptions", "DemoSummary", "default_demo_config", "prepare_demo", "run_demo"]
 
@@ -319,9 +321,9 @@ def run_demo(options: DemoOptions) -> DemoSummary:
             if holder:
                 holder[0].request_stop()
 
-        def factory(s: Settings) -> Any:
+        def factory(s: Settings, reload: bool = False) -> Any:
             options.echo("daemon: opening the HSM, the ledger and 47 secure sessions ...")
-            return _ObservedRunner(build_cycle_runner(s), summary, options, stop)
+            return _ObservedRunner(build_runner(s, reload=reload), summary, options, stop)
 
         metrics = Metrics(
             build_registry(process_metrics=False),
@@ -336,6 +338,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
                 install_signal_handlers=threading.current_thread() is threading.main_thread(),
                 align_to_clock=False,
             ),
+            reload_factory=lambda s: factory(s, reload=True),
         )
         holder.append(daemon)
         code = daemon.run()

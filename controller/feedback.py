@@ -22,14 +22,19 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from configs.errors import SignaltwinError
 from configs.settings import Settings
 from configs.timing import TimingConfiguration
-from controller.cycle import Observation
-from controller.daemon import FeedbackReport
+from controller.contracts import (
+    FeedbackReport,
+    FeedbackSink,
+    MeasurementSource,
+    Observation,
+    PolicyHolder,
+)
 from controller.ledger import Ledger
+from rl.measured import measure_delta
 
 __all__ = ["FeedbackCollector", "PendingMeasurement"]
 
@@ -56,13 +61,12 @@ class FeedbackCollector:
         self,
         settings: Settings,
         ledger: Ledger,
-        read_measurements: Any,
-        proposer: Any,
-        store: Any | None = None,
+        read_measurements: MeasurementSource,
+        proposer: PolicyHolder,
+        store: FeedbackSink | None = None,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        #: () -> (field time s, {tls: (mean wait s, NOx mg)})
         self.read_measurements = read_measurements
         self.proposer = proposer
         self.store = store
@@ -93,8 +97,8 @@ class FeedbackCollector:
         with self._lock:
             self._pending.append(pending)
         if self.store is not None:
-            observations = getattr(self.proposer, "last_observations", None) or {}
-            policy = getattr(self.proposer, "policy", None)
+            observations = self.proposer.last_observations or {}
+            policy = self.proposer.policy
             try:
                 self.store.record_deployment(
                     deployment_id,
@@ -140,15 +144,10 @@ class FeedbackCollector:
         after: Mapping[str, tuple[float, float]],
         field_time: float,
     ) -> float:
-        common = sorted(set(item.before) & set(after))
-        if not common:
+        change = measure_delta(item.before, after)
+        if change is None:
             raise SignaltwinError("no intersection was measured both before and after")
-        wait_before = sum(item.before[t][0] for t in common) / len(common)
-        wait_after = sum(after[t][0] for t in common) / len(common)
-        nox_before = sum(item.before[t][1] for t in common)
-        nox_after = sum(after[t][1] for t in common)
-        wait_change = (wait_after - wait_before) / wait_before if wait_before > 0 else 0.0
-        nox_change = (nox_after - nox_before) / nox_before if nox_before > 0 else 0.0
+        wait_change, nox_change = change.wait_change, change.nox_change
         error = wait_change - item.predicted_wait_change
         ratio = abs(error) / max(abs(item.predicted_wait_change), 1e-6)
         self.ledger.append(
@@ -159,11 +158,11 @@ class FeedbackCollector:
                 "measured": {
                     "wait_change": round(wait_change, 6),
                     "nox_change": round(nox_change, 6),
-                    "wait_before_s": round(wait_before, 3),
-                    "wait_after_s": round(wait_after, 3),
-                    "nox_before_mg": round(nox_before, 3),
-                    "nox_after_mg": round(nox_after, 3),
-                    "intersections": len(common),
+                    "wait_before_s": round(change.wait_before_s, 3),
+                    "wait_after_s": round(change.wait_after_s, 3),
+                    "nox_before_mg": round(change.nox_before_mg, 3),
+                    "nox_after_mg": round(change.nox_after_mg, 3),
+                    "intersections": change.intersections,
                     "field_time_s": field_time,
                 },
                 "predicted": {
@@ -191,7 +190,7 @@ class FeedbackCollector:
 
     def _maybe_fine_tune(self) -> bool:
         rl = self.settings.rl
-        policy = getattr(self.proposer, "policy", None)
+        policy = self.proposer.policy
         if not rl.fine_tune or self.store is None or policy is None:
             return False
         if self.store.count() < rl.fine_tune_min_samples or self._measured_since_tune == 0:
@@ -202,7 +201,7 @@ class FeedbackCollector:
         directory = self.settings.state_dir / "policies"
         directory.mkdir(parents=True, exist_ok=True)
         out = directory / f"policy-{len(list(directory.glob('policy-*.pt'))) + 1:04d}.pt"
-        parent = getattr(self.proposer, "policy_path", None)
+        parent = self.proposer.policy_path
         if parent is None:
             return False
         try:

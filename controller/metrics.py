@@ -56,13 +56,14 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from configs.outcomes import DeploymentResult
+
 logger = logging.getLogger(__name__)
 
-DeploymentResultLabel = Literal["deployed", "shadow", "refused", "failed", "aborted"]
 SkipReasonLabel = Literal["overrun", "missed", "busy"]
 ReloadResultLabel = Literal["applied", "rejected", "unchanged"]
 
-DEPLOYMENT_RESULTS: Final = ("deployed", "shadow", "refused", "failed", "aborted")
+DEPLOYMENT_RESULTS: Final = tuple(r.value for r in DeploymentResult)
 SKIP_REASONS: Final = ("overrun", "missed", "busy")
 RELOAD_RESULTS: Final = ("applied", "rejected", "unchanged")
 GATE_DECISIONS: Final = ("pass", "refuse_wait", "refuse_nox", "refuse_failed")
@@ -287,9 +288,9 @@ class Metrics:
         """Record the Unix time at which a cycle ended without error."""
         self.last_success.set(timestamp_s)
 
-    def count_deployment(self, result: DeploymentResultLabel) -> None:
+    def count_deployment(self, result: DeploymentResult) -> None:
         """Count a cycle's outcome."""
-        self.deployments.labels(result=result).inc()
+        self.deployments.labels(result=DeploymentResult(result).value).inc()
 
     def count_gate_decision(self, decision: str) -> None:
         """Count a gate decision (unknown kinds beyond the cap count as ``other``)."""

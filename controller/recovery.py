@@ -26,25 +26,22 @@ so its ``deployment`` record says what the field actually runs.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from configs.errors import ActuationError, SignaltwinError
+from configs.outcomes import PushOutcome
+from controller.contracts import DeployOutcome
 from controller.ledger import Ledger, Record
 from hsm.base import Signer
-
-if TYPE_CHECKING:
-    from controller.cycle import CycleRunner
 
 __all__ = [
     "RECOVERED_RESULTS",
     "RecoveryReport",
+    "ResumableRunner",
     "Settlement",
-    "claim_startup",
+    "deploy_outcome",
     "find_interrupted",
     "highest_controller_sequence",
     "reconcile",
@@ -73,6 +70,18 @@ class SnapshotLike(Protocol):
     error: str | None
 
 
+class ResumableRunner(Protocol):
+    """What :func:`recover` needs of a freshly built runner (``controller.cycle.CycleRunner``)."""
+
+    ledger: Ledger
+    signer: Signer
+    sequence: int
+
+    def resume_from_ledger(self, min_sequence: int = 0) -> None:
+        """Re-read the current plans and the last sequence from the ledger."""
+        ...
+
+
 class AbortingActuator(Protocol):
     """The controllers as reconciliation needs them (``actuation.client.ThreadedActuator``)."""
 
@@ -92,10 +101,10 @@ class Settlement:
     """Where one plan stands on the controllers after read-back (and aborts)."""
 
     sequence: int
-    #: "activated" (every controller the plan names runs it), "aborted" (every
-    #: one was read and none runs it) or "partial" (some run it, or some could
+    #: activated (every controller the plan names runs it), aborted (every
+    #: one was read and none runs it) or partial (some run it, or some could
     #: not be read)
-    outcome: str
+    outcome: PushOutcome
     #: one row per controller (plain data for the ledger)
     rows: tuple[dict[str, Any], ...]
     #: the highest active or staged sequence any controller reported
@@ -105,6 +114,45 @@ class Settlement:
     def unreachable(self) -> tuple[str, ...]:
         """Controllers that could not be read."""
         return tuple(r["tls_id"] for r in self.rows if not r["reachable"])
+
+    @property
+    def running(self) -> frozenset[str]:
+        """Controllers that run the plan (read back as active)."""
+        return frozenset(r["tls_id"] for r in self.rows if r["state"] == "activated")
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Controller -> the error met reading or aborting there."""
+        return {r["tls_id"]: str(r["error"]) for r in self.rows if r.get("error")}
+
+
+def deploy_outcome(
+    settled: Settlement, digest: str, message: str, *, settled_after_failure: bool = False
+) -> DeployOutcome:
+    """The typed push outcome of a settled plan (a failed push's, or a crash's at start-up).
+
+    Args:
+        settled: the read-back (and aborts) of the plan.
+        digest: the plan's configuration digest.
+        message: why it had to be settled, and what was found.
+        settled_after_failure: the push call of a running daemon failed (not a crash).
+    """
+    record: dict[str, Any] = {
+        "sequence": settled.sequence,
+        "digest": digest,
+        "outcome": str(settled.outcome),
+        "reason": message,
+        "controllers": [dict(r) for r in settled.rows],
+    }
+    if settled_after_failure:
+        record["settled"] = True
+    return DeployOutcome(
+        outcome=settled.outcome,
+        running=settled.running,
+        errors=settled.errors,
+        message=message,
+        push_record=record,
+    )
 
 
 @dataclass
@@ -240,12 +288,12 @@ def settle(
     running = [r for r in rows.values() if r["state"] == "activated"]
     unknown = [r for r in rows.values() if r["state"] == "unreachable"]
     if running and len(running) == len(rows):
-        outcome = "activated"
+        outcome = PushOutcome.ACTIVATED
     elif running or unknown:
         # an unreachable controller may run it: never claim "runs nowhere" then
-        outcome = "partial"
+        outcome = PushOutcome.PARTIAL
     else:
-        outcome = "aborted"
+        outcome = PushOutcome.ABORTED
     return Settlement(
         sequence=sequence,
         outcome=outcome,
@@ -305,7 +353,7 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
             "it; start the daemon again once the controllers are reachable (nothing is "
             "pushed until then)"
         )
-    result = f"recovered-{settled.outcome}"
+    result = f"recovered-{settled.outcome.value}"
     report.result = result
     report.rows = [dict(r) for r in settled.rows]
     report.highest_sequence = max(settled.highest_sequence, sequence)
@@ -317,6 +365,7 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
         f"plan {sequence} was interrupted mid-push (daemon stopped); read back at start-up: "
         f"{summary}; never re-pushed"
     )
+    pushed = deploy_outcome(settled, digest, report.message)
     ref = ledger.append(
         "deployment",
         {
@@ -328,21 +377,15 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
             "result": result,
             "recovered": True,
             "push": {
-                "ok": settled.outcome == "activated",
-                "message": report.message,
-                "results": {
-                    "sequence": sequence,
-                    "digest": digest,
-                    "outcome": settled.outcome,
-                    "reason": report.message,
-                    "controllers": [dict(r) for r in settled.rows],
-                },
+                "ok": pushed.ok,
+                "message": pushed.message,
+                "results": dict(pushed.push_record),
             },
         },
         dedupe_key=f"deployment-{sequence}",
     )
     report.deployment_index = ref.index
-    log = logger.warning if settled.outcome != "activated" else logger.info
+    log = logger.warning if settled.outcome != PushOutcome.ACTIVATED else logger.info
     log("recovery: deployment record %d: %s (%s)", ref.index, result, summary)
     try:
         ledger.checkpoint(signer)
@@ -351,27 +394,8 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
     return report
 
 
-_claimed: set[str] = set()
-_claimed_lock = threading.Lock()
-
-
-def claim_startup(ledger_path: str | os.PathLike[str]) -> bool:
-    """True the first time this process opens the ledger at ``ledger_path`` for a runner.
-
-    Reconciliation must run only at process start-up: a runner built by a
-    reload (SIGHUP) while the old runner's push is in flight would otherwise
-    take that push for an interrupted one and abort it.
-    """
-    key = str(Path(ledger_path).resolve())
-    with _claimed_lock:
-        if key in _claimed:
-            return False
-        _claimed.add(key)
-        return True
-
-
 def recover(
-    runner: CycleRunner, actuator: AbortingActuator, *, settle_interrupted: bool = True
+    runner: ResumableRunner, actuator: AbortingActuator, *, settle_interrupted: bool
 ) -> RecoveryReport:
     """Start-up step of the daemon: :func:`reconcile`, then resume the runner from the ledger.
 

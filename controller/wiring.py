@@ -1,9 +1,13 @@
-"""Adapters from the packages' public APIs to the cycle's ports.
+"""The composition root: adapters from the packages' public APIs to the cycle's ports.
 
-The cycle (:mod:`controller.cycle`) knows only its ports; this module builds the
-real ones from :class:`configs.settings.Settings`: the twin on libsumo worker
+The cycle (:mod:`controller.cycle`) knows only its ports
+(:mod:`controller.contracts`); this module builds the real ones from
+:class:`configs.settings.Settings` and connects them: the twin on libsumo worker
 processes with demand estimated from detector counts, the proposer (RL policy,
-Webster, the current plan), the renderer, and the field over OPC UA.
+Webster, the current plan; the screening search is :mod:`edge_accel.screening`),
+the renderer, and the controllers over OPC UA (:class:`OpcUaFleet`). It builds
+and connects only; the logic lives in the packages. Nothing imports this module
+but the CLI and the demo.
 """
 
 from __future__ import annotations
@@ -14,11 +18,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from configs.errors import ActuationError, ConfigError, SignaltwinError, SimulationError
+from configs.errors import (
+    ActuationError,
+    ConfigError,
+    SignaltwinError,
+    SimulationError,
+    WhatIfCancelled,
+)
+from configs.outcomes import PushOutcome
 from configs.settings import Settings, read_secret
-from configs.timing import IntersectionTiming, NetworkRef
-from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
+from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
+from controller.contracts import CycleCancelled, DeployOutcome, Observation, WhatIfSummary
+from controller.cycle import CycleRunner
+from controller.feedback import FeedbackCollector
 from controller.gate import CandidateOutcome
+from controller.recovery import deploy_outcome, recover, settle
 from simulators.demand import RoadGraph, candidate_routes, estimate_demand, write_routes
 from simulators.network import NetworkModel
 from simulators.twin import (
@@ -30,7 +44,7 @@ from simulators.twin import (
 )
 
 __all__ = [
-    "ControllersFieldPort",
+    "OpcUaFleet",
     "ProposerAdapter",
     "RendererAdapter",
     "TwinAdapter",
@@ -149,12 +163,19 @@ class TwinAdapter:
         candidates: Mapping[str, Mapping[str, IntersectionTiming]],
         cancel: threading.Event,
     ) -> WhatIfSummary:
-        """Run current vs candidates on paired seeds."""
+        """Run current vs candidates on paired seeds.
+
+        Raises:
+            CycleCancelled: ``cancel`` was set (shutdown) while the what-if ran.
+        """
         request = self.request(demand, current, candidates)
-        result = self.engine.evaluate(request)
+        try:
+            result = self.engine.evaluate(request, cancel=cancel)
+        except WhatIfCancelled as e:
+            raise CycleCancelled(f"what-if cancelled: {e}") from e
         return WhatIfSummary(
             outcomes=outcomes_of(result),
-            record={"request": request.to_dict(), "result": result.to_dict()},
+            document={"request": request.to_dict(), "result": result.to_dict()},
             horizon_s=result.horizon_s,
             seeds=result.seeds,
             recording=result.recordings,
@@ -213,17 +234,14 @@ class ProposerAdapter:
         current: Mapping[str, IntersectionTiming],
         mode: str = "fixed",
     ) -> dict[str, IntersectionTiming]:
-        from configs.timing import project
+        from configs.timing import project_plans
         from rl.baselines import as_mode
 
-        plans: dict[str, IntersectionTiming] = {}
-        for tls_id, proposal in proposals.items():
+        bases = {}
+        for tls_id in proposals:
             base = self.layouts[tls_id].base
-            if mode != base.mode:
-                base = as_mode(base, mode)  # type: ignore[arg-type]
-            limits = self.settings.safety.limits_for(tls_id)
-            plans[tls_id] = project(tls_id, proposal, base, limits, current.get(tls_id))
-        return plans
+            bases[tls_id] = base if mode == base.mode else as_mode(base, mode)  # type: ignore[arg-type]
+        return project_plans(proposals, bases, self.settings.safety, current)
 
     def propose(
         self,
@@ -248,8 +266,13 @@ class ProposerAdapter:
                 self.policy.propose(observations), current, str(self.policy.mode)
             )
             policy_sha = str(self.policy.sha256)
+        from edge_accel.screening import demand_features
+        from rl.features import critical_flow_ratios
+
         self._current = current
-        self._demand_features = _demand_features(observations)
+        self._demand_features = demand_features(
+            [sum(critical_flow_ratios(o)) for o in observations.values()]
+        )
         return candidates, policy_sha
 
     def screen(
@@ -264,9 +287,17 @@ class ProposerAdapter:
         n = self.settings.simulation.screen_candidates
         if self.surrogate is None or n <= 0 or not candidates or len(kept) >= keep:
             return kept
+        from edge_accel.screening import perturbations
         from edge_accel.surrogate import candidate_features, plan_arrays, screen
 
-        pool = _perturbations(candidates, self._current, self.layouts, self.settings, n)
+        pool = perturbations(
+            candidates,
+            self._current,
+            {t: layout.base for t, layout in self.layouts.items()},
+            self.settings.safety,
+            seed=self.settings.simulation.base_seed,
+            n=n,
+        )
         order = sorted(self._current)
         features = candidate_features(
             self._demand_features,
@@ -290,16 +321,11 @@ class ProposerAdapter:
 
 
 def _demand_features(observations: Mapping[str, Any]) -> Any:
-    """Demand features shared by every candidate: flow ratios pooled over the district."""
-    import numpy as np
-
+    """Old path of :func:`edge_accel.screening.demand_features` (from observations)."""
+    from edge_accel.screening import demand_features
     from rl.features import critical_flow_ratios
 
-    ratios = [sum(critical_flow_ratios(o)) for o in observations.values()]
-    if not ratios:
-        return np.zeros(3, dtype=np.float32)
-    arr = np.asarray(ratios, dtype=np.float32)
-    return np.asarray([arr.mean(), arr.min(), arr.max()], dtype=np.float32)
+    return demand_features([sum(critical_flow_ratios(o)) for o in observations.values()])
 
 
 def _perturbations(
@@ -309,33 +335,17 @@ def _perturbations(
     settings: Settings,
     n: int,
 ) -> list[tuple[str, dict[str, IntersectionTiming]]]:
-    """The proposals themselves plus ``n`` seeded random perturbations (all projected)."""
-    import numpy as np
+    """Old path of :func:`edge_accel.screening.perturbations` (kept for ``commands.surrogate``)."""
+    from edge_accel.screening import perturbations
 
-    from configs.timing import Proposal, project
-
-    rng = np.random.default_rng(settings.simulation.base_seed)
-    pool: list[tuple[str, dict[str, IntersectionTiming]]] = [
-        (name, dict(plans)) for name, plans in sorted(candidates.items())
-    ]
-    names = sorted(candidates)
-    for k in range(n):
-        origin = candidates[names[k % len(names)]]
-        scale = float(rng.uniform(0.85, 1.15))
-        plans: dict[str, IntersectionTiming] = {}
-        for tls_id, plan in origin.items():
-            base = layouts[tls_id].base
-            greens = [
-                plan.phases[i].duration_s * float(rng.uniform(0.8, 1.2)) for i in base.green_indices
-            ]
-            proposal = Proposal(
-                green_s=greens, cycle_s=plan.cycle_s * scale, offset_s=plan.offset_s
-            )
-            plans[tls_id] = project(
-                tls_id, proposal, base, settings.safety.limits_for(tls_id), current.get(tls_id)
-            )
-        pool.append((f"{names[k % len(names)]}~{k}", plans))
-    return pool
+    return perturbations(
+        candidates,
+        current,
+        {t: layout.base for t, layout in layouts.items()},
+        settings.safety,
+        seed=settings.simulation.base_seed,
+        n=n,
+    )
 
 
 # --------------------------------------------------------------------------- renderer
@@ -345,11 +355,12 @@ class RendererAdapter:
     """Draws the what-if video of the chosen candidate next to the current plan."""
 
     def __init__(self, settings: Settings, network: NetworkModel) -> None:
-        from controller.commands.render import geometry_from_network
         from edge_accel.device import select_device
+        from edge_accel.scene import SceneGeometry
+        from simulators.geometry import network_geometry
 
         self.settings = settings
-        self.geometry = geometry_from_network(Path(network.path))
+        self.geometry = SceneGeometry(**vars(network_geometry(Path(network.path))))
         self.device = select_device(settings.edge.device)
         # the rasterised scene depends only on geometry, size and device: build it once
         self._scene: Any = None
@@ -370,7 +381,7 @@ class RendererAdapter:
                 f"the what-if recorded no time series for 'current' and {candidate!r}; "
                 "enable [video] before the what-if runs"
             )
-        request = summary.record.get("request", {})
+        request = summary.document.get("request", {})
 
         def side(name: str, label: str) -> WhatIfFrames:
             rec = recordings[name]
@@ -419,8 +430,8 @@ class RendererAdapter:
 # --------------------------------------------------------------------------- field over OPC UA
 
 
-class ControllersFieldPort:
-    """The field as the controllers report it (OPC UA), and the push to them.
+class OpcUaFleet:
+    """The controllers over OPC UA: the field as they report it, and the push to them.
 
     Detector counts are cumulative on the controllers; each observation returns
     the counts since the previous one (the first observation is taken when the
@@ -469,7 +480,7 @@ class ControllersFieldPort:
             unhealthy=tuple(sorted(t for t, s in snapshots.items() if not s.reachable)),
         )
 
-    def deploy(self, envelope: bytes, config: Any, align_s: int) -> DeployOutcome:
+    def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
         """Two-phase push to every controller (aborted everywhere unless all staged).
 
         If the push call itself fails (the actuator's thread timed out), every
@@ -484,28 +495,18 @@ class ControllersFieldPort:
                 lead_s=self.settings.controllers.activate_lead_s,
             )
         except SignaltwinError as e:
-            from controller.recovery import settle
-
             logger.error("push of plan %d failed (%s); settling by read-back", config.sequence, e)
             settled = settle(self.actuator, config.sequence, config.digest(), config.intersections)
             message = f"push failed ({e}); read back: {settled.outcome}"
-            return DeployOutcome(
-                ok=settled.outcome == "activated",
-                results={
-                    "sequence": config.sequence,
-                    "outcome": settled.outcome,
-                    "reason": message,
-                    "settled": True,
-                    "controllers": list(settled.rows),
-                },
-                message=message,
-                outcome=settled.outcome,
-            )
+            return deploy_outcome(settled, config.digest(), message, settled_after_failure=True)
+        rows = report.controllers
         return DeployOutcome(
-            ok=report.ok,
-            results=report.to_dict(),
+            outcome=PushOutcome(report.outcome),
+            running=frozenset(r.tls_id for r in rows if r.readback_sequence == config.sequence),
+            errors={r.tls_id: r.error for r in rows if r.error},
             message=report.reason,
-            outcome=report.outcome,
+            activate_at_field_time_s=report.activate_at_field_time_s,
+            push_record=report.to_dict(),
         )
 
     def read_measurements(self) -> tuple[float, dict[str, tuple[float, float]]]:
@@ -526,8 +527,15 @@ class ControllersFieldPort:
 # --------------------------------------------------------------------------- composition
 
 
-def build_runner(settings: Settings) -> CycleRunner:
-    """Build the daemon's cycle runner from settings (opens HSM, ledger, sessions, workers)."""
+def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
+    """Build the daemon's cycle runner from settings (opens HSM, ledger, sessions, workers).
+
+    Args:
+        settings: the validated settings.
+        reload: the daemon builds this runner on a reload (SIGHUP) while the
+            previous runner of this process may be pushing: a push left at
+            "pushing" in the ledger is then not settled (only at start-up).
+    """
     from actuation.client import ThreadedActuator, pool_from_settings
     from controller.ledger import Ledger
     from hsm import HsmParams, HsmSigner
@@ -562,9 +570,9 @@ def build_runner(settings: Settings) -> CycleRunner:
             lambda: pool_from_settings(settings.controllers, password.get_secret_value()),
             start_wait_s=settings.controllers.connect_timeout_s,
         )
-        field_port = ControllersFieldPort(actuator, settings)
-        closers.append(field_port)
-        field_port.prime()
+        fleet = OpcUaFleet(actuator, settings)
+        closers.append(fleet)
+        fleet.prime()
         twin = TwinAdapter(settings, network, {d.id: d.lane_id for d in network.detectors})
         closers.append(twin)
         policy = load_policy(settings)
@@ -579,21 +587,18 @@ def build_runner(settings: Settings) -> CycleRunner:
             settings, network, policy=policy, surrogate=surrogate, surrogate_device=device
         )
         proposer.policy_path = policy_path(settings) if policy is not None else None
-        from controller.feedback import FeedbackCollector
         from rl.feedback import FeedbackStore
 
         store = FeedbackStore(settings.rl.feedback_path)
         closers.append(store)
-        collector = FeedbackCollector(
-            settings, ledger, field_port.read_measurements, proposer, store
-        )
+        collector = FeedbackCollector(settings, ledger, fleet.read_measurements, proposer, store)
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,
             # controllers compare the id from the same settings and the file's sha256
             network=NetworkRef(id=settings.network_id, sha256=network.sha256),
             bases=network.base_programs(),
-            field_port=field_port,
+            fleet=fleet,
             twin=twin,
             proposer=proposer,
             signer=signer,
@@ -605,9 +610,7 @@ def build_runner(settings: Settings) -> CycleRunner:
         # a push interrupted by a crash is settled before the first cycle (never
         # re-pushed); a runner built by a reload only takes the sequence floor, as
         # the previous runner of this process may be pushing right now
-        from controller.recovery import claim_startup, recover
-
-        recover(runner, actuator, settle_interrupted=claim_startup(settings.ledger.path))
+        recover(runner, actuator, settle_interrupted=not reload)
         return runner
     except BaseException:
         for item in reversed(closers):

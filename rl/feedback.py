@@ -4,8 +4,9 @@ After each deployment the daemon records, per intersection, the observation the
 decision rested on and the deployed plan as an action (:func:`rl.features.plan_to_action`,
 whichever proposer it came from), with the twin's prediction. Once the field has
 run the plan for a while, the measured interval (mean wait and NOx after) is
-compared with the interval before: the **measured delta** (relative change,
-negative = better) and its error against the prediction are stored, and the
+compared with the interval before: the **measured delta**
+(:func:`rl.measured.measure_delta`, the one definition the ledger uses too;
+relative change, negative = better) and its error against the prediction are stored, and the
 measured delta becomes the sample's reward:
 
 ``reward = -wait_change - nox_weight * nox_change``
@@ -30,6 +31,7 @@ import numpy.typing as npt
 from configs.errors import ConfigError
 from configs.timing import IntersectionTiming
 from rl.features import ACT_DIM, OBS_DIM, IntersectionObservation, encode, plan_to_action
+from rl.measured import measure_delta, relative_change
 
 __all__ = ["DEFAULT_NOX_WEIGHT", "FeedbackStore", "MeasuredDelta", "Samples"]
 
@@ -70,9 +72,9 @@ class MeasuredDelta:
     deployment: str
     intersections: int
     wait_change: float
-    """Mean over intersections of after/before - 1 of mean wait."""
+    """Pooled mean wait after / before - 1 (:func:`rl.measured.measure_delta`)."""
     nox_change: float
-    """Total NOx after / before - 1."""
+    """Total NOx after / before - 1 (:func:`rl.measured.measure_delta`)."""
     predicted_wait_change: float | None
     predicted_nox_change: float | None
 
@@ -99,10 +101,6 @@ class Samples:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _relative(after: float, before: float) -> float:
-    return after / before - 1.0 if before > 1e-9 else 0.0
 
 
 class FeedbackStore:
@@ -214,23 +212,20 @@ class FeedbackStore:
         if not known:
             raise ConfigError(f"feedback: deployment {deployment!r} was never recorded")
         measured_at = _now()
-        waits: list[float] = []
-        nox_before = nox_after = 0.0
         updates = []
         for tls_id, _, _ in known:
             if tls_id not in before or tls_id not in after:
                 continue
             (w0, n0), (w1, n1) = before[tls_id], after[tls_id]
-            wait_change = _relative(w1, w0)
-            nox_change = _relative(n1, n0)
+            # each sample's reward is its own intersection's change
+            wait_change = relative_change(w1, w0)
+            nox_change = relative_change(n1, n0)
             reward = -wait_change - self.nox_weight * nox_change
-            waits.append(wait_change)
-            nox_before += n0
-            nox_after += n1
             updates.append(
                 (w0, n0, w1, n1, wait_change, nox_change, reward, measured_at, deployment, tls_id)
             )
-        if not updates:
+        change = measure_delta(before, after, only=[row[0] for row in known])
+        if not updates or change is None:
             raise ConfigError(
                 f"feedback: no measurement of deployment {deployment!r}'s intersections"
             )
@@ -244,9 +239,9 @@ class FeedbackStore:
         predicted = known[0][1], known[0][2]
         return MeasuredDelta(
             deployment=deployment,
-            intersections=len(updates),
-            wait_change=float(np.mean(waits)),
-            nox_change=_relative(nox_after, nox_before),
+            intersections=change.intersections,
+            wait_change=change.wait_change,
+            nox_change=change.nox_change,
             predicted_wait_change=predicted[0],
             predicted_nox_change=predicted[1],
         )

@@ -115,14 +115,21 @@ def configure_logging(level: str, log_format: Literal["auto", "journal", "plain"
 
 def _cycle_factory() -> Callable[[Settings], CycleRunner[Settings]]:
     try:
-        from controller.cycle import build_cycle_runner  # type: ignore[attr-defined]
+        from controller.wiring import build_runner
     except ImportError as e:
         raise SignaltwinError(
-            "controller.cycle.build_cycle_runner is not available in this build "
+            "controller.wiring.build_runner is not available in this build "
             f"({e}); the daemon cannot assemble its cycle"
         ) from e
-    factory: Callable[[Settings], CycleRunner[Settings]] = build_cycle_runner
+    factory: Callable[[Settings], CycleRunner[Settings]] = build_runner
     return factory
+
+
+def _reload_factory(settings: Settings) -> CycleRunner[Settings]:
+    """A runner built on SIGHUP: it leaves the running runner's push alone."""
+    from controller.wiring import build_runner
+
+    return build_runner(settings, reload=True)
 
 
 def _settings_loader(path: Path, first: Settings) -> Callable[[], Settings]:
@@ -151,7 +158,12 @@ def _run(args: argparse.Namespace) -> int:
         controllers=[e.intersection for e in settings.controllers.endpoints],
     )
     daemon: Daemon[Settings] = Daemon(
-        _settings_loader(args.config, settings), factory, metrics, notifier, DaemonOptions()
+        _settings_loader(args.config, settings),
+        factory,
+        metrics,
+        notifier,
+        DaemonOptions(),
+        reload_factory=_reload_factory,
     )
     return daemon.run()
 

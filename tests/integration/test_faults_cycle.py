@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from configs.settings import Settings, SimulationSettings
+from configs.outcomes import PushOutcome
 from configs.timing import (
     IntersectionTiming,
     NetworkRef,
@@ -39,6 +39,7 @@ from controller.ledger import Ledger
 from hsm import HsmSigner, ProvisionResult, provision_softhsm
 from hsm.token import acquire_module
 from hsm.verify import load_public_key
+from tests.support.cycle_ports import make_runner as support_runner
 from tests.support.softkeys import SoftwareSigner
 from tests.support.timings import two_stage_base
 
@@ -75,7 +76,7 @@ class RecordingField:
         assert last.body["configuration"]["sequence"] == config.sequence
         self.pushed.append(config.sequence)
         self.active = config.sequence
-        return DeployOutcome(True, {"controllers": []}, "", "activated")
+        return DeployOutcome(PushOutcome.ACTIVATED)
 
 
 class PassingTwin:
@@ -107,29 +108,11 @@ class Proposer:
 
 
 def make_runner(tmp_path: Path, signer: Any) -> tuple[CycleRunner, RecordingField]:
-    settings = Settings(
-        mode="auto",
-        simulation=SimulationSettings(network=tmp_path / "n.net.xml"),
-        state_dir=tmp_path,
-    )
-    settings = settings.model_copy(
-        update={"video": settings.video.model_copy(update={"enabled": False})}
-    )
-    ledger = Ledger.open(tmp_path / "ledger.sqlite")
-    ledger.enrol_key(signer)
     field = RecordingField()
-    field.ledger = ledger
-    runner = CycleRunner(
-        settings,
-        network=NET,
-        bases={"J1": BASE},
-        field_port=field,
-        twin=PassingTwin(),
-        proposer=Proposer(),
-        signer=signer,
-        ledger=ledger,
-        closers=[ledger],
+    runner, ledger, _ = support_runner(
+        tmp_path, field, PassingTwin(), Proposer(), signer=signer, enrol=True
     )
+    field.ledger = ledger
     return runner, field
 
 

@@ -2,7 +2,7 @@
 
 The controllers are real emulated OPC UA controllers on 127.0.0.1 (four on one
 event loop, one "slow" one on its own loop so that blocking it blocks only it),
-the push goes through the daemon's real field port (``ControllersFieldPort``
+the push goes through the daemon's real field port (``OpcUaFleet``
 over ``ThreadedActuator``), the ledger is the real SQLite ledger; only the twin
 and the proposer are fakes. The crash tests run the daemon's cycle in a child
 process, SIGKILL it while the push is in flight, and restart it in a fresh
@@ -39,7 +39,7 @@ from controller.cycle import CycleRunner, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
 from controller.ledger import Ledger
 from controller.recovery import recover
-from controller.wiring import ControllersFieldPort
+from controller.wiring import OpcUaFleet
 from hsm.verify import load_public_key
 from tests.support.actuation_fleet import (
     NETWORK,
@@ -137,20 +137,20 @@ def build_runner(
     )
     ledger = Ledger.open(ledger_path)
     ledger.enrol_key(signer)
-    field_port = ControllersFieldPort(actuator, settings)
+    field_port = OpcUaFleet(actuator, settings)
     field_port.prime()
     runner = CycleRunner(
         settings,
         network=NETWORK,
         bases={t: base_program(t) for t in ids},
-        field_port=field_port,
+        fleet=field_port,
         twin=PassingTwin(),
         proposer=GreenProposer(ids),
         signer=signer,
         ledger=ledger,
         closers=[ledger],
     )
-    recover(runner, actuator)
+    recover(runner, actuator, settle_interrupted=True)
     return runner
 
 

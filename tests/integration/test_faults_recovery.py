@@ -19,16 +19,15 @@ from typing import Any
 import pytest
 
 from configs.errors import ActuationError
-from configs.settings import Settings, SimulationSettings
 from configs.timing import IntersectionTiming, TimingConfiguration
 from controller.audit import verify_ledger
 from controller.cycle import CycleRunner, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
-from controller.recovery import claim_startup, find_interrupted, reconcile, recover
-from controller.wiring import ControllersFieldPort
+from controller.recovery import find_interrupted, reconcile, recover
+from controller.wiring import OpcUaFleet
 from hsm.verify import load_public_key
 from tests.support.actuation_fleet import NETWORK, base_program, timing
+from tests.support.cycle_ports import cycle_settings, make_runner
 from tests.support.softkeys import SoftwareSigner
 
 pytestmark = [pytest.mark.integration]
@@ -119,28 +118,17 @@ class Proposer:
 
 def runner_for(
     tmp_path: Path, controllers: Controllers, signer: SoftwareSigner
-) -> tuple[CycleRunner, ControllersFieldPort]:
-    settings = Settings(
-        mode="auto",
-        simulation=SimulationSettings(network=tmp_path / "n.net.xml"),
-        state_dir=tmp_path,
-    )
-    settings = settings.model_copy(
-        update={"video": settings.video.model_copy(update={"enabled": False})}
-    )
-    ledger = Ledger.open(tmp_path / "ledger.sqlite")
-    ledger.enrol_key(signer)
-    port = ControllersFieldPort(controllers, settings)
-    runner = CycleRunner(
-        settings,
-        network=NETWORK,
-        bases={t: base_program(t) for t in IDS},
-        field_port=port,
-        twin=Twin(),
-        proposer=Proposer(),
+) -> tuple[CycleRunner, OpcUaFleet]:
+    port = OpcUaFleet(controllers, cycle_settings(tmp_path))
+    runner, _, _ = make_runner(
+        tmp_path,
+        port,
+        Twin(),
+        Proposer(),
         signer=signer,
-        ledger=ledger,
-        closers=[ledger],
+        enrol=True,
+        bases={t: base_program(t) for t in IDS},
+        network=NETWORK,
     )
     return runner, port
 
@@ -196,7 +184,7 @@ def test_reconcile_settles_by_read_back_and_never_pushes(
     sequence, digest = crash_mid_push(tmp_path, controllers, signer, activated)
     controllers.on_push = lambda *a: pytest.fail("recovery must never push")
     runner, _ = runner_for(tmp_path, controllers, signer)
-    report = recover(runner, controllers)
+    report = recover(runner, controllers, settle_interrupted=True)
     assert report.needed and report.sequence == sequence and report.result == result
     deployment = runner.ledger.find("deployment")[-1].body
     assert deployment["result"] == result and deployment["sequence"] == sequence
@@ -225,7 +213,7 @@ def test_unreachable_controllers_are_never_claimed_aborted(tmp_path: Path) -> No
     sequence, _ = crash_mid_push(tmp_path, controllers, signer, set())
     controllers.down = {"J002"}
     runner, _ = runner_for(tmp_path, controllers, signer)
-    report = recover(runner, controllers)
+    report = recover(runner, controllers, settle_interrupted=True)
     assert report.result == "recovered-partial"
     rows = {r["tls_id"]: r["state"] for r in report.rows}
     assert rows == {"J000": "aborted", "J001": "aborted", "J002": "unreachable"}
@@ -239,7 +227,7 @@ def test_no_readable_controller_refuses_to_start_and_writes_nothing(tmp_path: Pa
     runner, _ = runner_for(tmp_path, controllers, signer)
     size = runner.ledger.size()
     with pytest.raises(ActuationError, match="no controller can be read"):
-        recover(runner, controllers)
+        recover(runner, controllers, settle_interrupted=True)
     assert runner.ledger.size() == size and find_interrupted(runner.ledger) is not None
     runner.close()
 
@@ -247,8 +235,6 @@ def test_no_readable_controller_refuses_to_start_and_writes_nothing(tmp_path: Pa
 def test_a_reload_does_not_settle_a_push_in_flight(tmp_path: Path) -> None:
     controllers, signer = Controllers(), SoftwareSigner()
     sequence, _ = crash_mid_push(tmp_path, controllers, signer, set())
-    path = tmp_path / "ledger.sqlite"
-    assert claim_startup(path) is True and claim_startup(path) is False
     runner, _ = runner_for(tmp_path, controllers, signer)
     report = recover(runner, controllers, settle_interrupted=False)
     assert not report.needed and runner.ledger.find("deployment") == []
@@ -262,7 +248,7 @@ def test_controllers_ahead_of_the_ledger_raise_the_next_sequence(tmp_path: Path)
         controllers.state[t] = [7, "x" * 64, 0, ""]
     controllers.state["J001"][2:] = [9, "y" * 64]
     runner, _ = runner_for(tmp_path, controllers, signer)
-    report = recover(runner, controllers)
+    report = recover(runner, controllers, settle_interrupted=True)
     assert not report.needed and report.highest_sequence == 9 and runner.sequence == 9
     runner.close()
 
@@ -307,7 +293,7 @@ def test_a_port_that_raises_records_an_unknown_result_and_spends_the_sequence(
         def deploy(self, *args: Any) -> Any:
             raise RuntimeError("socket closed")
 
-    runner.field = Broken()
+    runner.fleet = Broken()
     report = runner.run_cycle(SLOT, threading.Event())
     assert not report.deployed and report.failed_stage == "push"
     deployment = runner.ledger.find("deployment")[-1].body

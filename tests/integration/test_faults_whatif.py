@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from configs.outcomes import PushOutcome
 from configs.settings import Settings, SimulationSettings
 from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
@@ -60,7 +61,7 @@ class Field:
 
     def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
         self.pushed.append(config.sequence)
-        return DeployOutcome(True, {"controllers": []}, "", "activated")
+        return DeployOutcome(PushOutcome.ACTIVATED)
 
 
 class RealTwin:
@@ -131,7 +132,7 @@ def setup(
         settings,
         network=NetworkRef(id="grid", sha256=model.sha256),
         bases=model.base_programs(),
-        field_port=field,
+        fleet=field,
         twin=RealTwin(grid, engine),
         proposer=proposer,
         signer=SoftwareSigner(),

@@ -10,136 +10,19 @@ from typing import Any
 
 import pytest
 
-from configs.settings import Settings, SimulationSettings
 from configs.timing import (
-    IntersectionTiming,
-    NetworkRef,
-    Proposal,
-    SafetyLimits,
     TimingConfiguration,
-    project,
 )
-from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
-from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
 from hsm.envelope import Envelope
 from hsm.verify import load_public_key, verify_envelope
-from tests.support.softkeys import SoftwareSigner
-from tests.support.timings import two_stage_base
-
-BASE = two_stage_base()
-NET = NetworkRef(id="test", sha256="c" * 64)
-
-
-class FakeField:
-    def __init__(self, ok: bool = True) -> None:
-        self.ok = ok
-        self.pushed: list[tuple[bytes, TimingConfiguration]] = []
-
-    def observe(self) -> Observation:
-        return Observation(
-            field_time_s=1000.0,
-            counts={"d1": 12.0},
-            interval_s=240.0,
-            active={"J1": (0, "")},
-            measurements={"J1": (20.0, 1500.0)},
-        )
-
-    def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
-        self.pushed.append((envelope, config))
-        return DeployOutcome(
-            self.ok, {"J1": {"status": 0 if self.ok else 7}}, "" if self.ok else "J1 timed out"
-        )
-
-
-class FakeTwin:
-    def __init__(
-        self, wait: float, nox: float = 0.0, fail: str | None = None, raise_in_whatif: bool = False
-    ) -> None:
-        self.wait, self.nox, self.fail, self.raise_in_whatif = wait, nox, fail, raise_in_whatif
-
-    def estimate(self, observation: Observation) -> tuple[Mapping[str, Any], str]:
-        return {"routes": []}, "d" * 64
-
-    def whatif(
-        self,
-        demand: Mapping[str, Any],
-        current: Any,
-        candidates: Mapping[str, Any],
-        cancel: threading.Event,
-    ) -> WhatIfSummary:
-        if self.raise_in_whatif:
-            raise RuntimeError("worker crashed")
-        outcomes = tuple(
-            CandidateOutcome(
-                n,
-                self.wait,
-                (self.wait - 0.01, self.wait + 0.01),
-                self.nox,
-                (self.nox, self.nox),
-                self.fail,
-            )
-            for n in candidates
-        )
-        return WhatIfSummary(outcomes, {"plans": sorted(candidates)}, 900, (1, 2, 3))
-
-
-class FakeProposer:
-    def __init__(self, greens: tuple[float, float] = (45.0, 20.0), unsafe: bool = False) -> None:
-        self.greens, self.unsafe = greens, unsafe
-
-    def propose(
-        self, observation: Observation, demand: Mapping[str, Any], current: Any
-    ) -> tuple[dict[str, dict[str, IntersectionTiming]], str | None]:
-        plan = project("J1", Proposal(list(self.greens)), BASE, SafetyLimits())
-        if self.unsafe:  # a proposer bug: a 2 s yellow slips through
-            phases = list(plan.phases)
-            phases[1] = phases[1].model_copy(update={"duration_s": 2})
-            plan = plan.model_copy(update={"phases": tuple(phases), "cycle_s": plan.cycle_s - 1})
-        return {"policy": {"J1": plan}}, "e" * 64
-
-    def screen(
-        self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
-    ) -> dict[str, dict[str, IntersectionTiming]]:
-        return candidates
-
-
-def _runner(
-    tmp_path: Path,
-    field: FakeField,
-    twin: FakeTwin,
-    proposer: FakeProposer | None = None,
-    mode: str = "auto",
-) -> tuple[CycleRunner, Ledger, SoftwareSigner]:
-    settings = Settings(
-        mode=mode,  # type: ignore[arg-type]
-        simulation=SimulationSettings(network=tmp_path / "n.net.xml"),
-        state_dir=tmp_path,
-    )
-    settings = settings.model_copy(
-        update={"video": settings.video.model_copy(update={"enabled": False})}
-    )
-    signer = SoftwareSigner()
-    ledger = Ledger.open(tmp_path / "ledger.sqlite")
-    runner = CycleRunner(
-        settings,
-        network=NET,
-        bases={"J1": BASE},
-        field_port=field,
-        twin=twin,
-        proposer=proposer or FakeProposer(),
-        signer=signer,
-        ledger=ledger,
-    )
-    return runner, ledger, signer
-
+from tests.support.cycle_ports import FakeField, FakeProposer, FakeTwin, make_runner
 
 SLOT = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def test_passing_candidate_is_signed_pushed_and_recorded(tmp_path: Path) -> None:
     field = FakeField()
-    runner, ledger, signer = _runner(tmp_path, field, FakeTwin(wait=-0.2))
+    runner, ledger, signer = make_runner(tmp_path, field, FakeTwin(wait=-0.2))
     report = runner.run_cycle(SLOT, threading.Event())
     assert report.ok and report.deployed and report.decision == "pass"
     assert report.sequence == 1
@@ -167,14 +50,14 @@ def test_passing_candidate_is_signed_pushed_and_recorded(tmp_path: Path) -> None
         runner.run_cycle(datetime(2026, 11, 23, 8, 4, tzinfo=UTC), threading.Event()).sequence == 2
     )
     ledger.close()
-    again, ledger2, _ = _runner(tmp_path, FakeField(), FakeTwin(wait=-0.2))
+    again, ledger2, _ = make_runner(tmp_path, FakeField(), FakeTwin(wait=-0.2))
     assert again.sequence == 2 and again.current["J1"] == field.pushed[1][1].intersections["J1"]
     ledger2.close()
 
 
 def test_refused_candidate_deploys_nothing_and_records_reasons(tmp_path: Path) -> None:
     field = FakeField()
-    runner, ledger, _ = _runner(tmp_path, field, FakeTwin(wait=-0.05))
+    runner, ledger, _ = make_runner(tmp_path, field, FakeTwin(wait=-0.05))
     report = runner.run_cycle(SLOT, threading.Event())
     assert report.ok and not report.deployed and report.decision == "refuse_wait"
     assert field.pushed == []
@@ -194,7 +77,7 @@ def test_stage_failure_deploys_nothing_and_is_recorded(
     tmp_path: Path, twin: FakeTwin, proposer: FakeProposer | None, stage: str
 ) -> None:
     field = FakeField()
-    runner, ledger, _ = _runner(tmp_path, field, twin, proposer)
+    runner, ledger, _ = make_runner(tmp_path, field, twin, proposer)
     report = runner.run_cycle(SLOT, threading.Event())
     assert not report.deployed and report.failed_stage == stage
     assert field.pushed == []
@@ -206,7 +89,7 @@ def test_stage_failure_deploys_nothing_and_is_recorded(
 
 def test_failed_push_is_recorded_as_aborted_and_current_plan_kept(tmp_path: Path) -> None:
     field = FakeField(ok=False)
-    runner, ledger, _ = _runner(tmp_path, field, FakeTwin(wait=-0.3))
+    runner, ledger, _ = make_runner(tmp_path, field, FakeTwin(wait=-0.3))
     before = dict(runner.current)
     report = runner.run_cycle(SLOT, threading.Event())
     assert (
@@ -221,7 +104,7 @@ def test_failed_push_is_recorded_as_aborted_and_current_plan_kept(tmp_path: Path
 
 def test_shadow_mode_signs_but_never_pushes(tmp_path: Path) -> None:
     field = FakeField()
-    runner, ledger, _ = _runner(tmp_path, field, FakeTwin(wait=-0.3), mode="shadow")
+    runner, ledger, _ = make_runner(tmp_path, field, FakeTwin(wait=-0.3), mode="shadow")
     report = runner.run_cycle(SLOT, threading.Event())
     assert report.ok and report.shadow and not report.deployed
     assert field.pushed == []
@@ -231,7 +114,7 @@ def test_shadow_mode_signs_but_never_pushes(tmp_path: Path) -> None:
 
 def test_cancelled_cycle_deploys_nothing(tmp_path: Path) -> None:
     field = FakeField()
-    runner, ledger, _ = _runner(tmp_path, field, FakeTwin(wait=-0.3))
+    runner, ledger, _ = make_runner(tmp_path, field, FakeTwin(wait=-0.3))
     cancel = threading.Event()
     cancel.set()
     report = runner.run_cycle(SLOT, cancel)
@@ -241,7 +124,7 @@ def test_cancelled_cycle_deploys_nothing(tmp_path: Path) -> None:
 
 
 def test_every_cycle_leaves_a_signed_checkpoint(tmp_path: Path) -> None:
-    runner, ledger, signer = _runner(tmp_path, FakeField(), FakeTwin(wait=-0.3))
+    runner, ledger, signer = make_runner(tmp_path, FakeField(), FakeTwin(wait=-0.3))
     runner.run_cycle(SLOT, threading.Event())
     checkpoint = ledger.latest_checkpoint()
     assert (
@@ -249,3 +132,56 @@ def test_every_cycle_leaves_a_signed_checkpoint(tmp_path: Path) -> None:
         and checkpoint.size == ledger.size()
         and checkpoint.keyid == signer.keyid
     )
+
+
+class _BlockingEngine:
+    """A what-if engine that runs until it is cancelled (as a long what-if would)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.cancel: threading.Event | None = None
+
+    def evaluate(
+        self,
+        request: Any,
+        progress: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        from configs.errors import WhatIfCancelled
+
+        self.cancel = cancel
+        self.started.set()
+        if cancel is None or not cancel.wait(10.0):
+            raise AssertionError("the twin adapter did not pass the cycle's cancel event")
+        raise WhatIfCancelled("cancelled after 0 of 6 runs")
+
+
+def test_a_shutdown_during_the_whatif_aborts_the_cycle_promptly(tmp_path: Path) -> None:
+    from configs.outcomes import DeploymentResult
+    from controller.schedule import deployment_result
+    from controller.wiring import TwinAdapter
+
+    class Adapter(TwinAdapter):
+        def __init__(self, engine: _BlockingEngine) -> None:  # no network to load
+            self.engine = engine  # type: ignore[assignment]
+
+        def estimate(self, observation: Any) -> tuple[Mapping[str, Any], str]:
+            return {"routes": []}, "d" * 64
+
+        def request(self, demand: Any, current: Any, candidates: Any) -> Any:
+            return object()
+
+    engine = _BlockingEngine()
+    field = FakeField()
+    runner, ledger, _ = make_runner(tmp_path, field, Adapter(engine))
+    cancel = threading.Event()
+    timer = threading.Timer(0.2, cancel.set)
+    timer.start()
+    report = runner.run_cycle(datetime(2026, 11, 23, 8, 0, tzinfo=UTC), cancel)
+    timer.join()
+    assert engine.cancel is cancel
+    assert report.failed_stage == "whatif" and "CycleCancelled" in (report.error or "")
+    assert deployment_result(report, cancel.is_set()) == DeploymentResult.ABORTED
+    assert field.pushed == []
+    assert ledger.latest("cycle") is not None
+    assert ledger.latest("cycle").body["outcome"] == "failed"  # type: ignore[union-attr]

@@ -19,16 +19,14 @@ from prometheus_client import CollectorRegistry
 
 from configs.errors import ConfigError, SignaltwinError
 from controller.daemon import (
-    EXIT_OK,
-    EXIT_STARTUP_COMPONENT,
-    EXIT_STARTUP_CONFIG,
     BasicCycleReport,
-    CycleOutcome,
+    CycleReportLike,
     Daemon,
     DaemonOptions,
     FeedbackReport,
     deployment_result,
 )
+from controller.exit_codes import ExitCode
 from controller.metrics import Metrics
 from tests.support.fake_daemon import FakeMetricsSettings, FakeSchedule, FakeSettings
 
@@ -60,13 +58,13 @@ class RecordingNotifier:
 @dataclass
 class Runner:
     settings: FakeSettings
-    report: Callable[[threading.Event], CycleOutcome] = lambda cancel: BasicCycleReport(
+    report: Callable[[threading.Event], CycleReportLike] = lambda cancel: BasicCycleReport(
         ok=True, deployed=True, decision="pass", stage_s={"whatif": 0.01}
     )
     feedback: Callable[[], FeedbackReport | None] = lambda: None
     calls: list[tuple[str, Any]] = field(default_factory=list)
 
-    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleOutcome:
+    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleReportLike:
         self.calls.append(("cycle", slot_time))
         return self.report(cancel)
 
@@ -89,6 +87,7 @@ class Harness:
         self,
         load: Callable[[], FakeSettings],
         factory: Callable[[FakeSettings], Runner],
+        reload_factory: Callable[[FakeSettings], Runner] | None = None,
         **options: Any,
     ) -> None:
         self.registry = CollectorRegistry()
@@ -99,6 +98,7 @@ class Harness:
             Metrics(self.registry),
             self.notifier,
             DaemonOptions(**({"tick_s": 0.02, "install_signal_handlers": False} | options)),
+            reload_factory=reload_factory,
         )
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -158,13 +158,13 @@ def test_invalid_settings_at_startup_exit_2_without_ready() -> None:
     h = Harness(load, lambda s: Runner(s))
     h.thread.start()
     h.thread.join(5)
-    assert h.code == EXIT_STARTUP_CONFIG
+    assert h.code == ExitCode.USAGE
     assert h.notifier.count("READY=1") == 0
 
 
 @pytest.mark.parametrize(
     ("error", "code"),
-    [(SignaltwinError("HSM login failed"), EXIT_STARTUP_COMPONENT), (ConfigError("x"), 2)],
+    [(SignaltwinError("HSM login failed"), ExitCode.COMPONENT), (ConfigError("x"), 2)],
 )
 def test_runner_that_cannot_be_built_exits_with_its_code(error: Exception, code: int) -> None:
     def factory(s: FakeSettings) -> Runner:
@@ -185,7 +185,7 @@ def test_metrics_port_in_use_exits_3() -> None:
         h = Harness(lambda: replace(settings(), metrics=FakeMetricsSettings(port=port)), Runner)
         h.thread.start()
         h.thread.join(5)
-    assert h.code == EXIT_STARTUP_COMPONENT
+    assert h.code == ExitCode.COMPONENT
 
 
 def test_cycles_run_on_slots_and_stop_cleanly(harnesses: list[Harness]) -> None:
@@ -199,7 +199,7 @@ def test_cycles_run_on_slots_and_stop_cleanly(harnesses: list[Harness]) -> None:
     harnesses.append(h)
     h.start()
     h.wait_for("two cycles", lambda: h.daemon.cycles_completed >= 2)
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
     slots = [arg for kind, arg in runners[0].calls if kind == "cycle"]
     # slots are the scheduled times on the clock-aligned grid, 0.2 s apart, in UTC
     assert all(slot.tzinfo is not None for slot in slots)
@@ -213,14 +213,14 @@ def test_cycles_run_on_slots_and_stop_cleanly(harnesses: list[Harness]) -> None:
 def test_a_crashing_cycle_counts_as_failed_feeds_no_watchdog_and_the_daemon_goes_on(
     harnesses: list[Harness],
 ) -> None:
-    def crash(cancel: threading.Event) -> CycleOutcome:
+    def crash(cancel: threading.Event) -> CycleReportLike:
         raise RuntimeError("bug")
 
     h = Harness(settings, lambda s: Runner(s, report=crash))
     harnesses.append(h)
     h.start()
     h.wait_for("two cycles", lambda: h.daemon.cycles_completed >= 2)
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
     assert h.value("signaltwin_deployments_total", result="failed") == h.daemon.cycles_completed
     assert h.notifier.count("WATCHDOG=1") == 0
     assert any(a.startswith("STATUS=cycle ") and "RuntimeError: bug" in a for a in h.notifier.sent)
@@ -237,7 +237,7 @@ def test_reload_with_identical_settings_is_counted_unchanged(harnesses: list[Har
         "unchanged", lambda: h.value("signaltwin_config_reload_total", result="unchanged") == 1
     )
     assert len(built) == 1
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
 
 
 def test_reload_whose_runner_cannot_be_built_is_rejected(harnesses: list[Harness]) -> None:
@@ -258,7 +258,7 @@ def test_reload_whose_runner_cannot_be_built_is_rejected(harnesses: list[Harness
     )
     assert h.daemon.settings is not None and h.daemon.settings.tag == "a"
     assert "RELOADING=1" in h.notifier.sent and h.notifier.count("READY=1") == 2
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
 
 
 def test_reload_applies_a_new_interval(harnesses: list[Harness]) -> None:
@@ -274,7 +274,25 @@ def test_reload_applies_a_new_interval(harnesses: list[Harness]) -> None:
     assert built[0].calls == [("close", None)]
     assert built[1].calls[0] == ("config_change", "b")
     assert h.value("signaltwin_config_reload_total", result="applied") == 1
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
+
+
+def test_a_reload_builds_its_runner_as_a_reload(harnesses: list[Harness]) -> None:
+    """Start-up and reload are told apart by the daemon (no process-global state)."""
+    current = {"s": settings("a")}
+    started: list[Runner] = []
+    reloaded: list[Runner] = []
+    h = Harness(lambda: current["s"], recording(started), reload_factory=recording(reloaded))
+    harnesses.append(h)
+    h.start()
+    current["s"] = settings("b")
+    h.daemon.request_reload()
+    h.wait_for(
+        "the reload", lambda: h.value("signaltwin_config_reload_total", result="applied") == 1
+    )
+    assert len(started) == 1 and len(reloaded) == 1
+    assert reloaded[0].calls[0] == ("config_change", "b")
+    assert h.stop() == ExitCode.OK
 
 
 def test_feedback_results_are_recorded(harnesses: list[Harness]) -> None:
@@ -299,7 +317,7 @@ def test_feedback_results_are_recorded(harnesses: list[Harness]) -> None:
     assert h.value("signaltwin_feedback_runs_total", result="ok") == 1
     assert h.value("signaltwin_prediction_error_ratio_count") == 2
     assert h.value("signaltwin_prediction_error_ratio_bucket", le="0.1") == 1
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
 
 
 def test_a_slot_that_cannot_get_the_runner_is_skipped_as_busy(harnesses: list[Harness]) -> None:
@@ -352,7 +370,7 @@ def test_the_cycle_modules_report_fits_the_daemon() -> None:
     from controller.cycle import CycleReport
 
     report = CycleReport(slot_time=datetime.now(UTC), ok=True, decision="refuse_wait")
-    outcome: CycleOutcome = report
+    outcome: CycleReportLike = report
     assert deployment_result(outcome) == "refused"
 
 
@@ -365,7 +383,7 @@ def test_an_idle_daemon_stops_cleanly_even_when_forced(
     h.start()
     h.daemon.request_stop(force=True)
     h.thread.join(5)
-    assert h.code == EXIT_OK
+    assert h.code == ExitCode.OK
     assert runners[0].calls == [("close", None)]
 
 
@@ -380,5 +398,5 @@ def test_a_watchdog_shorter_than_two_intervals_is_warned_about(
     harnesses.append(h)
     with caplog.at_level("WARNING", logger="controller.daemon"):
         h.start()
-    assert h.stop() == EXIT_OK
+    assert h.stop() == ExitCode.OK
     assert any("WatchdogSec=300" in r.getMessage() for r in caplog.records)

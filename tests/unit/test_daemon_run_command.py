@@ -13,18 +13,18 @@ import pytest
 from configs.settings import Settings, load_settings
 from controller.cli import run as cli_run
 from controller.commands.run import _run_once, configure_logging
-from controller.daemon import BasicCycleReport, CycleOutcome, FeedbackReport
+from controller.daemon import BasicCycleReport, CycleReportLike, FeedbackReport
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo.toml"
 
 
 class OnceRunner:
-    def __init__(self, report: CycleOutcome) -> None:
+    def __init__(self, report: CycleReportLike) -> None:
         self.report = report
         self.closed = False
 
-    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleOutcome:
+    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleReportLike:
         return self.report
 
     def collect_feedback(self) -> FeedbackReport | None:

@@ -18,6 +18,10 @@ from configs.timing import (
 from controller.cycle import Observation
 from controller.feedback import FeedbackCollector
 from controller.ledger import Ledger
+from rl.features import build_observations, layouts_from_network
+from rl.feedback import FeedbackStore
+from rl.measured import measure_delta
+from tests.support.rl_fakes import fake_network, two_phase_light
 from tests.support.timings import two_stage_base
 
 BASE = two_stage_base()
@@ -46,6 +50,7 @@ def _config(sequence: int = 1) -> TimingConfiguration:
 
 class Proposer:
     policy = None
+    policy_path = None
     last_observations: dict[str, object] = {}
 
 
@@ -91,3 +96,46 @@ def test_measured_delta_recorded_after_the_window_with_prediction_error(tmp_path
         assert report.prediction_error_ratios == pytest.approx((0.0,), abs=1e-6)
         # measured once only
         assert collector.collect().measured == 0
+
+
+def test_ledger_and_feedback_store_state_the_same_measured_delta(tmp_path: Path) -> None:
+    """One definition: pooled mean wait per vehicle, in the ledger and in the RL store."""
+    settings = Settings(
+        simulation=SimulationSettings(network=tmp_path / "n.net.xml"), state_dir=tmp_path
+    )
+    net = fake_network(two_phase_light("J1"), two_phase_light("J2"))
+    layouts = layouts_from_network(net)
+    timings = {t: IntersectionTiming.from_base(lay.base) for t, lay in layouts.items()}
+    observations = build_observations(layouts, {"e1_n_J1_0": 30}, 240.0, timings)
+    # J1's wait falls by a quarter, J2's (short) wait is unchanged: pooled -20 %,
+    # while the mean of per-intersection ratios would say -12.5 %
+    before = {"J1": (40.0, 2100.0), "J2": (10.0, 1000.0)}
+    after = {"J1": (30.0, 2000.0), "J2": (10.0, 1000.0)}
+
+    class Holder:
+        policy = None
+        policy_path = None
+        last_observations = observations
+
+    config = _config().model_copy(update={"intersections": timings})
+    with (
+        Ledger.open(tmp_path / "ledger.sqlite") as ledger,
+        FeedbackStore(tmp_path / "feedback.sqlite") as store,
+    ):
+        ref = ledger.append(
+            "deployment", {"sequence": 1, "config_digest": "c" * 64, "envelope": {}}
+        )
+        collector = FeedbackCollector(settings, ledger, lambda: (1e6, dict(after)), Holder(), store)
+        observation = Observation(
+            field_time_s=1000.0, counts={}, interval_s=240.0, active={}, measurements=before
+        )
+        collector.deployed(ref.index, config, observation, activate_at_field_time_s=1000.0)
+        assert collector.collect().measured == 1
+        (record,) = ledger.find("measured_delta")
+        stored = store.record_measurement(config.digest(), before, after)
+    change = measure_delta(before, after)
+    assert change is not None
+    assert change.wait_change == pytest.approx(-0.2)
+    assert record.body["measured"]["wait_change"] == pytest.approx(stored.wait_change, abs=1e-6)
+    assert stored.wait_change == pytest.approx(change.wait_change)
+    assert stored.nox_change == pytest.approx(record.body["measured"]["nox_change"], abs=1e-6)

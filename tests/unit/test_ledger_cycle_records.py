@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from configs.outcomes import PushOutcome
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
     IntersectionTiming,
@@ -37,7 +38,10 @@ class Field:
         return Observation(1000.0, {"d1": 12.0}, 240.0, {"J1": (0, "")}, {"J1": (20.0, 1500.0)})
 
     def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
-        return DeployOutcome(self.ok, {"J1": {"status": 0 if self.ok else 7}}, "")
+        return DeployOutcome(
+            PushOutcome.ACTIVATED if self.ok else PushOutcome.ABORTED,
+            push_record={"J1": {"status": 0 if self.ok else 7}},
+        )
 
 
 class Twin:
@@ -81,7 +85,7 @@ def test_cycle_records_verify_and_report(tmp_path: Path) -> None:
             settings,
             network=NetworkRef(id="t", sha256="c" * 64),
             bases={"J1": BASE},
-            field_port=field,
+            fleet=field,
             twin=twin,
             proposer=Proposer(),
             signer=signer,

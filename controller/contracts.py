@@ -1,0 +1,505 @@
+"""The controller's contracts: the ports the cycle talks through and the types it hands on.
+
+Like stable-baselines3's ``common/type_aliases.py``, this module holds only
+Protocols, small data types and aliases, so that the cycle, the daemon, the
+feedback collector, recovery and the composition root (:mod:`controller.wiring`)
+all depend on it and not on each other. It imports nothing of ``controller``
+at run time: it is the bottom layer.
+
+Names (one per concept):
+
+* :class:`ControllerFleet` -- the controllers as the cycle sees them (observe,
+  deploy); :class:`controller.wiring.OpcUaFleet` is the real one.
+* :class:`TwinPort`, :class:`ProposerPort`, :class:`RendererPort` -- the twin,
+  the proposers and the video renderer.
+* :class:`DeployOutcome` -- what a push did, typed (never a dict to re-parse).
+* :class:`RunsCycles` -- what the daemon needs of a cycle pipeline
+  (:class:`controller.cycle.CycleRunner` is one).
+* :class:`CycleReportLike` / :class:`ComponentHealth` -- what the daemon reads
+  of a cycle's report; :class:`CycleReport` is the cycle's own.
+* :class:`MeasurementSource`, :class:`PolicyHolder`, :class:`FeedbackSink` --
+  what the feedback collector needs of the field, the proposer and the RL
+  feedback store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from configs.errors import SignaltwinError
+from configs.outcomes import PushOutcome
+from configs.timing import IntersectionTiming, TimingConfiguration
+
+if TYPE_CHECKING:
+    from controller.gate import CandidateOutcome
+
+__all__ = [
+    "STAGES",
+    "BasicCycleReport",
+    "ComponentHealth",
+    "ControllerFleet",
+    "CycleCancelled",
+    "CycleReport",
+    "CycleReportLike",
+    "DaemonSettings",
+    "DeployOutcome",
+    "FeedbackHook",
+    "FeedbackReport",
+    "FeedbackSink",
+    "MeasurementSource",
+    "MetricsSettingsLike",
+    "Observation",
+    "Plans",
+    "PolicyHolder",
+    "ProposerPort",
+    "RendererPort",
+    "RunsCycles",
+    "ScheduleSettingsLike",
+    "SkipReason",
+    "TwinPort",
+    "WhatIfSummary",
+]
+
+STAGES = (
+    "observe",
+    "estimate",
+    "propose",
+    "screen",
+    "whatif",
+    "gate",
+    "render",
+    "sign",
+    "push",
+    "record",
+)
+"""The cycle's stages, in order (each one timed in :attr:`CycleReport.stage_s`)."""
+
+Plans = Mapping[str, IntersectionTiming]
+"""Intersection id -> its timing plan."""
+
+SkipReason = Literal["overrun", "missed", "busy"]
+"""Why the daemon skipped a cycle slot."""
+
+S_contra = TypeVar("S_contra", contravariant=True)
+
+
+class CycleCancelled(SignaltwinError):
+    """The cycle was cancelled (shutdown) before it deployed anything."""
+
+
+# --------------------------------------------------------------------------- cycle data
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the controllers reported at the start of a cycle."""
+
+    field_time_s: float
+    #: detector id -> vehicles counted since the previous observation
+    counts: Mapping[str, float]
+    #: seconds the counts cover
+    interval_s: float
+    #: tls id -> (active sequence, active digest)
+    active: Mapping[str, tuple[int, str]]
+    #: tls id -> (mean wait s, NOx mg) of the last measurement interval
+    measurements: Mapping[str, tuple[float, float]]
+    #: tls ids whose controller did not answer
+    unhealthy: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger."""
+        return {
+            "field_time_s": self.field_time_s,
+            "interval_s": self.interval_s,
+            "counts": dict(sorted(self.counts.items())),
+            "active": {k: list(v) for k, v in sorted(self.active.items())},
+            "measurements": {k: list(v) for k, v in sorted(self.measurements.items())},
+            "unhealthy": list(self.unhealthy),
+        }
+
+
+@dataclass(frozen=True)
+class WhatIfSummary:
+    """The twin's verdict on the candidates against the current plan."""
+
+    outcomes: tuple[CandidateOutcome, ...]
+    #: the full, JSON-able what-if (request and result; recorded in the ledger, replayable)
+    document: Mapping[str, Any]
+    horizon_s: int
+    seeds: tuple[int, ...]
+    #: opaque handle the renderer uses to draw the chosen candidate (time series)
+    recording: Any = None
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """What the push did, per controller (typed; the cycle never re-parses a dict).
+
+    Attributes:
+        outcome: activated everywhere, aborted everywhere, partial (some run
+            it) or unknown (the push itself raised; nobody could say).
+        running: the controllers that read the new plan back as active.
+        errors: controller -> the error met there (timeouts, lost sessions).
+        message: why, when not activated everywhere.
+        activate_at_field_time_s: the common activation time, when one was set.
+        push_record: the push's plain data for the ``deployment`` ledger record.
+    """
+
+    outcome: PushOutcome
+    running: frozenset[str] = frozenset()
+    errors: Mapping[str, str] = field(default_factory=dict)
+    message: str = ""
+    activate_at_field_time_s: float | None = None
+    push_record: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the plan runs on every controller."""
+        return self.outcome == PushOutcome.ACTIVATED
+
+
+# --------------------------------------------------------------------------- cycle ports
+
+
+class ControllerFleet(Protocol):
+    """The controllers as the cycle sees them (OPC UA, or a fake/in-process field)."""
+
+    def observe(self) -> Observation:
+        """Read detectors, measurements and active plans of every controller."""
+        ...
+
+    def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
+        """Stage everywhere, activate together (aligned), read back; abort all on failure."""
+        ...
+
+
+class TwinPort(Protocol):
+    """The digital twin."""
+
+    def estimate(self, observation: Observation) -> tuple[Mapping[str, Any], str]:
+        """Estimate demand; return (demand snapshot, its sha256)."""
+        ...
+
+    def whatif(
+        self,
+        demand: Mapping[str, Any],
+        current: Plans,
+        candidates: Mapping[str, Plans],
+        cancel: threading.Event,
+    ) -> WhatIfSummary:
+        """Run current vs candidates on paired seeds; raise CycleCancelled once cancelled."""
+        ...
+
+
+class ProposerPort(Protocol):
+    """Proposes candidate plans (the RL policy, Webster, ...), always through projection."""
+
+    def propose(
+        self, observation: Observation, demand: Mapping[str, Any], current: Plans
+    ) -> tuple[dict[str, dict[str, IntersectionTiming]], str | None]:
+        """Return ({candidate name: plans}, policy sha256 or None)."""
+        ...
+
+    def screen(
+        self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
+    ) -> dict[str, dict[str, IntersectionTiming]]:
+        """Keep the ``keep`` most promising candidates (identity when no surrogate)."""
+        ...
+
+
+class RendererPort(Protocol):
+    """Draws the what-if video (current | candidate)."""
+
+    def render(
+        self, summary: WhatIfSummary, candidate: str, attribution: Mapping[str, Any], out: Path
+    ) -> tuple[Path, str]:
+        """Render and return (video path, sha256)."""
+        ...
+
+
+class FeedbackHook(Protocol):
+    """What the cycle tells the measured-delta collector (``feedback.FeedbackCollector``)."""
+
+    def deployed(
+        self,
+        ledger_index: int,
+        config: TimingConfiguration,
+        observation: Observation,
+        activate_at_field_time_s: float | None,
+    ) -> None:
+        """Remember a deployment until its outcome can be measured."""
+        ...
+
+    def collect(self) -> FeedbackReport:
+        """Measure the deployments whose window has passed; maybe fine-tune."""
+        ...
+
+
+# --------------------------------------------------------------------------- feedback ports
+
+
+class MeasurementSource(Protocol):
+    """Reads the field's interval measurements (``OpcUaFleet.read_measurements``)."""
+
+    def __call__(self) -> tuple[float, Mapping[str, tuple[float, float]]]:
+        """Return (field time s, {tls id: (mean wait s, NOx mg)})."""
+        ...
+
+
+class PolicyHolder(Protocol):
+    """The proposer as the feedback collector sees it (``wiring.ProposerAdapter``)."""
+
+    #: the policy in use (``rl.policy.TorchPolicy``), or None (Webster only)
+    policy: Any | None
+    #: where the policy's weights are (fine-tuning starts from them)
+    policy_path: Path | None
+    #: the per-intersection observations of the last proposal
+    last_observations: Mapping[str, Any]
+
+
+class FeedbackSink(Protocol):
+    """The RL feedback store as the collector uses it (``rl.feedback.FeedbackStore``)."""
+
+    def record_deployment(
+        self,
+        deployment: str,
+        observations: Mapping[str, Any],
+        deployed: Mapping[str, IntersectionTiming],
+        *,
+        policy_sha256: str | None = None,
+        predicted_wait_change: float | None = None,
+        predicted_nox_change: float | None = None,
+    ) -> int:
+        """Log what was deployed at each intersection and on what observation."""
+        ...
+
+    def record_measurement(
+        self,
+        deployment: str,
+        before: Mapping[str, tuple[float, float]],
+        after: Mapping[str, tuple[float, float]],
+    ) -> Any:
+        """Store the field's measured delta of a deployment."""
+        ...
+
+    def count(self, measured_only: bool = True) -> int:
+        """Number of (measured) samples."""
+        ...
+
+    def samples(self, policy_sha256: str | None = None) -> Any:
+        """Every measured sample."""
+        ...
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did (for the daemon, the demo and metrics)."""
+
+    slot_time: datetime
+    ok: bool = False
+    deployed: bool = False
+    shadow: bool = False
+    decision: str = "none"
+    failed_stage: str | None = None
+    error: str | None = None
+    stage_s: dict[str, float] = field(default_factory=dict)
+    sequence: int | None = None
+    predicted_wait_change: float | None = None
+    predicted_nox_change: float | None = None
+    video: str | None = None
+    ledger_index: int | None = None
+    #: HSM failures met (signing the plan, signing the checkpoint); the daemon
+    #: counts them in ``signaltwin_hsm_errors_total``
+    hsm_errors: int = 0
+    #: controller -> OPC UA errors met in the push (``signaltwin_opcua_errors_total``)
+    opcua_errors: dict[str, int] = field(default_factory=dict)
+    #: controller -> answered the observation (``signaltwin_controller_up``)
+    controllers_up: dict[str, bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        data = asdict(self)
+        data["slot_time"] = self.slot_time.isoformat()
+        return data
+
+
+class CycleReportLike(Protocol):
+    """What the daemon reads from a cycle's report (:class:`CycleReport` fits).
+
+    Attributes:
+        ok: the cycle ran to its end without error (a refusal by the gate is ok).
+        deployed: a plan was activated on the controllers.
+        decision: the gate's decision (``pass``, ``refuse_wait``, ``refuse_nox``,
+            ``refuse_failed``), or ``none`` when the cycle ended before the gate.
+        stage_s: seconds per stage (:data:`STAGES`).
+        error: what failed and why, when not ok.
+        sequence: the sequence number of the deployed (or shadow) configuration.
+    """
+
+    @property
+    def ok(self) -> bool: ...  # noqa: D102
+
+    @property
+    def deployed(self) -> bool: ...  # noqa: D102
+
+    @property
+    def decision(self) -> str: ...  # noqa: D102
+
+    @property
+    def stage_s(self) -> Mapping[str, float]: ...  # noqa: D102
+
+    @property
+    def error(self) -> str | None: ...  # noqa: D102
+
+    @property
+    def sequence(self) -> int | None: ...  # noqa: D102
+
+
+@runtime_checkable
+class ComponentHealth(Protocol):
+    """Optional extra a report may carry: component errors met during the cycle.
+
+    When a cycle's report has these attributes too, the daemon records them in
+    ``signaltwin_hsm_errors_total``, ``signaltwin_opcua_errors_total{controller}``
+    and ``signaltwin_controller_up{controller}``.
+    """
+
+    @property
+    def hsm_errors(self) -> int: ...  # noqa: D102
+
+    @property
+    def opcua_errors(self) -> Mapping[str, int]: ...  # noqa: D102
+
+    @property
+    def controllers_up(self) -> Mapping[str, bool]: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class BasicCycleReport:
+    """A plain :class:`CycleReportLike` with :class:`ComponentHealth` (for fakes and crashes)."""
+
+    ok: bool
+    deployed: bool
+    decision: str = "none"
+    stage_s: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+    sequence: int | None = None
+    hsm_errors: int = 0
+    opcua_errors: Mapping[str, int] = field(default_factory=dict)
+    controllers_up: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeedbackReport:
+    """What a feedback collection did.
+
+    Attributes:
+        measured: deployments whose field outcome was measured in this run.
+        prediction_error_ratios: per measured deployment, the relative error of the
+            predicted change against the measured one (``|measured - predicted| /
+            |predicted|``).
+        fine_tuned: whether the policy was fine-tuned.
+    """
+
+    measured: int = 0
+    prediction_error_ratios: tuple[float, ...] = ()
+    fine_tuned: bool = False
+
+
+# --------------------------------------------------------------------------- the daemon's view
+
+
+class ScheduleSettingsLike(Protocol):
+    """The ``[schedule]`` section, as far as the daemon reads it."""
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between cycle starts."""
+        ...
+
+    @property
+    def feedback_interval_s(self) -> float:
+        """Seconds between feedback collections."""
+        ...
+
+    @property
+    def shutdown_deadline_s(self) -> float:
+        """How long a stop waits for the running cycle."""
+        ...
+
+
+class MetricsSettingsLike(Protocol):
+    """The ``[metrics]`` section."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether to serve metrics over HTTP."""
+        ...
+
+    @property
+    def address(self) -> str:
+        """Address to bind."""
+        ...
+
+    @property
+    def port(self) -> int:
+        """Port to bind (0: any free port)."""
+        ...
+
+
+class DaemonSettings(Protocol):
+    """What the daemon reads from the settings (``configs.settings.Settings`` fits)."""
+
+    @property
+    def mode(self) -> str:
+        """``auto`` or ``shadow``."""
+        ...
+
+    @property
+    def schedule(self) -> ScheduleSettingsLike:
+        """The schedule section."""
+        ...
+
+    @property
+    def metrics(self) -> MetricsSettingsLike:
+        """The metrics section."""
+        ...
+
+
+class RunsCycles(Protocol[S_contra]):
+    """One configured cycle pipeline (built from settings by a factory).
+
+    The daemon calls these methods from worker threads, never two at once.
+    """
+
+    def run_cycle(self, slot_time: datetime, cancel: threading.Event) -> CycleReportLike:
+        """Run one cycle for ``slot_time`` (UTC); return promptly once ``cancel`` is set.
+
+        Must never leave a plan staged but not activated: on cancel, abort what
+        was staged (or let the activation complete) before returning.
+        """
+        ...
+
+    def collect_feedback(self) -> FeedbackReport | None:
+        """Collect measured deltas of past deployments and fine-tune the policy."""
+        ...
+
+    def record_skip(self, slot_time: datetime, reason: str) -> None:
+        """Record in the ledger that the cycle slot ``slot_time`` was skipped, and why."""
+        ...
+
+    def record_config_change(self, settings: S_contra) -> None:
+        """Record in the ledger that ``settings`` now apply (called on the new runner)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections, sessions and files."""
+        ...
