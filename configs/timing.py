@@ -541,7 +541,9 @@ def check_configuration(
             found.append(Violation("phase_states", tls_id, "no approved base program"))
             continue
         prior = previous.get(tls_id) if previous is not None else None
-        found.extend(check_intersection(tls_id, plan, base, intersection_limits(limits, tls_id), prior))
+        found.extend(
+            check_intersection(tls_id, plan, base, intersection_limits(limits, tls_id), prior)
+        )
     return found
 
 
