@@ -69,6 +69,7 @@ __all__ = [
     "check_configuration",
     "check_intersection",
     "classify_state",
+    "intersection_limits",
     "project",
     "project_plans",
     "require_safe",
@@ -166,10 +167,19 @@ class LimitsSource(Protocol):
         ...
 
 
-def _limits_for(source: SafetyLimits | LimitsSource, tls_id: str) -> SafetyLimits:
-    if isinstance(source, SafetyLimits):
+def intersection_limits(source: SafetyLimits | LimitsSource, tls_id: str) -> SafetyLimits:
+    """The limits that apply to ``tls_id``: ``source`` itself, or its ``limits_for(tls_id)``.
+
+    The settings' safety section is a :class:`SafetyLimits` (the district's) that
+    also has per-intersection overrides, so ``limits_for`` is asked first.
+    """
+    if not isinstance(source, SafetyLimits):
+        return source.limits_for(tls_id)
+    limits_for = getattr(source, "limits_for", None)
+    if limits_for is None:
         return source
-    return source.limits_for(tls_id)
+    limits: SafetyLimits = limits_for(tls_id)
+    return limits
 
 
 # --------------------------------------------------------------------------- base program
@@ -532,7 +542,9 @@ def check_configuration(
             found.append(Violation("phase_states", tls_id, "no approved base program"))
             continue
         prior = previous.get(tls_id) if previous is not None else None
-        found.extend(check_intersection(tls_id, plan, base, _limits_for(limits, tls_id), prior))
+        found.extend(
+            check_intersection(tls_id, plan, base, intersection_limits(limits, tls_id), prior)
+        )
     return found
 
 
@@ -700,7 +712,7 @@ def project_plans(
         if base is None:
             raise ConfigError(f"{tls_id}: proposal for an intersection without a base program")
         plans[tls_id] = project(
-            tls_id, proposal, base, _limits_for(limits, tls_id), previous.get(tls_id)
+            tls_id, proposal, base, intersection_limits(limits, tls_id), previous.get(tls_id)
         )
     return plans
 

@@ -4,11 +4,12 @@ Each module in :mod:`controller.commands` exposes ``register(subparsers)``, whic
 adds its sub-command and sets ``func`` (taking the parsed namespace, returning an
 exit code). Only this module calls :func:`sys.exit`.
 
-Exit codes (documented in README.md):
-    0 success; 1 the command ran and found a problem (failed verification,
-    gate refused, tests of a plan failed); 2 bad usage or invalid
-    configuration; 3 a required component (HSM, controller, SUMO) failed;
-    130 interrupted.
+Registering runs at every start, even for ``--help``, so a command module imports
+its heavy dependencies (torch, SUMO, asyncua, the HSM, the daemon) only inside
+the function that runs the command.
+
+Exit codes: :class:`controller.exit_codes.ExitCode` (the table in
+docs/operations.md).
 """
 
 from __future__ import annotations
@@ -22,12 +23,7 @@ import sys
 from collections.abc import Sequence
 
 from configs.errors import ConfigError, SignaltwinError
-
-EXIT_OK = 0
-EXIT_PROBLEM = 1
-EXIT_USAGE = 2
-EXIT_COMPONENT = 3
-EXIT_INTERRUPTED = 130
+from controller.exit_codes import ExitCode
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Closed-loop traffic-signal control: observe controllers, propose timings, "
             "prove them on a SUMO twin, sign in an HSM, push over OPC UA, record in a ledger."
         ),
-        epilog="Exit codes: 0 ok, 1 problem found, 2 usage/config error, 3 component failure, "
-        "130 interrupted. Run 'signaltwin COMMAND --help' for a command's options.",
+        epilog=(
+            f"Exit codes: {ExitCode.OK:d} ok, {ExitCode.PROBLEM:d} problem found, "
+            f"{ExitCode.USAGE:d} usage/config error, {ExitCode.COMPONENT:d} component failure, "
+            f"{ExitCode.INTERRUPTED:d} interrupted (see docs/operations.md). "
+            "Run 'signaltwin COMMAND --help' for a command's options."
+        ),
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
@@ -70,24 +70,24 @@ def run(argv: Sequence[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         code: int = func(args)
         return code
     except ConfigError as e:
         print(f"signaltwin: configuration error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except SignaltwinError as e:
         print(f"signaltwin: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_COMPONENT
+        return ExitCode.COMPONENT
     except KeyboardInterrupt:
         print("signaltwin: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # output piped into e.g. `head`: stop quietly, like other Unix tools
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return ExitCode.OK
 
 
 def main() -> None:

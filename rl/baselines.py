@@ -19,8 +19,10 @@ from configs.timing import (
     BasePhase,
     BaseProgram,
     IntersectionTiming,
+    LimitsSource,
     Proposal,
     SafetyLimits,
+    intersection_limits,
     project,
 )
 from rl.features import SATURATION_VPH_PER_LANE, IntersectionObservation
@@ -30,6 +32,7 @@ from simulators.network import NetworkModel
 __all__ = [
     "MaxPressureController",
     "actuated_plan",
+    "actuated_plans",
     "as_mode",
     "fixed_plans",
     "lost_time_s",
@@ -147,6 +150,19 @@ def actuated_plan(
     return project(tls_id, Proposal(green_s=greens), actuated_base, limits, previous)
 
 
+def actuated_plans(
+    bases: Mapping[str, BaseProgram], limits: SafetyLimits | LimitsSource
+) -> dict[str, IntersectionTiming]:
+    """Every base program as an actuated plan (:func:`actuated_plan`), each within its own limits.
+
+    ``limits`` may be the settings' safety section: per-intersection overrides apply.
+    """
+    return {
+        tls_id: actuated_plan(tls_id, base, intersection_limits(limits, tls_id))
+        for tls_id, base in bases.items()
+    }
+
+
 def as_mode(base: BaseProgram, mode: PlanMode) -> BaseProgram:
     """The base program the plans of ``mode`` are projected onto.
 
@@ -206,17 +222,20 @@ class MaxPressureController:
 
     Args:
         network: the network model (links and base programs).
-        limits: minimum green and minimum yellow/all-red durations.
+        limits: minimum green and minimum yellow/all-red durations; the settings'
+            safety section applies its per-intersection overrides.
         decision_s: how often lights reconsider their phase.
     """
 
     def __init__(
         self,
         network: NetworkModel,
-        limits: SafetyLimits | None = None,
+        limits: SafetyLimits | LimitsSource | None = None,
         decision_s: float = 5.0,
     ) -> None:
-        self.limits = limits or SafetyLimits()
+        source = limits if limits is not None else SafetyLimits()
+        self.limits = {t: intersection_limits(source, t) for t in network.intersections}
+        """Each light's limits."""
         self.decision_s = decision_s
         self._greens: dict[str, list[str]] = {}
         self._movements: dict[str, list[list[tuple[str, str]]]] = {}
@@ -240,9 +259,10 @@ class MaxPressureController:
             ]
             yellows = [p.duration_s for p in base.phases if p.kind == "yellow"]
             reds = [p.duration_s for p in base.phases if p.kind == "red"]
-            self._yellow_s[tls_id] = float(max(max(yellows, default=0), self.limits.min_yellow_s))
+            lim = self.limits[tls_id]
+            self._yellow_s[tls_id] = float(max(max(yellows, default=0), lim.min_yellow_s))
             self._red_s[tls_id] = float(
-                max(max(reds, default=0), self.limits.min_red_clearance_s if reds else 0)
+                max(max(reds, default=0), lim.min_red_clearance_s if reds else 0)
             )
         self._state: dict[str, _LightState] = {}
         self._next_decision_s = 0.0
@@ -261,7 +281,8 @@ class MaxPressureController:
         now = sim.time_s
         if not self._state:
             for tls_id, states in self._greens.items():
-                self._state[tls_id] = _LightState(0, "green", now + self.limits.min_green_s)
+                min_green_s = self.limits[tls_id].min_green_s
+                self._state[tls_id] = _LightState(0, "green", now + min_green_s)
                 sim.set_signal_state(tls_id, states[0])
         decide = now >= self._next_decision_s
         if decide:
@@ -292,7 +313,7 @@ class MaxPressureController:
 
     def _enter_green(self, sim: FieldSimulation, tls_id: str, st: _LightState, now: float) -> None:
         st.green, st.stage = st.target, "green"
-        st.until_s = now + self.limits.min_green_s
+        st.until_s = now + self.limits[tls_id].min_green_s
         sim.set_signal_state(tls_id, self._greens[tls_id][st.green])
 
 

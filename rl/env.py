@@ -45,8 +45,8 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, SafetyLimits, project
-from rl.baselines import actuated_plan, as_mode, fixed_plans
+from configs.timing import IntersectionTiming, LimitsSource, SafetyLimits, project_plans
+from rl.baselines import actuated_plans, as_mode, fixed_plans
 from rl.features import (
     ACT_DIM,
     OBS_DIM,
@@ -117,8 +117,12 @@ class EnvConfig:
 class SignalSimulation:
     """One field run seen as a sequence of plan intervals for every light."""
 
-    def __init__(self, config: EnvConfig, limits: SafetyLimits | None = None) -> None:
+    def __init__(
+        self, config: EnvConfig, limits: SafetyLimits | LimitsSource | None = None
+    ) -> None:
         """Load the network and check the episode timing; the field starts in :meth:`reset`.
+
+        ``limits`` may be the settings' safety section (per-intersection overrides apply).
 
         Raises:
             ConfigError: an interval that is not a whole number of seconds, a
@@ -136,7 +140,7 @@ class SignalSimulation:
                 f"interval_s ({interval:g}): measurements end at multiples of the interval"
             )
         self.config = config
-        self.limits = limits or SafetyLimits()
+        self.limits: SafetyLimits | LimitsSource = limits if limits is not None else SafetyLimits()
         self.network: NetworkModel = load_network(config.net_file, config.detectors_file)
         self.layouts: dict[str, IntersectionLayout] = layouts_from_network(self.network)
         self.tls_ids = tuple(sorted(self.layouts))
@@ -180,9 +184,10 @@ class SignalSimulation:
         )
         self._current = fixed_plans({t: self.layouts[t].base for t in self.tls_ids})
         if self.config.mode == "actuated":
+            started = actuated_plans({t: self.layouts[t].base for t in self.tls_ids}, self.limits)
             for t in self.tls_ids:
-                self._current[t] = actuated_plan(t, self.layouts[t].base, self.limits)
-                self._session.apply(t, self._current[t])
+                self._current[t] = started[t]
+                self._session.apply(t, started[t])
         self._steps = 0
         measured = self._session.run_until(self._session.time_s + self.config.warmup_s)
         self._obs = self._observe(measured)
@@ -205,11 +210,14 @@ class SignalSimulation:
         if self._session is None:
             raise ConfigError("reset() the environment before step()")
         acts = np.asarray(actions, dtype=np.float64).reshape(self.n, ACT_DIM)
-        for i, tls_id in enumerate(self.tls_ids):
-            proposal = action_to_proposal(acts[i], self._observations[tls_id])
-            plan = project(tls_id, proposal, self.bases[tls_id], self.limits, self._current[tls_id])
-            self._current[tls_id] = plan
-            self._session.apply(tls_id, plan)
+        proposals = {
+            tls_id: action_to_proposal(acts[i], self._observations[tls_id])
+            for i, tls_id in enumerate(self.tls_ids)
+        }
+        plans = project_plans(proposals, self.bases, self.limits, self._current)
+        for tls_id in self.tls_ids:
+            self._current[tls_id] = plans[tls_id]
+            self._session.apply(tls_id, plans[tls_id])
         measured = self._session.run_until(self._session.time_s + self.config.interval_s)
         self._obs = self._observe(measured)
         rewards = self.rewards(measured)
@@ -243,7 +251,9 @@ class SignalTimingEnv(gym.Env[FloatArray, FloatArray]):
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - gymnasium's convention
 
-    def __init__(self, config: EnvConfig, limits: SafetyLimits | None = None) -> None:
+    def __init__(
+        self, config: EnvConfig, limits: SafetyLimits | LimitsSource | None = None
+    ) -> None:
         super().__init__()
         self.sim = SignalSimulation(config, limits)
         n = self.sim.n

@@ -14,29 +14,34 @@ by its own gate logic; ``fixed`` keeps the base plans, ``actuated`` switches
 every light to an actuated plan once (run without recall), and ``max-pressure`` selects phases
 in real time through a per-step hook on the field.
 
-Run ``python -m rl.evaluate --help`` for the command line.
+Every plan is made within its own light's limits: ``limits`` may be the
+settings' safety section, whose per-intersection overrides then apply
+(:func:`configs.timing.project_plans`).
+
+The command line is ``signaltwin evaluate`` (:mod:`controller.commands.evaluate`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from configs.timing import IntersectionTiming, SafetyLimits, project
+from configs.timing import (
+    BaseProgram,
+    IntersectionTiming,
+    LimitsSource,
+    SafetyLimits,
+    project_plans,
+)
 from rl.baselines import (
     MaxPressureController,
     PlanMode,
-    actuated_plan,
+    actuated_plans,
     as_mode,
     fixed_plans,
     webster_proposal,
@@ -48,8 +53,7 @@ from rl.features import (
     layouts_from_network,
 )
 from rl.field_session import FieldSession, TripStats
-from simulators.netbuild import DemandProfile, expand_demand
-from simulators.network import NetworkModel, ensure_detectors, load_network
+from simulators.network import NetworkModel
 
 __all__ = [
     "CONTROLLERS",
@@ -57,10 +61,10 @@ __all__ = [
     "Decide",
     "EvaluationResult",
     "evaluate_controller",
-    "main",
     "mean_ci",
     "policy_decide",
     "run_once",
+    "start_plans",
     "webster_decide",
 ]
 
@@ -120,17 +124,24 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return mean, _T95.get(n - 1, 1.96) * math.sqrt(var / n)
 
 
+def _running(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
+    return {t: o.timing for t, o in obs.items()}
+
+
 def webster_decide(
     layouts: Mapping[str, IntersectionLayout],
-    limits: SafetyLimits,
+    limits: SafetyLimits | LimitsSource,
 ) -> Callable[[Mapping[str, IntersectionObservation]], dict[str, IntersectionTiming]]:
-    """A ``decide`` that deploys Webster's plan everywhere (projected onto the safe set)."""
+    """A ``decide`` that deploys Webster's fixed-time plan everywhere.
+
+    Each plan is projected onto its light's safe set (``limits.limits_for`` when
+    ``limits`` is the settings' safety section), bounded by the plan in force.
+    """
+    bases = {t: as_mode(lay.base, "fixed") for t, lay in layouts.items()}
 
     def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
-        return {
-            t: project(t, webster_proposal(o), layouts[t].base, limits, o.timing)
-            for t, o in obs.items()
-        }
+        proposals = {t: webster_proposal(o) for t, o in obs.items()}
+        return project_plans(proposals, bases, limits, _running(obs))
 
     return decide
 
@@ -138,9 +149,9 @@ def webster_decide(
 def policy_decide(
     policy: object,
     layouts: Mapping[str, IntersectionLayout],
-    limits: SafetyLimits,
+    limits: SafetyLimits | LimitsSource,
 ) -> Callable[[Mapping[str, IntersectionObservation]], dict[str, IntersectionTiming]]:
-    """A ``decide`` that deploys the policy's proposals (projected onto the safe set)."""
+    """A ``decide`` that deploys the policy's proposals, projected as :func:`webster_decide`'s."""
     from rl.policy import Policy
 
     if not isinstance(policy, Policy):
@@ -149,10 +160,25 @@ def policy_decide(
     bases = {t: as_mode(lay.base, policy.mode) for t, lay in layouts.items()}
 
     def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
-        proposals = policy.propose(obs)
-        return {t: project(t, p, bases[t], limits, obs[t].timing) for t, p in proposals.items()}
+        return project_plans(policy.propose(obs), bases, limits, _running(obs))
 
     return decide
+
+
+def start_plans(
+    bases: Mapping[str, BaseProgram],
+    controller: ControllerKind,
+    limits: SafetyLimits | LimitsSource,
+    start_mode: PlanMode = "fixed",
+) -> tuple[dict[str, IntersectionTiming], bool]:
+    """The plans the lights run when a :func:`run_once` begins.
+
+    Returns:
+        (plans, whether they differ from the base programs and must be applied).
+    """
+    if controller == "actuated" or start_mode == "actuated":
+        return actuated_plans(bases, limits), True
+    return fixed_plans(bases), False
 
 
 def run_once(
@@ -165,7 +191,7 @@ def run_once(
     begin_s: float = 0.0,
     interval_s: float = 240.0,
     decide: Decide | None = None,
-    limits: SafetyLimits | None = None,
+    limits: SafetyLimits | LimitsSource | None = None,
     scale: float = 1.0,
     start_mode: PlanMode = "fixed",
 ) -> TripStats:
@@ -180,9 +206,10 @@ def run_once(
 
     ``start_mode="actuated"`` starts every light on its base program switched to
     actuated control (what an actuated policy was trained from); the
-    ``actuated`` controller always does.
+    ``actuated`` controller always does. ``limits`` may be the settings' safety
+    section (per-intersection overrides apply).
     """
-    limits = limits or SafetyLimits()
+    source: SafetyLimits | LimitsSource = limits if limits is not None else SafetyLimits()
     layouts = layouts_from_network(network)
     if controller in ("webster", "policy") and decide is None:
         raise ValueError(f"controller {controller!r} needs a decide callback")
@@ -190,14 +217,13 @@ def run_once(
         network, route_files, seed=seed, begin_s=begin_s, interval_s=interval_s, scale=scale
     )
     try:
-        current = fixed_plans(network.base_programs())
+        current, changed = start_plans(network.base_programs(), controller, source, start_mode)
         hook = None
-        if controller == "actuated" or start_mode == "actuated":
-            for tls_id, base in network.base_programs().items():
-                current[tls_id] = actuated_plan(tls_id, base, limits)
-                session.apply(tls_id, current[tls_id])
+        if changed:
+            for tls_id, plan in current.items():
+                session.apply(tls_id, plan)
         elif controller == "max-pressure":
-            hook = MaxPressureController(network, limits)
+            hook = MaxPressureController(network, source)
         end = begin_s + horizon_s
         deciding = decide is not None and controller in ("webster", "policy")
         while deciding and session.next_boundary_s() < end - 1e-6:
@@ -229,7 +255,7 @@ def evaluate_controller(
     begin_s: float = 0.0,
     interval_s: float = 240.0,
     decide: Decide | None = None,
-    limits: SafetyLimits | None = None,
+    limits: SafetyLimits | LimitsSource | None = None,
     start_mode: PlanMode = "fixed",
 ) -> EvaluationResult:
     """Run :func:`run_once` for every seed and collect the results."""
@@ -253,124 +279,3 @@ def evaluate_controller(
         logger.info("%s seed %d: delay %.1f s", controller, seed, stats.delay_s)
     result.wall_s = time.monotonic() - started
     return result
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m rl.evaluate",
-        description="Closed-loop evaluation of controllers on a SUMO network (ground-truth trips).",
-    )
-    p.add_argument("--network", type=Path, default=Path("configs/district/district.net.xml"))
-    p.add_argument(
-        "--detectors", type=Path, default=None, help="E1 detector file (generated if absent)"
-    )
-    p.add_argument(
-        "--routes",
-        type=Path,
-        nargs="+",
-        default=None,
-        help="route files (same for every seed); default: --demand-profile",
-    )
-    p.add_argument(
-        "--demand-profile",
-        type=Path,
-        default=Path("configs/district/district.demand.json"),
-        help="demand profile expanded with each seed (hidden demand, as in the field)",
-    )
-    p.add_argument("--controllers", nargs="+", default=list(CONTROLLERS), choices=CONTROLLERS)
-    p.add_argument("--policy", type=Path, default=Path("rl/policies/district.pt"))
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds (1..N)")
-    p.add_argument("--hours", type=float, default=1.5)
-    p.add_argument(
-        "--begin",
-        type=float,
-        default=None,
-        help="simulation start time (s); default: 15 min before the profile's peak, else 0",
-    )
-    p.add_argument("--interval", type=float, default=240.0)
-    p.add_argument("--json", type=Path, default=None, help="write the full results here")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Evaluate the chosen controllers and print a Markdown table."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # the field logs every plan it applies; the table is what this command reports
-    logging.getLogger("simulators.field").setLevel(logging.WARNING)
-    detectors = args.detectors
-    if detectors is None:
-        sibling = args.network.with_name(args.network.name.replace(".net.xml", ".det.add.xml"))
-        detectors = ensure_detectors(args.network, sibling)
-    network = load_network(args.network, detectors)
-    layouts = layouts_from_network(network)
-    limits = SafetyLimits()
-    seeds = list(range(1, args.seeds + 1))
-    begin = 0.0 if args.begin is None else float(args.begin)
-    horizon = args.hours * 3600.0
-    workdir = Path(tempfile.mkdtemp(prefix="signaltwin-eval-"))
-    routes: RouteSource
-    if args.routes is not None:
-        routes = list(args.routes)
-    else:
-        profile = DemandProfile.load(args.demand_profile)
-        if args.begin is None:
-            begin = float(max(0, profile.peak_begin_s - 900))
-
-        def routes(seed: int) -> list[Path]:
-            out = workdir / f"demand-{seed}.rou.xml"
-            if not out.is_file():
-                expand_demand(profile, seed, out, begin_s=int(begin), end_s=int(begin + horizon))
-            return [out]
-
-    results: list[EvaluationResult] = []
-    for kind in args.controllers:
-        decide: Decide | None = None
-        start_mode: PlanMode = "fixed"
-        if kind == "webster":
-            decide = webster_decide(layouts, limits)
-        elif kind == "policy":
-            from rl.policy import TorchPolicy
-
-            policy = TorchPolicy.load(args.policy)
-            decide = policy_decide(policy, layouts, limits)
-            start_mode = policy.mode
-        results.append(
-            evaluate_controller(
-                network,
-                routes,
-                kind,
-                seeds=seeds,
-                horizon_s=horizon,
-                begin_s=begin,
-                interval_s=args.interval,
-                decide=decide,
-                limits=limits,
-                start_mode=start_mode,
-            )
-        )
-    fixed = next((r for r in results if r.controller == "fixed"), None)
-    ref = fixed.summary()["delay_s"][0] if fixed else math.nan
-    out = sys.stdout
-    out.write(
-        "| controller | delay_s (±95% CI) | vs fixed | wait_s | trip_time_s | NOx g "
-        "| throughput |\n"
-    )
-    out.write("|---|---|---|---|---|---|---|\n")
-    for r in results:
-        s = r.summary()
-        d, dci = s["delay_s"]
-        change = (d / ref - 1.0) * 100.0 if ref == ref and ref > 0 else math.nan
-        out.write(
-            f"| {r.controller} | {d:.1f} ± {dci:.1f} | {change:+.1f} % | {s['wait_s'][0]:.1f} | "
-            f"{s['trip_time_s'][0]:.1f} | {s['nox_g'][0]:.0f} ± {s['nox_g'][1]:.0f} | "
-            f"{s['throughput_veh'][0]:.0f} |\n"
-        )
-    if args.json is not None:
-        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,6 +7,7 @@ import sys
 
 from configs.errors import ConfigError
 from configs.settings import check_environment, load_settings
+from controller.exit_codes import ExitCode
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,4 +51,4 @@ def _check(args: argparse.Namespace) -> int:
         f"cycle {limits.min_cycle_s}-{limits.max_cycle_s} s)",
         file=sys.stdout,
     )
-    return 0
+    return ExitCode.OK

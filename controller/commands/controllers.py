@@ -11,28 +11,18 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from actuation import (
-    CertificatePair,
-    ControllerAccess,
-    ControllerCore,
-    ControllerProvisioning,
-    EmulatedController,
-    EmulatedFleet,
-    FieldPort,
-    PasswordHash,
-    ThreadedActuator,
-    TrustedKeys,
-    controller_certificate_paths,
-    pinned_clients,
-    pool_from_settings,
-    provision_demo_pki,
-)
 from configs.errors import ConfigError
 from configs.settings import Settings, load_settings, read_secret
 from configs.timing import BaseProgram, NetworkRef
+from controller.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    # actuation (asyncua, cryptography) and simulators (SUMO) are imported inside
+    # the commands, so that registering them at every `signaltwin` start stays cheap.
+    from actuation import EmulatedFleet, FieldPort
 
 SERVE_DESCRIPTION = """\
 Run one emulated traffic controller (a secured OPC UA server) per traffic light,
@@ -122,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help()
-        return 2
+        return ExitCode.USAGE
 
     parser.set_defaults(func=usage)
 
@@ -142,6 +132,8 @@ def plan_endpoints(
     settings: Settings, intersections: Sequence[str], pki: Path, host: str, base_port: int
 ) -> list[ServedEndpoint]:
     """The controllers to serve: the configured endpoints, or one per light (auto)."""
+    from actuation import controller_certificate_paths
+
     ctl = settings.controllers
     found: list[ServedEndpoint] = []
     if ctl.endpoints:
@@ -190,6 +182,18 @@ def build_fleet(
     Raises:
         ConfigError: a key, certificate or the password is missing.
     """
+    from actuation import (
+        CertificatePair,
+        ControllerAccess,
+        ControllerCore,
+        ControllerProvisioning,
+        EmulatedController,
+        EmulatedFleet,
+        PasswordHash,
+        TrustedKeys,
+        pinned_clients,
+    )
+
     ctl = settings.controllers
     if not ctl.public_keys:
         raise ConfigError(
@@ -262,6 +266,7 @@ def _field_config(settings: Settings, args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from actuation import provision_demo_pki
     from simulators.field import ControllerFieldPort, FieldEmulator
 
     settings = load_settings(args.config)
@@ -288,7 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(_serve_until_signalled(fleet, field, args.speed, endpoints))
     finally:
         field.close()
-    return 0
+    return ExitCode.OK
 
 
 async def _serve_until_signalled(
@@ -322,6 +327,8 @@ async def _serve_until_signalled(
 
 
 def _status(args: argparse.Namespace) -> int:
+    from actuation import ThreadedActuator, pool_from_settings
+
     settings = load_settings(args.config)
     password = read_secret(
         settings.controllers.password_file, "controllers.password_file"
@@ -350,5 +357,5 @@ def _status(args: argparse.Namespace) -> int:
         else:
             print(f"{tls:<16} UNREACHABLE: {snap.error}")
     if snaps and all(not s.reachable for s in snaps.values()):
-        return 3
-    return 1 if bad else 0
+        return ExitCode.COMPONENT
+    return ExitCode.PROBLEM if bad else ExitCode.OK

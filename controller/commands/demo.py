@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from controller.demo import DemoOptions, default_demo_config, run_demo
+from controller.exit_codes import ExitCode
 
 DESCRIPTION = """\
 Run the whole closed loop locally: provision a SoftHSM2 token (if needed), start
@@ -66,14 +66,16 @@ def _echo(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the demo wiring pulls in SUMO, torch, asyncua and the HSM: only when it runs
     from controller.audit import load_keys, verify_ledger
+    from controller.demo import DemoOptions, default_demo_config, run_demo
 
     if args.cycles is not None and args.cycles < 1:
         print("signaltwin demo: --cycles must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if not 0.1 <= args.speed <= 100:
         print("signaltwin demo: --speed must be within 0.1 and 100", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     options = DemoOptions(
         config=args.config or default_demo_config(),
         state_dir=args.state_dir,
@@ -105,6 +107,6 @@ def _run(args: argparse.Namespace) -> int:
             f"verify it yourself: signaltwin audit verify --ledger {summary.ledger} "
             f"--pubkey {summary.public_key}"
         )
-        return 0
+        return ExitCode.OK
     _echo(f"LEDGER DOES NOT VERIFY: {result.first_problem}")
-    return 1
+    return ExitCode.PROBLEM

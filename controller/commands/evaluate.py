@@ -33,6 +33,7 @@ from typing import Any
 from configs.errors import ConfigError
 from configs.settings import Settings, load_settings
 from configs.timing import IntersectionTiming
+from controller.exit_codes import ExitCode
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,6 @@ def gated_decide(
 
 def _run(args: argparse.Namespace) -> int:
     from rl import evaluate as ev
-    from rl.baselines import as_mode, webster_proposal
     from rl.features import layouts_from_network
     from simulators.netbuild import DemandProfile, expand_demand
     from simulators.network import ensure_detectors, load_network
@@ -173,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
             }
         )
         layouts = layouts_from_network(network)
+        # the settings' safety section: every light is projected within its own limits
         limits = settings.safety
         begin = 0.0 if args.begin_s is None else float(args.begin_s)
         horizon = args.hours * 3600.0
@@ -195,33 +196,12 @@ def _run(args: argparse.Namespace) -> int:
                     )
                 return [out]
 
-        from configs.timing import project
-
-        def project_all(
-            proposals: Mapping[str, Any], obs: Mapping[str, Any], mode: str
-        ) -> dict[str, IntersectionTiming]:
-            return {
-                t: project(
-                    t,
-                    p,
-                    as_mode(layouts[t].base, mode),  # type: ignore[arg-type]
-                    limits.limits_for(t),
-                    obs[t].timing,
-                )
-                for t, p in proposals.items()
-            }
-
         results = []
         for kind in kinds:
             decide: Any = None
             start_mode = "fixed"
             if kind == "webster":
-
-                def webster(obs: Mapping[str, Any]) -> dict[str, IntersectionTiming]:
-                    return project_all(
-                        {t: webster_proposal(o) for t, o in obs.items()}, obs, "fixed"
-                    )
-
+                webster = ev.webster_decide(layouts, limits)
                 decide = webster if args.no_gate else gated_decide(settings, network, webster, kind)
             elif kind == "policy":
                 from controller.wiring import load_policy, policy_path
@@ -233,12 +213,7 @@ def _run(args: argparse.Namespace) -> int:
                 if policy is None:
                     raise ConfigError(f"no policy at {policy_path(policy_settings)}; give --policy")
                 start_mode = str(policy.mode)
-
-                def via_policy(
-                    obs: Mapping[str, Any], p: Any = policy
-                ) -> dict[str, IntersectionTiming]:
-                    return project_all(p.propose(obs), obs, str(p.mode))
-
+                via_policy = ev.policy_decide(policy, layouts, limits)
                 decide = (
                     via_policy
                     if args.no_gate
@@ -256,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
                     horizon_s=horizon,
                     begin_s=begin,
                     decide=decide,
-                    limits=limits,  # type: ignore[arg-type]
+                    limits=limits,
                     start_mode=start_mode,  # type: ignore[arg-type]
                 )
             )
@@ -272,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
         _print(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return ExitCode.OK
 
 
 def _print(results: list[Any], as_json: bool) -> None:

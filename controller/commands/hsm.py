@@ -10,26 +10,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs.errors import ConfigError
-from configs.settings import load_settings
-from hsm import (
-    HsmParams,
-    SoftHsmLayout,
-    TokenReport,
-    enrolment_record,
-    ensure_signing_key,
-    inspect_token,
-    load_public_key,
-    provision_softhsm,
-    verify_envelope,
-)
-from hsm.errors import EnvelopeFormatError, SignatureMismatchError
-from hsm.params import DEFAULT_KEY_LABEL, DEFAULT_MODULE, DEFAULT_TOKEN_LABEL
+from configs.settings import HsmSettings, load_settings
+from controller.exit_codes import ExitCode
 
-EXIT_OK = 0
-EXIT_PROBLEM = 1
+if TYPE_CHECKING:
+    # hsm (python-pkcs11, cryptography) is imported inside the commands, so that
+    # registering them at every `signaltwin` start stays cheap.
+    from hsm import HsmParams, TokenReport
+
+# the help shows the schema's defaults: they are the [hsm] section's without a --config
+_HSM_DEFAULTS = HsmSettings.model_fields
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -149,12 +142,18 @@ def _token_options(p: argparse.ArgumentParser) -> None:
         "--module",
         type=Path,
         default=None,
-        help=f"PKCS#11 module (default: {DEFAULT_MODULE})",
+        help=f"PKCS#11 module (default: {_HSM_DEFAULTS['module'].default})",
     )
     p.add_argument(
-        "--token-label", default=None, help=f"token label (default: {DEFAULT_TOKEN_LABEL})"
+        "--token-label",
+        default=None,
+        help=f"token label (default: {_HSM_DEFAULTS['token_label'].default})",
     )
-    p.add_argument("--key-label", default=None, help=f"key label (default: {DEFAULT_KEY_LABEL})")
+    p.add_argument(
+        "--key-label",
+        default=None,
+        help=f"key label (default: {_HSM_DEFAULTS['key_label'].default})",
+    )
     p.add_argument(
         "--pin-file",
         default=None,
@@ -171,6 +170,8 @@ def _token_options(p: argparse.ArgumentParser) -> None:
 
 def _resolve(args: argparse.Namespace, *, for_init: bool) -> None:
     """Fill unset token options: explicit option, else --config's [hsm], else the default."""
+    from hsm.params import DEFAULT_KEY_LABEL, DEFAULT_MODULE, DEFAULT_TOKEN_LABEL
+
     settings = load_settings(args.config) if args.config is not None else None
     hsm = settings.hsm if settings is not None else None
     if args.state_dir is None:
@@ -190,6 +191,8 @@ def _resolve(args: argparse.Namespace, *, for_init: bool) -> None:
 
 def params_from_args(args: argparse.Namespace) -> HsmParams:
     """The token parameters named by the command-line options."""
+    from hsm import HsmParams, SoftHsmLayout
+
     layout = SoftHsmLayout.under(args.state_dir)
     conf = args.softhsm_conf
     if conf is None and layout.softhsm_conf.exists():
@@ -206,10 +209,12 @@ def params_from_args(args: argparse.Namespace) -> HsmParams:
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
-    return 2
+    return ExitCode.USAGE
 
 
 def _run_init(args: argparse.Namespace) -> int:
+    from hsm import SoftHsmLayout, ensure_signing_key, provision_softhsm
+
     _resolve(args, for_init=True)
     if args.existing_token:
         params = params_from_args(args)
@@ -228,7 +233,7 @@ def _run_init(args: argparse.Namespace) -> int:
                 print(f"wrote {pem_path}")
             print(f"public key     {pem_path}")
             _print_report(report)
-        return EXIT_OK if not report.key.problems else EXIT_PROBLEM
+        return ExitCode.OK if not report.key.problems else ExitCode.PROBLEM
     if args.softhsm_conf is not None:
         raise ConfigError(
             "hsm init creates its own SOFTHSM2_CONF in STATE_DIR/hsm; drop --softhsm-conf "
@@ -260,7 +265,7 @@ def _run_init(args: argparse.Namespace) -> int:
                 **result.report.to_dict(),
             }
         )
-        return EXIT_OK
+        return ExitCode.OK
     p = result.params
     if not result.changed:
         print(f"token {p.token_label!r} and key {p.key_label!r} already exist; nothing changed")
@@ -275,10 +280,12 @@ def _run_init(args: argparse.Namespace) -> int:
     print(f"pin file       {p.pin_file}")
     print(f"public key     {result.public_key_path}")
     _print_report(result.report)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from hsm import enrolment_record, inspect_token
+
     _resolve(args, for_init=False)
     params = params_from_args(args)
     report = inspect_token(params)
@@ -298,10 +305,13 @@ def _run_info(args: argparse.Namespace) -> int:
         _print_report(report)
         if args.export_public_key is not None:
             print(f"public key written to {args.export_public_key}")
-    return EXIT_OK if not report.key.problems else EXIT_PROBLEM
+    return ExitCode.OK if not report.key.problems else ExitCode.PROBLEM
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from hsm import load_public_key, verify_envelope
+    from hsm.errors import EnvelopeFormatError, SignatureMismatchError
+
     try:
         data = args.envelope.read_bytes()
     except OSError as e:
@@ -316,11 +326,11 @@ def _run_verify(args: argparse.Namespace) -> int:
         )
     except (EnvelopeFormatError, SignatureMismatchError) as e:
         print(f"NOT VERIFIED: {args.envelope}: {e}", file=sys.stderr)
-        return EXIT_PROBLEM
+        return ExitCode.PROBLEM
     print(f"verified: {args.envelope} signed by {', '.join(verified.keyids)}")
     if args.payload:
         sys.stdout.buffer.write(verified.payload + b"\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _print_report(report: TokenReport) -> None:

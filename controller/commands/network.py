@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from simulators.netbuild import DISTRICT_DIR, build_district, check_district
-from simulators.network import ensure_detectors, load_network
+from controller.exit_codes import ExitCode
+
+# simulators (sumolib, netconvert) is imported inside the commands: registering
+# them runs at every `signaltwin` start and must stay cheap.
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     build.add_argument(
         "--out",
         type=Path,
-        default=DISTRICT_DIR,
-        help=f"output directory (default: {DISTRICT_DIR})",
+        default=None,
+        help="output directory (default: the shipped demo district, configs/district)",
     )
     build.add_argument(
         "--check",
@@ -59,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    out: Path = args.out
+    from simulators.netbuild import DISTRICT_DIR, build_district, check_district
+    from simulators.network import load_network
+
+    out: Path = args.out or DISTRICT_DIR
     if args.check:
         problems = check_district(out)
         for line in problems:
@@ -69,9 +74,9 @@ def _run_build(args: argparse.Namespace) -> int:
                 f"district in {out}: {len(problems)} problem(s); rebuild with "
                 f"'signaltwin network build --out {out}'"
             )
-            return 1
+            return ExitCode.PROBLEM
         print(f"district in {out}: all files match DIGESTS")
-        return 0
+        return ExitCode.OK
     digests = build_district(out)
     for name, digest in digests.items():
         print(f"{digest}  {out / name}")
@@ -80,10 +85,12 @@ def _run_build(args: argparse.Namespace) -> int:
         f"built {model.id}: {len(model.intersections)} traffic lights, "
         f"{len(model.detectors)} induction loops, sha256 {model.sha256}"
     )
-    return 0
+    return ExitCode.OK
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from simulators.network import ensure_detectors, load_network
+
     det = ensure_detectors(args.net, args.detectors) if args.detectors is not None else None
     model = load_network(args.net, det)
     by_tls = model.detectors_by_intersection()
@@ -111,4 +118,4 @@ def _run_info(args: argparse.Namespace) -> int:
         },
     }
     print(json.dumps(summary, indent=1))
-    return 0
+    return ExitCode.OK

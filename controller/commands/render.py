@@ -9,21 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from configs.errors import ConfigError
 from configs.timing import canonical_json, sha256_hex
-from edge_accel import (
-    Attribution,
-    SceneGeometry,
-    WhatIfFrames,
-    describe_device,
-    probe_video,
-    render_whatif,
-    select_device,
-)
+from controller.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    # torch and PyAV come with edge_accel: imported where a video is made, so that
+    # registering this command (every `signaltwin` start) stays cheap.
+    from edge_accel import SceneGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +50,7 @@ interpolated between recorded times (ends held) to fill --duration-s.
 Exit codes: 0 written; 2 bad input/configuration; 3 encoding failed.
 """
 
-GeometryLoader = Callable[[Path], SceneGeometry]
+GeometryLoader = Callable[[Path], "SceneGeometry"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge_accel import describe_device, probe_video, render_whatif, select_device
+
     width, height, fps, duration_s, device_pref = 1920, 1080, 30, 20.0, "auto"
     if args.config is not None:
         from configs.settings import load_settings
@@ -146,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    return 0
+    return ExitCode.OK
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -163,6 +160,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def geometry_from_network(net_path: Path) -> SceneGeometry:
     """Load the drawn geometry of a SUMO network through :mod:`simulators.network`."""
+    from edge_accel import SceneGeometry
     from simulators.network import load_network
 
     model = load_network(net_path)
@@ -188,6 +186,8 @@ def geometry_from_network(net_path: Path) -> SceneGeometry:
 
 
 def _geometry_from_json(data: Any) -> SceneGeometry:
+    from edge_accel import SceneGeometry
+
     if not isinstance(data, Mapping) or not isinstance(data.get("polylines"), Mapping):
         raise ConfigError(
             '"geometry" must be {"polylines": {edge: [[x, y], ...]}, "widths_m": {...}, '
@@ -232,6 +232,10 @@ def whatif_from_document(
     Raises:
         ConfigError: Something needed is missing; the message names the key.
     """
+    import numpy as np
+
+    from edge_accel import Attribution, WhatIfFrames
+
     recording = document.get("recording")
     if not isinstance(recording, Mapping):
         raise ConfigError(

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Literal
 
 from configs.errors import SignaltwinError
 from configs.settings import Settings, load_settings
-from controller.daemon import CycleRunner, Daemon, DaemonOptions
-from controller.metrics import Metrics, build_registry
+from controller.exit_codes import ExitCode
 from controller.notify import JournalFormatter, NullNotifier, SystemdNotifier, stderr_is_journal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-logger = logging.getLogger(__name__)
+    # the daemon (APScheduler, prometheus-client) and the cycle it assembles (SUMO,
+    # torch, asyncua, the HSM) are imported when the command runs, so that
+    # registering it at every `signaltwin` start stays cheap.
+    from controller.daemon import CycleRunner
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_FAILED = 3
-EXIT_INTERRUPTED = 130
+logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """\
 Run the signaltwin daemon in the foreground until SIGTERM or SIGINT: a cycle every
@@ -144,6 +143,9 @@ def _settings_loader(path: Path, first: Settings) -> Callable[[], Settings]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from controller.daemon import Daemon, DaemonOptions
+    from controller.metrics import Metrics, build_registry
+
     configure_logging(args.log_level, args.log_format)
     settings = load_settings(args.config)  # ConfigError -> exit 2 with the message
     factory = _cycle_factory()
@@ -171,6 +173,9 @@ def _run(args: argparse.Namespace) -> int:
 def _run_once(
     path: Path, settings: Settings, factory: Callable[[Settings], CycleRunner[Settings]]
 ) -> int:
+    from controller.daemon import Daemon, DaemonOptions
+    from controller.metrics import Metrics, build_registry
+
     metrics = Metrics(build_registry(process_metrics=False))
     daemon: Daemon[Settings] = Daemon(
         _settings_loader(path, settings), factory, metrics, NullNotifier(), DaemonOptions()
@@ -178,9 +183,9 @@ def _run_once(
     run = daemon.run_once()
     print(run.describe())
     if run.result in ("deployed", "shadow"):
-        return EXIT_OK
+        return ExitCode.OK
     if run.result == "refused":
-        return EXIT_REFUSED
+        return ExitCode.PROBLEM
     if run.result == "aborted":
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED
+        return ExitCode.INTERRUPTED
+    return ExitCode.COMPONENT

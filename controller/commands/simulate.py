@@ -9,21 +9,25 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs.errors import ConfigError
-from configs.settings import Settings, load_settings
+from configs.settings import SafetySettings, Settings, load_settings
 from configs.timing import (
     BaseProgram,
     IntersectionTiming,
     Proposal,
     SafetyLimits,
     TimingConfiguration,
-    project,
+    project_plans,
 )
-from simulators.demand import DemandEstimator, FleetLike, write_routes
-from simulators.network import load_network
-from simulators.twin import CURRENT, LibsumoWhatIfEngine, WhatIfRequest, WhatIfResult
+from controller.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    # simulators (SUMO, scipy) is imported when the command runs, so that
+    # registering it at every `signaltwin` start stays cheap.
+    from simulators.demand import FleetLike
+    from simulators.twin import WhatIfResult
 
 DESCRIPTION = """\
 Run the what-if on the SUMO twin: the current (base) plans of every traffic
@@ -109,15 +113,15 @@ def _load_plan(path: Path) -> dict[str, IntersectionTiming]:
     return plans
 
 
-def _scaled(
-    bases: Mapping[str, BaseProgram], factor: float, limits: Any
+def scaled_plans(
+    bases: Mapping[str, BaseProgram], factor: float, limits: SafetySettings | SafetyLimits
 ) -> dict[str, IntersectionTiming]:
-    out = {}
-    for tls_id, base in sorted(bases.items()):
-        greens = [base.phases[i].duration_s * factor for i in base.green_indices]
-        lim: SafetyLimits = limits.limits_for(tls_id) if limits is not None else SafetyLimits()
-        out[tls_id] = project(tls_id, Proposal(green_s=greens), base, lim)
-    return out
+    """Every base plan with its greens scaled by ``factor``, projected onto each light's limits."""
+    proposals = {
+        tls_id: Proposal(green_s=[base.phases[i].duration_s * factor for i in base.green_indices])
+        for tls_id, base in sorted(bases.items())
+    }
+    return project_plans(proposals, bases, limits)
 
 
 def _read_counts(path: Path) -> tuple[dict[str, float], float]:
@@ -164,6 +168,9 @@ def _routes_from_counts(
         raise ConfigError(
             "--counts needs the detector file: give --detectors or simulation.detectors"
         )
+    from simulators.demand import DemandEstimator, write_routes
+    from simulators.network import load_network
+
     model = load_network(net, detectors)
     estimator = DemandEstimator(net, {d.id: d.lane_id for d in model.detectors}, fleet)
     estimate = estimator.estimate(counts, interval_s)
@@ -176,6 +183,9 @@ def _routes_from_counts(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from simulators.network import load_network
+    from simulators.twin import LibsumoWhatIfEngine, WhatIfRequest
+
     settings: Settings | None = load_settings(args.config) if args.config else None
     sim = settings.simulation if settings is not None else None
     net = args.network or (sim.network if sim else None)
@@ -192,13 +202,13 @@ def _run(args: argparse.Namespace) -> int:
     model = load_network(net)
     bases = model.base_programs()
     current = {t: IntersectionTiming.from_base(b) for t, b in bases.items()}
-    limits = settings.safety if settings is not None else None
+    limits = settings.safety if settings is not None else SafetyLimits()
     if args.plan is not None:
         candidates = {"candidate": _load_plan(args.plan)}
     else:
         candidates = {
-            "greens-x0.8": _scaled(bases, 0.8, limits),
-            "greens-x1.2": _scaled(bases, 1.2, limits),
+            "greens-x0.8": scaled_plans(bases, 0.8, limits),
+            "greens-x1.2": scaled_plans(bases, 1.2, limits),
         }
 
     field_time_s = 0
@@ -251,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_table(result)
         print(f"wall time {wall_s:.1f} s")
-    return 1 if any(o.failed for o in result.outcomes) else 0
+    return ExitCode.PROBLEM if any(o.failed for o in result.outcomes) else ExitCode.OK
 
 
 def _pct(change: Any) -> str:
@@ -259,6 +269,8 @@ def _pct(change: Any) -> str:
 
 
 def _print_table(result: WhatIfResult) -> None:
+    from simulators.twin import CURRENT
+
     level = f"{result.confidence_level:.0%}"
     print(
         f"{'plan':<14} {'wait s':>7} {'delay s':>8} {'arrived':>8} {'NOx g':>9}  "

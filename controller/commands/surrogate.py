@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError, SimulationError
-from edge_accel import describe_device, load_rows_jsonl, select_device
-from edge_accel.surrogate import describe_surrogate, save_surrogate, train_surrogate
+from controller.exit_codes import ExitCode
+
+# edge_accel (torch) and simulators (SUMO) are imported inside the commands, so
+# that registering them at every `signaltwin` start stays cheap.
 
 DESCRIPTION = """\
 The surrogate is a small neural network that predicts a candidate plan's
@@ -95,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _train(args: argparse.Namespace) -> int:
+    from edge_accel import describe_device, load_rows_jsonl, select_device
+    from edge_accel.surrogate import save_surrogate, train_surrogate
+
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
     except ValueError as e:
@@ -131,13 +136,15 @@ def _train(args: argparse.Namespace) -> int:
             "do not screen with this model",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return ExitCode.PROBLEM
+    return ExitCode.OK
 
 
 def _info(args: argparse.Namespace) -> int:
+    from edge_accel.surrogate import describe_surrogate
+
     print(json.dumps(describe_surrogate(args.weights), indent=2, sort_keys=True))
-    return 0
+    return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- collect
@@ -382,7 +389,7 @@ def _collect(args: argparse.Namespace) -> int:
     print(
         json.dumps({"rows": written, "out": str(args.out), "wall_s": round(wall_s, 1)}),
     )
-    return 0 if written else 1
+    return ExitCode.OK if written else ExitCode.PROBLEM
 
 
 def _say(line: str) -> None:

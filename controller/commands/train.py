@@ -8,9 +8,10 @@ from pathlib import Path
 
 from configs.errors import ConfigError
 from configs.settings import load_settings
-from rl.env import EnvConfig
-from rl.train import train
-from simulators.network import ensure_detectors
+from controller.exit_codes import ExitCode
+
+# rl (torch, stable-baselines3, gymnasium) and simulators (SUMO) are imported when
+# the command runs, so that registering it at every `signaltwin` start stays cheap.
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rl.env import EnvConfig
+    from rl.train import train
+    from simulators.network import ensure_detectors
+
     timesteps, n_envs, seed, lr = 40_000, 2, 11, 1e-3
     network: Path | None = args.network
     detectors: Path | None = args.detectors
@@ -118,4 +123,4 @@ def _run(args: argparse.Namespace) -> int:
     print(f"samples: {result.timesteps} in {result.wall_s:.0f} s wall")
     if result.final_mean_reward is not None:
         print(f"mean reward per light-interval (last rollout): {result.final_mean_reward:.3f}")
-    return 0
+    return ExitCode.OK
