@@ -39,7 +39,7 @@ from configs.timing import (
     sha256_hex,
 )
 from controller.gate import CandidateOutcome, decide
-from controller.ledger import Ledger
+from controller.ledger import ConfigChangeRecord, CycleRecord, DeploymentRecord, Ledger
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.envelope import sign_envelope
 
@@ -499,8 +499,8 @@ class CycleRunner:
     def _append_cycle(self, report: CycleReport, record: dict[str, Any], outcome: str) -> int:
         cycle_id = report.slot_time.isoformat()
         record["report"] = report.to_dict()
-        body = {"cycle_id": cycle_id, "outcome": outcome, **record}
-        ref = self.ledger.append("cycle", body, dedupe_key=f"cycle-{cycle_id}")
+        body = CycleRecord(cycle_id=cycle_id, outcome=outcome, **record)
+        ref = self.ledger.append(body, dedupe_key=f"cycle-{cycle_id}")
         report.ledger_index = ref.index
         return ref.index
 
@@ -513,20 +513,19 @@ class CycleRunner:
         pushed: DeployOutcome,
     ) -> None:
         ref = self.ledger.append(
-            "deployment",
-            {
-                "sequence": config.sequence,
-                "config_digest": config.digest(),
-                "envelope": dict(envelope),
-                "configuration": config.to_dict(),
-                "cycle_index": cycle_index,
-                "result": result,
-                "push": {
+            DeploymentRecord(
+                sequence=config.sequence,
+                config_digest=config.digest(),
+                envelope=dict(envelope),
+                configuration=config.to_dict(),
+                cycle_index=cycle_index,
+                result=result,
+                push={
                     "ok": pushed.ok,
                     "message": pushed.message,
                     "results": dict(pushed.results),
                 },
-            },
+            ),
             dedupe_key=f"deployment-{config.sequence}",
         )
         # a sequence once signed is never reused, deployed or not
@@ -578,8 +577,7 @@ class CycleRunner:
         """Record a skipped slot (overrun) in the ledger."""
         cycle_id = slot_time.isoformat()
         self.ledger.append(
-            "cycle",
-            {"cycle_id": cycle_id, "outcome": "skipped", "reason": reason},
+            CycleRecord(cycle_id=cycle_id, outcome="skipped", reason=reason),
             dedupe_key=f"cycle-{cycle_id}",
         )
 
@@ -587,7 +585,7 @@ class CycleRunner:
         """Record a reloaded configuration (its digest and mode)."""
         body = settings.model_dump(mode="json")
         self.ledger.append(
-            "config_change", {"sha256": sha256_hex(canonical_json(body)), "settings": body}
+            ConfigChangeRecord(sha256=sha256_hex(canonical_json(body)), settings=body)
         )
 
     def collect_feedback(self) -> Any:

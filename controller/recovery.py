@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from configs.errors import ActuationError, SignaltwinError
-from controller.ledger import Ledger, Record
+from controller.ledger import DeploymentRecord, Ledger, Record
 from hsm.base import Signer
 
 if TYPE_CHECKING:
@@ -318,16 +318,15 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
         f"{summary}; never re-pushed"
     )
     ref = ledger.append(
-        "deployment",
-        {
-            "sequence": sequence,
-            "config_digest": digest,
-            "envelope": dict(body.get("envelope") or {}),
-            "configuration": dict(config),
-            "cycle_index": interrupted.index,
-            "result": result,
-            "recovered": True,
-            "push": {
+        DeploymentRecord(
+            sequence=sequence,
+            config_digest=digest,
+            envelope=dict(body.get("envelope") or {}),
+            configuration=dict(config),
+            cycle_index=interrupted.index,
+            result=result,
+            recovered=True,
+            push={
                 "ok": settled.outcome == "activated",
                 "message": report.message,
                 "results": {
@@ -338,7 +337,7 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
                     "controllers": [dict(r) for r in settled.rows],
                 },
             },
-        },
+        ),
         dedupe_key=f"deployment-{sequence}",
     )
     report.deployment_index = ref.index

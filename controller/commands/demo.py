@@ -66,7 +66,7 @@ def _echo(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from controller.audit import load_keys, verify_ledger
+    from controller.ledger import load_keys, verify_ledger
 
     if args.cycles is not None and args.cycles < 1:
         print("signaltwin demo: --cycles must be at least 1", file=sys.stderr)

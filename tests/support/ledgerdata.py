@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from configs.timing import canonical_json, sha256_hex
+from configs.digests import canonical_json, sha256_hex
 from controller.ledger import Ledger
 from hsm.envelope import sign_envelope
 from tests.support.softkeys import SoftwareSigner

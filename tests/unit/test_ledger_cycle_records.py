@@ -17,11 +17,9 @@ from configs.timing import (
     TimingConfiguration,
     project,
 )
-from controller.audit import verify_ledger
-from controller.audit_report import build_report
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
+from controller.ledger import Ledger, build_report, verify_ledger
 from hsm.verify import load_public_key
 from tests.support.softkeys import SoftwareSigner
 from tests.support.timings import two_stage_base

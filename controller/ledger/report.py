@@ -12,17 +12,18 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from configs.digests import sha256_hex
 from configs.errors import LedgerError
-from configs.timing import sha256_hex
-from controller.audit import VerifyResult, resolve_artifact
-from controller.ledger import Ledger, Record, format_time
+from controller.ledger.records import CycleRecord, format_time
+from controller.ledger.replay import contained_artifact
+from controller.ledger.store import Ledger, Record
+from controller.ledger.verify import VerifyResult
 
 __all__ = ["ReportSelection", "build_report", "write_report"]
 
@@ -271,15 +272,31 @@ def _scatter(points: Sequence[tuple[int, float, float]]) -> str:
 
 
 def _video_html(
-    cycle: Record | None, ledger_dir: Path, out_path: Path, link_video: bool
+    cycle: Record | None, roots: Sequence[Path], out_path: Path, link_video: bool
 ) -> tuple[str, str]:
-    """(HTML for the video element, one-line status)."""
+    """(HTML for the video element, one-line status).
+
+    Only a file inside ``roots`` (the ledger's folder and the ``--inputs``
+    folders) whose sha256 is the recorded one is embedded or linked: the ledger
+    is untrusted input, and must not make the report carry any other file.
+    """
     if cycle is None:
         return "", "no cycle record"
-    video = cycle.body.get("video")
+    try:
+        body = cycle.model()
+    except LedgerError as e:
+        return f'<p class="bad">{_esc(e)}</p>', str(e)
+    video = body.video if isinstance(body, CycleRecord) else None
     if not isinstance(video, Mapping) or not isinstance(video.get("path"), str):
         return "<p>No what-if video was recorded for this cycle.</p>", "none recorded"
-    source = resolve_artifact(str(video["path"]), ledger_dir)
+    name = str(video["path"])
+    source = contained_artifact(name, roots)
+    if source is None:
+        msg = (
+            f"video {name} is not in the ledger's folder or an --inputs folder; "
+            "copy it there to see it (not embedded)"
+        )
+        return f'<p class="bad">{_esc(msg)}</p>', msg
     try:
         data = source.read_bytes()
     except OSError as e:
@@ -287,23 +304,23 @@ def _video_html(
         return f'<p class="bad">{_esc(msg)}</p>', msg
     actual = sha256_hex(data)
     recorded = video.get("sha256")
-    if recorded is not None and actual != recorded:
-        digest_html = (
-            f'<span class="bad">sha256 {_esc(actual)} differs from the recorded '
-            f"{_esc(recorded)}: the video file was changed</span>"
-        )
-        status = "video changed since it was recorded"
-    elif recorded is None:
-        digest_html = f'<span class="warn">no sha256 recorded; file has {_esc(actual)}</span>'
-        status = "video digest not recorded"
-    else:
-        digest_html = f'<span class="ok">sha256 matches the record</span> ({_esc(actual)})'
-        status = "video digest matches"
+    if recorded is None or actual != recorded:
+        if recorded is None:
+            msg = f"no sha256 recorded for {source.name} (file has {actual}); not embedded"
+            status = "video digest not recorded"
+        else:
+            msg = (
+                f"{source.name}: sha256 {actual} differs from the recorded {recorded}: "
+                "the video file was changed (not embedded)"
+            )
+            status = "video changed since it was recorded"
+        return f'<p class="bad mono">{_esc(msg)}</p>', status
+    digest_html = f'<span class="ok">sha256 matches the record</span> ({_esc(actual)})'
     if link_video:
         target = out_path.parent / f"{out_path.stem}.record{cycle.index}{source.suffix}"
         if source.resolve() != target.resolve():
             try:
-                shutil.copyfile(source, target)
+                target.write_bytes(data)  # the bytes whose digest was checked
             except OSError as e:
                 raise LedgerError(f"cannot copy video {source} to {target}: {e}") from e
         src = _esc(target.name)
@@ -313,7 +330,7 @@ def _video_html(
         f'<video controls muted playsinline preload="auto" data-record="{cycle.index}" '
         f'src="{src}"></video><p class="mono">{_esc(source.name)}: {digest_html}</p>'
     )
-    return element, status
+    return element, "video digest matches"
 
 
 # ---------------------------------------------------------------------- report
@@ -463,6 +480,7 @@ def build_report(
     selection: ReportSelection | None = None,
     verification: VerifyResult | None = None,
     link_video: bool = False,
+    inputs: Sequence[Path] = (),
 ) -> str:
     """Render the HTML report for ``selection`` and return it.
 
@@ -471,15 +489,17 @@ def build_report(
         out_path: where the report will be written (videos linked with
             ``link_video`` are copied next to it).
         selection: one deployment, a time range, or everything.
-        verification: the result of :func:`controller.audit.verify_ledger`, shown at
+        verification: the result of :func:`controller.ledger.verify_ledger`, shown at
             the top and per deployment; without it the page says the ledger was
             not verified.
         link_video: copy videos next to the report instead of embedding them.
+        inputs: folders besides the ledger's where recorded files may be found;
+            no file outside them and the ledger's folder is ever read.
     """
     sel = selection or ReportSelection()
     push_results: dict[int, str] = {}
     records, deployments, deployed_cycles = _select(ledger, sel, push_results)
-    ledger_dir = ledger.path.resolve().parent
+    roots = [ledger.path.resolve().parent, *inputs]
     title = "signaltwin ledger audit report"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -557,7 +577,7 @@ def build_report(
         covered_text = (
             "not verified" if verification is None else "yes (verified)" if covered else "no"
         )
-        video_html, video_status = _video_html(d.cycle, ledger_dir, out_path, link_video)
+        video_html, video_status = _video_html(d.cycle, roots, out_path, link_video)
         parts += [
             f"<section class='deployment' id='deployment-{d.record.index}'>",
             f"<h3>Deployment record {d.record.index}: sequence {_esc(body.get('sequence'))} "
@@ -640,6 +660,7 @@ def write_report(
     selection: ReportSelection | None = None,
     verification: VerifyResult | None = None,
     link_video: bool = False,
+    inputs: Sequence[Path] = (),
 ) -> Path:
     """Render the report and write it to ``out_path`` (UTF-8)."""
     try:
@@ -647,7 +668,12 @@ def write_report(
     except OSError as e:
         raise LedgerError(f"cannot create the report folder {out_path.parent}: {e}") from e
     page = build_report(
-        ledger, out_path, selection=selection, verification=verification, link_video=link_video
+        ledger,
+        out_path,
+        selection=selection,
+        verification=verification,
+        link_video=link_video,
+        inputs=inputs,
     )
     try:
         out_path.write_text(page, encoding="utf-8")
