@@ -14,6 +14,9 @@ store their exact bytes. Only what the ledger itself relies on is typed.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -39,7 +42,10 @@ __all__ = [
     "KeyEnrolmentRecord",
     "MeasuredDeltaRecord",
     "PolicyVersionRecord",
+    "RawRecord",
+    "Record",
     "RecordBody",
+    "RecordRef",
     "RecordKind",
     "format_time",
     "kind_of",
@@ -250,3 +256,53 @@ def parse_body(kind: str, body: object) -> RecordBody:
         raise LedgerError(message) from e
     result: RecordBody = parsed  # type: ignore[assignment]
     return result
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Where a record landed: its index (from 1) and its hash (hex leaf hash)."""
+
+    index: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One parsed ledger record."""
+
+    index: int
+    kind: str
+    time: datetime
+    prev: str
+    dedupe_key: str | None
+    body: Mapping[str, Any]
+    hash: str
+    raw: bytes
+
+    def document(self) -> dict[str, Any]:
+        """The full record document as stored (parsed)."""
+        doc: dict[str, Any] = json.loads(self.raw)
+        return doc
+
+    def model(self) -> RecordBody:
+        """The body parsed through its kind's model.
+
+        Raises:
+            LedgerError: the stored body does not fit its kind's model.
+        """
+        try:
+            return parse_body(self.kind, dict(self.body))
+        except LedgerError as e:
+            raise LedgerError(f"record {self.index}: {e}") from e
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A stored row, unparsed and untrusted (what the auditor checks)."""
+
+    index: int
+    kind: str
+    time: str
+    dedupe_key: str | None
+    stored_hash: bytes
+    body: bytes

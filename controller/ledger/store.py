@@ -24,9 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -37,12 +35,23 @@ from controller.ledger.checkpoints import Checkpoint, RawCheckpoint
 from controller.ledger.merkle import LeafTree, ProofError, leaf_hash, rfc9162_audit_path
 from controller.ledger.records import (
     KeyEnrolmentRecord,
+    RawRecord,
+    Record,
     RecordBody,
     RecordKind,
+    RecordRef,
     format_time,
     kind_of,
     parse_body,
     parse_time,
+)
+from controller.ledger.sqlite_file import (
+    APPLICATION_ID,
+    GENESIS_PREV,
+    RECORD_SCHEMA,
+    SCHEMA_VERSION,
+    check_header,
+    initialise,
 )
 from hsm.base import Signer
 
@@ -58,88 +67,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ``PRAGMA application_id`` of a signaltwin ledger file ("STLG").
-APPLICATION_ID = 0x53544C47
-#: ``PRAGMA user_version``: the layout of the tables below.
-SCHEMA_VERSION = 1
-#: ``schema`` field of every record document.
-RECORD_SCHEMA = "signaltwin.ledger.record/v1"
-#: ``prev`` of the first record.
-GENESIS_PREV = "0" * 64
-
-_SCHEMA_SQL = """
-CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE records(
-    idx INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    time TEXT NOT NULL,
-    dedupe_key TEXT UNIQUE,
-    leaf_hash BLOB NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX records_kind ON records(kind, idx);
-CREATE INDEX records_time ON records(time);
-CREATE TABLE checkpoints(
-    seq INTEGER PRIMARY KEY,
-    size INTEGER NOT NULL,
-    keyid TEXT NOT NULL,
-    note BLOB NOT NULL,
-    signature BLOB NOT NULL
-);
-"""
-
-_APPEND_ONLY_TABLES = ("meta", "records", "checkpoints")
-
-
-@dataclass(frozen=True)
-class RecordRef:
-    """Where a record landed: its index (from 1) and its hash (hex leaf hash)."""
-
-    index: int
-    hash: str
-
-
-@dataclass(frozen=True)
-class Record:
-    """One parsed ledger record."""
-
-    index: int
-    kind: str
-    time: datetime
-    prev: str
-    dedupe_key: str | None
-    body: Mapping[str, Any]
-    hash: str
-    raw: bytes
-
-    def document(self) -> dict[str, Any]:
-        """The full record document as stored (parsed)."""
-        doc: dict[str, Any] = json.loads(self.raw)
-        return doc
-
-    def model(self) -> RecordBody:
-        """The body parsed through its kind's model.
-
-        Raises:
-            LedgerError: the stored body does not fit its kind's model.
-        """
-        try:
-            return parse_body(self.kind, dict(self.body))
-        except LedgerError as e:
-            raise LedgerError(f"record {self.index}: {e}") from e
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """A stored row, unparsed and untrusted (what the auditor checks)."""
-
-    index: int
-    kind: str
-    time: str
-    dedupe_key: str | None
-    stored_hash: bytes
-    body: bytes
 
 
 _P = ParamSpec("_P")
@@ -240,9 +167,9 @@ class Ledger:
             raise LedgerError(f"cannot open ledger {p}: {e}") from e
         try:
             if exists:
-                cls._check_header(p, conn)
+                check_header(p, conn)
             else:
-                cls._initialise(conn)
+                initialise(conn)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
@@ -264,55 +191,6 @@ class Ledger:
             conn.close()
             raise
         return ledger
-
-    @staticmethod
-    def _initialise(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            for stmt in _SCHEMA_SQL.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            for table in _APPEND_ONLY_TABLES:
-                for action in ("UPDATE", "DELETE"):
-                    conn.execute(
-                        f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
-                        f"BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: "
-                        f"{action} on {table} refused'); END"
-                    )
-            now = format_time(datetime.now(UTC))
-            conn.executemany(
-                "INSERT INTO meta(key, value) VALUES (?, ?)",
-                [
-                    ("ledger_id", str(uuid.uuid4())),
-                    ("created_at", now),
-                    ("record_schema", RECORD_SCHEMA),
-                ],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _check_header(path: Path, conn: sqlite3.Connection) -> None:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if app_id != APPLICATION_ID:
-            raise LedgerError(
-                f"{path} is an SQLite database but not a signaltwin ledger "
-                f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x}); check the path"
-            )
-        if version != SCHEMA_VERSION:
-            raise LedgerError(
-                f"{path} has ledger schema version {version}; this signaltwin reads version "
-                f"{SCHEMA_VERSION}: use the signaltwin release that wrote it"
-            )
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = {"meta", "records", "checkpoints"} - tables
-        if missing:
-            raise LedgerError(f"{path} lacks the ledger table(s) {', '.join(sorted(missing))}")
 
     def _meta(self, key: str) -> str:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
