@@ -2,7 +2,8 @@
 
 Only ``verify`` and ``report --pubkey`` need a public key; nothing here needs the
 HSM, the network or the daemon's configuration (``--config`` is only a way to
-find the ledger file).
+find the ledger file). Each sub-command imports the ledger package when it runs,
+and only ``replay`` imports the SUMO twin (:class:`TwinReplay`).
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify the whole ledger with the public key",
         description=(
             "Verify every record's hash chain, every signed checkpoint's Merkle root and "
-            "signature, and every deployment's signed envelope, using only the ledger file "
-            "and the public key(s). Exit 0 when it verifies, 1 when not."
+            "signature, that checkpoints are numbered without gaps and consistent with each "
+            "other, that every record is covered by one, and every deployment's signed "
+            "envelope, using only the ledger file and the public key(s). Exit 0 when it "
+            "verifies, 1 when not."
         ),
     )
     ledger_args(p)

@@ -1,9 +1,9 @@
 """The ledger's record kinds: one pydantic model per kind, used to write and to read.
 
 A record body is written by building the model of its kind and handing it to
-:meth:`controller.ledger.store.Ledger.append`; readers (the daemon's recovery,
-the auditor's verification, report and replay) parse a stored body back
-through the same model with :func:`parse_body`. Every model forbids unknown
+:meth:`controller.ledger.store.Ledger.append`; a stored body is parsed back
+through the same model with :meth:`Record.model` (or :func:`parse_body`), as
+the auditor's verification, report and replay do. Every model forbids unknown
 fields, so a typo in a writer fails at the append, not years later in an audit.
 
 Nested documents that other packages own (the timing configuration, a what-if
