@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import run
-from controller.ledger import Ledger, LeafTree, ListLeafSource, leaf_hash
+from controller.ledger import LeafTree, Ledger, ListLeafSource, leaf_hash
 from controller.ledger.merkle import verify_rfc9162_consistency
 
 # ---------------------------------------------------------------- independent RFC 9162 code
