@@ -54,7 +54,7 @@ from controller.contracts import (
     WhatIfSummary,
 )
 from controller.gate import CandidateOutcome, decide
-from controller.ledger import Ledger
+from controller.ledger import ConfigChangeRecord, CycleRecord, DeploymentRecord, Ledger
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.envelope import sign_envelope
 
@@ -352,8 +352,8 @@ class CycleRunner:
     ) -> int:
         cycle_id = report.slot_time.isoformat()
         record["report"] = report.to_dict()
-        body = {"cycle_id": cycle_id, "outcome": str(outcome), **record}
-        ref = self.ledger.append("cycle", body, dedupe_key=f"cycle-{cycle_id}")
+        body = CycleRecord(cycle_id=cycle_id, outcome=str(outcome), **record)
+        ref = self.ledger.append(body, dedupe_key=f"cycle-{cycle_id}")
         report.ledger_index = ref.index
         return ref.index
 
@@ -366,20 +366,19 @@ class CycleRunner:
         pushed: DeployOutcome,
     ) -> None:
         ref = self.ledger.append(
-            "deployment",
-            {
-                "sequence": config.sequence,
-                "config_digest": config.digest(),
-                "envelope": dict(envelope),
-                "configuration": config.to_dict(),
-                "cycle_index": cycle_index,
-                "result": result,
-                "push": {
+            DeploymentRecord(
+                sequence=config.sequence,
+                config_digest=config.digest(),
+                envelope=dict(envelope),
+                configuration=config.to_dict(),
+                cycle_index=cycle_index,
+                result=result,
+                push={
                     "ok": pushed.ok,
                     "message": pushed.message,
                     "results": dict(pushed.push_record),
                 },
-            },
+            ),
             dedupe_key=f"deployment-{config.sequence}",
         )
         # a sequence once signed is never reused, deployed or not
@@ -432,8 +431,7 @@ class CycleRunner:
         """Record a skipped slot (overrun) in the ledger."""
         cycle_id = slot_time.isoformat()
         self.ledger.append(
-            "cycle",
-            {"cycle_id": cycle_id, "outcome": str(CycleOutcome.SKIPPED), "reason": reason},
+            CycleRecord(cycle_id=cycle_id, outcome=str(CycleOutcome.SKIPPED), reason=reason),
             dedupe_key=f"cycle-{cycle_id}",
         )
 
@@ -441,20 +439,31 @@ class CycleRunner:
         """Record a reloaded configuration (its digest and mode)."""
         body = settings.model_dump(mode="json")
         self.ledger.append(
-            "config_change", {"sha256": sha256_hex(canonical_json(body)), "settings": body}
+            ConfigChangeRecord(sha256=sha256_hex(canonical_json(body)), settings=body)
         )
 
     def collect_feedback(self) -> Any:
         """Collect measured deltas and fine-tune (delegated to the feedback hook)."""
         with self._lock:
-            if self.feedback is not None:
-                return self.feedback.collect()
-            if self._on_feedback is not None:
-                return self._on_feedback()
-            return None
+            try:
+                if self.feedback is not None:
+                    return self.feedback.collect()
+                if self._on_feedback is not None:
+                    return self._on_feedback()
+                return None
+            finally:
+                self._cover_tail()
+
+    def _cover_tail(self) -> None:
+        # audit verify requires every record to be under a signed checkpoint
+        try:
+            self.ledger.checkpoint(self.signer)
+        except Exception as e:  # noqa: BLE001 - never fails feedback or shutdown
+            logger.error("could not sign a ledger checkpoint: %s", e)
 
     def close(self) -> None:
         """Release what :func:`controller.wiring.build_runner` opened (sessions, HSM, ledger)."""
+        self._cover_tail()
         for item in self._closers:
             try:
                 item.close()

@@ -33,7 +33,7 @@ from controller.contracts import (
     Observation,
     PolicyHolder,
 )
-from controller.ledger import Ledger
+from controller.ledger import Ledger, MeasuredDeltaRecord, PolicyVersionRecord
 from rl.measured import measure_delta
 
 __all__ = ["FeedbackCollector", "PendingMeasurement"]
@@ -151,11 +151,10 @@ class FeedbackCollector:
         error = wait_change - item.predicted_wait_change
         ratio = abs(error) / max(abs(item.predicted_wait_change), 1e-6)
         self.ledger.append(
-            "measured_delta",
-            {
-                "deployment": item.ledger_index,
-                "sequence": item.sequence,
-                "measured": {
+            MeasuredDeltaRecord(
+                deployment=item.ledger_index,
+                sequence=item.sequence,
+                measured={
                     "wait_change": round(wait_change, 6),
                     "nox_change": round(nox_change, 6),
                     "wait_before_s": round(change.wait_before_s, 3),
@@ -165,12 +164,12 @@ class FeedbackCollector:
                     "intersections": change.intersections,
                     "field_time_s": field_time,
                 },
-                "predicted": {
+                predicted={
                     "wait_change": item.predicted_wait_change,
                     "nox_change": item.predicted_nox_change,
                 },
-                "wait_error": round(error, 6),
-            },
+                wait_error=round(error, 6),
+            ),
             dedupe_key=f"measured-{item.sequence}",
         )
         logger.info(
@@ -216,15 +215,14 @@ class FeedbackCollector:
             logger.warning("fine-tuning skipped: %s", e)
             return False
         self.ledger.append(
-            "policy_version",
-            {
-                "sha256": version.sha256,
-                "parent_sha256": version.parent_sha256,
-                "path": str(version.path),
-                "samples": version.samples,
-                "created_at": version.created_at.isoformat(),
-                "method": "reward-weighted regression on measured deltas (rl.finetune)",
-            },
+            PolicyVersionRecord(
+                sha256=version.sha256,
+                parent_sha256=version.parent_sha256,
+                path=str(version.path),
+                samples=version.samples,
+                created_at=version.created_at.isoformat(),
+                method="reward-weighted regression on measured deltas (rl.finetune)",
+            ),
             dedupe_key=f"policy:{version.sha256}",
         )
         self.proposer.policy = TorchPolicy.load(version.path)

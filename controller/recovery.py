@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from configs.errors import ActuationError, SignaltwinError
 from configs.outcomes import PushOutcome
 from controller.contracts import DeployOutcome
-from controller.ledger import Ledger, Record
+from controller.ledger import DeploymentRecord, Ledger, Record
 from hsm.base import Signer
 
 __all__ = [
@@ -367,21 +367,20 @@ def reconcile(ledger: Ledger, actuator: AbortingActuator, signer: Signer) -> Rec
     )
     pushed = deploy_outcome(settled, digest, report.message)
     ref = ledger.append(
-        "deployment",
-        {
-            "sequence": sequence,
-            "config_digest": digest,
-            "envelope": dict(body.get("envelope") or {}),
-            "configuration": dict(config),
-            "cycle_index": interrupted.index,
-            "result": result,
-            "recovered": True,
-            "push": {
+        DeploymentRecord(
+            sequence=sequence,
+            config_digest=digest,
+            envelope=dict(body.get("envelope") or {}),
+            configuration=dict(config),
+            cycle_index=interrupted.index,
+            result=result,
+            recovered=True,
+            push={
                 "ok": pushed.ok,
                 "message": pushed.message,
                 "results": dict(pushed.push_record),
             },
-        },
+        ),
         dedupe_key=f"deployment-{sequence}",
     )
     report.deployment_index = ref.index

@@ -537,7 +537,7 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
             "pushing" in the ledger is then not settled (only at start-up).
     """
     from actuation.client import ThreadedActuator, pool_from_settings
-    from controller.ledger import Ledger
+    from controller.ledger import Ledger, PolicyVersionRecord
     from hsm import HsmParams, HsmSigner
     from simulators.network import ensure_detectors, load_network
 
@@ -578,8 +578,7 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
         policy = load_policy(settings)
         if policy is not None:
             ledger.append(
-                "policy_version",
-                {"sha256": policy.sha256, "path": str(policy_path(settings))},
+                PolicyVersionRecord(sha256=policy.sha256, path=str(policy_path(settings))),
                 dedupe_key=f"policy:{policy.sha256}",
             )
         surrogate, device = load_screening_surrogate(settings)

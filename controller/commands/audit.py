@@ -2,7 +2,8 @@
 
 Only ``verify`` and ``report --pubkey`` need a public key; nothing here needs the
 HSM, the network or the daemon's configuration (``--config`` is only a way to
-find the ledger file).
+find the ledger file). Each sub-command imports the ledger package when it runs,
+and only ``replay`` imports the SUMO twin (:class:`TwinReplay`).
 """
 
 from __future__ import annotations
@@ -13,21 +14,19 @@ import sys
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs.errors import ConfigError, LedgerError, SigningError
-from controller.audit import (
-    Replayer,
-    export_jsonl,
-    load_keys,
-    replay_cycle,
-    verify_ledger,
-)
-from controller.audit_report import ReportSelection, write_report
-from controller.ledger import RECORD_KINDS, Ledger, format_time, parse_time
+from controller.exit_codes import ExitCode
+from controller.ledger.records import RECORD_KINDS, format_time, parse_time
 
-EXIT_OK = 0
-EXIT_PROBLEM = 1
+if TYPE_CHECKING:
+    from controller.ledger import Checkpoint, Ledger, ReplayTwin
+    from hsm.verify import VerificationKey
+
+# the ledger package is imported where a sub-command runs; the twin (SUMO) only by replay
+EXIT_OK = ExitCode.OK
+EXIT_PROBLEM = ExitCode.PROBLEM
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,8 +69,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify the whole ledger with the public key",
         description=(
             "Verify every record's hash chain, every signed checkpoint's Merkle root and "
-            "signature, and every deployment's signed envelope, using only the ledger file "
-            "and the public key(s). Exit 0 when it verifies, 1 when not."
+            "signature, that checkpoints are numbered without gaps and consistent with each "
+            "other, that every record is covered by one, and every deployment's signed "
+            "envelope, using only the ledger file and the public key(s). Exit 0 when it "
+            "verifies, 1 when not."
         ),
     )
     ledger_args(p)
@@ -83,17 +84,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="trusted public key PEM (repeat for rotated keys)",
     )
     p.add_argument(
+        "--allow-uncovered-tail",
+        action="store_true",
+        help="a live ledger: let records after the newest signed checkpoint through with a "
+        "warning (never a ledger without any checkpoint)",
+    )
+    p.add_argument(
         "--require-checkpoint",
         action="store_true",
-        help="fail when the newest records are not yet covered by a signed checkpoint",
+        help="(the default now; kept for old scripts) fail on records no checkpoint covers",
     )
     p.add_argument(
         "--trusted-head",
         action="append",
         default=[],
-        metavar="SIZE:ROOT",
-        help="a tree head kept from an earlier audit (printed by verify); the ledger must "
-        "still extend it (repeatable)",
+        metavar="FILE|SIZE:ROOT",
+        help="tree heads kept from an earlier audit (a file written by --export-head or "
+        "'audit checkpoints --export', or SIZE:HEXROOT); the ledger must be an extension of "
+        "them, which is how a rollback is seen (repeatable)",
+    )
+    p.add_argument(
+        "--export-head",
+        type=Path,
+        metavar="FILE",
+        help="when the ledger verifies, write its newest signed checkpoint to FILE for the "
+        "next audit's --trusted-head",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_run_verify)
@@ -106,14 +121,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     ledger_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write the newest checkpoint to FILE (JSON Lines) for a later --trusted-head",
+    )
     p.set_defaults(func=_run_checkpoints)
 
     p = sub.add_parser(
         "prove",
         help="print an inclusion or consistency proof",
         description=(
-            "Print the RFC 9162 inclusion proof of record N (or, with --from M, the "
-            "consistency proof from tree size M) against tree size --size (default: now)."
+            "Print the RFC 9162 inclusion proof of record N (or, with --from M, the RFC 9162 "
+            "section 2.1.4 consistency proof from tree size M: sizes, roots and the node "
+            "hashes in the RFC's order) against tree size --size (default: now)."
         ),
     )
     ledger_args(p)
@@ -140,6 +162,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--link-video",
         action="store_true",
         help="copy the videos next to the report and link them instead of embedding",
+    )
+    p.add_argument(
+        "--inputs",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder holding recorded files (videos) besides the ledger's own folder; no "
+        "other file is read, and none whose sha256 differs from the record",
     )
     p.set_defaults(func=_run_report)
 
@@ -189,6 +219,8 @@ def _ledger_path(args: argparse.Namespace) -> Path:
 
 
 def _open(args: argparse.Namespace) -> Ledger:
+    from controller.ledger import Ledger
+
     return Ledger.open(_ledger_path(args), readonly=True)
 
 
@@ -201,7 +233,9 @@ def _time_arg(text: str | None, flag: str) -> datetime | None:
         raise ConfigError(f"{flag}: {e}") from e
 
 
-def _keys(paths: list[Path]) -> list[Any]:
+def _keys(paths: list[Path]) -> list[VerificationKey]:
+    from controller.ledger import load_keys
+
     try:
         return load_keys(paths)
     except SigningError as e:
@@ -237,12 +271,14 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
+    from controller.ledger import verify_ledger, write_heads
+
     keys = _keys(args.pubkey)
     result = verify_ledger(
         _ledger_path(args),
         keys,
-        require_checkpoint=args.require_checkpoint,
-        trusted_heads=[_head(text) for text in args.trusted_head],
+        allow_uncovered_tail=args.allow_uncovered_tail,
+        trusted_heads=[h for text in args.trusted_head for h in _heads(text)],
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
@@ -263,28 +299,51 @@ def _run_verify(args: argparse.Namespace) -> int:
                 print("  (more problems not listed)")
         for w in result.warnings:
             print(f"warning: {w}")
+    if args.export_head is not None:
+        if not result.ok:
+            print(f"not writing {args.export_head}: the ledger did not verify", file=sys.stderr)
+        elif result.newest_checkpoint is None:
+            print(f"not writing {args.export_head}: no signed checkpoint", file=sys.stderr)
+        else:
+            write_heads([result.newest_checkpoint], args.export_head)
+            if not args.json:
+                print(f"wrote the tree head to {args.export_head}")
     return EXIT_OK if result.ok else EXIT_PROBLEM
 
 
-def _head(text: str) -> tuple[int, bytes]:
-    size, _, root = text.partition(":")
+def _heads(text: str) -> list[Checkpoint | tuple[int, bytes]]:
+    from controller.ledger import read_heads
+
+    if Path(text).is_file():
+        return list(read_heads(Path(text)))
+    size, sep, root = text.partition(":")
     try:
         value = (int(size), bytes.fromhex(root))
     except ValueError as e:
-        raise ConfigError(f"--trusted-head {text!r}: expected SIZE:HEXROOT") from e
-    if value[0] < 1 or len(value[1]) != 32:
-        raise ConfigError(f"--trusted-head {text!r}: expected SIZE >= 1 and a 64-hex-digit root")
-    return value
+        raise ConfigError(
+            f"--trusted-head {text!r}: no such file, and not SIZE:HEXROOT either"
+        ) from e
+    if not sep or value[0] < 1 or len(value[1]) != 32:
+        raise ConfigError(f"--trusted-head {text!r}: expected a file, or SIZE:64-hex-digit root")
+    return [value]
 
 
 def _run_checkpoints(args: argparse.Namespace) -> int:
+    from controller.ledger import write_heads
+
     with _open(args) as ledger:
-        for cp in ledger.checkpoints():
+        checkpoints = ledger.checkpoints()
+        for cp in checkpoints:
             if args.json:
                 print(json.dumps(cp.to_json(), sort_keys=True))
             else:
                 print(f"# checkpoint {cp.seq}, keyid {cp.keyid}")
                 print(cp.signed_note())
+    if args.export is not None:
+        if not checkpoints:
+            raise LedgerError("the ledger has no checkpoint to export")
+        write_heads(checkpoints[-1:], args.export)
+        print(f"wrote checkpoint {checkpoints[-1].seq} to {args.export}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -303,6 +362,8 @@ def _run_prove(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     if args.deployment is not None and (args.since or args.until):
         raise ConfigError("give either --deployment N or --since/--until, not both")
+    from controller.ledger import Ledger, ReportSelection, verify_ledger, write_report
+
     selection = ReportSelection(
         deployment=args.deployment,
         since=_time_arg(args.since, "--since"),
@@ -317,6 +378,7 @@ def _run_report(args: argparse.Namespace) -> int:
             selection=selection,
             verification=verification,
             link_video=args.link_video,
+            inputs=args.inputs,
         )
     print(f"wrote {out}")
     if verification is not None and not verification.ok:
@@ -325,26 +387,58 @@ def _run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def default_replayer(workers: int | None = None) -> Replayer:
-    """The SUMO twin's what-if engine as a :class:`~controller.audit.Replayer`.
+class TwinReplay:
+    """The SUMO twin as the ledger's :class:`~controller.ledger.ReplayTwin` port.
+
+    Rebuilds the recorded request (:meth:`simulators.twin.WhatIfRequest.from_dict`,
+    which re-checks the network and demand files' sha256), runs it on
+    :class:`simulators.twin.LibsumoWhatIfEngine` with the recorded seeds and
+    hands back :meth:`WhatIfResult.to_dict`. ``simulators`` is imported here,
+    when a replay runs, so no other ``audit`` sub-command loads SUMO.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        import os
+
+        self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+
+    def run_whatif(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run the recorded request (input paths already located) and return the result."""
+        from simulators.twin import LibsumoWhatIfEngine, WhatIfRequest
+
+        try:
+            parsed = WhatIfRequest.from_dict(request)
+        except (KeyError, TypeError, ValueError) as e:
+            raise LedgerError(f"the recorded what-if request is incomplete: {e!r}") from e
+        except ConfigError as e:
+            raise LedgerError(f"cannot replay: {e}") from e
+        with LibsumoWhatIfEngine(workers=self.workers) as engine:
+            result = engine.evaluate(parsed)
+        data: Mapping[str, Any] = result.to_dict()
+        return data
+
+
+def default_replayer(workers: int | None = None) -> ReplayTwin:
+    """The SUMO twin's what-if engine as the replay port.
 
     Raises:
-        ConfigError: the twin is not available in this installation.
+        ConfigError: bad ``workers``, or the twin is not available in this installation.
     """
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
     try:
-        from controller.replay import TwinReplayer
+        import simulators.twin  # noqa: F401 - fail here, before the ledger is read
     except ImportError as e:
         raise ConfigError(f"the what-if twin is not available for replay: {e}") from e
-    replayer: Replayer = TwinReplayer(workers)
-    return replayer
+    return TwinReplay(workers)
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    replayer = default_replayer(args.workers)
+    from controller.ledger import replay_cycle
+
+    twin = default_replayer(args.workers)
     with _open(args) as ledger:
-        result = replay_cycle(ledger, args.index, replayer, search=args.inputs)
+        result = replay_cycle(ledger, args.index, twin, search=args.inputs)
     if args.json:
         print(
             json.dumps(
@@ -367,6 +461,8 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from controller.ledger import export_jsonl
+
     with _open(args) as ledger:
         if args.format == "sqlite":
             if args.out is None:

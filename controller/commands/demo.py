@@ -67,8 +67,8 @@ def _echo(line: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     # the demo wiring pulls in SUMO, torch, asyncua and the HSM: only when it runs
-    from controller.audit import load_keys, verify_ledger
     from controller.demo import DemoOptions, default_demo_config, run_demo
+    from controller.ledger import load_keys, verify_ledger
 
     if args.cycles is not None and args.cycles < 1:
         print("signaltwin demo: --cycles must be at least 1", file=sys.stderr)

@@ -24,8 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controller.audit import verify_ledger
-from controller.ledger import Ledger
+from controller.ledger import Ledger, verify_ledger
 from hsm.verify import load_public_key
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,7 @@ CHILD = textwrap.dedent(
     print("ready", flush=True)
     for n in range(total):
         ledger.append("config_change", {"sha256": hashlib.sha256(str(n).encode()).hexdigest(),
-                                        "n": n, "pad": "x" * (n % 50) * 40},
+                                        "summary": f"{n} " + "x" * (n % 50) * 40},
                       dedupe_key=f"rec-{n}")
     ledger.checkpoint(signer)
     ledger.close()
@@ -119,6 +118,6 @@ def test_sigkill_during_appends_leaves_a_verifiable_ledger(tmp_path: Path) -> No
     assert result.ok, [str(p) for p in result.problems]
     assert result.records == sizes[-1] + 5 and result.covered_size == result.records
     with Ledger.open(ledger_path, readonly=True) as led:
-        ns = [r.body["n"] for r in led.iter_records()]
+        ns = [int(r.body["summary"].split()[0]) for r in led.iter_records()]
         assert led.integrity_problems() == []
     assert ns == list(range(len(ns)))  # every n once, in order: no duplicate, no gap

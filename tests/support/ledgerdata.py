@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from configs.timing import canonical_json, sha256_hex
+from configs.digests import canonical_json, sha256_hex
 from controller.ledger import Ledger
 from hsm.envelope import sign_envelope
 from tests.support.softkeys import SoftwareSigner
@@ -66,8 +66,13 @@ def add_cycle(
     video: Path | None = None,
     wait: float = -0.18,
     measured_wait: float | None = -0.15,
+    video_path: str | None = None,
 ) -> dict[str, int]:
-    """Append one cycle (and, when deployed, a deployment and a measured delta)."""
+    """Append one cycle (and, when deployed, a deployment and a measured delta).
+
+    ``video_path`` records that path for ``video`` instead of its file name (a
+    crafted ledger naming a file elsewhere).
+    """
     cycle_id = f"cycle-{n:04d}"
     pred = predicted(wait)
     out: dict[str, int] = {}
@@ -116,7 +121,8 @@ def add_cycle(
         "video": None,
     }
     if video is not None:
-        body["video"] = {"path": video.name, "sha256": sha256_hex(video.read_bytes())}
+        name = video.name if video_path is None else video_path
+        body["video"] = {"path": name, "sha256": sha256_hex(video.read_bytes())}
     out["cycle"] = ledger.append("cycle", body, dedupe_key=cycle_id).index
     if deploy and measured_wait is not None:
         out["measured"] = ledger.append(

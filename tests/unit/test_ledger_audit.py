@@ -14,10 +14,15 @@ import pytest
 
 from configs.errors import LedgerError
 from configs.timing import canonical_json
-from controller.audit import export_jsonl, replay_cycle, verify_ledger
-from controller.audit_report import ReportSelection, build_report
 from controller.cli import run
-from controller.ledger import Ledger
+from controller.ledger import (
+    Ledger,
+    ReportSelection,
+    build_report,
+    export_jsonl,
+    replay_cycle,
+    verify_ledger,
+)
 from hsm.verify import load_public_key
 from tests.support.ledgerdata import build_ledger, write_pubkey
 from tests.support.softkeys import SoftwareSigner
@@ -42,7 +47,7 @@ class FakeTwin:
         self.nudge = nudge
         self.requests: list[Mapping[str, Any]] = []
 
-    def __call__(self, request: Mapping[str, Any], base_dir: Path) -> Mapping[str, Any]:
+    def run_whatif(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
         self.requests.append(request)
         assert Path(request["network"]["path"]).is_file()  # located for the replayer
         cycle = self.ledger.latest("cycle")

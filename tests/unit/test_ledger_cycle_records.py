@@ -18,11 +18,9 @@ from configs.timing import (
     TimingConfiguration,
     project,
 )
-from controller.audit import verify_ledger
-from controller.audit_report import build_report
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
+from controller.ledger import Ledger, build_report, verify_ledger
 from hsm.verify import load_public_key
 from tests.support.softkeys import SoftwareSigner
 from tests.support.timings import two_stage_base
@@ -122,3 +120,34 @@ def test_cycle_records_verify_and_report(tmp_path: Path) -> None:
     assert "pushing → push aborted" in page
     assert "Cycles that deployed nothing" in page and "refuse" in page
     assert "<td>J1</td>" in page  # push results per controller
+
+
+def test_records_appended_between_cycles_are_signed_before_shutdown(tmp_path: Path) -> None:
+    """Strict verification needs every record under a checkpoint: the runner signs the tail."""
+    settings = Settings(simulation=SimulationSettings(network=tmp_path / "n.net.xml"))
+    settings = settings.model_copy(
+        update={"video": settings.video.model_copy(update={"enabled": False})}
+    )
+    signer = SoftwareSigner()
+    path = tmp_path / "ledger.sqlite"
+    keys = [load_public_key(signer.public_key_pem())]
+    with Ledger.open(path) as ledger:
+        runner = CycleRunner(
+            settings,
+            network=NetworkRef(id="t", sha256="c" * 64),
+            bases={"J1": BASE},
+            field_port=Field(),
+            twin=Twin(),
+            proposer=Proposer(),
+            signer=signer,
+            ledger=ledger,
+        )
+        slot = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+        assert runner.run_cycle(slot, threading.Event()).deployed
+        runner.record_skip(slot + timedelta(minutes=4), "overrun")  # after the cycle's checkpoint
+        runner.collect_feedback()
+        assert verify_ledger(path, keys).ok
+        runner.record_config_change(settings)
+        runner.close()
+    result = verify_ledger(path, keys)
+    assert result.ok, [str(p) for p in result.problems]

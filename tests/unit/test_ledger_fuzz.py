@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs.errors import LedgerError
-from controller.audit import verify_ledger
-from controller.ledger import Checkpoint, Ledger, RawCheckpoint
+from controller.ledger import Checkpoint, Ledger, RawCheckpoint, verify_ledger
 from hsm.verify import load_public_key
 from tests.support.softkeys import SoftwareSigner
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from controller.merkle import (
+from controller.ledger.merkle import (
     EMPTY_ROOT,
     LeafTree,
     ListLeafSource,

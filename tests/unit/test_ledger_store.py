@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from configs.digests import canonical_json
 from configs.errors import LedgerError
-from controller.audit import verify_checkpoint_signature
-from controller.ledger import GENESIS_PREV, Checkpoint, Ledger, canonical_json
-from controller.merkle import verify_consistency_proof, verify_inclusion_proof
+from controller.ledger import GENESIS_PREV, Checkpoint, Ledger, verify_checkpoint_signature
+from controller.ledger.merkle import verify_inclusion_proof, verify_rfc9162_consistency
 from hsm.verify import load_public_key
 from tests.support.ledgerdata import FakeClock
 from tests.support.softkeys import SoftwareSigner
@@ -76,8 +76,12 @@ def test_dedupe_key_makes_appends_idempotent(ledger: Ledger) -> None:
         ("bogus", {}, "unknown record kind 'bogus'"),
         ("cycle", {"outcome": "x"}, "needs field 'cycle_id'"),
         ("deployment", {"sequence": "7", "config_digest": "x", "envelope": {}}, "'sequence'"),
-        ("cycle", {"cycle_id": "c", "outcome": "x", "v": float("nan")}, "not plain JSON"),
-        ("cycle", {"cycle_id": "c", "outcome": "x", "t": datetime.now(UTC)}, "not plain JSON"),
+        ("cycle", {"cycle_id": "c", "outcome": "x", "gate": {"v": float("nan")}}, "not plain JSON"),
+        (
+            "cycle",
+            {"cycle_id": "c", "outcome": "x", "gate": {"t": datetime.now(UTC)}},
+            "not plain JSON",
+        ),
         ("measured_delta", {"deployment": 1, "measured": {}}, "not a deployment record"),
     ],
 )
@@ -140,7 +144,8 @@ def test_inclusion_and_consistency_proofs_verify_against_signed_roots(tmp_path: 
             p["proof"], bytes.fromhex(led.get(4).hash), new.root_hash, 4, new.size
         )
         c = led.prove_consistency(old.size, new.size)
-        verify_consistency_proof(c["proof"], old.root_hash, new.root_hash, old.size, new.size)
+        path = [bytes.fromhex(h) for h in c["consistency_path"]]
+        verify_rfc9162_consistency(path, old.size, new.size, old.root_hash, new.root_hash)
         with pytest.raises(LedgerError):
             led.prove_inclusion(14)
         json.dumps(p)  # plain JSON

@@ -4,7 +4,8 @@ Every record is a canonical JSON document (sorted keys, no whitespace, UTF-8)
 that carries the previous record's hash and is a leaf of an RFC 9162 Merkle
 tree; signed checkpoints (tree size, root hash, time) are added every N records
 and on demand. An auditor with only the public key can verify the whole file
-offline (:mod:`controller.audit`).
+offline (:mod:`controller.ledger.verify`). Record bodies are the models of
+:mod:`controller.ledger.records`, checked on the way in and parsed on the way out.
 
 One append is one SQLite transaction (WAL journal, ``synchronous=FULL``) that
 writes the record and its leaf hash together, so a process killed mid-append
@@ -17,251 +18,55 @@ size *n* holds records 1..n).
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar, get_args
+from typing import Any, ParamSpec, TypeVar
 
+from configs.digests import canonical_json
 from configs.errors import LedgerError
-from configs.timing import canonical_json, sha256_hex
-from controller.merkle import LeafTree, ProofError, leaf_hash, rfc9162_audit_path
+from controller.ledger.checkpoints import Checkpoint, RawCheckpoint
+from controller.ledger.merkle import LeafTree, ProofError, leaf_hash, rfc9162_audit_path
+from controller.ledger.records import (
+    KeyEnrolmentRecord,
+    RawRecord,
+    Record,
+    RecordBody,
+    RecordKind,
+    RecordRef,
+    format_time,
+    kind_of,
+    parse_body,
+    parse_time,
+)
+from controller.ledger.sqlite_file import (
+    APPLICATION_ID,
+    GENESIS_PREV,
+    RECORD_SCHEMA,
+    SCHEMA_VERSION,
+    check_header,
+    initialise,
+)
 from hsm.base import Signer
 
 __all__ = [
     "APPLICATION_ID",
     "GENESIS_PREV",
-    "RECORD_KINDS",
     "RECORD_SCHEMA",
     "SCHEMA_VERSION",
-    "Checkpoint",
     "Ledger",
     "Record",
-    "RecordKind",
     "RecordRef",
-    "RawCheckpoint",
     "RawRecord",
-    "canonical_json",
-    "format_time",
-    "parse_time",
-    "sha256_hex",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ``PRAGMA application_id`` of a signaltwin ledger file ("STLG").
-APPLICATION_ID = 0x53544C47
-#: ``PRAGMA user_version``: the layout of the tables below.
-SCHEMA_VERSION = 1
-#: ``schema`` field of every record document.
-RECORD_SCHEMA = "signaltwin.ledger.record/v1"
-#: ``prev`` of the first record.
-GENESIS_PREV = "0" * 64
-
-RecordKind = Literal[
-    "cycle", "deployment", "measured_delta", "key_enrolment", "config_change", "policy_version"
-]
-RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
-
-#: Body fields each kind must carry (name -> accepted JSON types).
-_REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
-    "cycle": {"cycle_id": (str,), "outcome": (str,)},
-    "deployment": {"sequence": (int,), "config_digest": (str,), "envelope": (dict,)},
-    "measured_delta": {"deployment": (int,), "measured": (dict,)},
-    "key_enrolment": {"keyid": (str,), "public_key_pem": (str,)},
-    "config_change": {"sha256": (str,)},
-    "policy_version": {"sha256": (str,)},
-}
-
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-_SCHEMA_SQL = """
-CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE records(
-    idx INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    time TEXT NOT NULL,
-    dedupe_key TEXT UNIQUE,
-    leaf_hash BLOB NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX records_kind ON records(kind, idx);
-CREATE INDEX records_time ON records(time);
-CREATE TABLE checkpoints(
-    seq INTEGER PRIMARY KEY,
-    size INTEGER NOT NULL,
-    keyid TEXT NOT NULL,
-    note BLOB NOT NULL,
-    signature BLOB NOT NULL
-);
-"""
-
-_APPEND_ONLY_TABLES = ("meta", "records", "checkpoints")
-
-
-def format_time(t: datetime) -> str:
-    """Fixed-width UTC time, e.g. ``2026-11-23T20:15:00.000000Z`` (sorts as text)."""
-    if t.tzinfo is None:
-        raise LedgerError(f"time {t!r} has no time zone; pass an aware UTC datetime")
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    """Parse an ISO 8601 time (``Z`` or offset; a bare date is midnight UTC)."""
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise LedgerError(f"time {text!r} is not ISO 8601; write e.g. 2026-11-23T20:15:00Z") from e
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class RecordRef:
-    """Where a record landed: its index (from 1) and its hash (hex leaf hash)."""
-
-    index: int
-    hash: str
-
-
-@dataclass(frozen=True)
-class Record:
-    """One parsed ledger record."""
-
-    index: int
-    kind: str
-    time: datetime
-    prev: str
-    dedupe_key: str | None
-    body: Mapping[str, Any]
-    hash: str
-    raw: bytes
-
-    def document(self) -> dict[str, Any]:
-        """The full record document as stored (parsed)."""
-        doc: dict[str, Any] = json.loads(self.raw)
-        return doc
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """A stored row, unparsed and untrusted (what the auditor checks)."""
-
-    index: int
-    kind: str
-    time: str
-    dedupe_key: str | None
-    stored_hash: bytes
-    body: bytes
-
-
-@dataclass(frozen=True)
-class RawCheckpoint:
-    """A stored checkpoint row, unparsed and untrusted."""
-
-    seq: int
-    size: int
-    keyid: str
-    note: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A signed tree head: the ledger had ``size`` records with root ``root_hash`` at ``time``.
-
-    ``note`` is the signed text, in the layout of a C2SP checkpoint::
-
-        signaltwin.ledger/<ledger id>
-        <size>
-        <base64 root hash>
-        time <UTC time>
-
-    ``signature`` is the DER ECDSA P-256 signature over SHA-256(note).
-    """
-
-    seq: int
-    origin: str
-    size: int
-    root_hash: bytes
-    time: datetime
-    keyid: str
-    note: bytes
-    signature: bytes
-
-    @staticmethod
-    def make_note(origin: str, size: int, root_hash: bytes, time: datetime) -> bytes:
-        """The exact bytes that are signed."""
-        root_b64 = base64.b64encode(root_hash).decode("ascii")
-        return f"{origin}\n{size}\n{root_b64}\ntime {format_time(time)}\n".encode()
-
-    @classmethod
-    def parse(cls, raw: RawCheckpoint) -> Checkpoint:
-        """Parse a stored checkpoint strictly.
-
-        Raises:
-            LedgerError: the note is not in the layout above.
-        """
-        try:
-            text = raw.note.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise LedgerError(f"checkpoint {raw.seq}: note is not UTF-8") from e
-        lines = text.split("\n")
-        if len(lines) != 5 or lines[4] != "" or not lines[3].startswith("time "):
-            raise LedgerError(f"checkpoint {raw.seq}: note is not a 4-line checkpoint")
-        origin, size_text, root_text, time_text = lines[0], lines[1], lines[2], lines[3][5:]
-        if not size_text.isdigit() or str(int(size_text)) != size_text:
-            raise LedgerError(f"checkpoint {raw.seq}: size {size_text!r} is not a number")
-        try:
-            root_hash = base64.b64decode(root_text, validate=True)
-        except ValueError as e:
-            raise LedgerError(f"checkpoint {raw.seq}: root hash is not base64") from e
-        if len(root_hash) != 32 or not _TIME_RE.match(time_text):
-            raise LedgerError(f"checkpoint {raw.seq}: bad root hash length or time")
-        cp = cls(
-            seq=raw.seq,
-            origin=origin,
-            size=int(size_text),
-            root_hash=root_hash,
-            time=parse_time(time_text),
-            keyid=raw.keyid,
-            note=raw.note,
-            signature=raw.signature,
-        )
-        if cls.make_note(origin, cp.size, root_hash, cp.time) != raw.note:
-            raise LedgerError(f"checkpoint {raw.seq}: note is not in canonical form")
-        if cp.size != raw.size:
-            raise LedgerError(
-                f"checkpoint {raw.seq}: size column {raw.size} differs from the signed size "
-                f"{cp.size}"
-            )
-        return cp
-
-    def signed_note(self) -> str:
-        """The checkpoint as a signed note: the text, a blank line, a signature line."""
-        sig = base64.b64encode(bytes.fromhex(self.keyid[:8]) + self.signature).decode("ascii")
-        return f"{self.note.decode()}\n\u2014 signaltwin-ledger-{self.keyid[:16]} {sig}\n"
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON view (for export and ``audit show``)."""
-        return {
-            "checkpoint": self.seq,
-            "origin": self.origin,
-            "size": self.size,
-            "root_hash": self.root_hash.hex(),
-            "time": format_time(self.time),
-            "keyid": self.keyid,
-            "note": self.note.decode(),
-            "signature": base64.b64encode(self.signature).decode("ascii"),
-        }
 
 
 _P = ParamSpec("_P")
@@ -277,27 +82,6 @@ def _locked(method: Callable[_P, _R]) -> Callable[_P, _R]:
             return method(*args, **kwargs)
 
     return wrapper
-
-
-def _check_body(kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    if kind not in RECORD_KINDS:
-        raise LedgerError(
-            f"unknown record kind {kind!r}; expected one of {', '.join(RECORD_KINDS)}"
-        )
-    if not isinstance(body, Mapping):
-        raise LedgerError(f"{kind} record body must be a mapping, got {type(body).__name__}")
-    out = dict(body)
-    for key in out:
-        if not isinstance(key, str):
-            raise LedgerError(f"{kind} record body key {key!r} is not a string")
-    for field, types in _REQUIRED[kind].items():
-        value = out.get(field)
-        if not isinstance(value, types) or isinstance(value, bool):
-            want = "/".join(t.__name__ for t in types)
-            raise LedgerError(
-                f"{kind} record body needs field {field!r} of type {want}, got {value!r}"
-            )
-    return out
 
 
 class Ledger:
@@ -383,9 +167,9 @@ class Ledger:
             raise LedgerError(f"cannot open ledger {p}: {e}") from e
         try:
             if exists:
-                cls._check_header(p, conn)
+                check_header(p, conn)
             else:
-                cls._initialise(conn)
+                initialise(conn)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
@@ -407,55 +191,6 @@ class Ledger:
             conn.close()
             raise
         return ledger
-
-    @staticmethod
-    def _initialise(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            for stmt in _SCHEMA_SQL.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            for table in _APPEND_ONLY_TABLES:
-                for action in ("UPDATE", "DELETE"):
-                    conn.execute(
-                        f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
-                        f"BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: "
-                        f"{action} on {table} refused'); END"
-                    )
-            now = format_time(datetime.now(UTC))
-            conn.executemany(
-                "INSERT INTO meta(key, value) VALUES (?, ?)",
-                [
-                    ("ledger_id", str(uuid.uuid4())),
-                    ("created_at", now),
-                    ("record_schema", RECORD_SCHEMA),
-                ],
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _check_header(path: Path, conn: sqlite3.Connection) -> None:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if app_id != APPLICATION_ID:
-            raise LedgerError(
-                f"{path} is an SQLite database but not a signaltwin ledger "
-                f"(application_id {app_id:#x}, expected {APPLICATION_ID:#x}); check the path"
-            )
-        if version != SCHEMA_VERSION:
-            raise LedgerError(
-                f"{path} has ledger schema version {version}; this signaltwin reads version "
-                f"{SCHEMA_VERSION}: use the signaltwin release that wrote it"
-            )
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = {"meta", "records", "checkpoints"} - tables
-        if missing:
-            raise LedgerError(f"{path} lacks the ledger table(s) {', '.join(sorted(missing))}")
 
     def _meta(self, key: str) -> str:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -485,13 +220,15 @@ class Ledger:
     @_locked
     def append(
         self,
-        kind: RecordKind | str,
-        body: Mapping[str, Any],
+        record: RecordBody | RecordKind | str,
+        body: Mapping[str, Any] | None = None,
         *,
         dedupe_key: str | None = None,
     ) -> RecordRef:
         """Append one record and return where it landed.
 
+        Pass the body's model (``ledger.append(CycleRecord(...))``); the older
+        form ``append(kind, mapping)`` parses the mapping through the same model.
         With a ``dedupe_key`` already in the ledger nothing is written and the
         existing record's reference is returned (a retried append after a crash).
 
@@ -500,7 +237,18 @@ class Ledger:
         """
         if self.readonly:
             raise LedgerError(f"ledger {self.path} is open read-only")
-        checked = _check_body(kind, body)
+        if isinstance(record, str):
+            if not isinstance(body, Mapping):
+                raise LedgerError(
+                    f"{record} record body must be a mapping, got {type(body).__name__}"
+                )
+            model = parse_body(record, dict(body))
+        elif body is not None:
+            raise LedgerError("give either a record model or a kind and a body, not both")
+        else:
+            model = record
+        kind = kind_of(model)
+        checked = model.to_body()
         if dedupe_key is not None and (not isinstance(dedupe_key, str) or not dedupe_key):
             raise LedgerError(f"dedupe_key must be a non-empty string, got {dedupe_key!r}")
         time = format_time(self._clock())
@@ -576,10 +324,14 @@ class Ledger:
                 f"measured_delta refers to record {index}, which is not a deployment record"
             )
 
-    def enrol_key(self, signer: Signer, **extra: Any) -> RecordRef:
+    def enrol_key(self, signer: Signer, *, enrolment: Mapping[str, Any] | None = None) -> RecordRef:
         """Record ``signer``'s public key as a ``key_enrolment`` record (once per key)."""
-        body = {"keyid": signer.keyid, "public_key_pem": signer.public_key_pem().decode(), **extra}
-        return self.append("key_enrolment", body, dedupe_key=f"key:{signer.keyid}")
+        body = KeyEnrolmentRecord(
+            keyid=signer.keyid,
+            public_key_pem=signer.public_key_pem().decode(),
+            **({} if enrolment is None else {"enrolment": dict(enrolment)}),
+        )
+        return self.append(body, dedupe_key=f"key:{signer.keyid}")
 
     @_locked
     def checkpoint(self, signer: Signer, *, force: bool = False) -> Checkpoint:
@@ -752,7 +504,7 @@ class Ledger:
         ]
 
     def checkpoints(self) -> list[Checkpoint]:
-        """Every checkpoint, parsed (not verified: see :func:`controller.audit.verify_ledger`)."""
+        """Every checkpoint, parsed (not verified: see :func:`controller.ledger.verify_ledger`)."""
         return [Checkpoint.parse(r) for r in self.raw_checkpoints()]
 
     @_locked
@@ -810,10 +562,20 @@ class Ledger:
 
     @_locked
     def prove_consistency(self, prior_size: int, later_size: int | None = None) -> dict[str, Any]:
-        """Proof that the tree of ``prior_size`` records is a prefix of that of ``later_size``."""
+        """Proof that the tree of ``prior_size`` records is a prefix of that of ``later_size``.
+
+        Returns a JSON-ready mapping in RFC 9162 section 2.1.4 terms:
+        ``prior_size``, ``size``, ``prior_root_hash``, ``root_hash`` and
+        ``consistency_path`` (the node hashes of ``PROOF(m, D[n])``, hex, in the
+        RFC's order; verify with
+        :func:`controller.ledger.merkle.verify_rfc9162_consistency` or any RFC
+        9162 verifier).
+        """
         n = self.size() if later_size is None else later_size
+        if prior_size < 1:
+            raise LedgerError(f"--from must be a tree size of at least 1, got {prior_size}")
         try:
-            proof = self._tree.consistency(prior_size, n)
+            path = self._tree.rfc9162_consistency(prior_size, n)
         except ProofError as e:
             raise LedgerError(str(e)) from e
         return {
@@ -821,7 +583,7 @@ class Ledger:
             "size": n,
             "prior_root_hash": self.root(prior_size),
             "root_hash": self.root(n),
-            "proof": proof,
+            "consistency_path": [h.hex() for h in path],
         }
 
     @_locked

@@ -10,32 +10,33 @@ ends in ``#autoplay``), which is how tests check that the video really plays.
 from __future__ import annotations
 
 import base64
-import html
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from configs.digests import sha256_hex
 from configs.errors import LedgerError
-from configs.timing import sha256_hex
-from controller.audit import VerifyResult, resolve_artifact
-from controller.ledger import Ledger, Record, format_time
+from controller.ledger.records import CycleRecord, format_time
+from controller.ledger.replay import contained_artifact
+from controller.ledger.report_charts import (
+    bar_chart,
+    ci_bounds,
+    esc,
+    number,
+    pct,
+    scatter,
+    sub,
+    timeline,
+)
+from controller.ledger.store import Ledger, Record
+from controller.ledger.verify import VerifyResult
 
 __all__ = ["ReportSelection", "build_report", "write_report"]
 
 logger = logging.getLogger(__name__)
-
-_KIND_COLOURS = {
-    "cycle": "#6c757d",
-    "deployment": "#0d6efd",
-    "measured_delta": "#198754",
-    "key_enrolment": "#6f42c1",
-    "config_change": "#fd7e14",
-    "policy_version": "#d63384",
-}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#212529;
@@ -89,231 +90,69 @@ class _Deployment:
     measured: list[Record] = field(default_factory=list)
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _pct(value: object) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value * 100:+.1f} %"
-    return "–"
-
-
-def _sub(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = body.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _num(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _ci(value: object) -> tuple[float, float] | None:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        lo, hi = _num(value[0]), _num(value[1])
-        if lo is not None and hi is not None:
-            return (lo, hi)
-    return None
-
-
-# ---------------------------------------------------------------------- charts
-
-
-def _bar_chart(predicted: Mapping[str, Any], measured: Sequence[Mapping[str, Any]]) -> str:
-    """Grouped bars: predicted (with CI whiskers) vs each measured window, wait and NOx."""
-    metrics = [("wait_change", "wait time"), ("nox_change", "NOx")]
-    series: list[tuple[str, str, Mapping[str, Any], bool]] = [
-        ("predicted", "#0d6efd", predicted, True)
-    ]
-    palette = ["#198754", "#20c997", "#0f5132", "#75b798"]
-    for n, m in enumerate(measured):
-        series.append((f"measured #{n + 1}", palette[n % len(palette)], m, False))
-    values = [0.05]
-    for _, _, data, _ in series:
-        for key, _ in metrics:
-            v = _num(data.get(key))
-            if v is not None:
-                values.append(abs(v))
-            ci = _ci(data.get(f"{key}_ci"))
-            if ci is not None:
-                values += [abs(ci[0]), abs(ci[1])]
-    scale = max(values) * 1.15
-    width, height, top, left = 520, 240, 20, 60
-    plot_h = height - top - 40
-    zero_y = top + plot_h / 2
-
-    def y_of(v: float) -> float:
-        return zero_y - (v / scale) * (plot_h / 2)
-
-    group_w = (width - left - 20) / len(metrics)
-    bar_w = min(40.0, (group_w - 30) / max(1, len(series)))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="predicted against measured change">',
-        f'<line x1="{left}" y1="{zero_y:.1f}" x2="{width - 10}" y2="{zero_y:.1f}" '
-        'stroke="#212529"/>',
-    ]
-    for tick in (-scale, -scale / 2, scale / 2, scale):
-        y = y_of(tick)
-        parts.append(
-            f'<line x1="{left - 4}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" '
-            'stroke="#dee2e6" stroke-dasharray="3,3"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-            f"{tick * 100:+.0f}%</text>"
-        )
-    for g, (key, label) in enumerate(metrics):
-        gx = left + 15 + g * group_w
-        parts.append(
-            f'<text x="{gx + len(series) * bar_w / 2:.1f}" y="{height - 8}" font-size="12" '
-            f'text-anchor="middle">{_esc(label)}</text>'
-        )
-        for s, (name, colour, data, with_ci) in enumerate(series):
-            v = _num(data.get(key))
-            if v is None:
-                continue
-            x = gx + s * bar_w
-            y0, y1 = sorted((y_of(0), y_of(v)))
-            parts.append(
-                f'<rect x="{x:.1f}" y="{y0:.1f}" width="{bar_w - 4:.1f}" '
-                f'height="{max(y1 - y0, 1):.1f}" fill="{colour}"><title>{_esc(name)} '
-                f"{_esc(label)}: {v * 100:+.2f} %</title></rect>"
-            )
-            ci = _ci(data.get(f"{key}_ci")) if with_ci else None
-            if ci is not None:
-                cx = x + (bar_w - 4) / 2
-                parts.append(
-                    f'<line x1="{cx:.1f}" y1="{y_of(ci[0]):.1f}" x2="{cx:.1f}" '
-                    f'y2="{y_of(ci[1]):.1f}" stroke="#212529" stroke-width="1.5"/>'
-                )
-                for end in ci:
-                    parts.append(
-                        f'<line x1="{cx - 5:.1f}" y1="{y_of(end):.1f}" x2="{cx + 5:.1f}" '
-                        f'y2="{y_of(end):.1f}" stroke="#212529" stroke-width="1.5"/>'
-                    )
-    for s, (name, colour, _, _) in enumerate(series):
-        lx = left + s * 120
-        parts.append(
-            f'<rect x="{lx}" y="2" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{lx + 14}" y="11" font-size="11">{_esc(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _timeline(records: Sequence[Record]) -> str:
-    if not records:
-        return "<p>No records in this selection.</p>"
-    width, height, left, right = 1000, 110, 30, 20
-    t0 = records[0].time.timestamp()
-    t1 = records[-1].time.timestamp()
-    span = max(t1 - t0, 1.0)
-    lanes = {k: n for n, k in enumerate(_KIND_COLOURS)}
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'role="img" aria-label="timeline of ledger records">',
-        f'<line x1="{left}" y1="{height - 25}" x2="{width - right}" y2="{height - 25}" '
-        'stroke="#212529"/>',
-        f'<text x="{left}" y="{height - 8}" font-size="10">{_esc(format_time(records[0].time))}'
-        "</text>",
-        f'<text x="{width - right}" y="{height - 8}" font-size="10" text-anchor="end">'
-        f"{_esc(format_time(records[-1].time))}</text>",
-    ]
-    for r in records:
-        x = left + (r.time.timestamp() - t0) / span * (width - left - right)
-        y = 12 + lanes.get(r.kind, 0) * 11
-        colour = _KIND_COLOURS.get(r.kind, "#000")
-        parts.append(
-            f'<circle cx="{x:.1f}" cy="{y}" r="4" fill="{colour}"><title>#{r.index} '
-            f"{_esc(r.kind)} {_esc(format_time(r.time))}</title></circle>"
-        )
-    parts.append("</svg>")
-    legend = " ".join(
-        f'<span style="color:{c}">●</span> {_esc(k)}' for k, c in _KIND_COLOURS.items()
-    )
-    return "".join(parts) + f"<p>{legend}</p>"
-
-
-def _scatter(points: Sequence[tuple[int, float, float]]) -> str:
-    """Predicted (x) against measured (y) wait-time change, one dot per deployment."""
-    if not points:
-        return "<p>No deployment in this selection has a measured delta yet.</p>"
-    size, pad = 320, 40
-    lim = max([0.05] + [abs(v) for _, a, b in points for v in (a, b)]) * 1.15
-
-    def pos(v: float) -> float:
-        return pad + (v + lim) / (2 * lim) * (size - 2 * pad)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" role="img" '
-        'aria-label="predicted against measured wait change">',
-        f'<rect x="{pad}" y="{pad}" width="{size - 2 * pad}" height="{size - 2 * pad}" '
-        'fill="none" stroke="#dee2e6"/>',
-        f'<line x1="{pos(-lim):.1f}" y1="{size - pos(-lim):.1f}" x2="{pos(lim):.1f}" '
-        f'y2="{size - pos(lim):.1f}" stroke="#adb5bd" stroke-dasharray="4,3"/>',
-        f'<text x="{size / 2}" y="{size - 8}" font-size="11" text-anchor="middle">'
-        "predicted wait change</text>",
-        f'<text x="12" y="{size / 2}" font-size="11" text-anchor="middle" '
-        f'transform="rotate(-90 12 {size / 2})">measured wait change</text>',
-    ]
-    for index, predicted, measured in points:
-        parts.append(
-            f'<circle cx="{pos(predicted):.1f}" cy="{size - pos(measured):.1f}" r="5" '
-            f'fill="#0d6efd"><title>deployment record {index}: predicted '
-            f"{predicted * 100:+.1f} %, measured {measured * 100:+.1f} %</title></circle>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 # ----------------------------------------------------------------------- video
 
 
 def _video_html(
-    cycle: Record | None, ledger_dir: Path, out_path: Path, link_video: bool
+    cycle: Record | None, roots: Sequence[Path], out_path: Path, link_video: bool
 ) -> tuple[str, str]:
-    """(HTML for the video element, one-line status)."""
+    """(HTML for the video element, one-line status).
+
+    Only a file inside ``roots`` (the ledger's folder and the ``--inputs``
+    folders) whose sha256 is the recorded one is embedded or linked: the ledger
+    is untrusted input, and must not make the report carry any other file.
+    """
     if cycle is None:
         return "", "no cycle record"
-    video = cycle.body.get("video")
+    try:
+        body = cycle.model()
+    except LedgerError as e:
+        return f'<p class="bad">{esc(e)}</p>', str(e)
+    video = body.video if isinstance(body, CycleRecord) else None
     if not isinstance(video, Mapping) or not isinstance(video.get("path"), str):
         return "<p>No what-if video was recorded for this cycle.</p>", "none recorded"
-    source = resolve_artifact(str(video["path"]), ledger_dir)
+    name = str(video["path"])
+    source = contained_artifact(name, roots)
+    if source is None:
+        msg = (
+            f"video {name} is not in the ledger's folder or an --inputs folder; "
+            "copy it there to see it (not embedded)"
+        )
+        return f'<p class="bad">{esc(msg)}</p>', msg
     try:
         data = source.read_bytes()
     except OSError as e:
         msg = f"video {source} cannot be read ({e.strerror})"
-        return f'<p class="bad">{_esc(msg)}</p>', msg
+        return f'<p class="bad">{esc(msg)}</p>', msg
     actual = sha256_hex(data)
     recorded = video.get("sha256")
-    if recorded is not None and actual != recorded:
-        digest_html = (
-            f'<span class="bad">sha256 {_esc(actual)} differs from the recorded '
-            f"{_esc(recorded)}: the video file was changed</span>"
-        )
-        status = "video changed since it was recorded"
-    elif recorded is None:
-        digest_html = f'<span class="warn">no sha256 recorded; file has {_esc(actual)}</span>'
-        status = "video digest not recorded"
-    else:
-        digest_html = f'<span class="ok">sha256 matches the record</span> ({_esc(actual)})'
-        status = "video digest matches"
+    if recorded is None or actual != recorded:
+        if recorded is None:
+            msg = f"no sha256 recorded for {source.name} (file has {actual}); not embedded"
+            status = "video digest not recorded"
+        else:
+            msg = (
+                f"{source.name}: sha256 {actual} differs from the recorded {recorded}: "
+                "the video file was changed (not embedded)"
+            )
+            status = "video changed since it was recorded"
+        return f'<p class="bad mono">{esc(msg)}</p>', status
+    digest_html = f'<span class="ok">sha256 matches the record</span> ({esc(actual)})'
     if link_video:
         target = out_path.parent / f"{out_path.stem}.record{cycle.index}{source.suffix}"
         if source.resolve() != target.resolve():
             try:
-                shutil.copyfile(source, target)
+                target.write_bytes(data)  # the bytes whose digest was checked
             except OSError as e:
                 raise LedgerError(f"cannot copy video {source} to {target}: {e}") from e
-        src = _esc(target.name)
+        src = esc(target.name)
     else:
         src = "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
     element = (
         f'<video controls muted playsinline preload="auto" data-record="{cycle.index}" '
-        f'src="{src}"></video><p class="mono">{_esc(source.name)}: {digest_html}</p>'
+        f'src="{src}"></video><p class="mono">{esc(source.name)}: {digest_html}</p>'
     )
-    return element, status
+    return element, "video digest matches"
 
 
 # ---------------------------------------------------------------------- report
@@ -375,8 +214,8 @@ def _select(
 
 
 def _predicted(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    direct = _sub(body, "predicted")
-    return direct if direct else _sub(_sub(body, "configuration"), "predicted")
+    direct = sub(body, "predicted")
+    return direct if direct else sub(sub(body, "configuration"), "predicted")
 
 
 def _gate_reasons(gate: Mapping[str, Any]) -> list[str]:
@@ -393,17 +232,17 @@ def _gate_reasons(gate: Mapping[str, Any]) -> list[str]:
 def _summary(r: Record) -> str:
     b = r.body
     if r.kind == "cycle":
-        gate = _sub(b, "gate")
+        gate = sub(b, "gate")
         return f"cycle {b.get('cycle_id')}: {b.get('outcome')} (gate {gate.get('decision', '–')})"
     if r.kind == "deployment":
         return (
             f"deployment sequence {b.get('sequence')}, config {str(b.get('config_digest'))[:12]}…"
         )
     if r.kind == "measured_delta":
-        m = _sub(b, "measured")
+        m = sub(b, "measured")
         return (
-            f"measured for record {b.get('deployment')}: wait {_pct(m.get('wait_change'))}, "
-            f"NOx {_pct(m.get('nox_change'))}"
+            f"measured for record {b.get('deployment')}: wait {pct(m.get('wait_change'))}, "
+            f"NOx {pct(m.get('nox_change'))}"
         )
     if r.kind == "key_enrolment":
         return f"key {str(b.get('keyid'))[:16]}… enrolled"
@@ -413,15 +252,15 @@ def _summary(r: Record) -> str:
 def _gate_html(cycle: Record | None) -> str:
     if cycle is None:
         return "<p>No cycle record found for this deployment.</p>"
-    gate = _sub(cycle.body, "gate")
+    gate = sub(cycle.body, "gate")
     if not gate:
         return "<p>The cycle record has no gate decision.</p>"
-    items = "".join(f"<li>{_esc(x)}</li>" for x in _gate_reasons(gate)) or "<li>(none given)</li>"
+    items = "".join(f"<li>{esc(x)}</li>" for x in _gate_reasons(gate)) or "<li>(none given)</li>"
     decision = str(gate.get("decision", "–"))
     cls = "ok" if decision in ("pass", "passed", "deploy") else "bad"
-    chosen = f" (chosen: {_esc(gate['chosen'])})" if gate.get("chosen") else ""
+    chosen = f" (chosen: {esc(gate['chosen'])})" if gate.get("chosen") else ""
     return (
-        f'<p>Gate decision: <span class="{cls}">{_esc(decision)}</span>{chosen}</p><ul>{items}</ul>'
+        f'<p>Gate decision: <span class="{cls}">{esc(decision)}</span>{chosen}</p><ul>{items}</ul>'
     )
 
 
@@ -436,7 +275,7 @@ def _push_html(body: Mapping[str, Any]) -> str:
         cls = "ok" if ok else "bad"
         head = (
             f'<p>Push: <span class="{cls}">{"ok" if ok else "failed"}</span> '
-            f"{_esc(push.get('message') or '')}</p>"
+            f"{esc(push.get('message') or '')}</p>"
         )
         results = push.get("results")
         if isinstance(results, Mapping):
@@ -446,10 +285,10 @@ def _push_html(body: Mapping[str, Any]) -> str:
     if not rows:
         return head or "<p>No push results recorded.</p>"
     columns = sorted({k for r in rows for k in r} - {"intersection"})
-    header = "".join(f"<th>{_esc(c)}</th>" for c in ["intersection", *columns])
+    header = "".join(f"<th>{esc(c)}</th>" for c in ["intersection", *columns])
     body_rows = "".join(
         "<tr>"
-        + "".join(f"<td>{_esc(r.get(c, '–'))}</td>" for c in ["intersection", *columns])
+        + "".join(f"<td>{esc(r.get(c, '–'))}</td>" for c in ["intersection", *columns])
         + "</tr>"
         for r in rows
     )
@@ -463,6 +302,7 @@ def build_report(
     selection: ReportSelection | None = None,
     verification: VerifyResult | None = None,
     link_video: bool = False,
+    inputs: Sequence[Path] = (),
 ) -> str:
     """Render the HTML report for ``selection`` and return it.
 
@@ -471,33 +311,35 @@ def build_report(
         out_path: where the report will be written (videos linked with
             ``link_video`` are copied next to it).
         selection: one deployment, a time range, or everything.
-        verification: the result of :func:`controller.audit.verify_ledger`, shown at
+        verification: the result of :func:`controller.ledger.verify_ledger`, shown at
             the top and per deployment; without it the page says the ledger was
             not verified.
         link_video: copy videos next to the report instead of embedding them.
+        inputs: folders besides the ledger's where recorded files may be found;
+            no file outside them and the ledger's folder is ever read.
     """
     sel = selection or ReportSelection()
     push_results: dict[int, str] = {}
     records, deployments, deployed_cycles = _select(ledger, sel, push_results)
-    ledger_dir = ledger.path.resolve().parent
+    roots = [ledger.path.resolve().parent, *inputs]
     title = "signaltwin ledger audit report"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{_esc(title)}</h1>",
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
         "<table>",
-        f"<tr><th>ledger</th><td class='mono'>{_esc(ledger.path)}</td></tr>",
-        f"<tr><th>ledger id</th><td class='mono'>{_esc(ledger.ledger_id)}</td></tr>",
+        f"<tr><th>ledger</th><td class='mono'>{esc(ledger.path)}</td></tr>",
+        f"<tr><th>ledger id</th><td class='mono'>{esc(ledger.ledger_id)}</td></tr>",
         f"<tr><th>records</th><td>{ledger.size()} in the ledger, {len(records)} in this "
         "report</td></tr>",
-        f"<tr><th>root hash</th><td class='mono'>{_esc(ledger.root())}</td></tr>",
+        f"<tr><th>root hash</th><td class='mono'>{esc(ledger.root())}</td></tr>",
     ]
     if sel.deployment is not None:
         parts.append(f"<tr><th>selection</th><td>deployment record {sel.deployment}</td></tr>")
     elif sel.since or sel.until:
         since = format_time(sel.since) if sel.since else "start"
         until = format_time(sel.until) if sel.until else "end"
-        parts.append(f"<tr><th>selection</th><td>{_esc(since)} to {_esc(until)}</td></tr>")
+        parts.append(f"<tr><th>selection</th><td>{esc(since)} to {esc(until)}</td></tr>")
     if verification is None:
         parts.append(
             "<tr><th>verification</th><td class='warn'>not verified (run the report with "
@@ -512,22 +354,22 @@ def build_report(
     else:
         parts.append(
             f"<tr><th>verification</th><td class='bad'>FAILED: "
-            f"{_esc(verification.first_problem)}</td></tr>"
+            f"{esc(verification.first_problem)}</td></tr>"
         )
     if verification is not None:
         for w in verification.warnings:
-            parts.append(f"<tr><th>warning</th><td class='warn'>{_esc(w)}</td></tr>")
+            parts.append(f"<tr><th>warning</th><td class='warn'>{esc(w)}</td></tr>")
     parts.append("</table>")
 
     parts.append("<h2>Timeline</h2>")
-    parts.append(_timeline(records))
+    parts.append(timeline(records))
     parts.append(
         "<table><tr><th>#</th><th>time (UTC)</th><th>kind</th><th>summary</th><th>hash</th></tr>"
     )
     for r in records:
         parts.append(
-            f"<tr><td>{r.index}</td><td>{_esc(format_time(r.time))}</td><td>{_esc(r.kind)}"
-            f"</td><td>{_esc(_summary(r))}</td><td class='mono'>{_esc(r.hash[:16])}…</td></tr>"
+            f"<tr><td>{r.index}</td><td>{esc(format_time(r.time))}</td><td>{esc(r.kind)}"
+            f"</td><td>{esc(_summary(r))}</td><td class='mono'>{esc(r.hash[:16])}…</td></tr>"
         )
     parts.append("</table>")
 
@@ -541,52 +383,52 @@ def build_report(
         measured = [
             m.body["measured"] for m in d.measured if isinstance(m.body.get("measured"), Mapping)
         ]
-        pw = _num(predicted.get("wait_change"))
+        pw = number(predicted.get("wait_change"))
         for m in measured:
-            mw = _num(m.get("wait_change"))
+            mw = number(m.get("wait_change"))
             if pw is not None and mw is not None:
                 points.append((d.record.index, pw, mw))
         sig = verification.signatures.get(d.record.index) if verification else None
         if sig is None:
             sig_html = "<span class='warn'>not verified</span>"
         elif sig.ok:
-            sig_html = f"<span class='ok'>verified</span> ({_esc(sig.message)})"
+            sig_html = f"<span class='ok'>verified</span> ({esc(sig.message)})"
         else:
-            sig_html = f"<span class='bad'>does not verify</span>: {_esc(sig.message)}"
+            sig_html = f"<span class='bad'>does not verify</span>: {esc(sig.message)}"
         covered = verification is not None and d.record.index <= verification.covered_size
         covered_text = (
             "not verified" if verification is None else "yes (verified)" if covered else "no"
         )
-        video_html, video_status = _video_html(d.cycle, ledger_dir, out_path, link_video)
+        video_html, video_status = _video_html(d.cycle, roots, out_path, link_video)
         parts += [
             f"<section class='deployment' id='deployment-{d.record.index}'>",
-            f"<h3>Deployment record {d.record.index}: sequence {_esc(body.get('sequence'))} "
-            f"at {_esc(format_time(d.record.time))}</h3>",
+            f"<h3>Deployment record {d.record.index}: sequence {esc(body.get('sequence'))} "
+            f"at {esc(format_time(d.record.time))}</h3>",
             "<table>",
             f"<tr><th>configuration sha256</th><td class='mono'>"
-            f"{_esc(body.get('config_digest'))}</td></tr>",
+            f"{esc(body.get('config_digest'))}</td></tr>",
             f"<tr><th>envelope signature</th><td>{sig_html}</td></tr>",
             f"<tr><th>in a signed checkpoint</th><td>{covered_text}</td></tr>",
-            f"<tr><th>push result</th><td>{_esc(body.get('result', 'deployed'))}</td></tr>",
+            f"<tr><th>push result</th><td>{esc(body.get('result', 'deployed'))}</td></tr>",
             f"<tr><th>cycle</th><td>"
-            f"{_esc(d.cycle.body.get('cycle_id')) if d.cycle else 'not found'}"
+            f"{esc(d.cycle.body.get('cycle_id')) if d.cycle else 'not found'}"
             f"{f' (record {d.cycle.index})' if d.cycle else ''}</td></tr>",
-            f"<tr><th>what-if video</th><td>{_esc(video_status)}</td></tr>",
+            f"<tr><th>what-if video</th><td>{esc(video_status)}</td></tr>",
             "</table>",
             "<h4>Predicted against measured</h4>",
             "<table><tr><th></th><th>wait time change</th><th>NOx change</th></tr>",
-            f"<tr><th>predicted</th><td>{_pct(predicted.get('wait_change'))} "
-            f"(CI {_esc(_ci_text(predicted.get('wait_change_ci')))})</td>"
-            f"<td>{_pct(predicted.get('nox_change'))} "
-            f"(CI {_esc(_ci_text(predicted.get('nox_change_ci')))})</td></tr>",
+            f"<tr><th>predicted</th><td>{pct(predicted.get('wait_change'))} "
+            f"(CI {esc(_ci_text(predicted.get('wait_change_ci')))})</td>"
+            f"<td>{pct(predicted.get('nox_change'))} "
+            f"(CI {esc(_ci_text(predicted.get('nox_change_ci')))})</td></tr>",
         ]
         for n, m in enumerate(measured):
             parts.append(
-                f"<tr><th>measured #{n + 1}</th><td>{_pct(m.get('wait_change'))}</td>"
-                f"<td>{_pct(m.get('nox_change'))}</td></tr>"
+                f"<tr><th>measured #{n + 1}</th><td>{pct(m.get('wait_change'))}</td>"
+                f"<td>{pct(m.get('nox_change'))}</td></tr>"
             )
         parts.append("</table>")
-        parts.append(_bar_chart(predicted, measured))
+        parts.append(bar_chart(predicted, measured))
         parts += [
             "<h4>Gate decision</h4>",
             _gate_html(d.cycle),
@@ -606,30 +448,30 @@ def build_report(
             "<table><tr><th>#</th><th>cycle</th><th>outcome</th><th>gate</th><th>reasons</th></tr>"
         )
         for r in refused:
-            gate = _sub(r.body, "gate")
+            gate = sub(r.body, "gate")
             reasons = "; ".join(_gate_reasons(gate))
-            error = r.body.get("error") or _sub(r.body, "report").get("error")
+            error = r.body.get("error") or sub(r.body, "report").get("error")
             if r.body.get("reason"):
                 reasons = f"{reasons}; {r.body['reason']}" if reasons else str(r.body["reason"])
             if error:
                 reasons = f"{reasons}; error: {error}" if reasons else f"error: {error}"
             parts.append(
-                f"<tr><td>{r.index}</td><td>{_esc(r.body.get('cycle_id'))}</td>"
-                f"<td>{_esc(r.body.get('outcome'))}"
-                f"{f' → push {_esc(push_results[r.index])}' if r.index in push_results else ''}"
-                f"</td><td>{_esc(gate.get('decision', '–'))}"
-                f"</td><td>{_esc(reasons)}</td></tr>"
+                f"<tr><td>{r.index}</td><td>{esc(r.body.get('cycle_id'))}</td>"
+                f"<td>{esc(r.body.get('outcome'))}"
+                f"{f' → push {esc(push_results[r.index])}' if r.index in push_results else ''}"
+                f"</td><td>{esc(gate.get('decision', '–'))}"
+                f"</td><td>{esc(reasons)}</td></tr>"
             )
         parts.append("</table>")
 
     parts.append("<h2>Predicted against measured, all deployments</h2>")
-    parts.append(_scatter(points))
+    parts.append(scatter(points))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
 
 def _ci_text(value: object) -> str:
-    ci = _ci(value)
+    ci = ci_bounds(value)
     return "–" if ci is None else f"{ci[0] * 100:+.1f} % … {ci[1] * 100:+.1f} %"
 
 
@@ -640,6 +482,7 @@ def write_report(
     selection: ReportSelection | None = None,
     verification: VerifyResult | None = None,
     link_video: bool = False,
+    inputs: Sequence[Path] = (),
 ) -> Path:
     """Render the report and write it to ``out_path`` (UTF-8)."""
     try:
@@ -647,7 +490,12 @@ def write_report(
     except OSError as e:
         raise LedgerError(f"cannot create the report folder {out_path.parent}: {e}") from e
     page = build_report(
-        ledger, out_path, selection=selection, verification=verification, link_video=link_video
+        ledger,
+        out_path,
+        selection=selection,
+        verification=verification,
+        link_video=link_video,
+        inputs=inputs,
     )
     try:
         out_path.write_text(page, encoding="utf-8")
