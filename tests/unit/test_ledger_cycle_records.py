@@ -136,7 +136,7 @@ def test_records_appended_between_cycles_are_signed_before_shutdown(tmp_path: Pa
             settings,
             network=NetworkRef(id="t", sha256="c" * 64),
             bases={"J1": BASE},
-            field_port=Field(),
+            fleet=Field(),
             twin=Twin(),
             proposer=Proposer(),
             signer=signer,
