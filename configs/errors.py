@@ -16,6 +16,7 @@ __all__ = [
     "SigningError",
     "SimulationError",
     "Violation",
+    "WhatIfCancelled",
 ]
 
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ class ActuationError(SignaltwinError):
 
 class SimulationError(SignaltwinError):
     """A SUMO run failed, gridlocked, or its inputs are unusable."""
+
+
+class WhatIfCancelled(SimulationError):
+    """A what-if was cancelled (its cancel event was set) before it finished."""
 
 
 class LedgerError(SignaltwinError):

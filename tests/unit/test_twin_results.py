@@ -24,7 +24,7 @@ from simulators.twin import (
     aggregate,
     paired_change,
 )
-from simulators.twin import _frame_steps as frame_steps
+from simulators.twin.run import _frame_steps as frame_steps
 
 
 def _timing(green_s: int = 30) -> IntersectionTiming:
