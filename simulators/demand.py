@@ -66,14 +66,12 @@ from scipy.optimize import minimize, nnls
 
 from configs.digests import canonical_json, sha256_hex
 from configs.errors import ConfigError, SimulationError
+from configs.settings import default_fleet
 from simulators.network import read_loops
 
 logger = logging.getLogger(__name__)
 
 DEMAND_SCHEMA: Final = "signaltwin.demand/v1"
-
-#: Fleet used when the caller configures none (a plain passenger-car mix).
-DEFAULT_FLEET: Final = (("HBEFA4/PC_petrol_Euro-6ab", 0.6), ("HBEFA4/PC_diesel_Euro-6ab", 0.4))
 
 
 @dataclass(frozen=True)
@@ -432,7 +430,8 @@ def snapshot_digest(snapshot: Mapping[str, Any]) -> str:
 
 
 def _normalise_fleet(fleet: Sequence[FleetLike] | None) -> list[FleetShare]:
-    items: list[FleetLike] = list(fleet) if fleet else [FleetShare(c, s) for c, s in DEFAULT_FLEET]
+    # no fleet given: the settings' default mix (configs owns the vocabulary and the default)
+    items: list[FleetLike] = list(fleet) if fleet else list(default_fleet())
     total = sum(f.share for f in items)
     if total <= 0 or any(f.share < 0 or not math.isfinite(f.share) for f in items):
         raise ConfigError(
@@ -460,8 +459,8 @@ def estimate_demand(
         interval_s: interval length (s).
         detector_lanes: detector id -> lane id.
         graph: the network's road graph.
-        fleet: HBEFA fleet mix (default: 60 % petrol / 40 % diesel Euro 6 cars); use
-            the settings' ``simulation.fleet``.
+        fleet: HBEFA fleet mix; use the settings' ``simulation.fleet`` (default:
+            :func:`configs.settings.default_fleet`, the same mix).
         routes: candidate routes (default: :func:`candidate_routes` of ``graph``;
             pass them in to reuse them across cycles).
         min_route_vph: routes with a fitted flow below this are dropped.
