@@ -16,7 +16,7 @@ from typing import Any
 
 from configs.digests import sha256_file
 from configs.errors import ConfigError
-from configs.settings import Settings
+from configs.settings import GateSettings, Settings, SimulationSettings
 from configs.timing import IntersectionTiming
 from simulators.twin.plans import CURRENT
 
@@ -245,8 +245,7 @@ def request_from_settings(
 
     Args:
         settings: the daemon's settings; ``None`` (no settings file) uses the
-            defaults of :class:`WhatIfRequest` (900 s horizon, 300 s warm-up,
-            5 seeds from 20240, confidence 0.95).
+            settings schema's defaults (``simulation.*`` and ``gate.confidence_level``).
         network: the ``.net.xml``.
         demand: the routes file.
         current: tls id -> plan running now.
@@ -262,12 +261,13 @@ def request_from_settings(
     Returns:
         The request (not yet validated: :meth:`WhatIfRequest.validate` runs in the engine).
     """
-    if settings is None:
-        base = WhatIfRequest(network="", demand="", current={}, candidates={})
-        base_seed, seed_count = base.seeds[0], len(base.seeds)
-        sim_horizon, sim_warmup = base.horizon_s, base.warmup_s
-        step_length_s, gridlock_s = base.step_length_s, base.gridlock_s
-        confidence_level, record = base.confidence_level, None
+    if settings is None:  # the schema's defaults, as if the TOML set nothing
+        sim_fields, gate_fields = SimulationSettings.model_fields, GateSettings.model_fields
+        base_seed, seed_count = sim_fields["base_seed"].default, sim_fields["seeds"].default
+        sim_horizon, sim_warmup = sim_fields["horizon_s"].default, sim_fields["warmup_s"].default
+        step_length_s = sim_fields["step_length_s"].default
+        gridlock_s = sim_fields["gridlock_s"].default
+        confidence_level, record = gate_fields["confidence_level"].default, None
     else:
         sim = settings.simulation
         base_seed, seed_count = sim.base_seed, sim.seeds
