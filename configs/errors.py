@@ -74,9 +74,9 @@ class SimulationError(SignaltwinError):
     """A SUMO run failed, gridlocked, or its inputs are unusable."""
 
 
+class WhatIfCancelled(SimulationError):
+    """A what-if was cancelled (its cancel event was set) before it finished."""
+
+
 class LedgerError(SignaltwinError):
     """The ledger could not be written, or does not verify."""
-
-
-class WhatIfCancelled(SimulationError):
-    """A what-if was cancelled (the daemon is shutting down) before it finished."""

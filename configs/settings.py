@@ -48,6 +48,7 @@ __all__ = [
     "dump_settings_toml",
     "load_settings",
     "read_secret",
+    "default_fleet",
 ]
 
 Seconds = Annotated[int, Field(gt=0, le=86_400)]
@@ -104,7 +105,8 @@ class FleetShare(BaseModel):
     vclass: Literal["passenger", "delivery", "truck", "bus", "motorcycle"] = "passenger"
 
 
-def _default_fleet() -> list[FleetShare]:
+def default_fleet() -> list[FleetShare]:
+    """The fleet mix ``simulation.fleet`` defaults to (and demand estimation without one)."""
     return [
         FleetShare(emission_class="HBEFA4/PC_petrol_Euro-6ab", share=0.42),
         FleetShare(emission_class="HBEFA4/PC_diesel_Euro-6ab", share=0.28),
@@ -149,7 +151,7 @@ class SimulationSettings(BaseModel):
         description="Screening surrogate weights (signaltwin surrogate train); "
         "None: no screening, the proposals go to the twin directly.",
     )
-    fleet: list[FleetShare] = Field(default_factory=_default_fleet)
+    fleet: list[FleetShare] = Field(default_factory=default_fleet)
 
     @field_validator("fleet")
     @classmethod

@@ -54,6 +54,7 @@ from rl.features import (
 )
 from rl.field_session import FieldSession, TripStats
 from simulators.network import NetworkModel
+from simulators.stats import t_interval
 
 __all__ = [
     "CONTROLLERS",
@@ -109,19 +110,12 @@ class EvaluationResult:
         }
 
 
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95 % Student-t confidence interval (0 for n < 2)."""
-    n = len(values)
-    if n == 0:
+    if not values:
         return math.nan, math.nan
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, _T95.get(n - 1, 1.96) * math.sqrt(var / n)
+    mean, _, high = t_interval(values, 0.95)
+    return mean, high - mean
 
 
 def _running(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:

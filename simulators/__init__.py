@@ -2,25 +2,25 @@
 
 from simulators.demand import estimate_demand, write_routes
 from simulators.field import (
-    ControllerFieldPort,
     DetectorSnapshot,
     FieldConfig,
     FieldEmulator,
+    FieldSignals,
     MeasurementSnapshot,
     TripStatistics,
-    phase_at,
 )
 from simulators.netbuild import DemandProfile, build_district, expand_demand
 from simulators.network import Detector, Intersection, NetworkModel, ensure_detectors, load_network
+from simulators.signal_program import phase_at
 from simulators.twin import LibsumoWhatIfEngine, WhatIfEngine, WhatIfRequest, WhatIfResult
 
 __all__ = [
-    "ControllerFieldPort",
     "DemandProfile",
     "Detector",
     "DetectorSnapshot",
     "FieldConfig",
     "FieldEmulator",
+    "FieldSignals",
     "Intersection",
     "LibsumoWhatIfEngine",
     "MeasurementSnapshot",

@@ -50,13 +50,10 @@ __all__ = [
     "write_routes",
 ]
 
-import hashlib
 import heapq
-import json
 import logging
 import math
 import random
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,14 +64,14 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 from scipy.optimize import minimize, nnls
 
+from configs.digests import canonical_json, sha256_hex
 from configs.errors import ConfigError, SimulationError
+from configs.settings import default_fleet
+from simulators.network import read_loops
 
 logger = logging.getLogger(__name__)
 
 DEMAND_SCHEMA: Final = "signaltwin.demand/v1"
-
-#: Fleet used when the caller configures none (a plain passenger-car mix).
-DEFAULT_FLEET: Final = (("HBEFA4/PC_petrol_Euro-6ab", 0.6), ("HBEFA4/PC_diesel_Euro-6ab", 0.4))
 
 
 @dataclass(frozen=True)
@@ -206,20 +203,12 @@ class RoadGraph:
 def read_detector_lanes(additional_file: Path) -> dict[str, str]:
     """Map induction-loop (E1) detector ids to their lane ids from an additional file.
 
+    Parsed by :func:`simulators.network.read_loops` (the one detector-file parser).
+
     Raises:
         ConfigError: the file is missing or malformed.
     """
-    try:
-        root = ET.parse(additional_file).getroot()
-    except (OSError, ET.ParseError) as e:
-        raise ConfigError(f"cannot read detector file {additional_file}: {e}") from e
-    out: dict[str, str] = {}
-    for tag in ("inductionLoop", "e1Detector"):
-        for det in root.iter(tag):
-            det_id, lane = det.get("id"), det.get("lane")
-            if det_id and lane:
-                out[det_id] = lane
-    return out
+    return {det_id: lane_id for det_id, lane_id, _ in read_loops(additional_file)}
 
 
 def _lane_edge(lane_id: str) -> str:
@@ -434,20 +423,15 @@ class DemandEstimate:
         }
 
 
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
 def snapshot_digest(snapshot: Mapping[str, Any]) -> str:
     """sha256 (hex) of a demand snapshot's canonical JSON, ignoring its ``digest`` key."""
     body = {k: v for k, v in snapshot.items() if k != "digest"}
-    return hashlib.sha256(_canonical(body)).hexdigest()
+    return sha256_hex(canonical_json(body))
 
 
 def _normalise_fleet(fleet: Sequence[FleetLike] | None) -> list[FleetShare]:
-    items: list[FleetLike] = list(fleet) if fleet else [FleetShare(c, s) for c, s in DEFAULT_FLEET]
+    # no fleet given: the settings' default mix (configs owns the vocabulary and the default)
+    items: list[FleetLike] = list(fleet) if fleet else list(default_fleet())
     total = sum(f.share for f in items)
     if total <= 0 or any(f.share < 0 or not math.isfinite(f.share) for f in items):
         raise ConfigError(
@@ -475,8 +459,8 @@ def estimate_demand(
         interval_s: interval length (s).
         detector_lanes: detector id -> lane id.
         graph: the network's road graph.
-        fleet: HBEFA fleet mix (default: 60 % petrol / 40 % diesel Euro 6 cars); use
-            the settings' ``simulation.fleet``.
+        fleet: HBEFA fleet mix; use the settings' ``simulation.fleet`` (default:
+            :func:`configs.settings.default_fleet`, the same mix).
         routes: candidate routes (default: :func:`candidate_routes` of ``graph``;
             pass them in to reuse them across cycles).
         min_route_vph: routes with a fitted flow below this are dropped.

@@ -38,7 +38,6 @@ __all__ = [
     "expand_demand",
 ]
 
-import hashlib
 import json
 import logging
 import math
@@ -52,6 +51,7 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 import configs
+from configs.digests import sha256_file
 from configs.errors import ConfigError, SimulationError
 from simulators.network import write_detectors
 from simulators.sumo import tool_binary
@@ -552,10 +552,6 @@ def _sumocfg() -> str:
     )
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build_district(out_dir: Path | None = None) -> dict[str, str]:
     """Build every district file into ``out_dir`` and write its ``DIGESTS``.
 
@@ -594,7 +590,7 @@ def build_district(out_dir: Path | None = None) -> dict[str, str]:
     paths["demand"].write_text(profile.to_json(), encoding="utf-8")
     expand_demand(profile, 0, paths["rou"])
     paths["cfg"].write_text(_sumocfg(), encoding="utf-8")
-    digests = {name: _sha256(out / name) for name in DISTRICT_FILES}
+    digests = {name: sha256_file(out / name) for name in DISTRICT_FILES}
     (out / DIGESTS_FILE).write_text(
         "".join(f"{h}  {name}\n" for name, h in digests.items()), encoding="utf-8"
     )
@@ -632,7 +628,7 @@ def check_district(directory: Path | None = None) -> list[str]:
         path = d / name
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif _sha256(path) != expected:
+        elif sha256_file(path) != expected:
             problems.append(f"{path}: sha256 differs from {DIGESTS_FILE}")
     for name in DISTRICT_FILES:
         if name not in listed:

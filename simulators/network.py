@@ -28,11 +28,11 @@ __all__ = [
     "ensure_detectors",
     "load_network",
     "read_detectors",
+    "read_loops",
     "write_detectors",
 ]
 
 import gzip
-import hashlib
 import logging
 import threading
 import xml.etree.ElementTree as ET
@@ -44,6 +44,7 @@ from xml.sax.saxutils import quoteattr
 
 from pydantic import ValidationError
 
+from configs.digests import sha256_hex
 from configs.errors import ConfigError
 from configs.timing import BaseProgram, NetworkRef
 
@@ -485,7 +486,7 @@ def load_network(net_path: Path | str, detectors_path: Path | str | None = None)
         ) from e
     except OSError as e:
         raise ConfigError(f"network file {path} cannot be read: {e}") from e
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_hex(data)
     key = (str(path), digest)
     with _CACHE_LOCK:
         model = _CACHE.get(key)
@@ -556,6 +557,41 @@ def ensure_detectors(net_path: Path | str, out_path: Path | str) -> Path:
     return write_detectors(net_path, out)
 
 
+def read_loops(path: Path | str) -> tuple[tuple[str, str, float], ...]:
+    """The E1 loops (``inductionLoop``/``e1Detector``) of an additional file, as written.
+
+    The one parser of detector files: :func:`read_detectors` checks its loops
+    against a network, :func:`simulators.demand.read_detector_lanes` maps them to
+    lanes.
+
+    Returns:
+        ``(detector id, lane id, pos)`` per loop, in file order (``pos`` as in the
+        file: negative counts from the lane's end).
+
+    Raises:
+        ConfigError: the file is missing, unreadable or malformed.
+    """
+    p = Path(path)
+    out: list[tuple[str, str, float]] = []
+    try:
+        for event, elem in _open_xml(p):
+            if event != "end" or elem.tag not in ("inductionLoop", "e1Detector"):
+                continue
+            det_id, lane_id = elem.get("id"), elem.get("lane")
+            if not det_id or not lane_id:
+                raise ConfigError(f"{p}: an induction loop lacks 'id' or 'lane'")
+            out.append((det_id, lane_id, float(elem.get("pos", "0"))))
+    except FileNotFoundError as e:
+        raise ConfigError(f"detector file {p} does not exist") from e
+    except ET.ParseError as e:
+        raise ConfigError(f"detector file {p} is not well-formed XML: {e}") from e
+    except ValueError as e:
+        raise ConfigError(f"detector file {p} has a malformed 'pos': {e}") from e
+    except OSError as e:
+        raise ConfigError(f"detector file {p} cannot be read: {e}") from e
+    return tuple(out)
+
+
 def read_detectors(path: Path | str, model: NetworkModel) -> tuple[Detector, ...]:
     """Read E1 detectors (``inductionLoop``/``e1Detector``) from an additional file.
 
@@ -569,29 +605,14 @@ def read_detectors(path: Path | str, model: NetworkModel) -> tuple[Detector, ...
         for lane_name in model.intersections[tls_id].incoming_lanes:
             lane_tls.setdefault(lane_name, tls_id)
     out: list[Detector] = []
-    try:
-        for event, elem in _open_xml(p):
-            if event != "end" or elem.tag not in ("inductionLoop", "e1Detector"):
-                continue
-            det_id, lane_id = elem.get("id"), elem.get("lane")
-            if not det_id or not lane_id:
-                raise ConfigError(f"{p}: an induction loop lacks 'id' or 'lane'")
-            lane = model.lanes.get(lane_id)
-            if lane is None:
-                raise ConfigError(
-                    f"{p}: detector {det_id!r} is on lane {lane_id!r}, which network "
-                    f"{model.path.name} does not have (detectors of another network?)"
-                )
-            pos = float(elem.get("pos", "0"))
-            if pos < 0:
-                pos += lane.length_m
-            out.append(Detector(det_id, lane_id, pos, lane_tls.get(lane_id)))
-    except FileNotFoundError as e:
-        raise ConfigError(f"detector file {p} does not exist") from e
-    except ET.ParseError as e:
-        raise ConfigError(f"detector file {p} is not well-formed XML: {e}") from e
-    except ValueError as e:
-        raise ConfigError(f"detector file {p} has a malformed 'pos': {e}") from e
-    except OSError as e:
-        raise ConfigError(f"detector file {p} cannot be read: {e}") from e
+    for det_id, lane_id, pos in read_loops(p):
+        lane = model.lanes.get(lane_id)
+        if lane is None:
+            raise ConfigError(
+                f"{p}: detector {det_id!r} is on lane {lane_id!r}, which network "
+                f"{model.path.name} does not have (detectors of another network?)"
+            )
+        if pos < 0:
+            pos += lane.length_m
+        out.append(Detector(det_id, lane_id, pos, lane_tls.get(lane_id)))
     return tuple(sorted(out, key=lambda d: d.id))

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from configs.errors import SimulationError
+from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
 
 __all__ = [
@@ -47,10 +47,34 @@ __all__ = [
     "actuated_rules",
     "build_logic",
     "install_program",
+    "phase_at",
 ]
 
 PROGRAM_TYPE_STATIC = 0
 PROGRAM_TYPE_ACTUATED = 3
+
+
+def phase_at(timing: IntersectionTiming, field_time_s: float) -> tuple[int, float]:
+    """Phase index and remaining seconds of ``timing`` at ``field_time_s``.
+
+    The plan's cycle starts (phase 0 begins) whenever
+    ``(field_time_s - offset_s) mod cycle_s == 0``. The field emulator and the
+    twin both enter a plan where this puts it, so their offsets agree.
+
+    Raises:
+        ConfigError: the plan has no duration (cycle 0).
+    """
+    cycle = sum(p.duration_s for p in timing.phases)
+    if cycle <= 0:
+        raise ConfigError("timing plan has no duration (cycle 0)")
+    position = (field_time_s - timing.offset_s) % cycle
+    start = 0.0
+    for index, phase in enumerate(timing.phases):
+        end = start + phase.duration_s
+        if position < end - 1e-9:
+            return index, end - position
+        start = end
+    return 0, float(timing.phases[0].duration_s)
 
 
 def _green(signal: str) -> bool:

@@ -267,7 +267,7 @@ def _field_config(settings: Settings, args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from actuation import provision_demo_pki
-    from simulators.field import ControllerFieldPort, FieldEmulator
+    from simulators.field import FieldEmulator, FieldSignals
 
     settings = load_settings(args.config)
     if args.speed <= 0:
@@ -281,7 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
     network = NetworkRef(id=settings.network_id, sha256=field.network.sha256)
     fleet = build_fleet(
         settings,
-        ControllerFieldPort(field),
+        FieldSignals(field),
         network,
         field.network.base_programs(),
         endpoints,

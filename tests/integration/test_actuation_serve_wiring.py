@@ -38,9 +38,9 @@ def free_ports(n: int) -> list[int]:
 
 def test_the_field_emulator_port_fits_the_controllers() -> None:
     from actuation import FieldPort
-    from simulators.field import ControllerFieldPort
+    from simulators.field import FieldSignals
 
-    assert issubclass(ControllerFieldPort, FieldPort)
+    assert issubclass(FieldSignals, FieldPort)
 
 
 def test_settings_to_controllers_to_pool(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, PhasePlan
-from simulators.field import ControllerFieldPort, FieldConfig, FieldEmulator, phase_at
+from simulators.field import FieldConfig, FieldEmulator, FieldSignals, phase_at
 from simulators.netbuild import DemandProfile, district_paths
 from simulators.network import write_detectors
 from simulators.sumo import sumo_home
@@ -177,7 +177,7 @@ def test_foreign_network_with_own_routes_counts_like_sumo(tmp_path: Path) -> Non
             mode="fixed", cycle_s=base.cycle_s, offset_s=7, phases=base.phases
         )
         field.apply(tls, plan, at_field_time_s=120)
-        port = ControllerFieldPort(field)
+        port = FieldSignals(field)
         assert port.measurements(tls) == (0.0, 0.0, 0.0)  # no interval completed yet
         field.step_until(600)
         assert field.signal_state(tls)[1] == phase_at(plan, field.field_time_s - 1)[0]

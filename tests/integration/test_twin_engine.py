@@ -192,3 +192,60 @@ def test_an_actuated_candidate_over_fixed_plans_runs_as_actuated_control() -> No
     )
     assert candidate.failed is None
     assert candidate.mean_wait_s < 0.7 * fixed.mean_wait_s
+
+
+def test_a_cancelled_what_if_stops_promptly_and_the_engine_runs_again() -> None:
+    # the daemon's shutdown (and a cycle past its deadline) sets the cycle's
+    # cancel event: a district what-if must stop within about a second, not run
+    # to the end, and the engine must still serve the next cycle
+    import threading
+    import time
+
+    from configs.errors import WhatIfCancelled
+    from simulators.netbuild import district_paths
+
+    paths = district_paths()
+    bases = load_network(paths["net"], paths["det"]).base_programs()
+    current = {t: IntersectionTiming.from_base(b) for t, b in bases.items()}
+    long_request = WhatIfRequest(
+        network=str(paths["net"]),
+        demand=str(paths["rou"]),
+        current=current,
+        candidates={"same": current},
+        horizon_s=3600,
+        warmup_s=300,
+        seeds=(1, 2, 3),
+    )
+    cancel = threading.Event()
+    with LibsumoWhatIfEngine(workers=2) as engine:
+        outcome: list[BaseException | None] = []
+
+        def run() -> None:
+            try:
+                engine.evaluate(long_request, cancel=cancel)
+                outcome.append(None)
+            except BaseException as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(1.0)
+        cancel.set()
+        set_at = time.monotonic()
+        thread.join(30)
+        stopped_after_s = time.monotonic() - set_at
+        assert not thread.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], WhatIfCancelled)
+        # six runs of 3900 simulated seconds on the district take minutes
+        assert stopped_after_s < 3.0
+        short = WhatIfRequest(
+            network=str(paths["net"]),
+            demand=str(paths["rou"]),
+            current=current,
+            candidates={},
+            horizon_s=60,
+            warmup_s=0,
+            seeds=(1,),
+        )
+        result = engine.evaluate(short, cancel=threading.Event())
+        assert result.current.failed is None

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, PhasePlan, SafetyLimits, check_intersection
-from simulators.field import phase_at
 from simulators.netbuild import (
     DISTRICT_DIR,
     DemandProfile,
@@ -29,6 +28,7 @@ from simulators.network import (
     read_detectors,
     write_detectors,
 )
+from simulators.signal_program import phase_at
 from simulators.sumo import sumo_home
 
 DISTRICT = district_paths()

@@ -24,7 +24,7 @@ from simulators.twin import (
     aggregate,
     paired_change,
 )
-from simulators.twin import _frame_steps as frame_steps
+from simulators.twin.run import _frame_steps as frame_steps
 
 
 def _timing(green_s: int = 30) -> IntersectionTiming:
@@ -237,3 +237,45 @@ def test_paired_interval_contains_its_mean_and_widens_with_level(
     wider = paired_change(current, candidate, 0.999)
     assert wider.ci[0] <= change.ci[0] + 1e-12 and change.ci[1] <= wider.ci[1] + 1e-12
     assert paired_change(current, current, level).mean == 0.0
+
+
+def sleepy_runner(task: RunTask) -> RunMetrics:
+    """Runs of seed 99 take 30 s; the others finish at once."""
+    import time
+
+    if task.seed == 99:
+        time.sleep(30)
+    return _run(task.plan, task.seed, 10.0, 100.0)
+
+
+def test_cancel_stops_a_fan_out_promptly_and_the_engine_runs_again(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from configs.errors import WhatIfCancelled
+
+    cancel = threading.Event()
+    with LibsumoWhatIfEngine(workers=1, runner=sleepy_runner) as engine:
+        timer = threading.Timer(1.0, cancel.set)
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(WhatIfCancelled, match="cancelled"):
+            engine.evaluate(_request(tmp_path, seeds=(99,)), cancel=cancel)
+        assert time.monotonic() - started < 5.0  # the two runs would take 60 s
+        timer.join()
+        # the killed worker's pool is replaced: the next what-if runs
+        again = engine.evaluate(_request(tmp_path), cancel=threading.Event())
+        assert again.current.failed is None
+
+
+def test_cancel_set_before_the_what_if_runs_nothing(tmp_path: Path) -> None:
+    import threading
+
+    from configs.errors import WhatIfCancelled
+
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(WhatIfCancelled):
+        LibsumoWhatIfEngine(workers=0, runner=sleepy_runner).evaluate(
+            _request(tmp_path, seeds=(99,)), cancel=cancel
+        )

@@ -1,0 +1,43 @@
+"""The field emulator: the stand-in city, observed only through its traffic controllers.
+
+The package's face; its modules, one concept each:
+
+* :mod:`simulators.field.scenario`: :class:`FieldConfig` (network, hidden demand,
+  seed) and the field's SUMO command line;
+* :mod:`simulators.field.records`: what the field reports (snapshots, plans, trips);
+* :mod:`simulators.field.measurements`: per-step loop and approach measurements;
+* :mod:`simulators.field.emulator`: :class:`FieldEmulator`, the SUMO session;
+* :mod:`simulators.field.signals`: :class:`FieldSignals`, the controllers' view.
+
+``phase_at`` lives in :mod:`simulators.signal_program` (the twin uses it too)
+and is re-exported here for the field's callers.
+"""
+
+from __future__ import annotations
+
+from simulators.field.emulator import FieldEmulator
+from simulators.field.records import (
+    ActivePlan,
+    DetectorReading,
+    DetectorSnapshot,
+    IntersectionMeasurement,
+    MeasurementSnapshot,
+    TripStatistics,
+)
+from simulators.field.scenario import Backend, FieldConfig
+from simulators.field.signals import FieldSignals
+from simulators.signal_program import phase_at
+
+__all__ = [
+    "ActivePlan",
+    "Backend",
+    "DetectorReading",
+    "DetectorSnapshot",
+    "FieldConfig",
+    "FieldEmulator",
+    "FieldSignals",
+    "IntersectionMeasurement",
+    "MeasurementSnapshot",
+    "TripStatistics",
+    "phase_at",
+]

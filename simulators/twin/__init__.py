@@ -1,0 +1,59 @@
+"""The what-if engine: the current plan against candidate plans on the SUMO twin.
+
+The package's face; its modules, one concept each:
+
+* :mod:`simulators.twin.plans`: plan names, SUMO program ids, installing a plan in phase;
+* :mod:`simulators.twin.request`: :class:`WhatIfRequest`, :class:`RecordSpec`, and
+  :func:`request_from_settings` (settings -> request);
+* :mod:`simulators.twin.results`: per-run totals, paired changes, plan outcomes;
+* :mod:`simulators.twin.run`: one (plan, seed) run, the SUMO loop;
+* :mod:`simulators.twin.pool`: :class:`LibsumoWhatIfEngine` and its worker pool.
+"""
+
+from __future__ import annotations
+
+from simulators.twin.plans import CURRENT, EVALUATED_PROGRAM_ID, PROGRAM_ID, apply_timing
+from simulators.twin.pool import LibsumoWhatIfEngine, Runner, WhatIfEngine
+from simulators.twin.request import (
+    RecordSpec,
+    WhatIfRequest,
+    request_from_settings,
+    whatif_seeds,
+)
+from simulators.twin.results import (
+    METRICS,
+    Change,
+    IntersectionOutcome,
+    PlanOutcome,
+    Recording,
+    RunMetrics,
+    WhatIfResult,
+    aggregate,
+    paired_change,
+)
+from simulators.twin.run import RunTask, run_plan
+
+__all__ = [
+    "CURRENT",
+    "EVALUATED_PROGRAM_ID",
+    "METRICS",
+    "PROGRAM_ID",
+    "Change",
+    "IntersectionOutcome",
+    "LibsumoWhatIfEngine",
+    "PlanOutcome",
+    "RecordSpec",
+    "Recording",
+    "RunMetrics",
+    "RunTask",
+    "Runner",
+    "WhatIfEngine",
+    "WhatIfRequest",
+    "WhatIfResult",
+    "aggregate",
+    "apply_timing",
+    "paired_change",
+    "request_from_settings",
+    "run_plan",
+    "whatif_seeds",
+]
