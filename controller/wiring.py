@@ -37,10 +37,10 @@ from simulators.demand import RoadGraph, candidate_routes, estimate_demand, writ
 from simulators.network import NetworkModel
 from simulators.twin import (
     LibsumoWhatIfEngine,
-    RecordSpec,
     WhatIfEngine,
     WhatIfRequest,
     WhatIfResult,
+    request_from_settings,
 )
 
 __all__ = [
@@ -50,16 +50,9 @@ __all__ = [
     "TwinAdapter",
     "build_runner",
     "outcomes_of",
-    "whatif_request_seeds",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def whatif_request_seeds(settings: Settings) -> tuple[int, ...]:
-    """The paired seeds of every what-if (deterministic, recorded in the ledger)."""
-    base = settings.simulation.base_seed
-    return tuple(base + i for i in range(settings.simulation.seeds))
 
 
 def outcomes_of(result: WhatIfResult) -> tuple[CandidateOutcome, ...]:
@@ -137,23 +130,14 @@ class TwinAdapter:
         candidates: Mapping[str, Mapping[str, IntersectionTiming]],
     ) -> WhatIfRequest:
         """The what-if request of a cycle (recorded so an auditor can replay it)."""
-        sim = self.settings.simulation
-        video = self.settings.video
-        return WhatIfRequest(
-            network=str(self.network.path),
-            demand=str(self._routes_file(demand)),
-            current=dict(current),
-            candidates={k: dict(v) for k, v in candidates.items()},
-            horizon_s=sim.horizon_s,
-            warmup_s=sim.warmup_s,
-            seeds=whatif_request_seeds(self.settings),
-            step_length_s=sim.step_length_s,
-            gridlock_s=sim.gridlock_s,
+        return request_from_settings(
+            self.settings,
+            network=self.network.path,
+            demand=self._routes_file(demand),
+            current=current,
+            candidates=candidates,
             field_time_s=self._field_time_s,
-            record=RecordSpec(fps=video.fps, duration_s=video.duration_s)
-            if video.enabled
-            else None,
-            confidence_level=self.settings.gate.confidence_level,
+            record_video=True,
         )
 
     def whatif(

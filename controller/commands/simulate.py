@@ -184,7 +184,7 @@ def _routes_from_counts(
 
 def _run(args: argparse.Namespace) -> int:
     from simulators.network import load_network
-    from simulators.twin import LibsumoWhatIfEngine, WhatIfRequest
+    from simulators.twin import LibsumoWhatIfEngine, request_from_settings
 
     settings: Settings | None = load_settings(args.config) if args.config else None
     sim = settings.simulation if settings is not None else None
@@ -194,7 +194,6 @@ def _run(args: argparse.Namespace) -> int:
     horizon_s = args.horizon_s or (sim.horizon_s if sim else 900)
     warmup_s = args.warmup_s if args.warmup_s is not None else (sim.warmup_s if sim else 300)
     count = args.seeds or (sim.seeds if sim else 5)
-    base_seed = sim.base_seed if sim else 20_240
     workers = args.workers if args.workers is not None else (sim.workers if sim else 2)
     if count < 1 or horizon_s < 1 or warmup_s < 0 or workers < 0:
         raise ConfigError("--seeds and --horizon-s must be >= 1, --warmup-s and --workers >= 0")
@@ -231,20 +230,17 @@ def _run(args: argparse.Namespace) -> int:
                 "no demand: give --routes ROUTES, set simulation.demand, give --counts FILE "
                 "with detector counts to estimate it from, or (demo district) --probe-field 600"
             )
-        request = WhatIfRequest(
-            network=str(net),
-            demand=str(routes),
+        request = request_from_settings(
+            settings,
+            network=net,
+            demand=routes,
             current=current,
             candidates=candidates,
+            field_time_s=field_time_s,
             horizon_s=horizon_s,
             warmup_s=warmup_s,
-            seeds=tuple(base_seed + i for i in range(count)),
-            step_length_s=sim.step_length_s if sim else 1.0,
-            gridlock_s=sim.gridlock_s if sim else 300,
-            confidence_level=settings.gate.confidence_level if settings else 0.95,
-            field_time_s=field_time_s,
-            # simulation.mesoscopic once the settings carry it
-            mesoscopic=bool(args.mesoscopic or getattr(sim, "mesoscopic", False)),
+            seeds=count,
+            mesoscopic=bool(args.mesoscopic),
         )
         print(
             f"what-if: {len(request.plan_names())} plans x {count} seeds, "
