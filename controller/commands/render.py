@@ -159,30 +159,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def geometry_from_network(net_path: Path) -> SceneGeometry:
-    """Load the drawn geometry of a SUMO network through :mod:`simulators.network`."""
+    """The drawn geometry of a SUMO network (:func:`simulators.geometry.network_geometry`)."""
     from edge_accel import SceneGeometry
-    from simulators.network import load_network
+    from simulators.geometry import network_geometry
 
-    model = load_network(net_path)
-    polylines: dict[str, list[tuple[float, float]]] = {}
-    widths: dict[str, float] = {}
-    shapes = model.edge_geometry()
-    for edge_id, lane_ids in model.edges.items():
-        lanes = [model.lanes[lane] for lane in lane_ids if model.lanes[lane].vehicles]
-        if not lanes or edge_id not in shapes or len(shapes[edge_id]) < 2:
-            continue
-        polylines[edge_id] = [(float(x), float(y)) for x, y in shapes[edge_id]]
-        widths[edge_id] = float(sum(lane.width_m for lane in lanes))
-    intersections = {
-        tls: (float(i.position[0]), float(i.position[1])) for tls, i in model.intersections.items()
-    }
-    return SceneGeometry(
-        edge_ids=tuple(sorted(polylines)),
-        polylines=polylines,
-        widths_m=widths,
-        intersections=intersections,
-        bounds=tuple(float(v) for v in model.bounds),  # type: ignore[arg-type]
-    )
+    return SceneGeometry(**vars(network_geometry(net_path)))
 
 
 def _geometry_from_json(data: Any) -> SceneGeometry:
