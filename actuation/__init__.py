@@ -5,7 +5,7 @@ The public face:
 * :mod:`actuation.contract` - namespace, node ids, methods and the status-code table;
 * :class:`ControllerCore` / :class:`EmulatedController` / :class:`EmulatedFleet` -
   controllers that verify every plan before they stage it and drive a
-  :class:`FieldPort`;
+  :class:`SignalField`;
 * :class:`ControllerPool` / :class:`ThreadedActuator` - the daemon's sessions,
   ``read_all`` and the two-phase ``push`` (the :class:`Actuator` protocol);
 * :func:`provision_demo_pki` and the certificate helpers in :mod:`actuation.security`.
@@ -17,10 +17,10 @@ from actuation._verify import TrustedKeys
 from actuation.client import (
     Actuator,
     ClientCredentials,
-    ControllerEndpoint,
     ControllerPool,
     ControllerPushResult,
     ControllerSnapshot,
+    ControllerTarget,
     PushReport,
     ThreadedActuator,
     aligned_activation_time,
@@ -30,8 +30,8 @@ from actuation.contract import NAMESPACE_URI, PLAN_STATUS_TEXT, PlanStatus
 from actuation.core import (
     ControllerCore,
     ControllerProvisioning,
-    FieldPort,
     PlanResult,
+    SignalField,
 )
 from actuation.emulated import (
     ControllerAccess,
@@ -61,7 +61,7 @@ __all__ = [
     "ClientCredentials",
     "ControllerAccess",
     "ControllerCore",
-    "ControllerEndpoint",
+    "ControllerTarget",
     "ControllerPool",
     "ControllerProvisioning",
     "ControllerPushResult",
@@ -69,7 +69,7 @@ __all__ = [
     "DemoPki",
     "EmulatedController",
     "EmulatedFleet",
-    "FieldPort",
+    "SignalField",
     "PasswordHash",
     "PlanResult",
     "PlanStatus",

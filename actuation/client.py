@@ -40,6 +40,7 @@ from actuation import contract as c
 from actuation.contract import PlanStatus
 from actuation.security import CLIENT_APPLICATION_URI, load_certificate_der
 from configs.errors import ActuationError, ConfigError
+from configs.outcomes import PushOutcome
 from configs.settings import ControllersSettings
 from configs.timing import TimingConfiguration
 from hsm.envelope import Envelope
@@ -51,7 +52,7 @@ ua: Any = _ua
 __all__ = [
     "Actuator",
     "ClientCredentials",
-    "ControllerEndpoint",
+    "ControllerTarget",
     "ControllerPool",
     "ControllerPushResult",
     "ControllerSnapshot",
@@ -73,7 +74,7 @@ _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
 
 
 @dataclass(frozen=True)
-class ControllerEndpoint:
+class ControllerTarget:
     """One controller: its intersection, URL and pinned server certificate (DER)."""
 
     tls_id: str
@@ -81,7 +82,7 @@ class ControllerEndpoint:
     server_certificate_der: bytes
 
     @classmethod
-    def from_files(cls, tls_id: str, url: str, server_certificate: Path) -> ControllerEndpoint:
+    def from_files(cls, tls_id: str, url: str, server_certificate: Path) -> ControllerTarget:
         """Build from a certificate file (DER or PEM)."""
         return cls(tls_id, url, load_certificate_der(server_certificate))
 
@@ -166,6 +167,39 @@ class ControllerPushResult:
         """Whether ActivatePlan answered OK."""
         return self.activate_status == PlanStatus.OK
 
+    @property
+    def ok(self) -> bool:
+        """Whether this controller staged, activated and read back the plan without error.
+
+        Compare :meth:`running` for the stricter check against an expected
+        sequence and digest (what :meth:`PushReport.running` uses).
+        """
+        return self.staged and self.activated and self.error is None
+
+    def running(self, sequence: int, digest: str) -> bool:
+        """Whether the read-back shows this controller running plan ``sequence``/``digest``."""
+        return (
+            self.activated and self.readback_sequence == sequence and self.readback_digest == digest
+        )
+
+    @property
+    def error_text(self) -> str | None:
+        """One line saying what went wrong on this controller, or ``None`` if nothing did.
+
+        The transport error when there was one, else the first refusal (stage,
+        activate, abort) as ``"<phase>: <STATUS_NAME> <message>"``.
+        """
+        if self.error:
+            return self.error
+        for phase, status, message in (
+            ("stage", self.stage_status, self.stage_message),
+            ("activate", self.activate_status, self.activate_message),
+            ("abort", self.abort_status, self.abort_message),
+        ):
+            if status is not None and status != PlanStatus.OK:
+                return f"{phase}: {_status_name(status)} {message}".rstrip()
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the ledger."""
         name = _status_name
@@ -192,18 +226,19 @@ class ControllerPushResult:
         }
 
 
-PushOutcome = Literal["activated", "aborted", "partial"]
-
-
-@dataclass
+@dataclass(frozen=True)
 class PushReport:
     """The result of one push: outcome, activation time, per-controller rows, latencies.
 
-    ``outcome`` is ``"activated"`` when every controller staged, activated and
-    read back the plan; ``"aborted"`` when staging failed somewhere and the plan
-    was dropped everywhere (nothing changed in the field); ``"partial"`` when
-    every controller staged but activation or read-back failed on some (their
-    rows say which).
+    ``outcome`` (a :class:`configs.outcomes.PushOutcome`) is ``ACTIVATED`` when
+    every controller staged, activated and read back the plan; ``ABORTED`` when
+    staging failed somewhere and the plan was dropped everywhere (nothing
+    changed in the field); ``PARTIAL`` when every controller staged but
+    activation or read-back failed on some (their rows say which).
+
+    Consumers read :attr:`ok`, :meth:`running` and :meth:`errors` (or a row's
+    :attr:`ControllerPushResult.ok` / :attr:`ControllerPushResult.error_text`);
+    :meth:`to_dict` is the ledger's serialisation only.
     """
 
     sequence: int
@@ -219,15 +254,49 @@ class PushReport:
 
     @property
     def ok(self) -> bool:
-        """Whether the plan runs everywhere."""
-        return self.outcome == "activated"
+        """Whether the plan runs everywhere (``outcome`` is ``ACTIVATED``)."""
+        return self.outcome is PushOutcome.ACTIVATED
+
+    def running(self) -> set[str]:
+        """The intersection ids whose read-back shows this report's sequence and digest."""
+        return {r.tls_id for r in self.controllers if r.running(self.sequence, self.digest)}
+
+    def errors(self) -> dict[str, str]:
+        """Per intersection id, a one-line error, for every controller where something failed.
+
+        A controller that staged, activated and read back a different plan (no
+        call failed) is reported as ``"read back <sequence>/<digest prefix>"``.
+        """
+        out: dict[str, str] = {}
+        for r in self.controllers:
+            text = r.error_text
+            if (
+                text is None
+                and self.outcome is not PushOutcome.ABORTED
+                and not r.running(self.sequence, self.digest)
+            ):
+                text = f"read back {r.readback_sequence}/{(r.readback_digest or '')[:12]}"
+            if text is not None:
+                out[r.tls_id] = text
+        return out
+
+    def result(self, tls_id: str) -> ControllerPushResult:
+        """The row of one controller.
+
+        Raises:
+            KeyError: ``tls_id`` was not part of this push.
+        """
+        for r in self.controllers:
+            if r.tls_id == tls_id:
+                return r
+        raise KeyError(tls_id)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the ledger."""
         return {
             "sequence": self.sequence,
             "digest": self.digest,
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
             "reason": self.reason,
             "activate_at_field_time_s": self.activate_at_field_time_s,
             "latency_s": {
@@ -292,7 +361,7 @@ class _Link:
 
     def __init__(
         self,
-        endpoint: ControllerEndpoint,
+        endpoint: ControllerTarget,
         credentials: ClientCredentials,
         connect_timeout_s: float,
         call_timeout_s: float,
@@ -553,7 +622,7 @@ class ControllerPool:
 
     def __init__(
         self,
-        endpoints: Iterable[ControllerEndpoint],
+        endpoints: Iterable[ControllerTarget],
         credentials: ClientCredentials,
         connect_timeout_s: float = 10.0,
         call_timeout_s: float = 5.0,
@@ -728,7 +797,7 @@ class ControllerPool:
             return PushReport(
                 sequence=sequence,
                 digest=digest,
-                outcome="aborted",
+                outcome=PushOutcome.ABORTED,
                 activate_at_field_time_s=None,
                 controllers=list(rows.values()),
                 stage_s=stage_done - started,
@@ -768,13 +837,10 @@ class ControllerPool:
                 rows[tls].readback_sequence = int(rb_out[0])
                 rows[tls].readback_digest = str(rb_out[1])
         end = time.perf_counter()
-        good = [
-            r.activated and r.readback_sequence == sequence and r.readback_digest == digest
-            for r in rows.values()
-        ]
-        outcome_name: PushOutcome = "activated" if all(good) else "partial"
+        good = [r.running(sequence, digest) for r in rows.values()]
+        outcome_name = PushOutcome.ACTIVATED if all(good) else PushOutcome.PARTIAL
         reason = ""
-        if outcome_name == "partial":
+        if outcome_name is PushOutcome.PARTIAL:
             bad = sorted(r.tls_id for r, g in zip(rows.values(), good, strict=True) if not g)
             reason = (
                 f"activation or read-back failed on {len(bad)} controller(s): {', '.join(bad[:10])}"
@@ -930,7 +996,7 @@ def pool_from_settings(settings: ControllersSettings, password: str) -> Controll
                 f"controllers.endpoints[{e.intersection}].server_certificate is not set: "
                 "the daemon only talks to controllers whose certificate it pins"
             )
-        endpoints.append(ControllerEndpoint.from_files(e.intersection, e.url, e.server_certificate))
+        endpoints.append(ControllerTarget.from_files(e.intersection, e.url, e.server_certificate))
     return ControllerPool(
         endpoints,
         ClientCredentials(

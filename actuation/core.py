@@ -4,12 +4,11 @@
 for a vendor implementing the contract: every check a controller makes before it
 accepts a plan, in order, each mapped to its :class:`~actuation.contract.PlanStatus`.
 The OPC UA server (:mod:`actuation.emulated`) only translates method calls into
-these functions. It drives the street through a :class:`FieldPort`.
+these functions. It drives the street through a :class:`SignalField`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -21,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from actuation._verify import EnvelopeRejected, TrustedKeys, open_envelope
 from actuation.contract import PlanStatus
+from configs.digests import sha256_hex
 from configs.errors import ConfigError
 from configs.timing import (
     BaseProgram,
@@ -35,7 +35,7 @@ __all__ = [
     "ControllerCore",
     "ControllerProvisioning",
     "ControllerState",
-    "FieldPort",
+    "SignalField",
     "PlanResult",
     "StagedPlan",
 ]
@@ -77,7 +77,7 @@ class _Memo:
             return table.get(key)
 
     def open(self, data: bytes, trusted: TrustedKeys) -> bytes:
-        key = (hashlib.sha256(data).hexdigest(), trusted.keyids)
+        key = (sha256_hex(data), trusted.keyids)
         payload: bytes | None = self._get(self._opened, key)
         if payload is None:
             payload = open_envelope(data, trusted)
@@ -85,7 +85,7 @@ class _Memo:
         return payload
 
     def parse(self, payload: bytes) -> tuple[TimingConfiguration, str]:
-        key = hashlib.sha256(payload).hexdigest()
+        key = sha256_hex(payload)
         found: tuple[TimingConfiguration, str] | None = self._get(self._parsed, key)
         if found is None:
             config = TimingConfiguration.parse(payload)
@@ -98,7 +98,7 @@ _MEMO = _Memo()
 
 
 @runtime_checkable
-class FieldPort(Protocol):
+class SignalField(Protocol):
     """The street a controller drives (the field emulator, or a fake in tests).
 
     All times are field seconds (the emulator's simulation clock).
@@ -195,7 +195,7 @@ class ControllerCore:
     def __init__(
         self,
         provisioning: ControllerProvisioning,
-        field_port: FieldPort,
+        field_port: SignalField,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.provisioning = provisioning

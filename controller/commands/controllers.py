@@ -21,8 +21,8 @@ from actuation import (
     ControllerProvisioning,
     EmulatedController,
     EmulatedFleet,
-    FieldPort,
     PasswordHash,
+    SignalField,
     ThreadedActuator,
     TrustedKeys,
     controller_certificate_paths,
@@ -178,7 +178,7 @@ def plan_endpoints(
 
 def build_fleet(
     settings: Settings,
-    field_port: FieldPort,
+    field_port: SignalField,
     network: NetworkRef,
     bases: Mapping[str, BaseProgram],
     endpoints: Sequence[ServedEndpoint],
