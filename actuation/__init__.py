@@ -6,26 +6,16 @@ The public face:
 * :class:`ControllerCore` / :class:`EmulatedController` / :class:`EmulatedFleet` -
   controllers that verify every plan before they stage it and drive a
   :class:`SignalField`;
-* :class:`ControllerPool` / :class:`ThreadedActuator` - the daemon's sessions,
-  ``read_all`` and the two-phase ``push`` (the :class:`Actuator` protocol);
+* :mod:`actuation.types` (:class:`ControllerTarget`, :class:`PushReport`, ...),
+  :mod:`actuation.session`, :mod:`actuation.pool` (:class:`ControllerPool`: ``read_all``
+  and the two-phase ``push``) and :mod:`actuation.sync` (:class:`ThreadedActuator`,
+  the :class:`Actuator` the daemon uses);
 * :func:`provision_demo_pki` and the certificate helpers in :mod:`actuation.security`.
 """
 
 from __future__ import annotations
 
 from actuation._verify import TrustedKeys
-from actuation.client import (
-    Actuator,
-    ClientCredentials,
-    ControllerPool,
-    ControllerPushResult,
-    ControllerSnapshot,
-    ControllerTarget,
-    PushReport,
-    ThreadedActuator,
-    aligned_activation_time,
-    pool_from_settings,
-)
 from actuation.contract import NAMESPACE_URI, PLAN_STATUS_TEXT, PlanStatus
 from actuation.core import (
     ControllerCore,
@@ -39,6 +29,7 @@ from actuation.emulated import (
     EmulatedFleet,
     pinned_clients,
 )
+from actuation.pool import ControllerPool, aligned_activation_time, pool_from_settings
 from actuation.security import (
     CLIENT_APPLICATION_URI,
     CertificatePair,
@@ -49,6 +40,17 @@ from actuation.security import (
     generate_application_certificate,
     load_certificate_der,
     provision_demo_pki,
+)
+from actuation.session import ControllerSession
+from actuation.sync import ThreadedActuator
+from actuation.types import (
+    Actuator,
+    ClientCredentials,
+    ControllerPushResult,
+    ControllerSnapshot,
+    ControllerTarget,
+    PushReport,
+    SecurityPolicyName,
 )
 from actuation.users import PasswordHash
 
@@ -63,6 +65,7 @@ __all__ = [
     "ControllerCore",
     "ControllerTarget",
     "ControllerPool",
+    "ControllerSession",
     "ControllerProvisioning",
     "ControllerPushResult",
     "ControllerSnapshot",
@@ -74,6 +77,7 @@ __all__ = [
     "PlanResult",
     "PlanStatus",
     "PushReport",
+    "SecurityPolicyName",
     "ThreadedActuator",
     "TrustedKeys",
     "aligned_activation_time",

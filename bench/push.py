@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asyncua import ua  # noqa: E402
 
-from actuation import contract as c  # noqa: E402
-from actuation.client import (  # noqa: E402
+from actuation import (  # noqa: E402
     ClientCredentials,
     ControllerPool,  # noqa: E402
     ControllerTarget,
 )
+from actuation import contract as c  # noqa: E402
 from actuation.users import PasswordHash  # noqa: E402
 from tests.support.actuation_fleet import (  # noqa: E402
     PASSWORD,

@@ -18,8 +18,8 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import security_policies
 
+from actuation import ControllerPool
 from actuation import contract as c
-from actuation.client import ControllerPool
 from actuation.core import PlanResult
 from actuation.emulated import EmulatedController, EmulatedFleet
 from actuation.security import CLIENT_APPLICATION_URI, generate_application_certificate

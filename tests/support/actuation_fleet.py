@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from actuation import ClientCredentials, ControllerPool, ControllerTarget
 from actuation._verify import TrustedKeys
-from actuation.client import ClientCredentials, ControllerPool, ControllerTarget
 from actuation.core import ControllerCore, ControllerProvisioning
 from actuation.emulated import ControllerAccess, EmulatedController, EmulatedFleet
 from actuation.security import (
