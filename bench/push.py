@@ -39,7 +39,7 @@ from asyncua import ua  # noqa: E402
 
 from actuation import (  # noqa: E402
     ClientCredentials,
-    ControllerPool,  # noqa: E402
+    ControllerPool,
     ControllerTarget,
 )
 from actuation import contract as c  # noqa: E402
