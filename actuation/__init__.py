@@ -5,9 +5,11 @@ The public face:
 * :mod:`actuation.contract` - namespace, node ids, methods and the status-code table;
 * :class:`ControllerCore` / :class:`EmulatedController` / :class:`EmulatedFleet` -
   controllers that verify every plan before they stage it and drive a
-  :class:`FieldPort`;
-* :class:`ControllerPool` / :class:`ThreadedActuator` - the daemon's sessions,
-  ``read_all`` and the two-phase ``push`` (the :class:`Actuator` protocol);
+  :class:`SignalField`;
+* :mod:`actuation.types` (:class:`ControllerTarget`, :class:`PushReport`, ...),
+  :mod:`actuation.session`, :mod:`actuation.pool` (:class:`ControllerPool`: ``read_all``
+  and the two-phase ``push``) and :mod:`actuation.sync` (:class:`ThreadedActuator`,
+  the :class:`Actuator` the daemon uses);
 * :func:`provision_demo_pki` and the certificate helpers in :mod:`actuation.security`;
 * :mod:`actuation.channel` - what a controller refuses before authentication;
   :func:`parse_strict` - how a controller reads a signed timing document.
@@ -17,24 +19,12 @@ from __future__ import annotations
 
 from actuation._verify import TrustedKeys
 from actuation.channel import MAX_MESSAGE_BYTES, ChannelPolicy, contract_limits
-from actuation.client import (
-    Actuator,
-    ClientCredentials,
-    ControllerEndpoint,
-    ControllerPool,
-    ControllerPushResult,
-    ControllerSnapshot,
-    PushReport,
-    ThreadedActuator,
-    aligned_activation_time,
-    pool_from_settings,
-)
 from actuation.contract import NAMESPACE_URI, PLAN_STATUS_TEXT, PlanStatus
 from actuation.core import (
     ControllerCore,
     ControllerProvisioning,
-    FieldPort,
     PlanResult,
+    SignalField,
 )
 from actuation.documents import parse_strict
 from actuation.emulated import (
@@ -43,6 +33,7 @@ from actuation.emulated import (
     EmulatedFleet,
     pinned_clients,
 )
+from actuation.pool import ControllerPool, aligned_activation_time, pool_from_settings
 from actuation.security import (
     CLIENT_APPLICATION_URI,
     CertificatePair,
@@ -53,6 +44,17 @@ from actuation.security import (
     generate_application_certificate,
     load_certificate_der,
     provision_demo_pki,
+)
+from actuation.session import ControllerSession
+from actuation.sync import ThreadedActuator
+from actuation.types import (
+    Actuator,
+    ClientCredentials,
+    ControllerPushResult,
+    ControllerSnapshot,
+    ControllerTarget,
+    PushReport,
+    SecurityPolicyName,
 )
 from actuation.users import PasswordHash, ReadOnlyUser
 
@@ -67,20 +69,22 @@ __all__ = [
     "ClientCredentials",
     "ControllerAccess",
     "ControllerCore",
-    "ControllerEndpoint",
+    "ControllerTarget",
     "ControllerPool",
+    "ControllerSession",
     "ControllerProvisioning",
     "ControllerPushResult",
     "ControllerSnapshot",
     "DemoPki",
     "EmulatedController",
     "EmulatedFleet",
-    "FieldPort",
+    "SignalField",
     "PasswordHash",
     "PlanResult",
     "PlanStatus",
     "PushReport",
     "ReadOnlyUser",
+    "SecurityPolicyName",
     "ThreadedActuator",
     "TrustedKeys",
     "aligned_activation_time",

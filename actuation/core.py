@@ -4,12 +4,11 @@
 for a vendor implementing the contract: every check a controller makes before it
 accepts a plan, in order, each mapped to its :class:`~actuation.contract.PlanStatus`.
 The OPC UA server (:mod:`actuation.emulated`) only translates method calls into
-these functions. It drives the street through a :class:`FieldPort`.
+these functions. It drives the street through a :class:`SignalField`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -24,6 +23,7 @@ from actuation._verify import EnvelopeRejected, TrustedKeys, open_envelope
 from actuation.contract import PlanStatus
 from actuation.documents import parse_strict
 from actuation.persistence import ActiveRecord, ControllerMemory
+from configs.digests import sha256_hex
 from configs.errors import ActuationError, ConfigError
 from configs.timing import (
     BaseProgram,
@@ -38,7 +38,7 @@ __all__ = [
     "ControllerCore",
     "ControllerProvisioning",
     "ControllerState",
-    "FieldPort",
+    "SignalField",
     "PlanResult",
     "StagedPlan",
 ]
@@ -86,7 +86,7 @@ class _Memo:
             return table.get(key)
 
     def open(self, data: bytes, trusted: TrustedKeys) -> bytes:
-        key = (hashlib.sha256(data).hexdigest(), trusted.keyids)
+        key = (sha256_hex(data), trusted.keyids)
         payload: bytes | None = self._get(self._opened, key)
         if payload is None:
             payload = open_envelope(data, trusted)
@@ -94,7 +94,7 @@ class _Memo:
         return payload
 
     def parse(self, payload: bytes) -> tuple[TimingConfiguration, str]:
-        key = hashlib.sha256(payload).hexdigest()
+        key = sha256_hex(payload)
         found: tuple[TimingConfiguration, str] | None = self._get(self._parsed, key)
         if found is None:
             config = parse_strict(payload)
@@ -107,7 +107,7 @@ _MEMO = _Memo()
 
 
 @runtime_checkable
-class FieldPort(Protocol):
+class SignalField(Protocol):
     """The street a controller drives (the field emulator, or a fake in tests).
 
     All times are field seconds (the emulator's simulation clock).
@@ -216,7 +216,7 @@ class ControllerCore:
     def __init__(
         self,
         provisioning: ControllerProvisioning,
-        field_port: FieldPort,
+        field_port: SignalField,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.provisioning = provisioning

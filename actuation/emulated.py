@@ -7,7 +7,7 @@ Aes256Sha256RsaPss) from the pinned client certificate with the configured user
 and password (operator certificates: read-only), refuses everything else before
 authentication with an OPC UA ERR (:mod:`actuation.channel`), verifies every
 plan with :class:`~actuation.core.ControllerCore` before staging it, and drives
-the street through a :class:`~actuation.core.FieldPort`. Method arguments of the
+the street through a :class:`~actuation.core.SignalField`. Method arguments of the
 wrong number or OPC UA type are answered ``BAD_ARGUMENTS``. Many controllers can
 share one process and event loop (:class:`EmulatedFleet`), as a gateway would host several.
 
@@ -228,7 +228,7 @@ def _typed(args: Sequence[Any], kinds: Sequence[Any]) -> bool:
 
 
 class EmulatedController:
-    """One traffic controller as a secured OPC UA server driving a :class:`FieldPort`.
+    """One traffic controller as a secured OPC UA server driving a :class:`SignalField`.
 
     Args:
         core: The plan logic and the field it drives.

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asyncua import ua  # noqa: E402
 
-from actuation import contract as c  # noqa: E402
-from actuation.client import (  # noqa: E402
+from actuation import (  # noqa: E402
     ClientCredentials,
-    ControllerEndpoint,
-    ControllerPool,  # noqa: E402
+    ControllerPool,
+    ControllerTarget,
 )
+from actuation import contract as c  # noqa: E402
 from actuation.users import PasswordHash  # noqa: E402
 from tests.support.actuation_fleet import (  # noqa: E402
     PASSWORD,
@@ -136,7 +136,7 @@ def bench(n: int, repeats: int, pki_dir: Path) -> None:
     proc.start()
     try:
         urls: dict[str, str] = parent.recv()
-        endpoints = [ControllerEndpoint(t, u, pki.server_der[t]) for t, u in urls.items()]
+        endpoints = [ControllerTarget(t, u, pki.server_der[t]) for t, u in urls.items()]
         credentials = ClientCredentials(
             pki.client.certificate, pki.client.private_key, USER, PASSWORD
         )

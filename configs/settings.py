@@ -30,6 +30,9 @@ from configs.errors import ConfigError
 from configs.timing import SafetyLimits
 
 __all__ = [
+    "DEFAULT_HSM_KEY_LABEL",
+    "DEFAULT_HSM_MODULE",
+    "DEFAULT_HSM_TOKEN_LABEL",
     "ControllerEndpoint",
     "ControllersSettings",
     "EdgeSettings",
@@ -56,6 +59,11 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+#: SoftHSM2 as installed by the Debian package ``softhsm2`` (the one source; hsm imports it).
+DEFAULT_HSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
+DEFAULT_HSM_TOKEN_LABEL = "signaltwin"
+DEFAULT_HSM_KEY_LABEL = "signaltwin-timing"
 
 
 class ScheduleSettings(BaseModel):
@@ -207,9 +215,9 @@ class HsmSettings(BaseModel):
 
     model_config = _STRICT
 
-    module: Path = Field(Path("/usr/lib/softhsm/libsofthsm2.so"), description="PKCS#11 module.")
-    token_label: Annotated[str, Field(min_length=1, max_length=32)] = "signaltwin"
-    key_label: Annotated[str, Field(min_length=1, max_length=64)] = "signaltwin-timing"
+    module: Path = Field(DEFAULT_HSM_MODULE, description="PKCS#11 module.")
+    token_label: Annotated[str, Field(min_length=1, max_length=32)] = DEFAULT_HSM_TOKEN_LABEL
+    key_label: Annotated[str, Field(min_length=1, max_length=64)] = DEFAULT_HSM_KEY_LABEL
     pin_file: str = Field(
         "credential:hsm-pin",
         description="File holding the user PIN, or 'credential:NAME' for a systemd credential.",

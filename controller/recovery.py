@@ -59,7 +59,7 @@ _OK = 0
 
 
 class SnapshotLike(Protocol):
-    """What reconciliation reads of a controller (``actuation.client.ControllerSnapshot``)."""
+    """What reconciliation reads of a controller (``actuation.ControllerSnapshot``)."""
 
     tls_id: str
     reachable: bool
@@ -83,7 +83,7 @@ class ResumableRunner(Protocol):
 
 
 class AbortingActuator(Protocol):
-    """The controllers as reconciliation needs them (``actuation.client.ThreadedActuator``)."""
+    """The controllers as reconciliation needs them (``actuation.ThreadedActuator``)."""
 
     def read_all(self) -> Mapping[str, Any]:
         """Every controller's snapshot, by intersection id."""

@@ -25,7 +25,6 @@ from configs.errors import (
     SimulationError,
     WhatIfCancelled,
 )
-from configs.outcomes import PushOutcome
 from configs.settings import Settings, read_secret
 from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
 from controller.contracts import CycleCancelled, DeployOutcome, Observation, WhatIfSummary
@@ -483,11 +482,10 @@ class OpcUaFleet:
             settled = settle(self.actuator, config.sequence, config.digest(), config.intersections)
             message = f"push failed ({e}); read back: {settled.outcome}"
             return deploy_outcome(settled, config.digest(), message, settled_after_failure=True)
-        rows = report.controllers
         return DeployOutcome(
-            outcome=PushOutcome(report.outcome),
-            running=frozenset(r.tls_id for r in rows if r.readback_sequence == config.sequence),
-            errors={r.tls_id: r.error for r in rows if r.error},
+            outcome=report.outcome,
+            running=frozenset(report.running()),
+            errors=report.errors(),
             message=report.reason,
             activate_at_field_time_s=report.activate_at_field_time_s,
             push_record=report.to_dict(),
@@ -520,7 +518,7 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
             previous runner of this process may be pushing: a push left at
             "pushing" in the ledger is then not settled (only at start-up).
     """
-    from actuation.client import ThreadedActuator, pool_from_settings
+    from actuation import ThreadedActuator, pool_from_settings
     from controller.ledger import Ledger, PolicyVersionRecord
     from hsm import HsmParams, HsmSigner
     from simulators.network import ensure_detectors, load_network

@@ -4,6 +4,8 @@ Verification (:func:`verify_envelope`) needs only public keys; signing needs a
 PKCS#11 token (:class:`HsmSigner`) or any :class:`Signer`. See docs/hsm.md.
 """
 
+from __future__ import annotations
+
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.enrolment import KeyReport, TokenInfo, enrolment_record
 from hsm.envelope import (

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs.errors import ConfigError
-from configs.settings import HsmSettings, read_secret
+from configs.settings import (
+    DEFAULT_HSM_KEY_LABEL,
+    DEFAULT_HSM_MODULE,
+    DEFAULT_HSM_TOKEN_LABEL,
+    HsmSettings,
+    read_secret,
+)
 from hsm.errors import PinFileError
 
 __all__ = [
@@ -17,10 +23,11 @@ __all__ = [
     "read_pin",
 ]
 
-#: SoftHSM2 as installed by the Debian package ``softhsm2``.
-DEFAULT_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
-DEFAULT_TOKEN_LABEL = "signaltwin"
-DEFAULT_KEY_LABEL = "signaltwin-timing"
+# The defaults live once, in the settings schema; these names are what hsm's
+# callers (provisioning, ``signaltwin hsm``) import.
+DEFAULT_MODULE = DEFAULT_HSM_MODULE
+DEFAULT_TOKEN_LABEL = DEFAULT_HSM_TOKEN_LABEL
+DEFAULT_KEY_LABEL = DEFAULT_HSM_KEY_LABEL
 
 
 @dataclass(frozen=True)

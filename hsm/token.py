@@ -21,7 +21,6 @@ One module, one configuration, one lock per process
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -48,6 +47,7 @@ from pkcs11.exceptions import (
     UserAlreadyLoggedIn,
 )
 
+from configs.digests import sha256_hex
 from configs.errors import SigningError
 from hsm.enrolment import KeyReport, TokenInfo
 from hsm.errors import (
@@ -384,7 +384,7 @@ def key_report(private_key: Any, public_key: Any, key_label: str) -> KeyReport:
     return KeyReport(
         key_label=key_label,
         key_id=key_id,
-        keyid=hashlib.sha256(der).hexdigest(),
+        keyid=sha256_hex(der),
         public_key_pem=pem,
         attributes=attributes,
     )

@@ -9,7 +9,6 @@ what was wrong.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import Key, SSlibKey  # type: ignore[attr-defined]
 
+from configs.digests import sha256_hex
 from configs.errors import ConfigError
 from configs.timing import TimingConfiguration
 from hsm.base import TIMING_PAYLOAD_TYPE
@@ -107,7 +107,7 @@ def load_public_key(source: bytes | str | Path, *, name: str | None = None) -> V
     canonical_pem = key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return VerificationKey(keyid=hashlib.sha256(der).hexdigest(), pem=canonical_pem)
+    return VerificationKey(keyid=sha256_hex(der), pem=canonical_pem)
 
 
 def verify_envelope(

@@ -22,7 +22,7 @@ from controller.exit_codes import ExitCode
 if TYPE_CHECKING:
     # actuation (asyncua, cryptography) and simulators (SUMO) are imported inside
     # the commands, so that registering them at every `signaltwin` start stays cheap.
-    from actuation import EmulatedFleet, FieldPort
+    from actuation import EmulatedFleet, SignalField
 
 SERVE_DESCRIPTION = """\
 Run one emulated traffic controller (a secured OPC UA server) per traffic light,
@@ -170,7 +170,7 @@ def plan_endpoints(
 
 def build_fleet(
     settings: Settings,
-    field_port: FieldPort,
+    field_port: SignalField,
     network: NetworkRef,
     bases: Mapping[str, BaseProgram],
     endpoints: Sequence[ServedEndpoint],

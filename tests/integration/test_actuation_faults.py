@@ -18,8 +18,8 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import security_policies
 
+from actuation import ControllerPool
 from actuation import contract as c
-from actuation.client import ControllerPool
 from actuation.core import PlanResult
 from actuation.emulated import EmulatedController, EmulatedFleet
 from actuation.security import CLIENT_APPLICATION_URI, generate_application_certificate
@@ -297,24 +297,24 @@ def test_who_may_connect(setup: Setup, tmp_path: Path) -> None:
         assert outcome.startswith("refused"), (name, outcome)
 
 
-async def _unencrypted_session(url: str) -> tuple[str, str]:
-    """Open a None channel and try to activate a user session on it by hand.
+async def _unencrypted_session(url: str) -> tuple[str, str, float]:
+    """Open a None channel, then try to activate a user session and read on it by hand.
 
-    asyncua (like the OPC UA spec, for discovery) lets a None channel call
-    GetEndpoints; the controller must refuse to activate a session on it, and an
-    unactivated session may not read anything.
+    The controller refuses SecurityPolicy None outright: the OpenSecureChannel
+    request is answered with an ERR message and the socket closed, so there is
+    no channel to create, activate or read a session on.
     """
     client = Client(url, timeout=3)
     await client.connect_socket()
+    start = time.monotonic()
     try:
         await client.send_hello()
-        await client.open_secure_channel()
         try:
-            await client.create_session()
-        except ua.UaError as e:
-            # The server created the session; the client library then finds no
-            # None endpoint for a user token and gives up. We carry on by hand.
-            assert "No matching endpoints" in str(e)
+            await client.open_secure_channel()
+            channel = "opened"
+        except Exception as e:  # noqa: BLE001
+            channel = f"refused: {type(e).__name__}"
+        elapsed = time.monotonic() - start
         params = ua.ActivateSessionParameters()
         token = ua.UserNameIdentityToken()
         token.PolicyId = "username"
@@ -323,21 +323,18 @@ async def _unencrypted_session(url: str) -> tuple[str, str]:
         params.UserIdentityToken = token
         try:
             await client.uaclient.activate_session(params)
-            activated = "activated"
-        except Exception as e:  # noqa: BLE001
-            activated = f"refused: {type(e).__name__}"
-        try:
-            ns_array = await client.get_namespace_array()
-            read = f"read {ns_array}"
+            read = "activated"
+            read = f"read {await client.get_namespace_array()}"
         except Exception as e:  # noqa: BLE001
             read = f"refused: {type(e).__name__}"
-        return activated, read
+        return channel, read, elapsed
     finally:
         client.disconnect_socket()
 
 
 def test_unencrypted_sessions_cannot_activate_or_read(setup: Setup) -> None:
     ctl = setup.fleet.by_id()["J001"]
-    activated, read = setup.loop.run(_unencrypted_session(ctl.url))
-    assert activated == "refused: BadUserAccessDenied"
-    assert read in {"refused: BadUserAccessDenied", "refused: BadSessionNotActivated"}
+    channel, read, elapsed = setup.loop.run(_unencrypted_session(ctl.url))
+    assert channel.startswith("refused: ")  # no None channel, not even for discovery
+    assert elapsed < 2.0  # answered at once, not left to the client's own 3 s timeout
+    assert read.startswith("refused: ")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from actuation import ControllerPool
 from actuation import contract as c
-from actuation.client import ControllerPool
 from actuation.contract import PlanStatus
 from actuation.emulated import EmulatedFleet
 from actuation.users import PasswordHash

@@ -37,10 +37,10 @@ def free_ports(n: int) -> list[int]:
 
 
 def test_the_field_emulator_port_fits_the_controllers() -> None:
-    from actuation import FieldPort
+    from actuation import SignalField
     from simulators.field import FieldSignals
 
-    assert issubclass(FieldSignals, FieldPort)
+    assert issubclass(FieldSignals, SignalField)
 
 
 def test_settings_to_controllers_to_pool(tmp_path: Path) -> None:

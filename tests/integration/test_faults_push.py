@@ -30,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from actuation.client import ThreadedActuator
+from actuation import ThreadedActuator
 from actuation.core import PlanResult, PlanStatus
 from actuation.emulated import EmulatedController, EmulatedFleet
 from actuation.users import PasswordHash
@@ -312,17 +312,17 @@ from pathlib import Path
 
 sys.path.insert(0, sys.argv[2])
 from test_faults_push import FileSigner, build_runner  # noqa: E402
-from actuation.client import ThreadedActuator  # noqa: E402
-from tests.support.actuation_fleet import ControllerEndpoint, make_pool  # noqa: E402
+from actuation import ThreadedActuator  # noqa: E402
+from tests.support.actuation_fleet import ControllerTarget, make_pool  # noqa: E402
 
 cfg = json.loads(Path(sys.argv[1]).read_text())
 signer = FileSigner(Path(cfg["key"]))
 
 
 def pool():
-    from actuation.client import ClientCredentials, ControllerPool
+    from actuation import ClientCredentials, ControllerPool
     endpoints = [
-        ControllerEndpoint(t, u, Path(c).read_bytes()) for t, u, c in cfg["endpoints"]
+        ControllerTarget(t, u, Path(c).read_bytes()) for t, u, c in cfg["endpoints"]
     ]
     creds = ClientCredentials(
         Path(cfg["cert"]), Path(cfg["client_key"]), cfg["user"], cfg["password"]

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from actuation import ClientCredentials, ControllerPool, ControllerTarget
 from actuation._verify import TrustedKeys
-from actuation.client import ClientCredentials, ControllerEndpoint, ControllerPool
 from actuation.core import ControllerCore, ControllerProvisioning
 from actuation.emulated import ControllerAccess, EmulatedController, EmulatedFleet
 from actuation.security import (
@@ -211,9 +211,7 @@ def make_fleet(
 def make_pool(
     pki: Pki, fleet: EmulatedFleet, password: str = PASSWORD, **kwargs: float
 ) -> ControllerPool:
-    endpoints = [
-        ControllerEndpoint(ctl.tls_id, ctl.url, pki.server_der[ctl.tls_id]) for ctl in fleet
-    ]
+    endpoints = [ControllerTarget(ctl.tls_id, ctl.url, pki.server_der[ctl.tls_id]) for ctl in fleet]
     creds = ClientCredentials(pki.client.certificate, pki.client.private_key, USER, password)
     return ControllerPool(endpoints, creds, **kwargs)
 

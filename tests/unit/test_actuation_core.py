@@ -10,7 +10,7 @@ import pytest
 
 from actuation._verify import TrustedKeys
 from actuation.contract import PLAN_STATUS_TEXT, PlanStatus
-from actuation.core import ControllerCore, ControllerProvisioning, FieldPort
+from actuation.core import ControllerCore, ControllerProvisioning, SignalField
 from configs.timing import NetworkRef
 from hsm.envelope import sign_envelope
 from tests.support.actuation_fleet import (
@@ -44,7 +44,7 @@ def make_core(signer: SoftwareSigner, ttl_s: float = 120.0) -> tuple[ControllerC
 
 
 def test_fake_field_satisfies_the_port() -> None:
-    assert isinstance(FakeField(), FieldPort)
+    assert isinstance(FakeField(), SignalField)
 
 
 def test_every_status_has_a_meaning() -> None:
