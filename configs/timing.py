@@ -347,6 +347,13 @@ class TimingConfiguration(BaseModel):
     predicted: Prediction
     evidence: Evidence
     intersections: dict[TlsId, IntersectionTiming] = Field(min_length=1, max_length=5000)
+    intent: Literal["deploy", "shadow"] = Field(
+        "deploy",
+        description=(
+            "What the plan was signed for: 'deploy' (a production envelope) or 'shadow' "
+            "(signed in shadow mode for the record; controllers refuse it)."
+        ),
+    )
 
     @field_validator("issued_at", "valid_from", "valid_until")
     @classmethod

@@ -249,3 +249,17 @@ def test_every_cycle_leaves_a_signed_checkpoint(tmp_path: Path) -> None:
         and checkpoint.size == ledger.size()
         and checkpoint.keyid == signer.keyid
     )
+
+
+def test_shadow_mode_plans_are_signed_with_intent_shadow(tmp_path: Path) -> None:
+    runner, ledger, _ = _runner(tmp_path, FakeField(), FakeTwin(wait=-0.3), mode="shadow")
+    runner.run_cycle(SLOT, threading.Event())
+    signed = ledger.find("cycle")[0].body["configuration"]
+    assert signed["intent"] == "shadow"
+    assert TimingConfiguration.model_validate(signed).intent == "shadow"
+    ledger.close()
+    field = FakeField()
+    deploying, ledger2, _ = _runner(tmp_path / "auto", field, FakeTwin(wait=-0.3))
+    deploying.run_cycle(SLOT, threading.Event())
+    assert field.pushed[0][1].intent == "deploy"
+    ledger2.close()
