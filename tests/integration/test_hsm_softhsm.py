@@ -364,3 +364,26 @@ def test_cli_existing_token_generates_only_the_key(
     assert again["key"]["keyid"] == first["key"]["keyid"]
     exported = (tmp_path / "hsm" / "signing-key.pub.pem").read_text()
     assert exported == first["key"]["public_key_pem"]
+
+
+def test_provisioning_never_puts_a_pin_on_a_command_line(tmp_path: Path) -> None:
+    real = shutil.which("softhsm2-util")
+    assert real is not None
+    argv_log = tmp_path / "argv.log"
+    wrapper = tmp_path / "softhsm2-util"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {argv_log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    state = tmp_path / "pin-state"
+    result = provision_softhsm(state, softhsm_util=str(wrapper))
+    assert result.created_token
+    pins = [
+        (state / "hsm" / "pin").read_text().strip(),
+        (state / "hsm" / "so-pin").read_text().strip(),
+    ]
+    argv = argv_log.read_text()
+    assert "--init-token" in argv
+    for pin in pins:
+        assert pin not in argv
+    assert "--pin" not in argv.split() and "--so-pin" not in argv.split()
+    with HsmSigner(result.params) as s:  # the PIN typed at the prompt is the token's PIN
+        assert s.sign(b"x")
