@@ -221,6 +221,16 @@ class HsmSettings(BaseModel):
     auto_provision: bool = Field(
         False, description="Create the token, key and PIN when missing (demo only)."
     )
+    pin_backoff_s: Annotated[float, Field(ge=0, le=86400)] = Field(
+        60.0,
+        description=(
+            "After the token rejects the PIN, refuse logins for this long (seconds), doubling "
+            "with each further failure: a hardware token locks its PIN after a few failures."
+        ),
+    )
+    pin_backoff_max_s: Annotated[float, Field(ge=0, le=604800)] = Field(
+        3600.0, description="Cap of the PIN-failure backoff (seconds)."
+    )
 
 
 class ControllerEndpoint(BaseModel):
