@@ -276,7 +276,7 @@ class HsmSigner:
             )
         try:
             session = open_session(token, pin, where=p.describe_pin())
-        except PinError as e:
+        except PinError:
             self._pin_failures += 1
             delay = min(p.pin_backoff_s * 2 ** (self._pin_failures - 1), p.pin_backoff_max_s)
             self._pin_retry_at = now + delay
