@@ -264,6 +264,13 @@ class ControllersSettings(BaseModel):
     connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     call_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     activate_lead_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    max_sequence_margin: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        16,
+        description=(
+            "At start-up a controller-reported plan sequence is adopted only up to the "
+            "ledger's highest + this margin; above it is an anomaly and the ledger's is kept."
+        ),
+    )
     auto_provision: bool = Field(
         False, description="Generate demo certificates and password when missing (demo only)."
     )
