@@ -231,6 +231,16 @@ class HsmSettings(BaseModel):
     auto_provision: bool = Field(
         False, description="Create the token, key and PIN when missing (demo only)."
     )
+    pin_backoff_s: Annotated[float, Field(ge=0, le=86400)] = Field(
+        60.0,
+        description=(
+            "After the token rejects the PIN, refuse logins for this long (seconds), doubling "
+            "with each further failure: a hardware token locks its PIN after a few failures."
+        ),
+    )
+    pin_backoff_max_s: Annotated[float, Field(ge=0, le=604800)] = Field(
+        3600.0, description="Cap of the PIN-failure backoff (seconds)."
+    )
 
 
 class ControllerEndpoint(BaseModel):
@@ -264,6 +274,13 @@ class ControllersSettings(BaseModel):
     connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     call_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     activate_lead_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    max_sequence_margin: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        16,
+        description=(
+            "At start-up a controller-reported plan sequence is adopted only up to the "
+            "ledger's highest + this margin; above it is an anomaly and the ledger's is kept."
+        ),
+    )
     auto_provision: bool = Field(
         False, description="Generate demo certificates and password when missing (demo only)."
     )

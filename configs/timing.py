@@ -23,7 +23,8 @@ Invariant names (reported in :class:`configs.errors.Violation`):
 ``offset_range``        0 <= offset < cycle
 ``max_cycle_change``    the cycle moved by at most max_cycle_change_s since the active plan
 ``max_split_change``    each green moved by at most max_split_change_s since the active plan
-``actuated_bounds``     actuated greens satisfy min green <= min_s <= duration <= max_s and
+``actuated_bounds``     actuated greens satisfy min green <= min_s <= duration <= max_s (min
+                        green including walk + clearance where the green serves a crossing) and
                         the longest possible cycle stays within max_cycle_s; fixed plans carry
                         no min_s/max_s
 """
@@ -348,7 +349,6 @@ class TimingConfiguration(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     schema_: Literal["signaltwin.timing/v1"] = Field(SCHEMA, alias="schema")
-    intent: Literal["deploy", "shadow"] = "deploy"
     network: NetworkRef
     sequence: Annotated[int, Field(ge=1, le=2**53)]
     issued_at: datetime
@@ -357,6 +357,13 @@ class TimingConfiguration(BaseModel):
     predicted: Prediction
     evidence: Evidence
     intersections: dict[TlsId, IntersectionTiming] = Field(min_length=1, max_length=5000)
+    intent: Literal["deploy", "shadow"] = Field(
+        "deploy",
+        description=(
+            "What the plan was signed for: 'deploy' (a production envelope) or 'shadow' "
+            "(signed in shadow mode for the record; controllers refuse it)."
+        ),
+    )
 
     @field_validator("issued_at", "valid_from", "valid_until")
     @classmethod
@@ -461,7 +468,8 @@ def check_intersection(
                 f"red clearance {phase.duration_s} s < {limits.min_red_clearance_s} s",
                 index,
             )
-        _check_actuated(plan.mode, ref.kind, phase, limits, index, bad)
+        floor = limits.ped_green_s if ref.serves_pedestrians else 0
+        _check_actuated(plan.mode, ref.kind, phase, max(limits.min_green_s, floor), index, bad)
 
     total = sum(p.duration_s for p in plan.phases)
     if plan.cycle_s != total:
@@ -503,10 +511,16 @@ def _check_actuated(
     mode: Mode,
     kind: PhaseKind,
     phase: PhasePlan,
-    limits: SafetyLimits,
+    min_green_s: int,
     index: int,
     bad: Any,
 ) -> None:
+    """Check an actuated green's bounds; ``min_green_s`` includes walk + clearance.
+
+    An actuated green can gap out at ``min_s``, so ``min_s`` itself must honour
+    the pedestrian minimum of a green that serves a crossing, not only the
+    nominal ``duration_s``.
+    """
     has_bounds = phase.min_s is not None or phase.max_s is not None
     if mode == "fixed" or kind != "green":
         if has_bounds:
@@ -515,10 +529,10 @@ def _check_actuated(
     if phase.min_s is None or phase.max_s is None:
         bad("actuated_bounds", "actuated greens need min_s and max_s", index)
         return
-    if not limits.min_green_s <= phase.min_s <= phase.duration_s <= phase.max_s:
+    if not min_green_s <= phase.min_s <= phase.duration_s <= phase.max_s:
         bad(
             "actuated_bounds",
-            f"need {limits.min_green_s} <= min_s ({phase.min_s}) <= duration "
+            f"need {min_green_s} <= min_s ({phase.min_s}) <= duration "
             f"({phase.duration_s}) <= max_s ({phase.max_s})",
             index,
         )
@@ -670,6 +684,8 @@ def project(
             duration = next(green_iter)
             if base.mode == "actuated":
                 wanted_min = max(phase.min_s or limits.min_green_s, limits.min_green_s)
+                if phase.serves_pedestrians:  # a gap-out at min_s must still clear the walk
+                    wanted_min = max(wanted_min, limits.ped_green_s)
                 phases.append(
                     PhasePlan(
                         state=phase.state,

@@ -345,6 +345,7 @@ class CycleRunner:
                 video_sha256=video_sha, policy_sha256=policy_sha, demand_sha256=demand_sha
             ),
             intersections=merged,
+            intent="shadow" if self.settings.mode == "shadow" else "deploy",
         )
 
     def _append_cycle(

@@ -174,6 +174,8 @@ class RecoveryReport:
     #: the per-controller rows
     rows: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    #: why a controller-reported sequence was not adopted (None when it was)
+    anomaly: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (logs, status)."""
@@ -185,6 +187,7 @@ class RecoveryReport:
             "deployment_index": self.deployment_index,
             "highest_sequence": self.highest_sequence,
             "message": self.message,
+            "anomaly": self.anomaly,
         }
 
 
@@ -418,7 +421,19 @@ def recover(
             report.highest_sequence = highest_controller_sequence(actuator.read_all())
         except SignaltwinError as e:
             logger.warning("recovery: could not read the controllers' sequences: %s", e)
-    runner.resume_from_ledger(report.highest_sequence)
+    runner.resume_from_ledger()
+    ledger_sequence = runner.sequence
+    margin = runner.settings.controllers.max_sequence_margin
+    if report.highest_sequence > ledger_sequence + margin:
+        # one faulty controller must not push every later sequence out of range
+        report.anomaly = (
+            f"a controller reports plan sequence {report.highest_sequence}, more than "
+            f"{margin} above the ledger's highest ({ledger_sequence}); not adopted (check that "
+            "controller; raise [controllers] max_sequence_margin only if the ledger is behind)"
+        )
+        logger.error("recovery: %s", report.anomaly)
+    else:
+        runner.resume_from_ledger(report.highest_sequence)
     if report.needed:
         logger.warning("recovery: %s", report.message)
     logger.info("recovery: next plan sequence %d", runner.sequence + 1)

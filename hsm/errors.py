@@ -14,6 +14,7 @@ __all__ = [
     "EnvelopeFormatError",
     "HsmModuleError",
     "KeyNotHsmGeneratedError",
+    "PinBackoffError",
     "PinError",
     "PinFileError",
     "SignatureMismatchError",
@@ -33,6 +34,10 @@ class TokenNotFoundError(SigningError):
 
 class PinError(SigningError):
     """The token rejected the PIN (CKR_PIN_INCORRECT) or the PIN is locked."""
+
+
+class PinBackoffError(PinError):
+    """A recent PIN error holds further logins back (the token must not lock its PIN)."""
 
 
 class PinFileError(PinError, ConfigError):

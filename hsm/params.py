@@ -44,6 +44,9 @@ class HsmParams:
             instead of the system token store; ``None`` for any other module.
         attestation_certificate: A vendor key-attestation certificate (PEM or
             DER) recorded in the enrolment record; ``None`` when there is none.
+        pin_backoff_s: After a PIN error the signer refuses logins this long,
+            doubling per further failure.
+        pin_backoff_max_s: Cap of that backoff.
     """
 
     module: Path = DEFAULT_MODULE
@@ -52,6 +55,8 @@ class HsmParams:
     pin_file: Path | str = Path("state/hsm/pin")
     softhsm_conf: Path | None = None
     attestation_certificate: Path | None = None
+    pin_backoff_s: float = 60.0
+    pin_backoff_max_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, hsm: HsmSettings) -> HsmParams:
@@ -63,6 +68,8 @@ class HsmParams:
             pin_file=hsm.pin_file,
             softhsm_conf=hsm.softhsm_conf,
             attestation_certificate=hsm.attestation_certificate,
+            pin_backoff_s=hsm.pin_backoff_s,
+            pin_backoff_max_s=hsm.pin_backoff_max_s,
         )
 
     def describe_pin(self) -> str:

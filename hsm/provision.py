@@ -20,9 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pty
 import secrets
+import select
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,6 +325,12 @@ def _has_key_object(session: Any, label: str) -> bool:
 
 
 def _init_token(util: str, conf: Path, label: str, *, so_pin: str, pin: str) -> None:
+    """Run ``softhsm2-util --init-token`` answering its PIN prompts through a pty.
+
+    PINs never go on the command line (``--pin``/``--so-pin`` are readable by
+    every local user in ``/proc/PID/cmdline``); without them softhsm2-util
+    prompts on its terminal, which here is a private pseudo-terminal.
+    """
     exe = shutil.which(util)
     if exe is None:
         raise SigningError(
@@ -329,18 +338,62 @@ def _init_token(util: str, conf: Path, label: str, *, so_pin: str, pin: str) -> 
             "softhsm2-util and /usr/lib/softhsm/libsofthsm2.so)"
         )
     env = dict(os.environ, SOFTHSM2_CONF=str(conf))
-    cmd = [exe, "--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin]
+    cmd = [exe, "--init-token", "--free", "--label", label]
     try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+        returncode, output = _run_with_prompts(cmd, env, so_pin=so_pin, pin=pin, timeout_s=60.0)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SigningError(f"{util} --init-token failed to run: {e}") from e
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().replace(so_pin, "***").replace(pin, "***")
+    if returncode != 0:
+        detail = output.strip().replace(so_pin, "***").replace(pin, "***")
         raise SigningError(
-            f"{util} --init-token --label {label!r} failed (exit {done.returncode}): {detail}; "
+            f"{util} --init-token --label {label!r} failed (exit {returncode}): {detail}; "
             f"check SOFTHSM2_CONF {conf}"
         )
     logger.info("initialised SoftHSM2 token %r (SOFTHSM2_CONF=%s)", label, conf)
+
+
+def _run_with_prompts(
+    cmd: list[str], env: dict[str, str], *, so_pin: str, pin: str, timeout_s: float
+) -> tuple[int, str]:
+    """Run ``cmd`` on a pty, typing ``so_pin``/``pin`` at its "SO PIN"/"user PIN" prompts."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            cmd, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+    finally:
+        os.close(slave)
+    seen = b""
+    answered = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise subprocess.TimeoutExpired(cmd, timeout_s)
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+            prompt = seen[answered:].lower()
+            if prompt.rstrip().endswith(b":"):
+                answered = len(seen)
+                secret = so_pin if b"so pin" in prompt.rsplit(b"\n", 1)[-1] else pin
+                os.write(master, secret.encode() + b"\n")
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), seen.decode(
+            "utf-8", "replace"
+        )
+    finally:
+        os.close(master)
 
 
 def _private_dir(path: Path) -> None:

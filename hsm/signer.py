@@ -20,6 +20,12 @@ Life of a signer
     and tries again; if that fails too the call raises
     :class:`~hsm.errors.TokenUnavailableError` and the next call tries again.
 
+    A PIN error (CKR_PIN_INCORRECT / _LOCKED / _EXPIRED) is remembered: no
+    login is tried again for ``pin_backoff_s`` seconds, doubling with each
+    further failure up to ``pin_backoff_max_s``; meanwhile every call raises
+    :class:`~hsm.errors.PinBackoffError`. A hardware token locks its PIN after a
+    few wrong logins, so retrying on every signature would lock it.
+
 DSSE
     Envelopes are made by securesystemslib's maintained DSSE implementation
     (:mod:`securesystemslib.dsse`) through :func:`hsm.envelope.sign_envelope`.
@@ -35,6 +41,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -51,6 +59,7 @@ from hsm.envelope import Envelope, sign_envelope
 from hsm.errors import (
     HsmModuleError,
     KeyNotHsmGeneratedError,
+    PinBackoffError,
     PinError,
     SigningKeyNotFoundError,
     TokenNotFoundError,
@@ -88,8 +97,11 @@ class HsmSigner:
         KeyNotHsmGeneratedError: the key was imported or was ever extractable.
     """
 
-    def __init__(self, params: HsmParams) -> None:
+    def __init__(self, params: HsmParams, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._params = params
+        self._clock = clock
+        self._pin_failures = 0
+        self._pin_retry_at = 0.0
         self._lease: ModuleLease = acquire_module(params.module, params.softhsm_conf)
         self._session: Any = None
         self._private_key: Any = None
@@ -224,7 +236,7 @@ class HsmSigner:
         p = self._params
         token = find_token(self._lease, p.token_label)
         pin = read_pin(p.pin_file)
-        session = open_session(token, pin, where=p.describe_pin())
+        session = self._login(token, pin)
         try:
             private_key, public_key = find_key_pair(session, p.key_label, p.token_label)
             report = key_report(private_key, public_key, p.key_label)
@@ -250,6 +262,34 @@ class HsmSigner:
         self._session = session
         self._private_key = private_key
         return report, info
+
+    def _login(self, token: Any, pin: str) -> Any:
+        """Log in, unless a recent PIN error still holds logins back (exponential, capped)."""
+        p = self._params
+        now = self._clock()
+        if now < self._pin_retry_at:
+            raise PinBackoffError(
+                f"token {p.token_label!r} rejected the PIN {self._pin_failures} time(s); no "
+                f"login is tried for another {self._pin_retry_at - now:.0f} s (a hardware "
+                f"token locks its PIN after a few failures); fix {p.describe_pin()} and "
+                "restart the daemon, or wait"
+            )
+        try:
+            session = open_session(token, pin, where=p.describe_pin())
+        except PinError:
+            self._pin_failures += 1
+            delay = min(p.pin_backoff_s * 2 ** (self._pin_failures - 1), p.pin_backoff_max_s)
+            self._pin_retry_at = now + delay
+            logger.error(
+                "token %r rejected the PIN (%d failure(s)); next login in %.0f s",
+                p.token_label,
+                self._pin_failures,
+                delay,
+            )
+            raise
+        self._pin_failures = 0
+        self._pin_retry_at = 0.0
+        return session
 
     def _reopen(self, cause: BaseException | None) -> None:
         self._drop_session()

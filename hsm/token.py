@@ -40,6 +40,7 @@ from pkcs11.exceptions import (
     MultipleTokensReturned,
     NoSuchKey,
     NoSuchToken,
+    PinExpired,
     PinIncorrect,
     PinLenRange,
     PinLocked,
@@ -288,7 +289,7 @@ def open_session(token: Any, pin: str, *, rw: bool = False, where: str = "the PI
     session of this process is already logged in, the new session shares it.
 
     Raises:
-        PinError: CKR_PIN_INCORRECT / CKR_PIN_LOCKED / bad PIN length.
+        PinError: CKR_PIN_INCORRECT / CKR_PIN_LOCKED / CKR_PIN_EXPIRED / bad PIN length.
     """
     try:
         return token.open(rw=rw, user_pin=pin)
@@ -303,6 +304,11 @@ def open_session(token: Any, pin: str, *, rw: bool = False, where: str = "the PI
         raise PinError(
             f"the user PIN of token {token.label!r} is locked (CKR_PIN_LOCKED); the "
             "security officer must reset it (softhsm2-util / the vendor's tool)"
+        ) from e
+    except PinExpired as e:
+        raise PinError(
+            f"the user PIN of token {token.label!r} has expired (CKR_PIN_EXPIRED); set a new "
+            "one with the vendor's tool and put it in the PIN file"
         ) from e
     except PinLenRange as e:
         raise PinError(

@@ -130,7 +130,9 @@ def actuated_plan(
     against a conflicting call; :mod:`simulators.signal_program`).
 
     Greens keep their base durations as the nominal green, ``min_s`` is the
-    minimum green and ``max_s`` extends into the headroom below the maximum cycle.
+    minimum green (walk + clearance for a green that serves a crossing, since an
+    actuated green may gap out at ``min_s``) and ``max_s`` extends into the
+    headroom below the maximum cycle.
     """
     actuated_base = base.model_copy(
         update={

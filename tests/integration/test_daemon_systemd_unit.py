@@ -96,3 +96,30 @@ def test_unit_matches_what_the_daemon_does() -> None:
     assert _seconds(service["WatchdogSec"]) >= 2 * defaults.interval_s
     # systemd must give a stopping cycle its shutdown deadline before SIGKILL.
     assert _seconds(service["TimeoutStopSec"]) > defaults.shutdown_deadline_s
+
+
+@needs_analyze
+def test_unit_carries_the_hardening_and_start_limit(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    unit_section = text.split("[Service]")[0]
+    assert "StartLimitIntervalSec=" in unit_section and "StartLimitBurst=" in unit_section
+    for directive in (
+        "RemoveIPC=yes",
+        "PrivateMounts=yes",
+        "ProtectProc=invisible",
+        "SystemCallFilter=@system-service",
+        "SystemCallFilter=~@privileged @resources",
+        "IPAddressDeny=any",
+        "IPAddressAllow=localhost",
+    ):
+        assert f"\n{directive}\n" in text, directive
+    done = subprocess.run(
+        [str(ANALYZE), "security", "--offline=yes", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
+    assert score is not None, done.stdout + done.stderr
+    assert float(score.group(1)) <= 1.2  # 1.9 before RemoveIPC/ProtectProc/IPAddressDeny/...

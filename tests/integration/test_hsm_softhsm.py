@@ -32,6 +32,7 @@ from hsm import (
     HsmParams,
     HsmSigner,
     KeyNotHsmGeneratedError,
+    PinBackoffError,
     PinError,
     ProvisionResult,
     SignatureMismatchError,
@@ -364,3 +365,60 @@ def test_cli_existing_token_generates_only_the_key(
     assert again["key"]["keyid"] == first["key"]["keyid"]
     exported = (tmp_path / "hsm" / "signing-key.pub.pem").read_text()
     assert exported == first["key"]["public_key_pem"]
+
+
+def test_provisioning_never_puts_a_pin_on_a_command_line(tmp_path: Path) -> None:
+    real = shutil.which("softhsm2-util")
+    assert real is not None
+    argv_log = tmp_path / "argv.log"
+    wrapper = tmp_path / "softhsm2-util"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {argv_log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    state = tmp_path / "pin-state"
+    result = provision_softhsm(state, softhsm_util=str(wrapper))
+    assert result.created_token
+    pins = [
+        (state / "hsm" / "pin").read_text().strip(),
+        (state / "hsm" / "so-pin").read_text().strip(),
+    ]
+    argv = argv_log.read_text()
+    assert "--init-token" in argv
+    for pin in pins:
+        assert pin not in argv
+    assert "--pin" not in argv.split() and "--so-pin" not in argv.split()
+    with HsmSigner(result.params) as s:  # the PIN typed at the prompt is the token's PIN
+        assert s.sign(b"x")
+
+
+def test_pin_error_backs_off_instead_of_retrying_every_signature(
+    params: HsmParams, tmp_path: Path
+) -> None:
+    pin_file = tmp_path / "pin"
+    good = Path(params.pin_file).read_text()
+    pin_file.write_text(good)
+    now = [1000.0]
+    timed = dataclasses.replace(
+        params, pin_file=pin_file, pin_backoff_s=60.0, pin_backoff_max_s=100.0
+    )
+    with HsmSigner(timed, clock=lambda: now[0]) as s:
+        pin_file.write_text("not-the-pin\n")
+        lease = acquire_module(params.module, params.softhsm_conf)
+        try:
+            lease.reinitialize()  # the session is gone: the next signature logs in again
+        finally:
+            lease.release()
+        with pytest.raises(PinError, match="CKR_PIN_INCORRECT"):
+            s.sign(b"a")
+        pin_file.write_text(good)
+        with pytest.raises(PinBackoffError, match="no login is tried for another 60 s"):
+            s.sign(b"b")  # the right PIN is back, but no login is tried yet
+        now[0] += 61
+        pin_file.write_text("not-the-pin\n")
+        with pytest.raises(PinError, match="CKR_PIN_INCORRECT"):
+            s.sign(b"c")
+        now[0] += 61
+        with pytest.raises(PinBackoffError, match="2 time"):
+            s.sign(b"d")  # doubled: 120 s, capped at 100 s
+        pin_file.write_text(good)
+        now[0] += 40
+        assert s.sign(b"e")

@@ -185,3 +185,17 @@ def test_a_shutdown_during_the_whatif_aborts_the_cycle_promptly(tmp_path: Path) 
     assert field.pushed == []
     assert ledger.latest("cycle") is not None
     assert ledger.latest("cycle").body["outcome"] == "failed"  # type: ignore[union-attr]
+
+
+def test_shadow_mode_plans_are_signed_with_intent_shadow(tmp_path: Path) -> None:
+    runner, ledger, _ = make_runner(tmp_path, FakeField(), FakeTwin(wait=-0.3), mode="shadow")
+    runner.run_cycle(SLOT, threading.Event())
+    signed = ledger.find("cycle")[0].body["configuration"]
+    assert signed["intent"] == "shadow"
+    assert TimingConfiguration.model_validate(signed).intent == "shadow"
+    ledger.close()
+    field = FakeField()
+    deploying, ledger2, _ = make_runner(tmp_path / "auto", field, FakeTwin(wait=-0.3))
+    deploying.run_cycle(SLOT, threading.Event())
+    assert field.pushed[0][1].intent == "deploy"
+    ledger2.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -330,3 +331,17 @@ def test_water_fill_is_the_clipped_shift_that_meets_the_total(data: st.DataObjec
         else:
             high = mid
     assert got == pytest.approx(filled(high), abs=1e-6)
+
+
+def test_documents_without_intent_parse_as_deploy_and_intent_is_signed() -> None:
+    config = _config(project("J1", Proposal([40, 30]), _simple_base(), LIMITS))
+    raw = config.to_dict()
+    assert raw["intent"] == "deploy"
+    del raw["intent"]  # a document written before the field existed
+    old = TimingConfiguration.parse(json.dumps(raw).encode())
+    assert old.intent == "deploy"
+    shadow = config.model_copy(update={"intent": "shadow"})
+    assert shadow.digest() != config.digest()
+    assert TimingConfiguration.parse(shadow.canonical_bytes()).intent == "shadow"
+    with pytest.raises(ConfigError):
+        TimingConfiguration.parse(json.dumps({**raw, "intent": "production"}).encode())
