@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from configs.errors import ActuationError, SignaltwinError
 from configs.outcomes import PushOutcome
+from configs.settings import Settings
 from controller.contracts import DeployOutcome
 from controller.ledger import DeploymentRecord, Ledger, Record
 from hsm.base import Signer
@@ -76,6 +77,7 @@ class ResumableRunner(Protocol):
     ledger: Ledger
     signer: Signer
     sequence: int
+    settings: Settings
 
     def resume_from_ledger(self, min_sequence: int = 0) -> None:
         """Re-read the current plans and the last sequence from the ledger."""
