@@ -21,10 +21,12 @@ Life of a signer
     :class:`~hsm.errors.TokenUnavailableError` and the next call tries again.
 
     A PIN error (CKR_PIN_INCORRECT / _LOCKED / _EXPIRED) is remembered: no
-    login is tried again for ``pin_backoff_s`` seconds, doubling with each
-    further failure up to ``pin_backoff_max_s``; meanwhile every call raises
-    :class:`~hsm.errors.PinBackoffError`. A hardware token locks its PIN after a
-    few wrong logins, so retrying on every signature would lock it.
+    login with the same PIN is tried again for ``pin_backoff_s`` seconds,
+    doubling with each further failure up to ``pin_backoff_max_s``; meanwhile
+    every call raises :class:`~hsm.errors.PinBackoffError`. A hardware token
+    locks its PIN after a few wrong logins, so retrying the rejected PIN on every
+    signature would lock it. A PIN file that now holds another PIN (an operator
+    fixed it) gets one login at once.
 
 DSSE
     Envelopes are made by securesystemslib's maintained DSSE implementation
@@ -52,6 +54,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pkcs11.exceptions import PKCS11Error
 
+from configs.digests import sha256_hex
 from configs.errors import SigningError
 from hsm.base import TIMING_PAYLOAD_TYPE
 from hsm.enrolment import KeyReport, TokenInfo, enrolment_record
@@ -102,6 +105,7 @@ class HsmSigner:
         self._clock = clock
         self._pin_failures = 0
         self._pin_retry_at = 0.0
+        self._rejected_pin = ""  # sha256 of the PIN the token last rejected
         self._lease: ModuleLease = acquire_module(params.module, params.softhsm_conf)
         self._session: Any = None
         self._private_key: Any = None
@@ -267,12 +271,12 @@ class HsmSigner:
         """Log in, unless a recent PIN error still holds logins back (exponential, capped)."""
         p = self._params
         now = self._clock()
-        if now < self._pin_retry_at:
+        if now < self._pin_retry_at and sha256_hex(pin.encode("utf-8")) == self._rejected_pin:
             raise PinBackoffError(
                 f"token {p.token_label!r} rejected the PIN {self._pin_failures} time(s); no "
                 f"login is tried for another {self._pin_retry_at - now:.0f} s (a hardware "
-                f"token locks its PIN after a few failures); fix {p.describe_pin()} and "
-                "restart the daemon, or wait"
+                f"token locks its PIN after a few failures); put the right PIN in "
+                f"{p.describe_pin()} (it is tried at once) or wait"
             )
         try:
             session = open_session(token, pin, where=p.describe_pin())
@@ -280,6 +284,7 @@ class HsmSigner:
             self._pin_failures += 1
             delay = min(p.pin_backoff_s * 2 ** (self._pin_failures - 1), p.pin_backoff_max_s)
             self._pin_retry_at = now + delay
+            self._rejected_pin = sha256_hex(pin.encode("utf-8"))
             logger.error(
                 "token %r rejected the PIN (%d failure(s)); next login in %.0f s",
                 p.token_label,
@@ -289,6 +294,7 @@ class HsmSigner:
             raise
         self._pin_failures = 0
         self._pin_retry_at = 0.0
+        self._rejected_pin = ""
         return session
 
     def _reopen(self, cause: BaseException | None) -> None:
