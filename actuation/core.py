@@ -25,13 +25,13 @@ from actuation.documents import parse_strict
 from actuation.persistence import ActiveRecord, ControllerMemory
 from configs.digests import sha256_hex
 from configs.errors import ActuationError, ConfigError
+from configs.safety import check_intersection
 from configs.timing import (
     BaseProgram,
     IntersectionTiming,
     NetworkRef,
     SafetyLimits,
     TimingConfiguration,
-    check_intersection,
 )
 
 __all__ = [

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from configs.settings import dump_settings_toml, load_settings  # noqa: E402
+from configs.settings_file import dump_settings_toml, load_settings  # noqa: E402
 from controller.demo import DemoOptions, default_demo_config, run_demo  # noqa: E402
 from controller.ledger import Ledger  # noqa: E402
 

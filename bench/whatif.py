@@ -27,7 +27,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
 
-from configs.timing import IntersectionTiming, Proposal, SafetyLimits, project
+from configs.safety import Proposal, project
+from configs.timing import IntersectionTiming, SafetyLimits
 from simulators.demand import DemandEstimator, geh
 from simulators.network import load_network
 from simulators.twin import LibsumoWhatIfEngine, RunTask, WhatIfRequest, run_plan

@@ -27,6 +27,7 @@ from typing import Any
 
 from configs.errors import SafetyViolation, SignaltwinError, SigningError
 from configs.outcomes import CycleOutcome, PushOutcome
+from configs.safety import require_safe
 from configs.settings import Settings
 from configs.timing import (
     BaseProgram,
@@ -36,7 +37,6 @@ from configs.timing import (
     Prediction,
     TimingConfiguration,
     canonical_json,
-    require_safe,
     sha256_hex,
 )
 from controller.contracts import (

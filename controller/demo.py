@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from configs.errors import ActuationError, ConfigError, SignaltwinError
-from configs.settings import ControllerEndpoint, Settings, dump_settings_toml, load_settings
+from configs.settings import ControllerEndpoint, Settings
+from configs.settings_file import dump_settings_toml, load_settings
 from controller.contracts import CycleReport
 from controller.cycle import CycleRunner
 from controller.wiring import build_runner

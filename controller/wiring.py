@@ -25,7 +25,8 @@ from configs.errors import (
     SimulationError,
     WhatIfCancelled,
 )
-from configs.settings import Settings, read_secret
+from configs.settings import Settings
+from configs.settings_file import read_secret
 from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
 from controller.contracts import CycleCancelled, DeployOutcome, Observation, WhatIfSummary
 from controller.cycle import CycleRunner
@@ -217,7 +218,7 @@ class ProposerAdapter:
         current: Mapping[str, IntersectionTiming],
         mode: str = "fixed",
     ) -> dict[str, IntersectionTiming]:
-        from configs.timing import project_plans
+        from configs.safety import project_plans
         from rl.baselines import as_mode
 
         bases = {}

@@ -15,14 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from configs.timing import (
-    BaseProgram,
-    IntersectionTiming,
-    LimitsSource,
-    Proposal,
-    SafetyLimits,
-    project_plans,
-)
+from configs.safety import Proposal, project_plans
+from configs.timing import BaseProgram, IntersectionTiming, LimitsSource, SafetyLimits
 
 __all__ = ["demand_features", "perturbations"]
 

@@ -11,8 +11,8 @@ from configs.settings import (
     DEFAULT_HSM_MODULE,
     DEFAULT_HSM_TOKEN_LABEL,
     HsmSettings,
-    read_secret,
 )
+from configs.settings_file import read_secret
 from hsm.errors import PinFileError
 
 __all__ = [

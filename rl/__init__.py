@@ -1,8 +1,8 @@
 """Reinforcement-learning policy for signal timing: features, policy, baselines, feedback.
 
 The policy proposes, the controller decides: everything here returns
-:class:`configs.timing.Proposal` objects or plans made by
-:func:`configs.timing.project`; the gate and the safety invariants live elsewhere.
+:class:`configs.safety.Proposal` objects or plans made by
+:func:`configs.safety.project`; the gate and the safety invariants live elsewhere.
 
 The environment and trainer (:mod:`rl.env`, :mod:`rl.train`) pull in
 gymnasium and stable-baselines3, so they are imported lazily.

@@ -1,7 +1,7 @@
 """Reference controllers: fixed plans, Webster, actuated plans and max-pressure.
 
-Plan deployers (fixed, Webster, actuated) produce :class:`configs.timing.Proposal`
-objects or plans made by :func:`configs.timing.project`, exactly like the policy.
+Plan deployers (fixed, Webster, actuated) produce :class:`configs.safety.Proposal`
+objects or plans made by :func:`configs.safety.project`, exactly like the policy.
 Max-pressure is different: a real-time phase selector that runs inside the
 simulation every few seconds (a reference for what per-second control can do,
 not something the daemon deploys). It switches through the base program's own
@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from configs.errors import ConfigError
+from configs.safety import Proposal, project
 from configs.timing import (
     BasePhase,
     BaseProgram,
     IntersectionTiming,
     LimitsSource,
-    Proposal,
     SafetyLimits,
     intersection_limits,
-    project,
 )
 from rl.features import SATURATION_VPH_PER_LANE, IntersectionObservation
 from rl.field_session import FieldSimulation

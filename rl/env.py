@@ -5,7 +5,7 @@ Episodes run on :class:`rl.field_session.FieldSession`, i.e. the field emulator
 demand scale, and teleporting after ``teleport_s`` so that a gridlocked episode
 still ends. One step is one plan interval (240 s of field time by default, and
 episodes begin on multiples of it, the field's measurement grid): every light
-gets a new plan from its action (through :func:`configs.timing.project`, so
+gets a new plan from its action (through :func:`configs.safety.project`, so
 every plan the simulation runs is safe), then the field advances one interval
 and each light is rewarded for its own approaches:
 
@@ -45,7 +45,8 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, LimitsSource, SafetyLimits, project_plans
+from configs.safety import project_plans
+from configs.timing import IntersectionTiming, LimitsSource, SafetyLimits
 from rl.baselines import actuated_plans, as_mode, fixed_plans
 from rl.features import (
     ACT_DIM,

@@ -16,7 +16,7 @@ in real time through a per-step hook on the field.
 
 Every plan is made within its own light's limits: ``limits`` may be the
 settings' safety section, whose per-intersection overrides then apply
-(:func:`configs.timing.project_plans`).
+(:func:`configs.safety.project_plans`).
 
 The command line is ``signaltwin evaluate`` (:mod:`controller.commands.evaluate`).
 """
@@ -31,13 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from configs.timing import (
-    BaseProgram,
-    IntersectionTiming,
-    LimitsSource,
-    SafetyLimits,
-    project_plans,
-)
+from configs.safety import project_plans
+from configs.timing import BaseProgram, IntersectionTiming, LimitsSource, SafetyLimits
 from rl.baselines import (
     MaxPressureController,
     PlanMode,

@@ -28,7 +28,7 @@ interval (scheme 1, adjustments of the plan in force, did; its weights are
 refused by :meth:`rl.policy.TorchPolicy.load`). How fast a plan may move per
 deployment stays the projection's business (cycle and split change limits
 against the plan in force). :func:`action_to_proposal` turns an action into a
-:class:`configs.timing.Proposal`; only :func:`configs.timing.project` makes it
+:class:`configs.safety.Proposal`; only :func:`configs.safety.project` makes it
 a plan.
 """
 
@@ -42,7 +42,8 @@ import numpy as np
 import numpy.typing as npt
 
 from configs.errors import ConfigError
-from configs.timing import BaseProgram, IntersectionTiming, Proposal
+from configs.safety import Proposal
+from configs.timing import BaseProgram, IntersectionTiming
 from simulators.network import NetworkModel
 
 __all__ = [

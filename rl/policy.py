@@ -1,8 +1,8 @@
 """The policy seam and the shipped torch policy.
 
-The daemon asks a :class:`Policy` for one :class:`configs.timing.Proposal` per
+The daemon asks a :class:`Policy` for one :class:`configs.safety.Proposal` per
 intersection; it never receives a plan from here. Plans are made only by
-:func:`configs.timing.project` (in the daemon, the environment and the
+:func:`configs.safety.project` (in the daemon, the environment and the
 evaluation), so safety is never in RL code.
 
 Weights are a plain torch ``state_dict`` of :class:`ActorNet` plus a few
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from configs.errors import ConfigError
-from configs.timing import Proposal
+from configs.safety import Proposal
 from rl.features import (
     ACT_DIM,
     ACTION_SCHEME,

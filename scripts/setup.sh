@@ -17,7 +17,11 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 packages=(softhsm2)
 # Debian's python3 needs python3-venv for `python3 -m venv`; other Pythons have it built in
 "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
-if [ "$dev" = 1 ]; then packages+=(ffmpeg chromium); fi
+if [ "$dev" = 1 ]; then
+    packages+=(ffmpeg chromium)
+    # systemd-analyze checks the shipped unit in the tests (verify, security --offline)
+    command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

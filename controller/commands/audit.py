@@ -212,7 +212,7 @@ def _ledger_path(args: argparse.Namespace) -> Path:
     if args.ledger is not None:
         return Path(args.ledger)
     if args.config is not None:
-        from configs.settings import load_settings
+        from configs.settings_file import load_settings
 
         return Path(load_settings(args.config).ledger.path)
     raise ConfigError("give the ledger file with --ledger FILE (or --config settings.toml)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from configs.errors import ConfigError
-from configs.settings import check_environment, load_settings
+from configs.settings_file import check_environment, load_settings
 from controller.exit_codes import ExitCode
 
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from configs.errors import ConfigError
-from configs.settings import Settings, load_settings, read_secret
+from configs.settings import Settings
+from configs.settings_file import load_settings, read_secret
 from configs.timing import BaseProgram, NetworkRef
 from controller.exit_codes import ExitCode
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from configs.errors import ConfigError
-from configs.settings import Settings, load_settings
+from configs.settings import Settings
+from configs.settings_file import load_settings
 from configs.timing import IntersectionTiming
 from controller.exit_codes import ExitCode
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from configs.errors import ConfigError
-from configs.settings import HsmSettings, load_settings
+from configs.settings import HsmSettings
+from configs.settings_file import load_settings
 from controller.exit_codes import ExitCode
 
 if TYPE_CHECKING:

@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 
     width, height, fps, duration_s, device_pref = 1920, 1080, 30, 20.0, "auto"
     if args.config is not None:
-        from configs.settings import load_settings
+        from configs.settings_file import load_settings
 
         settings = load_settings(args.config)
         video = settings.video

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from configs.errors import SignaltwinError
-from configs.settings import Settings, load_settings
+from configs.settings import Settings
+from configs.settings_file import load_settings
 from controller.exit_codes import ExitCode
 from controller.notify import JournalFormatter, NullNotifier, SystemdNotifier, stderr_is_journal
 

@@ -12,15 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from configs.errors import ConfigError
-from configs.settings import SafetySettings, Settings, load_settings
-from configs.timing import (
-    BaseProgram,
-    IntersectionTiming,
-    Proposal,
-    SafetyLimits,
-    TimingConfiguration,
-    project_plans,
-)
+from configs.safety import Proposal, project_plans
+from configs.settings import SafetySettings, Settings
+from configs.settings_file import load_settings
+from configs.timing import BaseProgram, IntersectionTiming, SafetyLimits, TimingConfiguration
 from controller.exit_codes import ExitCode
 
 if TYPE_CHECKING:

@@ -351,7 +351,7 @@ def collect_rows(
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from configs.settings import load_settings
+    from configs.settings_file import load_settings
 
     settings = load_settings(args.config)
     spec = CollectSpec(

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from configs.errors import ConfigError
-from configs.settings import load_settings
+from configs.settings_file import load_settings
 from controller.exit_codes import ExitCode
 
 # rl (torch, stable-baselines3, gymnasium) and simulators (SUMO) are imported when

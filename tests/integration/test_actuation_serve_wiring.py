@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from actuation import Actuator, ThreadedActuator, pool_from_settings, provision_demo_pki
-from configs.settings import load_settings, read_secret
+from configs.settings_file import load_settings, read_secret
 from configs.timing import IntersectionTiming, NetworkRef
 from controller.commands.controllers import build_fleet, plan_endpoints
 from simulators.network import load_network

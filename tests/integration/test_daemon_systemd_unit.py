@@ -123,3 +123,17 @@ def test_unit_carries_the_hardening_and_start_limit(tmp_path: Path) -> None:
     score = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
     assert score is not None, done.stdout + done.stderr
     assert float(score.group(1)) <= 1.2  # 1.9 before RemoveIPC/ProtectProc/IPAddressDeny/...
+
+
+def test_documentation_and_programs_exist_in_the_installed_checkout() -> None:
+    """Documentation= and ExecStart= name files of the checkout at /opt/signaltwin."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(UNIT)
+    docs = parser["Unit"]["Documentation"].split()
+    assert docs
+    for uri in docs:
+        assert uri.startswith("file:///opt/signaltwin/"), uri
+        relative = uri.removeprefix("file:///opt/signaltwin/")
+        assert (REPO / relative).is_file(), f"{uri}: no {relative} in the repository"
+    # the checkout's scripts/setup.sh makes .venv/bin/signaltwin, which ExecStart runs
+    assert parser["Service"]["ExecStart"].startswith("/opt/signaltwin/.venv/bin/signaltwin ")

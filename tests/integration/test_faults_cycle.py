@@ -24,14 +24,8 @@ from typing import Any
 import pytest
 
 from configs.outcomes import PushOutcome
-from configs.timing import (
-    IntersectionTiming,
-    NetworkRef,
-    Proposal,
-    SafetyLimits,
-    TimingConfiguration,
-    project,
-)
+from configs.safety import Proposal, project
+from configs.timing import IntersectionTiming, NetworkRef, SafetyLimits, TimingConfiguration
 from controller.audit import verify_ledger
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome

@@ -9,7 +9,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, SafetyLimits, check_intersection
+from configs.safety import check_intersection
+from configs.timing import IntersectionTiming, SafetyLimits
 from rl.baselines import MaxPressureController
 from rl.env import EnvConfig, IntersectionVecEnv, SignalSimulation, SignalTimingEnv
 from rl.evaluate import run_once, webster_decide

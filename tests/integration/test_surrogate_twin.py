@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.settings import load_settings
+from configs.settings_file import load_settings
 from configs.timing import IntersectionTiming
 from controller.cli import run
 from controller.commands.surrogate import CollectSpec, collect_rows

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from configs.outcomes import PushOutcome
+from configs.safety import Proposal, project
 from configs.settings import Settings, SimulationSettings
 from configs.timing import (
     BaseProgram,
     IntersectionTiming,
     NetworkRef,
-    Proposal,
     SafetyLimits,
     TimingConfiguration,
-    project,
 )
 from controller.contracts import (
     ControllerFleet,

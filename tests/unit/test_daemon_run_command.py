@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from configs.settings import Settings, load_settings
+from configs.settings import Settings
+from configs.settings_file import load_settings
 from controller.cli import run as cli_run
 from controller.commands.run import _run_once, configure_logging
 from controller.daemon import BasicCycleReport, CycleReportLike, FeedbackReport

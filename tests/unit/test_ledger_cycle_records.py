@@ -9,15 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from configs.outcomes import PushOutcome
+from configs.safety import Proposal, project
 from configs.settings import Settings, SimulationSettings
-from configs.timing import (
-    IntersectionTiming,
-    NetworkRef,
-    Proposal,
-    SafetyLimits,
-    TimingConfiguration,
-    project,
-)
+from configs.timing import IntersectionTiming, NetworkRef, SafetyLimits, TimingConfiguration
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
 from controller.ledger import Ledger, build_report, verify_ledger

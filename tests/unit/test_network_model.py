@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, PhasePlan, SafetyLimits, check_intersection
+from configs.safety import check_intersection
+from configs.timing import IntersectionTiming, PhasePlan, SafetyLimits
 from simulators.netbuild import (
     DISTRICT_DIR,
     DemandProfile,

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, SafetyLimits, check_intersection, project
+from configs.safety import check_intersection, project
+from configs.timing import IntersectionTiming, SafetyLimits
 from rl.baselines import (
     MaxPressureController,
     _red_state,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from configs.safety import Proposal, project_plans
 from configs.settings import SafetySettings
-from configs.timing import IntersectionTiming, Proposal, project_plans
+from configs.timing import IntersectionTiming
 from rl.baselines import actuated_plans
 from rl.evaluate import start_plans, webster_decide
 from rl.features import IntersectionLayout, IntersectionObservation

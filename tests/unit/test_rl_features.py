@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, SafetyLimits, check_intersection, project
+from configs.safety import check_intersection, project
+from configs.timing import IntersectionTiming, SafetyLimits
 from rl.features import (
     ACT_DIM,
     MAX_GREENS,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from configs.errors import ConfigError
-from configs.timing import IntersectionTiming, Proposal, SafetyLimits, check_intersection, project
+from configs.safety import Proposal, check_intersection, project
+from configs.timing import IntersectionTiming, SafetyLimits
 from rl.features import OBS_DIM, build_observations, layouts_from_network
 from rl.feedback import FeedbackStore
 from rl.finetune import PolicyVersion, finetune

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 
 from configs.errors import ConfigError
-from configs.settings import (
-    ControllerEndpoint,
-    check_environment,
-    load_settings,
-    read_secret,
-)
+from configs.settings import ControllerEndpoint
+from configs.settings_file import check_environment, load_settings, read_secret
 from controller.cli import run
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
@@ -173,7 +169,7 @@ def test_production_example_is_valid_schema(tmp_path: Path) -> None:
 
 
 def test_settings_written_as_toml_load_back_equal(tmp_path: Path) -> None:
-    from configs.settings import dump_settings_toml
+    from configs.settings_file import dump_settings_toml
 
     settings = load_settings(
         _copy_demo(

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from configs.errors import ConfigError, SafetyViolation
+from configs.safety import Proposal, check_configuration, check_intersection, project, require_safe
 from configs.timing import (
     INVARIANTS,
     BaseProgram,
@@ -17,14 +18,9 @@ from configs.timing import (
     IntersectionTiming,
     NetworkRef,
     Prediction,
-    Proposal,
     SafetyLimits,
     TimingConfiguration,
-    check_configuration,
-    check_intersection,
     classify_state,
-    project,
-    require_safe,
 )
 
 GREEN_STATES = ["GGgrrrGGgrrr", "rrrGGgrrrGGg", "GrGrGrGrGrGr", "rGrGrGrGrGrG"]
@@ -309,7 +305,7 @@ def test_check_configuration_names_missing_base_and_require_safe_raises() -> Non
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), n=st.integers(1, 8))
 def test_water_fill_is_the_clipped_shift_that_meets_the_total(data: st.DataObject, n: int) -> None:
-    from configs.timing import _water_fill
+    from configs.safety import _water_fill
 
     want = data.draw(st.lists(st.floats(0, 200), min_size=n, max_size=n))
     lo = data.draw(st.lists(st.floats(1, 30), min_size=n, max_size=n))

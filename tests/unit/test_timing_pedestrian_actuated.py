@@ -5,14 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configs.timing import (
-    BaseProgram,
-    IntersectionTiming,
-    Proposal,
-    SafetyLimits,
-    check_intersection,
-    project,
-)
+from configs.safety import Proposal, check_intersection, project
+from configs.timing import BaseProgram, IntersectionTiming, SafetyLimits
 from rl.baselines import actuated_plan
 
 LIMITS = SafetyLimits(min_green_s=7, ped_walk_s=7, ped_clearance_s=10)

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from configs.errors import SimulationError
-from configs.settings import load_settings
+from configs.settings_file import load_settings
 from configs.timing import IntersectionTiming, PhasePlan
 from simulators.demand import read_detector_lanes
 from simulators.netbuild import district_paths
