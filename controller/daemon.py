@@ -81,7 +81,6 @@ __all__ = [
     "ComponentHealth",
     "CycleReportLike",
     "CycleRun",
-    "CycleRunner",
     "Daemon",
     "DaemonOptions",
     "DaemonSettings",
@@ -95,12 +94,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=DaemonSettings)
-
-CycleRunner = RunsCycles
-"""The previous name of :class:`controller.contracts.RunsCycles` (``controller.commands.run``
-still imports it); new code names the Protocol ``RunsCycles``, since
-:class:`controller.cycle.CycleRunner` is the class that implements it."""
-
 
 # --- the daemon ---------------------------------------------------------------------------
 

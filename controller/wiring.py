@@ -199,7 +199,8 @@ class ProposerAdapter:
         self.surrogate = surrogate
         self.surrogate_device = surrogate_device
         self._current: Mapping[str, IntersectionTiming] = {}
-        self._demand_features: Any = None
+        #: the screening surrogate's demand features of the last proposal
+        self.demand_features: Any = None
         #: the per-intersection observations of the last proposal (for the feedback store)
         self.last_observations: Mapping[str, Any] = {}
         #: where the policy's weights are (fine-tuning starts from them)
@@ -254,10 +255,28 @@ class ProposerAdapter:
         from rl.features import critical_flow_ratios
 
         self._current = current
-        self._demand_features = demand_features(
+        self.demand_features = demand_features(
             [sum(critical_flow_ratios(o)) for o in observations.values()]
         )
         return candidates, policy_sha
+
+    def perturbation_pool(
+        self, candidates: Mapping[str, Mapping[str, IntersectionTiming]], n: int
+    ) -> list[tuple[str, dict[str, IntersectionTiming]]]:
+        """The proposals and ``n`` safe perturbations of them (what :meth:`screen` scores).
+
+        Call after :meth:`propose` (it bounds the perturbations by the plans in force).
+        """
+        from edge_accel.screening import perturbations
+
+        return perturbations(
+            candidates,
+            self._current,
+            {t: layout.base for t, layout in self.layouts.items()},
+            self.settings.safety,
+            seed=self.settings.simulation.base_seed,
+            n=n,
+        )
 
     def screen(
         self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
@@ -271,20 +290,12 @@ class ProposerAdapter:
         n = self.settings.simulation.screen_candidates
         if self.surrogate is None or n <= 0 or not candidates or len(kept) >= keep:
             return kept
-        from edge_accel.screening import perturbations
         from edge_accel.surrogate import candidate_features, plan_arrays, screen
 
-        pool = perturbations(
-            candidates,
-            self._current,
-            {t: layout.base for t, layout in self.layouts.items()},
-            self.settings.safety,
-            seed=self.settings.simulation.base_seed,
-            n=n,
-        )
+        pool = self.perturbation_pool(candidates, n)
         order = sorted(self._current)
         features = candidate_features(
-            self._demand_features,
+            self.demand_features,
             plan_arrays([p for _, p in pool], order),
             plan_arrays([self._current], order),
             self.surrogate_device,
@@ -302,34 +313,6 @@ class ProposerAdapter:
             kept.setdefault(name, plans)
         logger.info("screened %d candidates, kept %s", len(pool), sorted(kept))
         return kept
-
-
-def _demand_features(observations: Mapping[str, Any]) -> Any:
-    """Old path of :func:`edge_accel.screening.demand_features` (from observations)."""
-    from edge_accel.screening import demand_features
-    from rl.features import critical_flow_ratios
-
-    return demand_features([sum(critical_flow_ratios(o)) for o in observations.values()])
-
-
-def _perturbations(
-    candidates: Mapping[str, Mapping[str, IntersectionTiming]],
-    current: Mapping[str, IntersectionTiming],
-    layouts: Mapping[str, Any],
-    settings: Settings,
-    n: int,
-) -> list[tuple[str, dict[str, IntersectionTiming]]]:
-    """Old path of :func:`edge_accel.screening.perturbations` (kept for ``commands.surrogate``)."""
-    from edge_accel.screening import perturbations
-
-    return perturbations(
-        candidates,
-        current,
-        {t: layout.base for t, layout in layouts.items()},
-        settings.safety,
-        seed=settings.simulation.base_seed,
-        n=n,
-    )
 
 
 # --------------------------------------------------------------------------- renderer

@@ -15,7 +15,6 @@ from edge_accel.encode import (
     VideoArtifact,
     VideoProbe,
     probe_video,
-    sha256_file,
 )
 from edge_accel.render import WhatIfScene, render_whatif
 from edge_accel.scene import SceneGeometry, WhatIfFrames, grid_geometry
@@ -63,7 +62,6 @@ __all__ = [
     "save_surrogate",
     "screen",
     "select_device",
-    "sha256_file",
     "spearman",
     "train_surrogate",
 ]

@@ -11,7 +11,6 @@ video can still be traced to the ledger record that produced it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from configs.digests import sha256_hex
 from configs.errors import ConfigError, SignaltwinError
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "VideoArtifact",
     "VideoProbe",
     "probe_video",
-    "sha256_file",
     "write_sidecar",
 ]
 
@@ -107,15 +106,6 @@ class VideoArtifact:
     width: int
     height: int
     fps: int
-
-
-def sha256_file(path: Path) -> str:
-    """Return the sha256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class H264Writer:
@@ -262,7 +252,7 @@ def write_sidecar(
         sidecar_path.write_bytes(data)
     except OSError as e:
         raise EncodeError(f"cannot write the attribution sidecar {sidecar_path}: {e}") from e
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(data)
 
 
 @dataclass(frozen=True)

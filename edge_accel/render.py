@@ -29,10 +29,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from configs.digests import sha256_file
 from configs.errors import ConfigError
 from edge_accel.color import colormap_lut, rgb_to_yuv, rgb_to_yuv420
 from edge_accel.device import select_device
-from edge_accel.encode import Attribution, H264Writer, VideoArtifact, sha256_file, write_sidecar
+from edge_accel.encode import Attribution, H264Writer, VideoArtifact, write_sidecar
 from edge_accel.font import GlyphAtlas
 from edge_accel.raster import PixelTable, WorldToPixel, rasterise_polylines
 from edge_accel.scene import SceneGeometry, WhatIfFrames

@@ -18,7 +18,6 @@ green fraction against the current plan.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from configs.digests import sha256_file, sha256_hex
 from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, classify_state
 
@@ -449,7 +449,7 @@ def save_surrogate(
         data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot write surrogate weights {path}: {e}") from e
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(data)
 
 
 def load_surrogate(path: Path, device: torch.device | None = None) -> SurrogateModel:
@@ -487,7 +487,7 @@ def describe_surrogate(path: Path) -> dict[str, Any]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return {
         "weights": str(path),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": sha256_file(path),
         "format": SURROGATE_FORMAT,
         "input_dim": model.input_dim,
         "hidden": list(model.hidden),

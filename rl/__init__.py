@@ -37,7 +37,7 @@ from rl.features import (
 )
 from rl.feedback import FeedbackStore, MeasuredDelta, Samples
 from rl.finetune import PolicyVersion, finetune
-from rl.policy import ActorNet, Policy, TorchPolicy, file_sha256, save_weights
+from rl.policy import ActorNet, Policy, TorchPolicy, save_weights
 
 if TYPE_CHECKING:
     from rl.env import EnvConfig, IntersectionVecEnv, SignalSimulation, SignalTimingEnv
@@ -69,7 +69,6 @@ __all__ = [
     "critical_flow_ratios",
     "encode",
     "encode_batch",
-    "file_sha256",
     "finetune",
     "fixed_plans",
     "layouts_from_network",

@@ -13,7 +13,6 @@ file; :meth:`TorchPolicy.load` checks the digest first and then loads with
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from configs.digests import sha256_file
 from configs.errors import ConfigError
 from configs.safety import Proposal
 from rl.features import (
@@ -40,7 +40,6 @@ __all__ = [
     "ActorNet",
     "Policy",
     "TorchPolicy",
-    "file_sha256",
     "save_weights",
 ]
 
@@ -93,15 +92,6 @@ class ActorNet(nn.Module):
         return out
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 hex of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_weights(net: ActorNet, path: Path, mode: PlanMode = "fixed") -> str:
     """Save ``net`` as a weights-only file plus ``<path>.sha256``; return the digest."""
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
@@ -112,7 +102,7 @@ def save_weights(net: ActorNet, path: Path, mode: PlanMode = "fixed") -> str:
     state["meta.action_scheme"] = torch.tensor(ACTION_SCHEME)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n", encoding="ascii")
     return digest
 
@@ -161,7 +151,7 @@ class TorchPolicy:
                     f"policy digest file {sidecar} is missing or unreadable; "
                     "ship it next to the weights (signaltwin train writes it)"
                 ) from e
-        actual = file_sha256(p)
+        actual = sha256_file(p)
         if actual != expected_sha256:
             raise ConfigError(
                 f"policy weights {p} have sha256 {actual} but {expected_sha256} was expected: "

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     # the daemon (APScheduler, prometheus-client) and the cycle it assembles (SUMO,
     # torch, asyncua, the HSM) are imported when the command runs, so that
     # registering it at every `signaltwin` start stays cheap.
-    from controller.daemon import CycleRunner
+    from controller.contracts import RunsCycles
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def configure_logging(level: str, log_format: Literal["auto", "journal", "plain"
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
 
 
-def _cycle_factory() -> Callable[[Settings], CycleRunner[Settings]]:
+def _cycle_factory() -> Callable[[Settings], RunsCycles[Settings]]:
     try:
         from controller.wiring import build_runner
     except ImportError as e:
@@ -121,11 +121,11 @@ def _cycle_factory() -> Callable[[Settings], CycleRunner[Settings]]:
             "controller.wiring.build_runner is not available in this build "
             f"({e}); the daemon cannot assemble its cycle"
         ) from e
-    factory: Callable[[Settings], CycleRunner[Settings]] = build_runner
+    factory: Callable[[Settings], RunsCycles[Settings]] = build_runner
     return factory
 
 
-def _reload_factory(settings: Settings) -> CycleRunner[Settings]:
+def _reload_factory(settings: Settings) -> RunsCycles[Settings]:
     """A runner built on SIGHUP: it leaves the running runner's push alone."""
     from controller.wiring import build_runner
 
@@ -172,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_once(
-    path: Path, settings: Settings, factory: Callable[[Settings], CycleRunner[Settings]]
+    path: Path, settings: Settings, factory: Callable[[Settings], RunsCycles[Settings]]
 ) -> int:
     from controller.daemon import Daemon, DaemonOptions
     from controller.metrics import Metrics, build_registry

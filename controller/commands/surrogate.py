@@ -232,8 +232,8 @@ def collect_rows(
     """Yield one training row per candidate, measured on the twin.
 
     Candidates and features are built by the daemon's own proposer helpers
-    (:class:`controller.wiring.ProposerAdapter`, ``_perturbations``,
-    ``_demand_features``), so the rows match what the cycle screens at run time.
+    (:meth:`controller.wiring.ProposerAdapter.perturbation_pool` and its
+    ``demand_features``), so the rows match what the cycle screens at run time.
 
     Args:
         settings: The daemon's settings (network, safety limits, fleet, seeds).
@@ -252,13 +252,7 @@ def collect_rows(
     """
     from configs.timing import IntersectionTiming
     from controller.cycle import Observation
-    from controller.wiring import (
-        ProposerAdapter,
-        TwinAdapter,
-        _demand_features,
-        _perturbations,
-        load_policy,
-    )
+    from controller.wiring import ProposerAdapter, TwinAdapter, load_policy
     from edge_accel.surrogate import candidate_features, plan_arrays
     from simulators.network import load_network
     from simulators.twin import LibsumoWhatIfEngine
@@ -294,11 +288,9 @@ def collect_rows(
             proposer = ProposerAdapter(snap_settings, network, policy=policy)
             proposals, _ = proposer.propose(observation, demand, current)
             take = min(per_snapshot, remaining)
-            pool = _perturbations(
-                proposals, current, proposer.layouts, snap_settings, max(0, take - len(proposals))
-            )[:take]
+            pool = proposer.perturbation_pool(proposals, max(0, take - len(proposals)))[:take]
             features = candidate_features(
-                _demand_features(proposer.last_observations),
+                proposer.demand_features,
                 plan_arrays([p for _, p in pool], order),
                 plan_arrays([current], order),
             ).numpy()

@@ -14,7 +14,7 @@ from configs.timing import IntersectionTiming
 from controller.cli import run
 from controller.commands.surrogate import CollectSpec, collect_rows
 from controller.cycle import Observation
-from controller.wiring import ProposerAdapter, _demand_features, _perturbations
+from controller.wiring import ProposerAdapter
 from edge_accel.surrogate import (
     candidate_features,
     load_rows_jsonl,
@@ -89,10 +89,10 @@ def test_shipped_model_screens_like_its_predictions() -> None:
     assert len(chosen) == 3
 
     # the same pool and features the adapter built, predicted directly
-    pool = _perturbations(candidates, current, proposer.layouts, settings, 64)
+    pool = proposer.perturbation_pool(candidates, 64)
     order = sorted(current)
     features = candidate_features(
-        _demand_features(proposer.last_observations),
+        proposer.demand_features,
         plan_arrays([p for _, p in pool], order),
         plan_arrays([current], order),
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.digests import sha256_file
 from controller.cli import run
 from edge_accel import (
     Attribution,
@@ -16,7 +17,6 @@ from edge_accel import (
     grid_geometry,
     probe_video,
     render_whatif,
-    sha256_file,
 )
 
 pytestmark = pytest.mark.integration

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from configs.digests import sha256_file
 from configs.errors import ConfigError
 from configs.safety import Proposal, check_intersection, project
 from configs.timing import IntersectionTiming, SafetyLimits
 from rl.features import OBS_DIM, build_observations, layouts_from_network
 from rl.feedback import FeedbackStore
 from rl.finetune import PolicyVersion, finetune
-from rl.policy import ActorNet, Policy, TorchPolicy, file_sha256, save_weights
+from rl.policy import ActorNet, Policy, TorchPolicy, save_weights
 from tests.support.rl_fakes import fake_network, three_phase_light, two_phase_light
 
 POLICIES = Path(__file__).resolve().parents[2] / "rl" / "policies"
@@ -36,7 +37,7 @@ def _obs():
 
 def test_weights_round_trip_and_propose_batched_deterministically(tmp_path: Path) -> None:
     path, digest = _weights(tmp_path)
-    assert (tmp_path / "p.pt.sha256").read_text().split()[0] == digest == file_sha256(path)
+    assert (tmp_path / "p.pt.sha256").read_text().split()[0] == digest == sha256_file(path)
     policy = TorchPolicy.load(path)
     assert isinstance(policy, Policy)
     assert policy.sha256 == digest and digest[:12] in policy.version
@@ -56,7 +57,7 @@ def test_weights_of_the_old_action_scheme_are_refused(tmp_path: Path) -> None:
     state = torch.load(path, weights_only=True)
     del state["meta.action_scheme"]
     torch.save(state, path)
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     with pytest.raises(ConfigError, match="action scheme 1.*retrain"):
         TorchPolicy.load(path, expected_sha256=digest)
 
@@ -104,7 +105,7 @@ def test_missing_digest_file_and_wrong_expected_digest_are_refused(tmp_path: Pat
 def test_shipped_policy_loads_and_matches_its_digest(name: str, mode: str) -> None:
     shipped = POLICIES / name
     policy = TorchPolicy.load(shipped)
-    assert policy.sha256 == file_sha256(shipped)
+    assert policy.sha256 == sha256_file(shipped)
     assert policy.mode == mode
     assert shipped.stat().st_size < 5 * 1024 * 1024
     out = policy.act(np.zeros((3, OBS_DIM), dtype=np.float32))
@@ -152,7 +153,7 @@ def test_feedback_measured_delta_becomes_reward_and_finetune_versions_the_policy
     version = finetune(parent, samples, tmp_path / "v2.pt", min_samples=8, steps=50)
     assert isinstance(version, PolicyVersion)
     assert version.parent_sha256 == parent_digest
-    assert version.sha256 == file_sha256(tmp_path / "v2.pt") != parent_digest
+    assert version.sha256 == sha256_file(tmp_path / "v2.pt") != parent_digest
     assert version.samples == 12
     assert TorchPolicy.load(version.path).sha256 == version.sha256
     with pytest.raises(ConfigError, match="at least"):
