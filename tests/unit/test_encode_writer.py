@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from configs.digests import sha256_file
 from configs.errors import ConfigError
 from edge_accel.encode import (
     SIDECAR_SCHEMA,
     Attribution,
     H264Writer,
     probe_video,
-    sha256_file,
     write_sidecar,
 )
 
