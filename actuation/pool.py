@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -279,13 +280,12 @@ class ControllerPool:
         probe: str | None = None
         all_staged = True
         for tls, stage_out in staged.items():
-            row = rows[tls]
             if isinstance(stage_out, BaseException):
-                row.error = f"stage: {stage_out}"
+                rows[tls] = replace(rows[tls], error=f"stage: {stage_out}")
                 all_staged = False
                 continue
             (status, message), ft = stage_out
-            row.stage_status, row.stage_message = status, message
+            rows[tls] = replace(rows[tls], stage_status=status, stage_message=message)
             if probe is None or ft > field_now:
                 field_now, probe = ft, tls
             if status != PlanStatus.OK:
@@ -302,10 +302,12 @@ class ControllerPool:
             )
             for tls, abort_out in aborted.items():
                 if isinstance(abort_out, BaseException):
-                    rows[tls].note(f"abort: {abort_out} (retried when the session is back)")
+                    note = f"abort: {abort_out} (retried when the session is back)"
+                    rows[tls] = rows[tls].note(note)
                     self._links[tls].pending_abort = sequence
                 else:
-                    rows[tls].abort_status, rows[tls].abort_message = abort_out
+                    status, message = abort_out
+                    rows[tls] = replace(rows[tls], abort_status=status, abort_message=message)
             failed = sorted(t for t, r in rows.items() if not r.staged)
             reason = f"stage failed on {len(failed)} controller(s): {', '.join(failed[:10])}"
             logger.warning("push %d aborted: %s", sequence, reason)
@@ -340,18 +342,20 @@ class ControllerPool:
         )
         for tls, act_out in activated.items():
             if isinstance(act_out, BaseException):
-                rows[tls].error = f"activate: {act_out}"
+                rows[tls] = replace(rows[tls], error=f"activate: {act_out}")
             else:
-                rows[tls].activate_status, rows[tls].activate_message = act_out
+                status, message = act_out
+                rows[tls] = replace(rows[tls], activate_status=status, activate_message=message)
         activate_done = time.perf_counter()
 
         readback = await self._each(lambda link: link.read([c.ACTIVE_SEQUENCE, c.ACTIVE_DIGEST]))
         for tls, rb_out in readback.items():
             if isinstance(rb_out, BaseException):
-                rows[tls].note(f"readback: {rb_out}")
+                rows[tls] = rows[tls].note(f"readback: {rb_out}")
             else:
-                rows[tls].readback_sequence = int(rb_out[0])
-                rows[tls].readback_digest = str(rb_out[1])
+                rows[tls] = replace(
+                    rows[tls], readback_sequence=int(rb_out[0]), readback_digest=str(rb_out[1])
+                )
         end = time.perf_counter()
         good = [r.running(sequence, digest) for r in rows.values()]
         outcome_name = PushOutcome.ACTIVATED if all(good) else PushOutcome.PARTIAL

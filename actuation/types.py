@@ -8,7 +8,7 @@ per controller).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -95,9 +95,13 @@ class ControllerSnapshot:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ControllerPushResult:
-    """What happened on one controller during a push (a row of the ledger record)."""
+    """What happened on one controller during a push (a row of the ledger record).
+
+    Frozen: the pool builds each step's row with :func:`dataclasses.replace`
+    (or :meth:`note`), so a report handed on can no longer change.
+    """
 
     tls_id: str
     stage_status: int | None = None
@@ -110,9 +114,9 @@ class ControllerPushResult:
     readback_digest: str | None = None
     error: str | None = None
 
-    def note(self, error: str) -> None:
-        """Add ``error`` to this row's errors."""
-        self.error = error if not self.error else f"{self.error}; {error}"
+    def note(self, error: str) -> ControllerPushResult:
+        """This row with ``error`` added to its errors (the row itself is unchanged)."""
+        return replace(self, error=error if not self.error else f"{self.error}; {error}")
 
     @property
     def staged(self) -> bool:

@@ -335,7 +335,7 @@ def _init_token(util: str, conf: Path, label: str, *, so_pin: str, pin: str) -> 
     if exe is None:
         raise SigningError(
             f"{util} not found; install the Debian package 'softhsm2' (it provides "
-            "softhsm2-util and /usr/lib/softhsm/libsofthsm2.so)"
+            f"softhsm2-util and {DEFAULT_MODULE})"
         )
     env = dict(os.environ, SOFTHSM2_CONF=str(conf))
     cmd = [exe, "--init-token", "--free", "--label", label]

@@ -50,6 +50,7 @@ from pkcs11.exceptions import (
 
 from configs.digests import sha256_hex
 from configs.errors import SigningError
+from configs.settings import DEFAULT_HSM_MODULE
 from hsm.enrolment import KeyReport, TokenInfo
 from hsm.errors import (
     HsmModuleError,
@@ -185,7 +186,7 @@ def acquire_module(module: Path, softhsm_conf: Path | None = None) -> ModuleLeas
         raise HsmModuleError(
             f"PKCS#11 module {path} not found; set [hsm] module / --module to the "
             "token vendor's module (SoftHSM2: install the Debian package 'softhsm2', "
-            "/usr/lib/softhsm/libsofthsm2.so)"
+            f"{DEFAULT_HSM_MODULE})"
         )
     conf = softhsm_conf.resolve() if softhsm_conf is not None else None
     if conf is not None and not conf.is_file():

@@ -68,3 +68,13 @@ def test_aborted_report_lists_only_the_refusers() -> None:
     assert report.running() == set()
     assert report.errors() == {"B": "stage: BAD_SIGNATURE bad signature"}
     assert not refused.ok and refused.error_text == "stage: BAD_SIGNATURE bad signature"
+
+
+def test_controller_rows_are_frozen_and_note_returns_a_new_row() -> None:
+    row = _row("A", error="stage: timed out")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.error = "changed"  # type: ignore[misc]
+    noted = row.note("abort: gone")
+    assert noted.error == "stage: timed out; abort: gone"
+    assert row.error == "stage: timed out"
+    assert _row("B").note("readback: gone").error == "readback: gone"
