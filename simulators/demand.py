@@ -38,7 +38,7 @@ __all__ = [
     "DemandEstimator",
     "EdgeInfo",
     "FleetLike",
-    "FleetShare",
+    "FleetEntry",
     "RoadGraph",
     "candidate_routes",
     "edge_flows_from_detectors",
@@ -75,11 +75,12 @@ DEMAND_SCHEMA: Final = "signaltwin.demand/v1"
 
 
 @dataclass(frozen=True)
-class FleetShare:
-    """One vehicle class of the fleet mix: an HBEFA emission class, its share, its SUMO vClass.
+class FleetEntry:
+    """One vehicle class of the estimated demand: an HBEFA emission class, its share, its vClass.
 
-    ``configs.settings.FleetShare`` (the ``simulation.fleet`` entries) has the same
-    fields and is accepted wherever this is.
+    Built by normalising the fleet mix handed in (the settings'
+    ``simulation.fleet`` entries, :class:`configs.settings.FleetShare`, which
+    the estimator accepts as they are) so that the shares sum to 1.
     """
 
     emission_class: str
@@ -88,7 +89,7 @@ class FleetShare:
 
 
 class FleetLike(Protocol):
-    """Anything with the fields of :class:`FleetShare` (e.g. the settings' fleet entries)."""
+    """Anything with the fields of :class:`FleetEntry` (e.g. the settings' fleet entries)."""
 
     @property
     def emission_class(self) -> str:
@@ -429,7 +430,7 @@ def snapshot_digest(snapshot: Mapping[str, Any]) -> str:
     return sha256_hex(canonical_json(body))
 
 
-def _normalise_fleet(fleet: Sequence[FleetLike] | None) -> list[FleetShare]:
+def _normalise_fleet(fleet: Sequence[FleetLike] | None) -> list[FleetEntry]:
     # no fleet given: the settings' default mix (configs owns the vocabulary and the default)
     items: list[FleetLike] = list(fleet) if fleet else list(default_fleet())
     total = sum(f.share for f in items)
@@ -438,7 +439,7 @@ def _normalise_fleet(fleet: Sequence[FleetLike] | None) -> list[FleetShare]:
             "simulation.fleet: shares must be >= 0 and sum to more than 0 "
             f"(got {[f.share for f in items]})"
         )
-    return [FleetShare(f.emission_class, round(f.share / total, 9), str(f.vclass)) for f in items]
+    return [FleetEntry(f.emission_class, round(f.share / total, 9), str(f.vclass)) for f in items]
 
 
 def estimate_demand(

@@ -31,7 +31,7 @@ __all__ = [
     "DISTRICT_DIR",
     "DISTRICT_FILES",
     "DemandProfile",
-    "FleetShare",
+    "DistrictVehicleType",
     "build_district",
     "check_district",
     "district_paths",
@@ -97,8 +97,12 @@ DETECTOR_PERIOD_S = 60
 
 
 @dataclass(frozen=True)
-class FleetShare:
-    """One vehicle type of the fleet mix: its HBEFA4 emission class and share."""
+class DistrictVehicleType:
+    """One vehicle type of the demo district's own (hidden) fleet: vType, HBEFA4 class, share.
+
+    This is the city's fleet, which the field emulator drives; the daemon's
+    estimate of it is ``simulation.fleet`` (:class:`configs.settings.FleetShare`).
+    """
 
     type_id: str
     emission_class: str
@@ -107,14 +111,14 @@ class FleetShare:
     share: float
 
 
-FLEET: tuple[FleetShare, ...] = (
-    FleetShare("pc_petrol", "HBEFA4/PC_petrol_Euro-6ab", "passenger", 4.5, 0.40),
-    FleetShare("pc_petrol_old", "HBEFA4/PC_petrol_Euro-4", "passenger", 4.3, 0.08),
-    FleetShare("pc_diesel", "HBEFA4/PC_diesel_Euro-6ab", "passenger", 4.6, 0.20),
-    FleetShare("pc_diesel_old", "HBEFA4/PC_diesel_Euro-5", "passenger", 4.6, 0.07),
-    FleetShare("pc_bev", "HBEFA4/PC_BEV", "passenger", 4.5, 0.10),
-    FleetShare("ldv_diesel", "HBEFA4/LCV_diesel_N1-III_Euro-6ab", "delivery", 6.0, 0.10),
-    FleetShare("hdv_rigid", "HBEFA4/RT_le7.5t_Euro-VI_A-C", "truck", 8.5, 0.05),
+FLEET: tuple[DistrictVehicleType, ...] = (
+    DistrictVehicleType("pc_petrol", "HBEFA4/PC_petrol_Euro-6ab", "passenger", 4.5, 0.40),
+    DistrictVehicleType("pc_petrol_old", "HBEFA4/PC_petrol_Euro-4", "passenger", 4.3, 0.08),
+    DistrictVehicleType("pc_diesel", "HBEFA4/PC_diesel_Euro-6ab", "passenger", 4.6, 0.20),
+    DistrictVehicleType("pc_diesel_old", "HBEFA4/PC_diesel_Euro-5", "passenger", 4.6, 0.07),
+    DistrictVehicleType("pc_bev", "HBEFA4/PC_BEV", "passenger", 4.5, 0.10),
+    DistrictVehicleType("ldv_diesel", "HBEFA4/LCV_diesel_N1-III_Euro-6ab", "delivery", 6.0, 0.10),
+    DistrictVehicleType("hdv_rigid", "HBEFA4/RT_le7.5t_Euro-VI_A-C", "truck", 8.5, 0.05),
 )
 """The district fleet (shares sum to 1); NOx depends strongly on it."""
 
@@ -155,7 +159,7 @@ class DemandProfile:
     peak_veh_per_h: float
     origins: dict[str, float]
     destinations: dict[str, float]
-    fleet: tuple[FleetShare, ...]
+    fleet: tuple[DistrictVehicleType, ...]
 
     @property
     def duration_s(self) -> int:
@@ -204,7 +208,7 @@ class DemandProfile:
             raise ConfigError(f"demand profile {path} is not valid JSON: {e}") from e
         try:
             fleet = tuple(
-                FleetShare(
+                DistrictVehicleType(
                     str(f["type_id"]),
                     str(f["emission_class"]),
                     str(f["vclass"]),
@@ -425,7 +429,7 @@ def _stub_edges() -> list[tuple[str, str, bool]]:
     return out
 
 
-def fleet_xml(fleet: Sequence[FleetShare], dist_id: str = "fleet") -> str:
+def fleet_xml(fleet: Sequence[DistrictVehicleType], dist_id: str = "fleet") -> str:
     """Return a ``<vTypeDistribution>`` element for the fleet mix."""
     lines = [f'    <vTypeDistribution id="{dist_id}">']
     for f in fleet:

@@ -9,7 +9,7 @@ import pytest
 from configs.errors import ConfigError, SimulationError
 from simulators.demand import (
     EdgeInfo,
-    FleetShare,
+    FleetEntry,
     RoadGraph,
     candidate_routes,
     edge_flows_from_detectors,
@@ -91,7 +91,7 @@ def _estimate() -> tuple[RoadGraph, dict[str, str], dict[str, float]]:
 
 def test_estimate_matches_counts_and_is_deterministic(tmp_path: Path) -> None:
     graph, lanes, counts = _estimate()
-    fleet = [FleetShare("HBEFA4/PC_petrol_Euro-6ab", 3), FleetShare("HBEFA4/PC_BEV", 1)]
+    fleet = [FleetEntry("HBEFA4/PC_petrol_Euro-6ab", 3), FleetEntry("HBEFA4/PC_BEV", 1)]
     first = estimate_demand(counts, 300, lanes, graph, fleet=fleet, ridge=0)
     second = estimate_demand(
         dict(reversed(counts.items())), 300, lanes, graph, fleet=fleet, ridge=0
@@ -127,4 +127,4 @@ def test_no_usable_counts_is_an_error() -> None:
     with pytest.raises(SimulationError, match="detector"):
         estimate_demand({"unknown": 4}, 300, lanes, graph)
     with pytest.raises(ConfigError, match="fleet"):
-        estimate_demand({"d_NC": 4}, 300, lanes, graph, fleet=[FleetShare("HBEFA4/PC_BEV", 0)])
+        estimate_demand({"d_NC": 4}, 300, lanes, graph, fleet=[FleetEntry("HBEFA4/PC_BEV", 0)])
