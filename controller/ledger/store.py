@@ -543,7 +543,7 @@ class Ledger:
         Returns a JSON-ready mapping: ``index``, ``size``, ``leaf_hash``,
         ``root_hash``, ``audit_path`` (RFC 9162 sibling hashes, leaf to root)
         and ``proof`` (pymerkle's serialized proof, verifiable with
-        :func:`controller.merkle.verify_inclusion_proof`).
+        :func:`controller.ledger.merkle.verify_inclusion_proof`).
         """
         n = self.size() if size is None else size
         record = self.get(index)

@@ -26,10 +26,9 @@ import pytest
 from configs.outcomes import PushOutcome
 from configs.safety import Proposal, project
 from configs.timing import IntersectionTiming, NetworkRef, SafetyLimits, TimingConfiguration
-from controller.audit import verify_ledger
 from controller.cycle import CycleRunner, DeployOutcome, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
+from controller.ledger import Ledger, verify_ledger
 from hsm import HsmSigner, ProvisionResult, provision_softhsm
 from hsm.token import acquire_module
 from hsm.verify import load_public_key

@@ -34,10 +34,9 @@ from actuation import ThreadedActuator
 from actuation.core import PlanResult, PlanStatus
 from actuation.emulated import EmulatedController, EmulatedFleet
 from actuation.users import PasswordHash
-from controller.audit import verify_ledger
 from controller.cycle import CycleRunner, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
-from controller.ledger import Ledger
+from controller.ledger import Ledger, verify_ledger
 from controller.recovery import recover
 from controller.wiring import OpcUaFleet
 from hsm.verify import load_public_key

@@ -20,9 +20,9 @@ import pytest
 
 from configs.errors import ActuationError
 from configs.timing import IntersectionTiming, TimingConfiguration
-from controller.audit import verify_ledger
 from controller.cycle import CycleRunner, Observation, WhatIfSummary
 from controller.gate import CandidateOutcome
+from controller.ledger import verify_ledger
 from controller.recovery import find_interrupted, reconcile, recover
 from controller.wiring import OpcUaFleet
 from hsm.verify import load_public_key
