@@ -14,29 +14,13 @@ so it refuses anything a lenient parser would quietly reinterpret:
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from pydantic import ValidationError
 
-from configs.digests import canonical_json
+from configs.digests import canonical_json, strict_json_loads
 from configs.errors import ConfigError
 from configs.timing import MAX_DOCUMENT_BYTES, TimingConfiguration
 
 __all__ = ["parse_strict"]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise ValueError(f"duplicate key {key[:80]!r}")
-        found[key] = value
-    return found
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in a timing document")
 
 
 def parse_strict(payload: bytes) -> TimingConfiguration:
@@ -52,10 +36,8 @@ def parse_strict(payload: bytes) -> TimingConfiguration:
             f"timing document is {len(payload)} bytes; the limit is {MAX_DOCUMENT_BYTES}"
         )
     try:
-        raw = json.loads(
-            payload.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raw = strict_json_loads(payload)
+    except ValueError as e:
         raise ConfigError(f"timing document is not strict UTF-8 JSON: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError("timing document must be a JSON object")

@@ -31,7 +31,6 @@ Invariant names (reported in :class:`configs.errors.Violation`):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, Protocol
@@ -46,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from configs.digests import canonical_json, sha256_hex
+from configs.digests import canonical_json, sha256_hex, strict_json_loads
 from configs.errors import ConfigError
 
 __all__ = [
@@ -393,19 +392,15 @@ class TimingConfiguration(BaseModel):
                 f"timing document is {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}"
             )
         try:
-            raw = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            raise ConfigError(f"timing document is not valid UTF-8 JSON: {e}") from e
+            raw = strict_json_loads(data)
+        except ValueError as e:
+            raise ConfigError(f"timing document is not strict UTF-8 JSON: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError("timing document must be a JSON object")
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
             raise ConfigError(f"timing document invalid: {_describe(e)}") from e
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not allowed in a timing document")
 
 
 def _describe(error: ValidationError) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from securesystemslib import dsse
 from securesystemslib.signer import Key, Signature, SSlibKey  # type: ignore[attr-defined]
 from securesystemslib.signer import Signer as SslibSigner  # type: ignore[attr-defined]
 
+from configs.digests import strict_json_loads
 from configs.timing import MAX_DOCUMENT_BYTES, TimingConfiguration, canonical_json
 from hsm.base import TIMING_PAYLOAD_TYPE, Signer
 from hsm.errors import EnvelopeFormatError
@@ -132,13 +132,8 @@ class Envelope:
                 f"envelope is {len(data)} bytes; the limit is {max_bytes} bytes"
             )
         try:
-            text = bytes(data).decode("utf-8")
-            obj = json.loads(
-                text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
-            )
-        except UnicodeDecodeError as e:
-            raise EnvelopeFormatError(f"envelope is not UTF-8: {e}") from e
-        except (json.JSONDecodeError, RecursionError) as e:
+            obj = strict_json_loads(bytes(data))
+        except ValueError as e:
             raise EnvelopeFormatError(f"envelope is not valid JSON: {e}") from e
         return cls._from_obj(obj)
 
@@ -265,16 +260,3 @@ def _b64_field(value: object, field: str) -> bytes:
     if base64.b64encode(decoded).decode("ascii") != value:
         raise EnvelopeFormatError(f"{field} is not canonical base64 (padding or stray bits)")
     return decoded
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise EnvelopeFormatError(f"envelope JSON repeats the key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise EnvelopeFormatError(f"envelope JSON contains the non-standard constant {name}")

@@ -341,3 +341,15 @@ def test_documents_without_intent_parse_as_deploy_and_intent_is_signed() -> None
     assert TimingConfiguration.parse(shadow.canonical_bytes()).intent == "shadow"
     with pytest.raises(ConfigError):
         TimingConfiguration.parse(json.dumps({**raw, "intent": "production"}).encode())
+
+
+def test_parse_refuses_duplicate_keys_as_controllers_do() -> None:
+    """The daemon and an auditor read a document as the controller does (no last-wins keys)."""
+    from configs.digests import strict_json_loads
+
+    with pytest.raises(ValueError, match="duplicate key 'sequence'"):
+        strict_json_loads(b'{"sequence": 1, "sequence": 2}')
+    with pytest.raises(ConfigError, match="duplicate key 'schema'"):
+        TimingConfiguration.parse(b'{"schema": "signaltwin.timing/v1", "schema": "x"}')
+    with pytest.raises(ConfigError, match="NaN"):
+        TimingConfiguration.parse(b'{"sequence": NaN}')
