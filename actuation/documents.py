@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from configs.digests import canonical_json, strict_json_loads
+from configs.digests import canonical_json
 from configs.errors import ConfigError
-from configs.timing import MAX_DOCUMENT_BYTES, TimingConfiguration
+from configs.timing import TimingConfiguration, read_document
 
 __all__ = ["parse_strict"]
 
@@ -31,16 +31,7 @@ def parse_strict(payload: bytes) -> TimingConfiguration:
             key, are not canonical, break the schema in strict mode, or do not
             re-serialise to themselves (the message names which).
     """
-    if len(payload) > MAX_DOCUMENT_BYTES:
-        raise ConfigError(
-            f"timing document is {len(payload)} bytes; the limit is {MAX_DOCUMENT_BYTES}"
-        )
-    try:
-        raw = strict_json_loads(payload)
-    except ValueError as e:
-        raise ConfigError(f"timing document is not strict UTF-8 JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError("timing document must be a JSON object")
+    raw = read_document(payload)
     try:
         canonical = canonical_json(raw)
     except (ValueError, TypeError) as e:

@@ -64,6 +64,7 @@ __all__ = [
     "TimingConfiguration",
     "canonical_json",
     "classify_state",
+    "read_document",
     "intersection_limits",
     "sha256_hex",
 ]
@@ -387,20 +388,33 @@ class TimingConfiguration(BaseModel):
     @classmethod
     def parse(cls, data: bytes) -> TimingConfiguration:
         """Parse untrusted bytes strictly; raise :class:`ConfigError` naming the field."""
-        if len(data) > MAX_DOCUMENT_BYTES:
-            raise ConfigError(
-                f"timing document is {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}"
-            )
-        try:
-            raw = strict_json_loads(data)
-        except ValueError as e:
-            raise ConfigError(f"timing document is not strict UTF-8 JSON: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError("timing document must be a JSON object")
+        raw = read_document(data)
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
             raise ConfigError(f"timing document invalid: {_describe(e)}") from e
+
+
+def read_document(data: bytes) -> dict[str, Any]:
+    """The JSON object of an untrusted timing document, before schema validation.
+
+    Bounded in size and read with :func:`configs.digests.strict_json_loads`
+    (no duplicate keys, no NaN), as the daemon, a controller and an auditor must.
+
+    Raises:
+        ConfigError: too large, not strict UTF-8 JSON, or not a JSON object.
+    """
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(
+            f"timing document is {len(data)} bytes; the limit is {MAX_DOCUMENT_BYTES}"
+        )
+    try:
+        raw = strict_json_loads(data)
+    except ValueError as e:
+        raise ConfigError(f"timing document is not strict UTF-8 JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError("timing document must be a JSON object")
+    return raw
 
 
 def _describe(error: ValidationError) -> str:
