@@ -20,7 +20,7 @@ from configs.digests import canonical_json
 from controller.cli import run
 from controller.ledger import leaf_hash, read_heads, verify_ledger
 from hsm.verify import VerificationKey, load_public_key
-from tests.support.ledgerdata import build_ledger, write_pubkey
+from tests.support.ledgerdata import build_ledger, tamper, write_pubkey
 from tests.support.softkeys import SoftwareSigner
 
 pytestmark = pytest.mark.integration
@@ -49,16 +49,6 @@ def copy(pristine: tuple[Path, SoftwareSigner], tmp_path: Path) -> Path:
 @pytest.fixture
 def keys(pristine: tuple[Path, SoftwareSigner]) -> list[VerificationKey]:
     return [load_public_key(pristine[1].public_key_pem())]
-
-
-def tamper(path: Path, *sql: str) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    for table in ("records", "checkpoints", "meta"):
-        for action in ("update", "delete"):
-            con.execute(f"DROP TRIGGER IF EXISTS {table}_no_{action}")
-    for stmt in sql:
-        con.execute(stmt)
-    con.close()
 
 
 def rewrite_with_recomputed_hashes(path: Path, index: int) -> None:

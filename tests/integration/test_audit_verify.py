@@ -18,7 +18,7 @@ from controller.cli import run
 from controller.ledger import Checkpoint, Ledger, verify_ledger
 from controller.ledger.merkle import leaf_hash
 from hsm.verify import VerificationKey, load_public_key
-from tests.support.ledgerdata import build_ledger, write_pubkey
+from tests.support.ledgerdata import build_ledger, tamper, write_pubkey
 from tests.support.softkeys import SoftwareSigner
 
 pytestmark = pytest.mark.integration
@@ -45,16 +45,6 @@ def ledger_copy(pristine: tuple[Path, SoftwareSigner], tmp_path: Path) -> Path:
 @pytest.fixture
 def keys(pristine: tuple[Path, SoftwareSigner]) -> list[VerificationKey]:
     return [load_public_key(pristine[1].public_key_pem())]
-
-
-def tamper(path: Path, *sql: str, params: tuple[object, ...] = ()) -> None:
-    con = sqlite3.connect(path, isolation_level=None)
-    for table in ("records", "checkpoints", "meta"):
-        for action in ("update", "delete"):
-            con.execute(f"DROP TRIGGER IF EXISTS {table}_no_{action}")
-    for stmt in sql:
-        con.execute(stmt, params if "?" in stmt else ())
-    con.close()
 
 
 def row(path: Path, index: int) -> tuple[str, str, str | None, bytes, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,14 @@ def make_mp4(path: Path, frames: int = 24, fps: int = 12) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def tamper(path: Path, *sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run ``sql`` on a ledger file as an attacker would: append-only triggers dropped first."""
+    con = sqlite3.connect(path, isolation_level=None)
+    for table in ("records", "checkpoints", "meta"):
+        for action in ("update", "delete"):
+            con.execute(f"DROP TRIGGER IF EXISTS {table}_no_{action}")
+    for stmt in sql:
+        con.execute(stmt, params if "?" in stmt else ())
+    con.close()
