@@ -10,6 +10,7 @@ nearest plan that satisfies all of them; proposals never bypass it, and
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 from configs.errors import ConfigError, SafetyViolation, Violation
 from configs.timing import (
+    AdaptiveLogic,
     BaseProgram,
     IntersectionTiming,
     LimitsSource,
@@ -25,11 +27,16 @@ from configs.timing import (
     PhasePlan,
     SafetyLimits,
     TimingConfiguration,
+    classify_state,
     intersection_limits,
 )
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "Proposal",
+    "admissible_successors",
+    "intergreen_after",
     "check_configuration",
     "check_intersection",
     "project",
@@ -95,7 +102,20 @@ def check_intersection(
         )
     if not 0 <= plan.offset_s < plan.cycle_s:
         bad("offset_range", f"offset {plan.offset_s} s not in [0, {plan.cycle_s}) s")
-    if plan.mode == "actuated":
+    if plan.mode == "adaptive":
+        greens = len(base.green_indices)
+        if greens < 2:
+            bad("adaptive_logic", f"an adaptive plan needs at least two greens, not {greens}")
+        elif plan.adaptive is None:
+            bad("adaptive_logic", "an adaptive plan needs its adaptive parameters")
+        elif len(plan.adaptive.green_weights) != greens:
+            bad(
+                "adaptive_logic",
+                f"{len(plan.adaptive.green_weights)} green weights for {greens} greens",
+            )
+    elif plan.adaptive is not None:
+        bad("adaptive_logic", f"a {plan.mode} plan carries no adaptive parameters")
+    if plan.mode != "fixed":
         longest = sum(
             (p.max_s or p.duration_s) if ref.kind == "green" else p.duration_s
             for p, ref in zip(plan.phases, base.phases, strict=True)
@@ -188,6 +208,68 @@ def require_safe(
         raise SafetyViolation(found)
 
 
+# --------------------------------------------------------------------------- adaptive successors
+
+
+def _green_signal(signal: str) -> bool:
+    return signal in "Gg"
+
+
+def intergreen_after(states: Sequence[str], green: int) -> tuple[int, ...]:
+    """The transition phases (yellow, all-red) between ``green`` and the next green.
+
+    In the program's cyclic order; empty when the next phase is itself a green.
+    """
+    n = len(states)
+    out: list[int] = []
+    j = (green + 1) % n
+    while j != green and classify_state(states[j]) != "green":
+        out.append(j)
+        j = (j + 1) % n
+    return tuple(out)
+
+
+def admissible_successors(states: Sequence[str], green: int, skip: bool) -> tuple[int, ...]:
+    """The greens an adaptive controller may show after ``green`` ends.
+
+    A green always ends through the base program's own transition after it
+    (:func:`intergreen_after`), so every link that loses its green sees that
+    transition's yellow and all-red. The base successor (the next green in
+    program order) is always admissible. With ``skip``, another green ``k`` is
+    admissible only when the transition leads into it as safely as into the
+    base successor: every link still green or red-yellow at the end of the
+    transition is green in ``k``, and no link yellow at its end turns green in
+    ``k`` (it must see red first). Without a transition (green directly
+    followed by green), the same rule applies to the green's own state.
+
+    Returns:
+        Phase indices, the base successor first, then the others in program order.
+    """
+    n = len(states)
+    greens = [i for i in range(n) if classify_state(states[i]) == "green"]
+    if green not in greens or len(greens) < 2:
+        return ()
+    transition = intergreen_after(states, green)
+    after = (transition[-1] if transition else green) + 1
+    successor = after % n
+    while successor not in greens:
+        successor = (successor + 1) % n
+    if not skip:
+        return (successor,)
+    last = states[transition[-1]] if transition else states[green]
+    out = [successor]
+    for k in sorted(greens, key=lambda g: (g - successor) % n):
+        if k in (green, successor):
+            continue
+        target = states[k]
+        if all(
+            (_green_signal(t) if a in "GgUu" else True) and not (a in "yY" and _green_signal(t))
+            for a, t in zip(last, target, strict=True)
+        ):
+            out.append(k)
+    return tuple(out)
+
+
 # --------------------------------------------------------------------------- projection
 
 
@@ -197,12 +279,15 @@ class Proposal:
 
     ``green_s`` has one entry per green phase of the base program, in order.
     ``cycle_s=None`` keeps the sum of the proposed greens and fixed intervals;
-    ``offset_s=None`` keeps the previous (or base) offset.
+    ``offset_s=None`` keeps the previous (or base) offset. ``adaptive`` are the
+    real-time parameters of an adaptive plan (``None``: the defaults); other
+    modes ignore them.
     """
 
     green_s: Sequence[float]
     cycle_s: float | None = None
     offset_s: float | None = None
+    adaptive: AdaptiveLogic | None = None
 
 
 def project(
@@ -296,7 +381,7 @@ def project(
     for index, phase in enumerate(base.phases):
         if phase.kind == "green":
             duration = next(green_iter)
-            if base.mode == "actuated":
+            if base.mode != "fixed":
                 wanted_min = max(phase.min_s or limits.min_green_s, limits.min_green_s)
                 if phase.serves_pedestrians:  # a gap-out at min_s must still clear the walk
                     wanted_min = max(wanted_min, limits.ped_green_s)
@@ -312,7 +397,17 @@ def project(
                 phases.append(PhasePlan(state=phase.state, duration_s=duration))
         else:
             phases.append(PhasePlan(state=phase.state, duration_s=fixed[index]))
-    plan = IntersectionTiming(mode=base.mode, cycle_s=cycle, offset_s=offset, phases=tuple(phases))
+    logic = None
+    if base.mode == "adaptive":
+        logic = proposal.adaptive or AdaptiveLogic.default(len(greens))
+        if len(logic.green_weights) != len(greens):
+            raise ConfigError(
+                f"{tls_id}: proposal has {len(logic.green_weights)} green weights, "
+                f"the base program has {len(greens)} greens"
+            )
+    plan = IntersectionTiming(
+        mode=base.mode, cycle_s=cycle, offset_s=offset, phases=tuple(phases), adaptive=logic
+    )
     found = check_intersection(tls_id, plan, base, limits, prior)
     if found:  # a bug in the projection must never become an unsafe plan
         raise SafetyViolation(found)
@@ -324,6 +419,8 @@ def project_plans(
     bases: Mapping[str, BaseProgram],
     limits: SafetyLimits | LimitsSource,
     current: Mapping[str, IntersectionTiming] | None = None,
+    *,
+    skip_unsafe: bool = False,
 ) -> dict[str, IntersectionTiming]:
     """Project a proposal per intersection onto its safe set (see :func:`project`).
 
@@ -332,8 +429,19 @@ def project_plans(
     the settings' safety section, so per-intersection overrides apply) and is
     bounded by the plan it runs now, when ``current`` has one.
 
+    Args:
+        proposals: one proposal per intersection.
+        bases: the approved base programs.
+        limits: the limits (the settings' safety section applies its overrides).
+        current: the plans in force.
+        skip_unsafe: leave out (with a warning, once per light) the intersections
+            whose limits admit no safe plan at all (e.g. ten minimum greens that
+            do not fit the maximum cycle), so that they keep the plan they run;
+            without it such an intersection raises.
+
     Raises:
         ConfigError: a proposal names an intersection without a base program.
+        SafetyViolation: an intersection's limits admit no plan (without ``skip_unsafe``).
     """
     previous = current or {}
     plans: dict[str, IntersectionTiming] = {}
@@ -341,10 +449,26 @@ def project_plans(
         base = bases.get(tls_id)
         if base is None:
             raise ConfigError(f"{tls_id}: proposal for an intersection without a base program")
-        plans[tls_id] = project(
-            tls_id, proposal, base, intersection_limits(limits, tls_id), previous.get(tls_id)
-        )
+        try:
+            plans[tls_id] = project(
+                tls_id, proposal, base, intersection_limits(limits, tls_id), previous.get(tls_id)
+            )
+        except SafetyViolation as e:
+            if not skip_unsafe:
+                raise
+            if tls_id not in _WARNED:
+                _WARNED.add(tls_id)
+                logger.warning(
+                    "%s keeps the plan it runs: its limits admit no safe plan (%s); give it "
+                    "its own limits in [safety.intersections.%s]",
+                    tls_id,
+                    e,
+                    tls_id,
+                )
     return plans
+
+
+_WARNED: set[str] = set()
 
 
 def _water_fill(want: list[float], lo: list[float], hi: list[float], total: float) -> list[float]:

@@ -23,10 +23,18 @@ Invariant names (reported in :class:`configs.errors.Violation`):
 ``offset_range``        0 <= offset < cycle
 ``max_cycle_change``    the cycle moved by at most max_cycle_change_s since the active plan
 ``max_split_change``    each green moved by at most max_split_change_s since the active plan
-``actuated_bounds``     actuated greens satisfy min green <= min_s <= duration <= max_s (min
-                        green including walk + clearance where the green serves a crossing) and
-                        the longest possible cycle stays within max_cycle_s; fixed plans carry
-                        no min_s/max_s
+``actuated_bounds``     actuated and adaptive greens satisfy min green <= min_s <= duration <=
+                        max_s (min green including walk + clearance where the green serves a
+                        crossing) and the longest possible cycle stays within max_cycle_s; fixed
+                        plans carry no min_s/max_s
+``adaptive_logic``      an adaptive plan carries its real-time parameters (one weight per green
+                        of the base program); other modes carry none
+
+Modes: ``fixed`` (every phase for its duration), ``actuated`` (gap-out actuation
+without recall, SUMO's own logic) and ``adaptive`` (the controller decides second
+by second from its own queue detectors, within the plan's bounds:
+:class:`AdaptiveLogic`, run by :mod:`simulators.adaptive`; the rules a
+controller vendor implements are in docs/controller-contract.md).
 """
 
 from __future__ import annotations
@@ -39,9 +47,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -51,6 +61,7 @@ from configs.errors import ConfigError
 __all__ = [
     "INVARIANTS",
     "SCHEMA",
+    "AdaptiveLogic",
     "BasePhase",
     "BaseProgram",
     "Evidence",
@@ -85,10 +96,11 @@ INVARIANTS = (
     "max_cycle_change",
     "max_split_change",
     "actuated_bounds",
+    "adaptive_logic",
 )
 
 PhaseKind = Literal["green", "yellow", "red"]
-Mode = Literal["fixed", "actuated"]
+Mode = Literal["fixed", "actuated", "adaptive"]
 Seconds = Annotated[int, Field(ge=0, le=3600)]
 PositiveSeconds = Annotated[int, Field(gt=0, le=3600)]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -221,7 +233,7 @@ class BaseProgram(BaseModel):
         built: list[BasePhase] = []
         for index, (state, duration, min_dur, max_dur) in enumerate(phases):
             kind = classify_state(state)
-            keep_bounds = mode == "actuated" and kind == "green"
+            keep_bounds = mode != "fixed" and kind == "green"
             built.append(
                 BasePhase(
                     state=state,
@@ -266,6 +278,51 @@ class PhasePlan(BaseModel):
     max_s: PositiveSeconds | None = None
 
 
+Weight = Annotated[float, Field(ge=0.25, le=4.0, allow_inf_nan=False)]
+
+
+class AdaptiveLogic(BaseModel):
+    """The parameters of an adaptive plan's real-time logic (what the policy tunes).
+
+    Each second the controller compares the *pressure* of the green it shows
+    with that of the greens it may switch to: for a green, the weighted sum
+    over the movements it serves of the vehicles on the movement's approach
+    lane minus ``downstream_weight`` times the vehicles halting on its exit
+    lane. Bounds that no parameter can move: the green's ``min_s`` (walk +
+    clearance included) and ``max_s`` against a waiting call, the base
+    program's own yellow and all-red after every green that ends, and only
+    successors that the base program's transitions lead to safely
+    (:func:`configs.safety.admissible_successors`).
+    """
+
+    model_config = _FROZEN
+
+    green_weights: tuple[Weight, ...] = Field(
+        min_length=1,
+        max_length=64,
+        description="Multiplier of each green's pressure, in the base program's green order.",
+    )
+    switch_margin_veh: Annotated[float, Field(ge=0.0, le=30.0, allow_inf_nan=False)] = Field(
+        4.0,
+        description="A competing green must exceed the shown green's pressure by this much.",
+    )
+    downstream_weight: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = Field(
+        0.5, description="Weight of the queue on the exit lanes (spill-back protection)."
+    )
+    skip: bool = Field(
+        True,
+        description=(
+            "Greens without a call may be skipped (to a successor the base program's "
+            "transitions lead to safely); false serves every green in the base order."
+        ),
+    )
+
+    @classmethod
+    def default(cls, greens: int) -> AdaptiveLogic:
+        """Equal weights for ``greens`` greens, the default margin and skipping."""
+        return cls(green_weights=(1.0,) * greens)
+
+
 class IntersectionTiming(BaseModel):
     """The timing of one traffic light in a deployment."""
 
@@ -275,6 +332,18 @@ class IntersectionTiming(BaseModel):
     cycle_s: PositiveSeconds
     offset_s: Seconds
     phases: tuple[PhasePlan, ...] = Field(min_length=2, max_length=64)
+    adaptive: AdaptiveLogic | None = Field(
+        None, description="The real-time parameters of an adaptive plan (absent otherwise)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_logic(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # plans of the other modes serialise exactly as before the adaptive mode existed,
+        # so digests of documents already signed and recorded do not change
+        data: dict[str, Any] = handler(self)
+        if data.get("adaptive") is None:
+            data.pop("adaptive", None)
+        return data
 
     @classmethod
     def from_base(cls, base: BaseProgram) -> IntersectionTiming:
@@ -286,6 +355,9 @@ class IntersectionTiming(BaseModel):
             phases=tuple(
                 PhasePlan(state=p.state, duration_s=p.duration_s, min_s=p.min_s, max_s=p.max_s)
                 for p in base.phases
+            ),
+            adaptive=(
+                AdaptiveLogic.default(len(base.green_indices)) if base.mode == "adaptive" else None
             ),
         )
 

@@ -226,7 +226,7 @@ class ProposerAdapter:
         for tls_id in proposals:
             base = self.layouts[tls_id].base
             bases[tls_id] = base if mode == base.mode else as_mode(base, mode)  # type: ignore[arg-type]
-        return project_plans(proposals, bases, self.settings.safety, current)
+        return project_plans(proposals, bases, self.settings.safety, current, skip_unsafe=True)
 
     def propose(
         self,

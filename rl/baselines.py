@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from configs.errors import ConfigError
-from configs.safety import Proposal, project
+from configs.errors import ConfigError, SafetyViolation
+from configs.safety import Proposal, project, project_plans
 from configs.timing import (
     BasePhase,
     BaseProgram,
@@ -32,6 +32,7 @@ __all__ = [
     "MaxPressureController",
     "actuated_plan",
     "actuated_plans",
+    "adaptive_plans",
     "as_mode",
     "fixed_plans",
     "lost_time_s",
@@ -40,7 +41,7 @@ __all__ = [
     "webster_proposal",
 ]
 
-PlanMode = Literal["fixed", "actuated"]
+PlanMode = Literal["fixed", "actuated", "adaptive"]
 
 _MAX_Y = 0.9
 """Cap on the sum of critical flow ratios (Webster's formula diverges at Y = 1)."""
@@ -156,24 +157,50 @@ def actuated_plans(
 ) -> dict[str, IntersectionTiming]:
     """Every base program as an actuated plan (:func:`actuated_plan`), each within its own limits.
 
-    ``limits`` may be the settings' safety section: per-intersection overrides apply.
+    ``limits`` may be the settings' safety section: per-intersection overrides
+    apply. A light whose limits admit no safe plan is left out (it keeps its own
+    program; :func:`configs.safety.project_plans` warns).
     """
-    return {
-        tls_id: actuated_plan(tls_id, base, intersection_limits(limits, tls_id))
-        for tls_id, base in bases.items()
+    return _mode_plans(bases, limits, "actuated")
+
+
+def adaptive_plans(
+    bases: Mapping[str, BaseProgram], limits: SafetyLimits | LimitsSource
+) -> dict[str, IntersectionTiming]:
+    """Every base program as an adaptive plan with the default real-time parameters.
+
+    The bounds are :func:`actuated_plan`'s; lights with fewer than two greens
+    (nothing to decide) get their actuated plan, and a light whose limits admit
+    no safe plan is left out, as in :func:`actuated_plans`.
+    """
+    return _mode_plans(bases, limits, "adaptive")
+
+
+def _mode_plans(
+    bases: Mapping[str, BaseProgram], limits: SafetyLimits | LimitsSource, mode: PlanMode
+) -> dict[str, IntersectionTiming]:
+    proposals = {
+        t: Proposal(green_s=[float(b.phases[i].duration_s) for i in b.green_indices])
+        for t, b in bases.items()
     }
+    moded = {t: as_mode(b, mode) for t, b in bases.items()}
+    return project_plans(proposals, moded, limits, skip_unsafe=True)
 
 
 def as_mode(base: BaseProgram, mode: PlanMode) -> BaseProgram:
     """The base program the plans of ``mode`` are projected onto.
 
     ``actuated`` plans keep the base's states and durations but run as SUMO
-    actuated control (min green .. max green, see :func:`rl.baselines.actuated_plan`).
+    actuated control (min green .. max green, see :func:`rl.baselines.actuated_plan`);
+    ``adaptive`` plans carry the same bounds and run the controller's real-time
+    logic. A light with fewer than two greens has nothing to decide and stays
+    ``actuated`` when ``adaptive`` is asked for.
     """
+    if mode == "adaptive" and len(base.green_indices) < 2:
+        mode = "actuated"
     if mode == base.mode:
         return base
-    plan = actuated_plan(base.tls_id, base, SafetyLimits()) if mode == "actuated" else None
-    if plan is None:
+    if mode == "fixed":
         return base.model_copy(
             update={
                 "mode": "fixed",
@@ -182,12 +209,21 @@ def as_mode(base: BaseProgram, mode: PlanMode) -> BaseProgram:
                 ),
             }
         )
+    try:
+        bounds = [
+            (q.min_s, q.max_s) for q in actuated_plan(base.tls_id, base, SafetyLimits()).phases
+        ]
+    except SafetyViolation:  # no safe plan under the default limits: plain bounds
+        bounds = [
+            (min(7, p.duration_s), p.duration_s) if p.kind == "green" else (None, None)
+            for p in base.phases
+        ]
     return base.model_copy(
         update={
-            "mode": "actuated",
+            "mode": mode,
             "phases": tuple(
-                p.model_copy(update={"min_s": q.min_s, "max_s": q.max_s})
-                for p, q in zip(base.phases, plan.phases, strict=True)
+                p.model_copy(update={"min_s": lo, "max_s": hi})
+                for p, (lo, hi) in zip(base.phases, bounds, strict=True)
             ),
         }
     )
@@ -252,6 +288,8 @@ class MaxPressureController:
                         (link.from_lane, link.to_lane)
                         for link in inter.links
                         if not link.pedestrian
+                        and link.from_lane in network.lanes
+                        and link.to_lane in network.lanes
                         and link.index < len(state)
                         and _is_green(state[link.index])
                     }

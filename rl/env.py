@@ -47,7 +47,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 from configs.errors import ConfigError
 from configs.safety import project_plans
 from configs.timing import IntersectionTiming, LimitsSource, SafetyLimits
-from rl.baselines import actuated_plans, as_mode, fixed_plans
+from rl.baselines import actuated_plans, adaptive_plans, as_mode, fixed_plans
 from rl.features import (
     ACT_DIM,
     OBS_DIM,
@@ -72,7 +72,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PlanMode = Literal["fixed", "actuated"]
+PlanMode = Literal["fixed", "actuated", "adaptive"]
 REF_QUEUE_VEH = 2.0
 """Halting vehicles per lane that count as one unit of (negative) reward."""
 REF_NOX_MG_S = 0.5
@@ -184,11 +184,12 @@ class SignalSimulation:
             teleport_s=self.config.teleport_s,
         )
         self._current = fixed_plans({t: self.layouts[t].base for t in self.tls_ids})
-        if self.config.mode == "actuated":
-            started = actuated_plans({t: self.layouts[t].base for t in self.tls_ids}, self.limits)
-            for t in self.tls_ids:
-                self._current[t] = started[t]
-                self._session.apply(t, started[t])
+        if self.config.mode != "fixed":
+            start = adaptive_plans if self.config.mode == "adaptive" else actuated_plans
+            started = start({t: self.layouts[t].base for t in self.tls_ids}, self.limits)
+            for t, plan in started.items():
+                self._current[t] = plan
+                self._session.apply(t, plan)
         self._steps = 0
         measured = self._session.run_until(self._session.time_s + self.config.warmup_s)
         self._obs = self._observe(measured)
@@ -215,10 +216,10 @@ class SignalSimulation:
             tls_id: action_to_proposal(acts[i], self._observations[tls_id])
             for i, tls_id in enumerate(self.tls_ids)
         }
-        plans = project_plans(proposals, self.bases, self.limits, self._current)
-        for tls_id in self.tls_ids:
-            self._current[tls_id] = plans[tls_id]
-            self._session.apply(tls_id, plans[tls_id])
+        plans = project_plans(proposals, self.bases, self.limits, self._current, skip_unsafe=True)
+        for tls_id, plan in plans.items():
+            self._current[tls_id] = plan
+            self._session.apply(tls_id, plan)
         measured = self._session.run_until(self._session.time_s + self.config.interval_s)
         self._obs = self._observe(measured)
         rewards = self.rewards(measured)

@@ -11,7 +11,9 @@ Plan deployers (``webster``, ``policy``) are asked at every plan-interval
 boundary (multiples of ``interval_s`` in field time) through a
 ``decide(observations) -> plans | None`` callback, which the daemon can replace
 by its own gate logic; ``fixed`` keeps the base plans, ``actuated`` switches
-every light to an actuated plan once (run without recall), and ``max-pressure`` selects phases
+every light to an actuated plan once (run without recall), ``adaptive`` switches every
+light once to an adaptive plan with the default real-time parameters (the controller's
+own pressure logic, :mod:`simulators.adaptive`), and ``max-pressure`` selects phases
 in real time through a per-step hook on the field.
 
 Every plan is made within its own light's limits: ``limits`` may be the
@@ -37,6 +39,7 @@ from rl.baselines import (
     MaxPressureController,
     PlanMode,
     actuated_plans,
+    adaptive_plans,
     as_mode,
     fixed_plans,
     webster_proposal,
@@ -66,11 +69,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ControllerKind = Literal["fixed", "webster", "actuated", "max-pressure", "policy"]
+ControllerKind = Literal["fixed", "webster", "actuated", "adaptive", "max-pressure", "policy"]
 CONTROLLERS: tuple[ControllerKind, ...] = (
     "fixed",
     "webster",
     "actuated",
+    "adaptive",
     "max-pressure",
     "policy",
 )
@@ -130,7 +134,7 @@ def webster_decide(
 
     def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
         proposals = {t: webster_proposal(o) for t, o in obs.items()}
-        return project_plans(proposals, bases, limits, _running(obs))
+        return project_plans(proposals, bases, limits, _running(obs), skip_unsafe=True)
 
     return decide
 
@@ -149,7 +153,7 @@ def policy_decide(
     bases = {t: as_mode(lay.base, policy.mode) for t, lay in layouts.items()}
 
     def decide(obs: Mapping[str, IntersectionObservation]) -> dict[str, IntersectionTiming]:
-        return project_plans(policy.propose(obs), bases, limits, _running(obs))
+        return project_plans(policy.propose(obs), bases, limits, _running(obs), skip_unsafe=True)
 
     return decide
 
@@ -165,6 +169,8 @@ def start_plans(
     Returns:
         (plans, whether they differ from the base programs and must be applied).
     """
+    if controller == "adaptive" or start_mode == "adaptive":
+        return adaptive_plans(bases, limits), True
     if controller == "actuated" or start_mode == "actuated":
         return actuated_plans(bases, limits), True
     return fixed_plans(bases), False

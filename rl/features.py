@@ -30,6 +30,14 @@ deployment stays the projection's business (cycle and split change limits
 against the plan in force). :func:`action_to_proposal` turns an action into a
 :class:`configs.safety.Proposal`; only :func:`configs.safety.project` makes it
 a plan.
+
+For a light whose base runs ``adaptive`` (the controller's real-time logic), the
+same action reads: each green slot's value ``a`` scales that green's nominal and
+maximum green as above and weighs its pressure by ``2 ** (WEIGHT_GAIN a)``; the
+cycle slot scales the switch margin (``ADAPTIVE_MARGIN_VEH * 2 ** a``) and the
+offset slot sets the downstream weight (``ADAPTIVE_DOWNSTREAM (1 + a)``). The
+zero action is the adaptive defaults that :func:`rl.baselines.adaptive_plans`
+deploys.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import numpy.typing as npt
 
 from configs.errors import ConfigError
 from configs.safety import Proposal
-from configs.timing import BaseProgram, IntersectionTiming
+from configs.timing import AdaptiveLogic, BaseProgram, IntersectionTiming
 from simulators.network import NetworkModel
 
 __all__ = [
@@ -67,7 +75,8 @@ __all__ = [
 ]
 
 MAX_GREENS = 8
-"""Green phases a light may have (more are refused with a ConfigError)."""
+"""Green slots of an observation: a light with more greens is seen by its first eight,
+and its further greens keep the base program's timing (zero action)."""
 PER_GREEN = 5
 OBS_DIM = MAX_GREENS * PER_GREEN + MAX_GREENS + 5
 ACT_DIM = MAX_GREENS + 2
@@ -78,6 +87,14 @@ ACTION_SCHEME = 2
 SPLIT_GAIN = 0.5
 CYCLE_GAIN_S = 20.0
 OFFSET_GAIN_S = 10.0
+WEIGHT_GAIN = 1.0
+"""Adaptive plans: a green slot's action ``a`` weighs its pressure by ``2 ** a``."""
+ADAPTIVE_MARGIN_VEH: float = AdaptiveLogic.model_fields["switch_margin_veh"].default
+"""Adaptive plans: the switch margin at the zero action (the cycle slot's ``a`` scales it by
+``2 ** a``)."""
+ADAPTIVE_DOWNSTREAM: float = AdaptiveLogic.model_fields["downstream_weight"].default
+"""Adaptive plans: the downstream weight at the zero action (the offset slot's ``a`` moves it
+to ``0.5 (1 + a)``)."""
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -122,18 +139,13 @@ def layouts_from_network(network: NetworkModel) -> dict[str, IntersectionLayout]
     A detector serves a green phase when its lane has a link that is green
     (``G``/``g``) in that phase's state.
 
-    Raises:
-        ConfigError: a light has more than :data:`MAX_GREENS` green phases.
+    A light with more than :data:`MAX_GREENS` greens is observed through its
+    first ones (see :data:`MAX_GREENS`).
     """
     by_tls = network.detectors_by_intersection()
     out: dict[str, IntersectionLayout] = {}
     for tls_id, inter in sorted(network.intersections.items()):
         base = inter.base
-        if len(base.green_indices) > MAX_GREENS:
-            raise ConfigError(
-                f"traffic light {tls_id!r} of {network.path.name} has "
-                f"{len(base.green_indices)} green phases; the policy supports {MAX_GREENS}"
-            )
         lane_dets: dict[str, list[str]] = {}
         for det in by_tls.get(tls_id, ()):
             lane_dets.setdefault(det.lane_id, []).append(det.id)
@@ -232,7 +244,8 @@ def action_to_proposal(action: npt.ArrayLike, obs: IntersectionObservation) -> P
     a = np.clip(np.nan_to_num(a, nan=0.0), -1.0, 1.0)
     base = obs.layout.base
     greens = [float(base.phases[i].duration_s) for i in base.green_indices]
-    green_s = [g * 2.0 ** (SPLIT_GAIN * a[i]) for i, g in enumerate(greens)]
+    slot = [float(a[i]) if i < MAX_GREENS else 0.0 for i in range(len(greens))]
+    green_s = [g * 2.0 ** (SPLIT_GAIN * slot[i]) for i, g in enumerate(greens)]
     base_cycle = float(sum(p.duration_s for p in base.phases))
     fixed = base_cycle - sum(greens)
     # the split adjustment defines shares; the cycle adjustment scales them
@@ -241,7 +254,24 @@ def action_to_proposal(action: npt.ArrayLike, obs: IntersectionObservation) -> P
     if total > 0:
         green_s = [g * max(cycle_s - fixed, 1.0) / total for g in green_s]
     offset_s = (base.offset_s + OFFSET_GAIN_S * a[MAX_GREENS + 1]) % max(cycle_s, 1.0)
+    if base.mode == "adaptive":
+        return _adaptive_proposal(a, slot, greens, base_cycle)
     return Proposal(green_s=tuple(green_s), cycle_s=float(cycle_s), offset_s=float(offset_s))
+
+
+def _adaptive_proposal(
+    a: npt.NDArray[np.float64], slot: Sequence[float], greens: Sequence[float], base_cycle: float
+) -> Proposal:
+    """An adaptive plan's parameters from an action (see the module docstring)."""
+    green_s = [g * 2.0 ** (SPLIT_GAIN * v) for g, v in zip(greens, slot, strict=True)]
+    logic = AdaptiveLogic(
+        green_weights=tuple(min(4.0, max(0.25, 2.0 ** (WEIGHT_GAIN * v))) for v in slot),
+        switch_margin_veh=ADAPTIVE_MARGIN_VEH * 2.0 ** float(a[MAX_GREENS]),
+        downstream_weight=min(
+            1.0, max(0.0, ADAPTIVE_DOWNSTREAM * (1.0 + float(a[MAX_GREENS + 1])))
+        ),
+    )
+    return Proposal(green_s=tuple(green_s), cycle_s=None, offset_s=None, adaptive=logic)
 
 
 def plan_to_action(plan: IntersectionTiming, obs: IntersectionObservation) -> FloatArray:

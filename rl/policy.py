@@ -46,8 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HIDDEN = 64
-PlanMode = Literal["fixed", "actuated"]
-_MODES: tuple[PlanMode, ...] = ("fixed", "actuated")
+PlanMode = Literal["fixed", "actuated", "adaptive"]
+_MODES: tuple[PlanMode, ...] = ("fixed", "actuated", "adaptive")
 
 
 @runtime_checkable

@@ -29,6 +29,11 @@ one link of its own (green in no other green phase), on which the maximum green
 is enforced against conflicting calls (SUMO ``linkMaxDur``). A phase that fails
 either check runs as plain actuated control: gap-out or max-out, then on to the
 next phase, whether anybody waits there or not.
+
+``adaptive`` plans run as a static program of the plan's phases that SUMO holds
+in whatever phase the controller's real-time logic (:mod:`simulators.adaptive`)
+shows: an :class:`AdaptiveRunner` owns the lights on adaptive plans and, after
+every simulation step, reads their queue detectors and switches their phases.
 """
 
 from __future__ import annotations
@@ -39,11 +44,14 @@ from typing import Any
 
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
+from simulators.adaptive import AdaptiveLight, Crossing, Movement, QueueSensors
 
 __all__ = [
     "PROGRAM_TYPE_ACTUATED",
     "PROGRAM_TYPE_STATIC",
     "ActuatedRules",
+    "AdaptiveRunner",
+    "LaneSensors",
     "actuated_rules",
     "build_logic",
     "install_program",
@@ -189,6 +197,130 @@ def build_logic(
     return tl.Logic(program_id, kind, index, phases, params)
 
 
+HOLD_S = 1e6
+"""Phase duration SUMO is given for a phase the adaptive logic holds."""
+
+
+class LaneSensors:
+    """:class:`~simulators.adaptive.QueueSensors` read from a running SUMO, once per lane per step.
+
+    Args:
+        tc: the ``libsumo`` or ``traci`` module (or a traci connection).
+        halting: optional lane -> halting vehicles already read this step (a
+            subscription's results), used before asking SUMO.
+        vehicles: optional lane -> vehicles already read this step.
+    """
+
+    def __init__(
+        self,
+        tc: Any,
+        halting: dict[str, int] | None = None,
+        vehicles: dict[str, int] | None = None,
+    ) -> None:
+        self._lane = tc.lane
+        self._edge = tc.edge
+        self._persons: dict[str, int] = {}
+        self._halting = dict(halting or {})
+        self._vehicles = dict(vehicles or {})
+
+    def vehicles(self, lane_id: str) -> int:
+        """Vehicles on ``lane_id`` in the last step."""
+        found = self._vehicles.get(lane_id)
+        if found is None:
+            found = self._vehicles[lane_id] = int(self._lane.getLastStepVehicleNumber(lane_id))
+        return found
+
+    def halting(self, lane_id: str) -> int:
+        """Vehicles halting on ``lane_id`` in the last step."""
+        found = self._halting.get(lane_id)
+        if found is None:
+            found = self._halting[lane_id] = int(self._lane.getLastStepHaltingNumber(lane_id))
+        return found
+
+    def pedestrians(self, lane_id: str) -> int:
+        """Persons on the walking area ``lane_id`` (its edge) in the last step."""
+        found = self._persons.get(lane_id)
+        if found is None:
+            edge = lane_id.rsplit("_", 1)[0]
+            found = self._persons[lane_id] = len(self._edge.getLastStepPersonIDs(edge))
+        return found
+
+
+class AdaptiveRunner:
+    """The real-time logic of every light that runs an adaptive plan in one simulation.
+
+    :func:`install_program` hands it adaptive plans; the simulation's owner calls
+    :meth:`step` after every simulation step.
+    """
+
+    def __init__(self) -> None:
+        self._lights: dict[str, AdaptiveLight] = {}
+
+    def __contains__(self, tls_id: object) -> bool:
+        return tls_id in self._lights
+
+    @property
+    def active(self) -> bool:
+        """Whether any light runs an adaptive plan."""
+        return bool(self._lights)
+
+    def shown(self, tls_id: str, timing: IntersectionTiming) -> int | None:
+        """The phase ``tls_id`` shows, when it runs an adaptive plan with ``timing``'s states."""
+        light = self._lights.get(tls_id)
+        if light is None or [p.state for p in light.timing.phases] != [
+            p.state for p in timing.phases
+        ]:
+            return None
+        return light.phase
+
+    def take(self, tc: Any, tls_id: str, timing: IntersectionTiming, index: int) -> None:
+        """Run ``timing`` on ``tls_id`` from phase ``index`` (its program already installed).
+
+        A light already on an adaptive plan with the same phase states keeps
+        where it is (:meth:`simulators.adaptive.AdaptiveLight.retime`).
+        """
+        tl = tc.trafficlight
+        light = self._lights.get(tls_id)
+        if light is not None and self.shown(tls_id, timing) is not None:
+            light.retime(timing)
+            tl.setPhase(tls_id, light.phase)
+            tl.setPhaseDuration(tls_id, HOLD_S)
+            return
+        moves: list[Movement] = []
+        crossings: list[Crossing] = []
+        for k, links in enumerate(tl.getControlledLinks(tls_id)):
+            if not links:
+                continue
+            lane, to_lane = str(links[0][0]), str(links[0][1])
+            if not lane or not to_lane:
+                continue
+            if tuple(tc.lane.getAllowed(lane)) == ("pedestrian",):
+                crossings.append(Crossing(k, lane))  # walking area -> crossing: a push button
+            else:
+                moves.append(Movement(k, lane, to_lane))
+        now = float(tc.simulation.getTime())
+        light = AdaptiveLight(tls_id, timing, moves, crossings, index, now)
+        self._lights[tls_id] = light
+        tl.setPhase(tls_id, light.phase)
+        tl.setPhaseDuration(tls_id, HOLD_S)
+
+    def release(self, tls_id: str) -> None:
+        """Stop running ``tls_id`` (another plan or a reference controller took over)."""
+        self._lights.pop(tls_id, None)
+
+    def step(self, tc: Any, now_s: float, sensors: QueueSensors | None = None) -> None:
+        """Decide every adaptive light for the second starting at ``now_s``."""
+        if not self._lights:
+            return
+        read = sensors if sensors is not None else LaneSensors(tc)
+        tl = tc.trafficlight
+        for tls_id, light in self._lights.items():
+            phase = light.step(now_s, read)
+            if phase is not None:
+                tl.setPhase(tls_id, phase)
+                tl.setPhaseDuration(tls_id, HOLD_S)
+
+
 def install_program(
     tc: Any,
     tls_id: str,
@@ -196,6 +328,7 @@ def install_program(
     program_id: str,
     index: int,
     remaining_s: float | None = None,
+    runner: AdaptiveRunner | None = None,
 ) -> None:
     """Install ``timing`` on ``tls_id`` as ``program_id`` and start it in phase ``index``.
 
@@ -208,12 +341,18 @@ def install_program(
             new id.
         index: phase to start in.
         remaining_s: for fixed plans, the time left in that phase.
+        runner: the simulation's :class:`AdaptiveRunner`; required for an
+            adaptive plan, and told to let go of a light that gets another plan.
 
     Raises:
-        SimulationError: SUMO refused the program, or ``program_id`` is installed
-            with another type.
+        SimulationError: SUMO refused the program, ``program_id`` is installed
+            with another type, or an adaptive plan came without a runner.
     """
     tl = tc.trafficlight
+    if timing.mode == "adaptive" and runner is None:
+        raise SimulationError(
+            f"traffic light {tls_id!r}: an adaptive plan needs the simulation's AdaptiveRunner"
+        )
     kind = PROGRAM_TYPE_ACTUATED if timing.mode == "actuated" else PROGRAM_TYPE_STATIC
     try:
         existing = {
@@ -227,6 +366,8 @@ def install_program(
             f"traffic light {tls_id!r} already has program {program_id!r} of another type; "
             f"install a {timing.mode} plan under a new program id"
         )
+    if timing.mode == "adaptive" and runner is not None:
+        index = _continuing_phase(tc, tls_id, timing, runner, index)
     try:
         logic = build_logic(tc, tls_id, timing, program_id, index)
         tl.setProgramLogic(tls_id, logic)
@@ -234,6 +375,11 @@ def install_program(
         tl.setPhase(tls_id, index)
         if timing.mode == "fixed" and remaining_s is not None:
             tl.setPhaseDuration(tls_id, float(remaining_s))
+        if runner is not None:
+            if timing.mode == "adaptive":
+                runner.take(tc, tls_id, timing, index)
+            else:
+                runner.release(tls_id)
     except SimulationError:
         raise
     except Exception as e:  # libsumo.TraCIException / traci.TraCIException
@@ -241,3 +387,26 @@ def install_program(
             f"SUMO refused the plan for traffic light {tls_id!r}: {e}; check that the plan's "
             "phase states match the network's signal groups"
         ) from e
+
+
+def _continuing_phase(
+    tc: Any, tls_id: str, timing: IntersectionTiming, runner: AdaptiveRunner, index: int
+) -> int:
+    """Where an adaptive plan takes over: the phase the light shows, when the plan has it.
+
+    A controller that switches to an adaptive plan does not jump to the phase the
+    offset would put a fixed plan in (the green shown would end without its
+    yellow); it continues from the phase it shows when that phase, at the same
+    index, is in the new plan.
+    """
+    shown = runner.shown(tls_id, timing)
+    if shown is not None:
+        return shown
+    try:
+        current = int(tc.trafficlight.getPhase(tls_id))
+        state = str(tc.trafficlight.getRedYellowGreenState(tls_id))
+    except Exception:  # libsumo.TraCIException / traci.TraCIException
+        return index
+    if current < len(timing.phases) and timing.phases[current].state == state:
+        return current
+    return index

@@ -45,7 +45,7 @@ wait_s, trip_time_s, nox_g, throughput_veh (means over seeds) and, for each,
 per_seed. Exit codes: 0 done; 2 bad arguments; 3 SUMO failed.
 """
 
-CONTROLLERS = ("fixed", "webster", "actuated", "max-pressure", "policy")
+CONTROLLERS = ("fixed", "webster", "actuated", "adaptive", "max-pressure", "policy")
 METRICS = ("delay_s", "wait_s", "trip_time_s", "nox_g", "throughput_veh")
 
 

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument(
         "--mode",
-        choices=("fixed", "actuated"),
+        choices=("fixed", "actuated", "adaptive"),
         default="actuated",
         help="plans the policy tunes: fixed-time or actuated (default: actuated)",
     )

@@ -70,7 +70,7 @@ from simulators.field.records import (
 )
 from simulators.field.scenario import FieldConfig, check_config, sumo_command
 from simulators.network import NetworkModel, ensure_detectors, load_network
-from simulators.signal_program import build_logic, install_program, phase_at
+from simulators.signal_program import AdaptiveRunner, build_logic, install_program, phase_at
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class FieldEmulator:
             for t, i in self.network.intersections.items()
         }
         self._program_seq = 0
+        self._adaptive = AdaptiveRunner()
         # real-time runner
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -248,6 +249,8 @@ class FieldEmulator:
             # Plans due now take effect before the next step, so the light shows
             # the plan's phase for this field time.
             self._apply_due()
+            if self._adaptive.active:
+                self._adaptive.step(api, self._time_s, self._measure.sensors(api))
             return self._time_s
 
     def step_until(
@@ -455,7 +458,9 @@ class FieldEmulator:
                     remaining = float(timing.phases[index].duration_s)
                 else:
                     index, remaining = phase_at(timing, self._time_s)
-                install_program(self._api, tls_id, timing, program_id, index, remaining)
+                install_program(
+                    self._api, tls_id, timing, program_id, index, remaining, self._adaptive
+                )
         except Exception as e:
             raise SimulationError(f"field could not apply a plan to {tls_id!r}: {e}") from e
         self._active[tls_id] = ActivePlan(tls_id, program_id, timing, self._time_s)
@@ -506,6 +511,7 @@ class FieldEmulator:
         with self._lock:
             tl = self._require().trafficlight
             try:
+                self._adaptive.release(tls_id)
                 tl.setRedYellowGreenState(tls_id, state)
                 active = self._active[tls_id]
                 if not active.externally_controlled:

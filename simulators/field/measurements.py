@@ -22,6 +22,7 @@ from simulators.field.records import (
     MeasurementSnapshot,
 )
 from simulators.network import NetworkModel
+from simulators.signal_program import LaneSensors
 
 # traci.constants is a pure-Python table shared by libsumo and traci.
 _VAR_VEHICLE_IDS: Final = 0x12
@@ -203,6 +204,21 @@ class FieldMeasurements:
                 f"network {self.network.path.name}; the field tracks queues only there"
             )
         return 0
+
+    def sensors(self, api: Any) -> LaneSensors:
+        """The adaptive controllers' queue detectors for the step just collected.
+
+        Read from this step's lane subscription where it has the lane (no query to
+        SUMO), else from SUMO.
+        """
+        halting: dict[str, int] = {}
+        vehicles: dict[str, int] = {}
+        for lane_id, res in self._lane_results.items():
+            halting[lane_id] = int(res[_VAR_HALTING])
+            ids = res.get(_VAR_VEHICLE_IDS)
+            if ids is not None:
+                vehicles[lane_id] = len(ids)
+        return LaneSensors(api, halting, vehicles)
 
     def step_occupancy(self, detector_id: str) -> float:
         """Fraction of the last simulation step ``detector_id`` was occupied (0..1)."""

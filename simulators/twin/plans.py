@@ -8,7 +8,7 @@ from typing import Any, Final
 
 from configs.errors import SimulationError
 from configs.timing import IntersectionTiming
-from simulators.signal_program import install_program, phase_at
+from simulators.signal_program import AdaptiveRunner, install_program, phase_at
 
 CURRENT: Final = "current"
 """Name of the current plan in every result."""
@@ -28,6 +28,7 @@ def apply_timing(
     *,
     field_time_s: float = 0.0,
     program_id: str = PROGRAM_ID,
+    runner: AdaptiveRunner | None = None,
 ) -> None:
     """Install ``timing`` on traffic light ``tls_id`` of a running SUMO, in phase.
 
@@ -47,6 +48,7 @@ def apply_timing(
         time_s: current simulation time (s).
         field_time_s: field clock at simulation time 0 (s).
         program_id: SUMO program id to install the plan as.
+        runner: the simulation's real-time runner (required for adaptive plans).
 
     Raises:
         SimulationError: SUMO refused the program (unknown light, wrong state length).
@@ -64,4 +66,4 @@ def apply_timing(
                 "was made for this network"
             )
     index, remaining = phase_at(timing, field_time_s + time_s)
-    install_program(tc, tls_id, timing, program_id, index, remaining)
+    install_program(tc, tls_id, timing, program_id, index, remaining, runner)

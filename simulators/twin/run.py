@@ -44,6 +44,7 @@ import numpy as np
 
 from configs.errors import SimulationError
 from configs.timing import IntersectionTiming
+from simulators.signal_program import AdaptiveRunner
 from simulators.twin.plans import CURRENT, EVALUATED_PROGRAM_ID, apply_timing
 from simulators.twin.request import RecordSpec, WhatIfRequest
 from simulators.twin.results import Recording, RunMetrics
@@ -169,8 +170,9 @@ def _loop(
 ) -> RunMetrics:
     request = task.request
     step_s = request.step_length_s
+    runner = AdaptiveRunner()
     for tls_id, timing in sorted(request.current.items()):
-        apply_timing(ls, tls_id, timing, 0.0, field_time_s=request.field_time_s)
+        apply_timing(ls, tls_id, timing, 0.0, field_time_s=request.field_time_s, runner=runner)
     approaches: dict[str, set[str]] = {}
     for tls_id in ls.trafficlight.getIDList():
         approaches[tls_id] = {
@@ -214,6 +216,7 @@ def _loop(
                         now,
                         field_time_s=request.field_time_s,
                         program_id=EVALUATED_PROGRAM_ID,
+                        runner=runner,
                     )
             except SimulationError as e:
                 if task.plan == CURRENT:
@@ -224,6 +227,7 @@ def _loop(
             vehicles = ls.vehicle.getIDCount() + len(sim.getPendingVehicles())
         sim.step()
         now = sim.getTime()
+        runner.step(ls, now)
         running = ls.vehicle.getIDCount()
         pending = len(sim.getPendingVehicles())
         arrivals = sim.getArrivedNumber()

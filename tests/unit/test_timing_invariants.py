@@ -13,6 +13,7 @@ from configs.errors import ConfigError, SafetyViolation
 from configs.safety import Proposal, check_configuration, check_intersection, project, require_safe
 from configs.timing import (
     INVARIANTS,
+    AdaptiveLogic,
     BaseProgram,
     Evidence,
     IntersectionTiming,
@@ -139,13 +140,17 @@ def _broken_plans() -> dict[str, tuple[IntersectionTiming, IntersectionTiming | 
         "max_cycle_change": (_with(ok, 0, duration_s=70), ok),
         "max_split_change": (_with(_with(ok, 0, duration_s=56), 3, duration_s=14 + 4), ok),
         "actuated_bounds": (_with(act, 0, min_s=3), None),
+        # an actuated plan carrying adaptive parameters
+        "adaptive_logic": (act.model_copy(update={"adaptive": AdaptiveLogic.default(2)}), None),
     }
 
 
 @pytest.mark.parametrize("invariant", INVARIANTS)
 def test_every_broken_invariant_is_reported_by_name(invariant: str) -> None:
     plans = _broken_plans()
-    base = _simple_base("actuated" if invariant == "actuated_bounds" else "fixed")
+    base = _simple_base(
+        "actuated" if invariant in ("actuated_bounds", "adaptive_logic") else "fixed"
+    )
     limits = LIMITS
     if invariant == "min_red_clearance":
         limits = SafetyLimits(min_red_clearance_s=2)
