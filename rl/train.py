@@ -476,6 +476,11 @@ def train(
                     callback=callback,
                     reset_num_timesteps=resume_zip is None,
                 )
+            except KeyboardInterrupt:
+                # Ctrl-C: keep what was trained resumable, then let the CLI report it
+                model.num_timesteps = callback.trained
+                save(callback.trained)
+                raise
             finally:
                 progress_log.close()
         if callback.stopped_by_budget:

@@ -106,3 +106,50 @@ def test_resume_continues_the_sample_count_and_refuses_other_arguments(
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["samples"] == 48 and manifest["checkpoint"] == "p-000000048.zip"
     assert TorchPolicy.load(out).sha256 == second.sha256 != first.sha256
+
+
+def test_the_cli_fine_tunes_and_prints_the_before_and_after_commands(
+    grid: GridScenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.cli import run
+    from controller.exit_codes import ExitCode
+
+    init = tmp_path / "fixed.pt"
+    save_weights(ActorNet(), init, "fixed")
+    out = tmp_path / "tuned" / "policy.pt"
+    argv = [
+        "train",
+        "--network",
+        str(grid.net),
+        "--detectors",
+        str(grid.detectors),
+        "--routes",
+        str(grid.routes),
+        "--from",
+        str(init),
+        "--timesteps",
+        "16",
+        "--episode-steps",
+        "2",
+        "--envs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert run(argv) == ExitCode.OK
+    captured = capsys.readouterr()
+    # the mode comes from the initial weights; one progress line per rollout
+    assert "(fixed plans)" in captured.err and "budget 30 min" in captured.err
+    assert "train: samples 16/16 (100.0 %)" in captured.err
+    digest = TorchPolicy.load(out).sha256
+    assert f"sha256:  {digest}" in captured.out and "samples: 16 of 16" in captured.out
+    commands = [line.strip() for line in captured.out.splitlines() if "signaltwin evaluate" in line]
+    assert len(commands) == 2
+    assert commands[0].endswith(f"--policy {init}") and commands[1].endswith(f"--policy {out}")
+    # resuming a finished run with the same options trains nothing more
+    assert run([*argv, "--resume"]) == ExitCode.OK
+    assert "samples: 16 of 16 (resumed at 16)" in capsys.readouterr().out
+    assert TorchPolicy.load(out).sha256 == digest
+    # another seed is another run
+    assert run([*argv, "--resume", "--seed", "5"]) == ExitCode.USAGE
+    assert "seed: was" in capsys.readouterr().err
