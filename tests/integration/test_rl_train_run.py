@@ -153,3 +153,30 @@ def test_the_cli_fine_tunes_and_prints_the_before_and_after_commands(
     # another seed is another run
     assert run([*argv, "--resume", "--seed", "5"]) == ExitCode.USAGE
     assert "seed: was" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint_of_what_was_trained(
+    grid: GridScenario, tmp_path: Path
+) -> None:
+    out = tmp_path / "p.pt"
+    seen: list[int] = []
+
+    def interrupt_on_the_second_rollout(progress: TrainProgress) -> None:
+        seen.append(progress.samples)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _config(grid),
+            out,
+            timesteps=64,
+            seed=2,
+            progress_bar=False,
+            on_progress=interrupt_on_the_second_rollout,
+        )
+    # the second rollout was collected but never trained on: 16 samples count
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["samples"] == 16 and manifest["checkpoint"] == "p-000000016.zip"
+    resumed = train(_config(grid), out, timesteps=32, seed=2, progress_bar=False, resume=True)
+    assert resumed.resumed_from == 16 and resumed.timesteps == 32
