@@ -3,8 +3,8 @@
 With ``--network`` (a bureau's own network) the run fine-tunes the shipped
 policy by default (``--from shipped``), within a wall-clock budget (``--budget-min``,
 30 min by default when fine-tuning), writing checkpoints it can be resumed from
-(``--resume``); at the end it prints the ``signaltwin evaluate`` commands that
-compare the policy before and after.
+(``--resume``); at the end it prints the ``signaltwin evaluate`` command that
+compares the policy before and after (``--policy`` and ``--policy-b``).
 """
 
 from __future__ import annotations
@@ -180,23 +180,31 @@ def output_path(args: argparse.Namespace) -> Path:
     return Path("runs") / name.removesuffix(".net") / "policy.pt"
 
 
-def evaluate_commands(
+def evaluate_command(
     *,
     network: Path,
     routes: Sequence[Path],
     detectors: Path | None,
     config: Path | None,
-    policies: Sequence[Path],
-) -> list[str]:
-    """One ``signaltwin evaluate`` command per policy, identical otherwise (same seeds)."""
-    base = ["signaltwin", "evaluate", "--network", str(network)]
+    before: Path | None,
+    after: Path,
+) -> str:
+    """The ``signaltwin evaluate`` command comparing ``before`` (if any) and ``after``.
+
+    Both policies run on the same seeds, in one table (``policy`` and ``policy-b``).
+    """
+    words = ["signaltwin", "evaluate", "--network", str(network)]
     if detectors is not None:
-        base += ["--detectors", str(detectors)]
-    base += ["--routes", *(str(r) for r in routes)]
+        words += ["--detectors", str(detectors)]
+    words += ["--routes", *(str(r) for r in routes)]
     if config is not None:
-        base += ["--config", str(config)]
-    base += ["--compare", "fixed,policy"]
-    return [shlex.join([*base, "--policy", str(p)]) for p in policies]
+        words += ["--config", str(config)]
+    words += ["--compare", "fixed,policy"]
+    if before is None:
+        words += ["--policy", str(after)]
+    else:
+        words += ["--policy", str(before), "--policy-b", str(after)]
+    return shlex.join(words)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -301,14 +309,17 @@ def _run(args: argparse.Namespace) -> int:
             f"stopped at the {budget_min:g} min budget: run the same command with --resume "
             "to continue"
         )
-    policies = [result.weights] if init is None else [init, result.weights]
-    print("compare before and after (same seeds):" if init is not None else "evaluate:")
-    for command in evaluate_commands(
+    command = evaluate_command(
         network=network,
         routes=routes,
         detectors=args.detectors,
         config=args.config,
-        policies=policies,
-    ):
-        print(f"  {command}")
+        before=init,
+        after=result.weights,
+    )
+    if init is not None:
+        print("compare before (policy) and after (policy-b) on the same seeds:")
+    else:
+        print("evaluate:")
+    print(f"  {command}")
     return ExitCode.OK

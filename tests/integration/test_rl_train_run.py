@@ -144,8 +144,8 @@ def test_the_cli_fine_tunes_and_prints_the_before_and_after_commands(
     digest = TorchPolicy.load(out).sha256
     assert f"sha256:  {digest}" in captured.out and "samples: 16 of 16" in captured.out
     commands = [line.strip() for line in captured.out.splitlines() if "signaltwin evaluate" in line]
-    assert len(commands) == 2
-    assert commands[0].endswith(f"--policy {init}") and commands[1].endswith(f"--policy {out}")
+    assert len(commands) == 1
+    assert commands[0].endswith(f"--policy {init} --policy-b {out}")
     # resuming a finished run with the same options trains nothing more
     assert run([*argv, "--resume"]) == ExitCode.OK
     assert "samples: 16 of 16 (resumed at 16)" in capsys.readouterr().out
@@ -180,3 +180,44 @@ def test_ctrl_c_leaves_a_resumable_checkpoint_of_what_was_trained(
     assert manifest["samples"] == 16 and manifest["checkpoint"] == "p-000000016.zip"
     resumed = train(_config(grid), out, timesteps=32, seed=2, progress_bar=False, resume=True)
     assert resumed.resumed_from == 16 and resumed.timesteps == 32
+
+
+def test_evaluate_reports_a_second_policy_on_the_same_seeds(
+    grid: GridScenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.cli import run
+    from controller.exit_codes import ExitCode
+
+    before, after = tmp_path / "before.pt", tmp_path / "after.pt"
+    torch.manual_seed(1)
+    save_weights(ActorNet(), before, "fixed")
+    save_weights(ActorNet(), after, "fixed")
+    argv = [
+        "evaluate",
+        "--network",
+        str(grid.net),
+        "--detectors",
+        str(grid.detectors),
+        "--routes",
+        str(grid.routes),
+        "--compare",
+        "policy",
+        "--policy",
+        str(before),
+        "--policy-b",
+        str(after),
+        "--seeds",
+        "1",
+        "--hours",
+        "0.1",
+        "--begin-s",
+        "0",
+        "--no-gate",
+        "--json",
+    ]
+    assert run(argv) == ExitCode.OK
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["controller"] for r in rows] == ["policy", "policy-b"]
+    assert rows[0]["seeds"] == rows[1]["seeds"] == [1]
+    # two different actors: their closed loops differ
+    assert rows[0]["per_seed"] != rows[1]["per_seed"]

@@ -10,7 +10,7 @@ import pytest
 
 from configs.errors import ConfigError
 from controller.cli import build_parser, run
-from controller.commands.train import evaluate_commands, initial_weights, output_path
+from controller.commands.train import evaluate_command, initial_weights, output_path
 from controller.exit_codes import ExitCode
 
 SHIPPED = Path(__file__).resolve().parents[2] / "rl" / "policies" / "district.pt"
@@ -54,22 +54,36 @@ def test_fine_tuning_never_writes_over_the_shipped_policy_by_default() -> None:
     assert output_path(_parse("--network", "c.net.xml", "--out", "x.pt")) == Path("x.pt")
 
 
-def test_evaluate_commands_compare_before_and_after() -> None:
-    before, after = evaluate_commands(
+def test_the_evaluate_command_compares_before_and_after_on_the_same_seeds() -> None:
+    after = Path("runs/city/policy.pt")
+    command = evaluate_command(
         network=Path("my city/city.net.xml"),
         routes=[Path("a.rou.xml"), Path("b.rou.xml")],
         detectors=None,
         config=None,
-        policies=[SHIPPED, Path("runs/city/policy.pt")],
+        before=SHIPPED,
+        after=after,
     )
-    for command, policy in ((before, SHIPPED), (after, Path("runs/city/policy.pt"))):
-        words = shlex.split(command)
-        assert words[:2] == ["signaltwin", "evaluate"]
-        assert words[words.index("--network") + 1] == "my city/city.net.xml"
-        routes_at = words.index("--routes")
-        assert words[routes_at + 1 : routes_at + 3] == ["a.rou.xml", "b.rou.xml"]
-        assert words[words.index("--policy") + 1] == str(policy)
-        assert "policy" in words[words.index("--compare") + 1].split(",")
+    words = shlex.split(command)
+    assert words[:2] == ["signaltwin", "evaluate"]
+    assert words[words.index("--network") + 1] == "my city/city.net.xml"
+    routes_at = words.index("--routes")
+    assert words[routes_at + 1 : routes_at + 3] == ["a.rou.xml", "b.rou.xml"]
+    assert words[words.index("--policy") + 1] == str(SHIPPED)
+    assert words[words.index("--policy-b") + 1] == str(after)
+    assert "policy" in words[words.index("--compare") + 1].split(",")
+    # the command parses as an evaluate command
+    parsed = build_parser().parse_args(words[1:])
+    assert parsed.policy == SHIPPED and parsed.policy_b == after
+    scratch = evaluate_command(
+        network=Path("n.net.xml"),
+        routes=[Path("r.xml")],
+        detectors=None,
+        config=None,
+        before=None,
+        after=after,
+    )
+    assert "--policy-b" not in scratch and shlex.split(scratch)[-1] == str(after)
 
 
 def test_a_budget_that_is_not_positive_is_a_usage_error(
