@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="comma-separated controllers (default: %(default)s)",
     )
     parser.add_argument("--policy", type=Path, help="policy weights (default: the shipped one)")
+    parser.add_argument(
+        "--policy-b",
+        type=Path,
+        help="a second policy's weights (e.g. fine-tuned), evaluated as 'policy-b' on the same "
+        "seeds: before/after in one table",
+    )
     parser.add_argument("--hours", type=float, default=1.5, help="field hours per run")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 1..S (default 5)")
     parser.add_argument(
@@ -157,7 +163,9 @@ def _run(args: argparse.Namespace) -> int:
     from simulators.network import ensure_detectors, load_network
 
     kinds = [k.strip() for k in args.compare.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(CONTROLLERS))
+    if args.policy_b is not None and "policy-b" not in kinds:
+        kinds.append("policy-b")
+    unknown = sorted(set(kinds) - set(CONTROLLERS) - ({"policy-b"} if args.policy_b else set()))
     if unknown or not kinds:
         raise ConfigError(f"--compare: unknown {unknown}; choose from {', '.join(CONTROLLERS)}")
     if args.seeds < 1 or args.hours <= 0:
@@ -204,11 +212,12 @@ def _run(args: argparse.Namespace) -> int:
             if kind == "webster":
                 webster = ev.webster_decide(layouts, limits)
                 decide = webster if args.no_gate else gated_decide(settings, network, webster, kind)
-            elif kind == "policy":
+            elif kind in ("policy", "policy-b"):
                 from controller.wiring import load_policy, policy_path
 
+                weights = args.policy_b if kind == "policy-b" else args.policy
                 policy_settings = settings.model_copy(
-                    update={"rl": settings.rl.model_copy(update={"policy_path": args.policy})}
+                    update={"rl": settings.rl.model_copy(update={"policy_path": weights})}
                 )
                 policy = load_policy(policy_settings)
                 if policy is None:
@@ -227,7 +236,7 @@ def _run(args: argparse.Namespace) -> int:
                 ev.evaluate_controller(
                     network,
                     routes,
-                    kind,  # type: ignore[arg-type]
+                    "policy" if kind == "policy-b" else kind,  # type: ignore[arg-type]
                     seeds=list(range(1, args.seeds + 1)),
                     horizon_s=horizon,
                     begin_s=begin,
@@ -236,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
                     start_mode=start_mode,  # type: ignore[arg-type]
                 )
             )
+            results[-1].controller = kind  # policy-b runs as a policy, reported as itself
             twin = getattr(decide, "twin", None)
             if twin is not None:
                 twin.close()
