@@ -22,7 +22,14 @@ timed vehicle and one tuple per flow.
 
 from __future__ import annotations
 
-__all__ = ["MAX_ELEMENTS", "RoutesWindow", "clock", "parse_time", "read_routes_window"]
+__all__ = [
+    "MAX_ELEMENTS",
+    "RoutesWindow",
+    "clock",
+    "parse_time",
+    "read_routes_window",
+    "traffic_start",
+]
 
 import gzip
 import math
@@ -32,7 +39,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import Final, Protocol
 from xml.parsers import expat
 
 from configs.errors import ConfigError
@@ -253,7 +260,11 @@ def _read_one(path: Path) -> _Reader:
     return reader
 
 
-def _feed(parser: expat.XMLParserType, fh: IO[bytes]) -> None:
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _feed(parser: expat.XMLParserType, fh: _Readable) -> None:
     while chunk := fh.read(_CHUNK):
         parser.Parse(chunk, False)
     parser.Parse(b"", True)
@@ -297,3 +308,55 @@ def read_routes_window(paths: Path | str | Iterable[Path | str]) -> RoutesWindow
         _departs=departs,
         _flows=tuple(active),
     )
+
+
+def traffic_start(
+    window: RoutesWindow,
+    begin_s: float | None,
+    length_s: float,
+    lights: int,
+    key: str,
+    begin_option: str = "--begin",
+) -> int:
+    """Where a simulation of ``window``'s demand starts: ``begin_s``, else the first departure.
+
+    Args:
+        window: the demand's departure window (:func:`read_routes_window`).
+        begin_s: the start asked for, or None to start at the first departure.
+        length_s: simulated seconds from the start (warm-up + horizon).
+        lights: traffic lights simulated: less than one departure per light (and
+            at least one) is "almost no traffic".
+        key: the option or settings key that named the routes (for the message).
+        begin_option: the option that sets the start (for the message).
+
+    Returns:
+        The start (s), on a whole second.
+
+    Raises:
+        ConfigError: the routes have no timed departure, or the simulated window
+            has none or less than one per light; the message names the routes'
+            window, the simulated one and what to change.
+    """
+    names = ", ".join(str(p) for p in window.paths)
+    if window.begin_s is None:
+        raise ConfigError(
+            f"{key} {names}: no vehicle, trip, person or flow with a departure time; "
+            "give a routes file with traffic"
+        )
+    first = math.floor(window.begin_s)
+    start = first if begin_s is None else math.floor(begin_s)
+    end = start + length_s
+    expected = window.expected_departures(start, end)
+    if expected < max(1, lights):
+        how = (
+            f"give {begin_option} {first} (the first departure) or leave {begin_option} out"
+            if begin_s is not None and start != first
+            else "simulate longer or give routes with more traffic"
+        )
+        raise ConfigError(
+            f"{key} {names}: its traffic departs {window.describe()}, but the simulated window "
+            f"is {clock(start)}-{clock(end)} ({start}-{end:.0f} s), in which {expected:.0f} "
+            f"vehicles depart for {lights} traffic lights (at least one per light is "
+            f"needed): {how}"
+        )
+    return start

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from configs.errors import ConfigError
+from configs.errors import ConfigError, SafetyViolation
 from configs.safety import Proposal, project_plans
-from configs.settings import SafetySettings, Settings
+from configs.settings import AUTO_WORKERS_MAX, SafetySettings, Settings, auto_workers
 from configs.settings_file import load_settings
 from configs.timing import BaseProgram, IntersectionTiming, SafetyLimits, TimingConfiguration
 from controller.exit_codes import ExitCode
@@ -41,8 +41,13 @@ simulation.demand, else --counts FILE (JSON {"interval_s": 300, "counts":
 {detector id: vehicles}}) estimated into routes from the detectors, else (demo
 district) --probe-field S: S seconds of the field emulator's detector counts.
 
+Time of day: a routes file's traffic departs in its own window (a city's 7:00-8:00
+routes depart at 25200-28800 s). The twin starts at the first departure, or at
+--begin S; a simulated window (warm-up + horizon) with no traffic, or less than
+one departure per traffic light, is an error that names both windows.
+
 Exit codes: 0 every plan simulated; 1 a plan failed (gridlock, backlog);
-2 bad usage/configuration; 3 SUMO failed.
+2 bad usage/configuration (also: no traffic in the simulated window); 3 SUMO failed.
 """
 
 
@@ -70,7 +75,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--seeds", type=int, help="paired seeds per plan (default 5)")
     parser.add_argument("--horizon-s", type=int, help="measured seconds (default 900)")
     parser.add_argument("--warmup-s", type=int, help="warm-up seconds (default 300)")
-    parser.add_argument("--workers", type=int, help="worker processes (default 2)")
+    parser.add_argument(
+        "--begin",
+        type=int,
+        metavar="S",
+        help="simulation time the warm-up starts at (default: the routes' first departure; "
+        "0 for demand estimated from counts)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"worker processes (default: simulation.workers, else {AUTO_WORKERS_MAX}; "
+        "at most the CPU cores)",
+    )
     parser.add_argument(
         "--mesoscopic",
         action="store_true",
@@ -117,6 +134,25 @@ def scaled_plans(
         for tls_id, base in sorted(bases.items())
     }
     return project_plans(proposals, bases, limits)
+
+
+def unfit_lights(
+    bases: Mapping[str, BaseProgram], limits: SafetySettings | SafetyLimits
+) -> dict[str, str]:
+    """Lights for which the safety limits leave no plan at all: tls id -> why.
+
+    A light with many greens (nine greens of >= 7 s with pedestrian clearances,
+    say) may need a longer cycle than ``max_cycle_s``; no candidate can be made
+    for it until its limits (``[safety.intersections."ID"]``) say how.
+    """
+    unfit: dict[str, str] = {}
+    for tls_id, base in sorted(bases.items()):
+        proposal = Proposal(green_s=[base.phases[i].duration_s for i in base.green_indices])
+        try:
+            project_plans({tls_id: proposal}, bases, limits)
+        except SafetyViolation as e:
+            unfit[tls_id] = "; ".join(v.message for v in e.violations) or str(e)
+    return unfit
 
 
 def _read_counts(path: Path) -> tuple[dict[str, float], float]:
@@ -179,6 +215,7 @@ def _routes_from_counts(
 
 def _run(args: argparse.Namespace) -> int:
     from simulators.network import load_network
+    from simulators.routes import clock, read_routes_window, traffic_start
     from simulators.twin import LibsumoWhatIfEngine, request_from_settings
 
     settings: Settings | None = load_settings(args.config) if args.config else None
@@ -189,9 +226,15 @@ def _run(args: argparse.Namespace) -> int:
     horizon_s = args.horizon_s or (sim.horizon_s if sim else 900)
     warmup_s = args.warmup_s if args.warmup_s is not None else (sim.warmup_s if sim else 300)
     count = args.seeds or (sim.seeds if sim else 5)
-    workers = args.workers if args.workers is not None else (sim.workers if sim else 2)
+    workers = (
+        args.workers
+        if args.workers is not None
+        else auto_workers(sim.workers if sim else AUTO_WORKERS_MAX)
+    )
     if count < 1 or horizon_s < 1 or warmup_s < 0 or workers < 0:
         raise ConfigError("--seeds and --horizon-s must be >= 1, --warmup-s and --workers >= 0")
+    if args.begin is not None and args.begin < 0:
+        raise ConfigError(f"--begin must be >= 0 (got {args.begin})")
 
     model = load_network(net)
     bases = model.base_programs()
@@ -200,14 +243,38 @@ def _run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         candidates = {"candidate": _load_plan(args.plan)}
     else:
+        unfit = unfit_lights(bases, limits)
+        for tls_id, why in unfit.items():
+            print(
+                f"warning: traffic light {tls_id} keeps its current plan in every candidate: "
+                f"{why} (set [safety.intersections.{json.dumps(tls_id)}] in --config)",
+                file=sys.stderr,
+            )
+        fit = {t: b for t, b in bases.items() if t not in unfit}
+        if not fit:
+            raise ConfigError(
+                "no traffic light has a plan within the safety limits; give --plan or "
+                "--config with [safety] limits that fit the network (see 'network info')"
+            )
         candidates = {
-            "greens-x0.8": scaled_plans(bases, 0.8, limits),
-            "greens-x1.2": scaled_plans(bases, 1.2, limits),
+            "greens-x0.8": scaled_plans(fit, 0.8, limits),
+            "greens-x1.2": scaled_plans(fit, 1.2, limits),
         }
 
     field_time_s = 0
+    begin_s = 0 if args.begin is None else int(args.begin)
     with tempfile.TemporaryDirectory(prefix="signaltwin-simulate-") as tmp:
         routes = args.routes or (sim.demand if sim else None)
+        if routes is not None:
+            key = "--routes" if args.routes else "simulation.demand"
+            window = read_routes_window(routes)
+            begin_s = traffic_start(window, args.begin, warmup_s + horizon_s, len(bases), key)
+            if args.begin is None and begin_s > 0:
+                print(
+                    f"{key}: traffic departs {window.describe()}; the twin starts at "
+                    f"{clock(begin_s)} ({begin_s} s)",
+                    file=sys.stderr,
+                )
         if routes is None and (args.counts is not None or args.probe_field is not None):
             if args.counts is not None:
                 counts, interval_s = _read_counts(args.counts)
@@ -232,6 +299,7 @@ def _run(args: argparse.Namespace) -> int:
             current=current,
             candidates=candidates,
             field_time_s=field_time_s,
+            begin_s=begin_s,
             horizon_s=horizon_s,
             warmup_s=warmup_s,
             seeds=count,
@@ -239,7 +307,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(
             f"what-if: {len(request.plan_names())} plans x {count} seeds, "
-            f"{warmup_s} s warm-up + {horizon_s} s horizon, {workers} workers"
+            f"{warmup_s} s warm-up + {horizon_s} s horizon from {clock(begin_s)} "
+            f"({begin_s} s), {workers} workers"
             f"{', mesoscopic' if request.mesoscopic else ''}",
             file=sys.stderr,
         )
