@@ -51,4 +51,10 @@ def _check(args: argparse.Namespace) -> int:
         f"cycle {limits.min_cycle_s}-{limits.max_cycle_s} s)",
         file=sys.stdout,
     )
+    detectors = settings.simulation.detectors
+    if not args.schema_only and (detectors is None or not detectors.is_file()):
+        target = detectors or settings.state_dir / "detectors.add.xml"
+        print(
+            f"simulation.detectors: {target} will be generated (an E1 loop on every incoming lane)"
+        )
     return ExitCode.OK

@@ -200,9 +200,9 @@ def _routes_from_counts(
             "--counts needs the detector file: give --detectors or simulation.detectors"
         )
     from simulators.demand import DemandEstimator, write_routes
-    from simulators.network import load_network
+    from simulators.network import ensure_detectors, load_network
 
-    model = load_network(net, detectors)
+    model = load_network(net, ensure_detectors(net, detectors))  # written when absent
     estimator = DemandEstimator(net, {d.id: d.lane_id for d in model.detectors}, fleet)
     estimate = estimator.estimate(counts, interval_s)
     print(

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from configs.errors import ConfigError
 from configs.settings_file import load_settings
 from controller.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from rl.env import EnvConfig
 
 # rl (torch, stable-baselines3, gymnasium) and simulators (SUMO) are imported when
 # the command runs, so that registering it at every `signaltwin` start stays cheap.
@@ -69,6 +74,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=_run)
 
 
+def episode_begins(config: EnvConfig) -> tuple[float, float]:
+    """Episode start times within the routes' departure window (a 7:00 file: from 25200 s).
+
+    Raises:
+        ConfigError: the routes have no traffic in an episode's length from their start.
+    """
+    from simulators.routes import read_routes_window, traffic_start
+
+    window = read_routes_window(config.route_files)
+    length_s = config.warmup_s + config.episode_steps * config.interval_s
+    first = float(traffic_start(window, None, length_s, 1, "--routes"))
+    last = max(first, (window.end_s or first) - length_s)
+    return first, last
+
+
 def _run(args: argparse.Namespace) -> int:
     from rl.env import EnvConfig
     from rl.train import train
@@ -108,6 +128,8 @@ def _run(args: argparse.Namespace) -> int:
         episode_steps=args.episode_steps,
         mode=args.mode,
     )
+    if args.routes is not None:
+        config = replace(config, begin_range_s=episode_begins(config))
     result = train(
         config,
         args.out,
