@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--network", type=Path, help="SUMO .net.xml (overrides the settings)")
     parser.add_argument("--routes", type=Path, help="SUMO routes file (overrides the settings)")
     parser.add_argument("--detectors", type=Path, help="E1 detector file, for --counts")
+    parser.add_argument(
+        "--additional",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="SUMO additional files loaded with the network (e.g. the vehicle types the "
+        "routes use)",
+    )
     parser.add_argument("--counts", type=Path, help="detector counts JSON to estimate demand")
     parser.add_argument(
         "--probe-field",
@@ -305,6 +315,10 @@ def _run(args: argparse.Namespace) -> int:
             seeds=count,
             mesoscopic=bool(args.mesoscopic),
         )
+        if args.additional:
+            request = replace(
+                request, additional=(*request.additional, *(str(a) for a in args.additional))
+            )
         print(
             f"what-if: {len(request.plan_names())} plans x {count} seeds, "
             f"{warmup_s} s warm-up + {horizon_s} s horizon from {clock(begin_s)} "

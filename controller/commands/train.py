@@ -74,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=_run)
 
 
+def _sibling(network: Path, suffix: str) -> Path:
+    """``city.net.xml`` (or ``city.net.xml.gz``) -> ``city<suffix>`` next to it (not gzipped)."""
+    return network.with_name(network.name.removesuffix(".gz").replace(".net.xml", suffix))
+
+
 def episode_begins(config: EnvConfig) -> tuple[float, float]:
     """Episode start times within the routes' departure window (a 7:00 file: from 25200 s).
 
@@ -108,16 +113,14 @@ def _run(args: argparse.Namespace) -> int:
         detectors = detectors or settings.simulation.detectors
     network = network or _DISTRICT / "district.net.xml"
     if routes is None:
-        sibling = network.with_name(network.name.replace(".net.xml", ".rou.xml"))
+        sibling = _sibling(network, ".rou.xml")
         if not sibling.is_file():
             raise ConfigError(
                 f"no training demand: pass --routes (no {sibling} next to the network)"
             )
         routes = [sibling]
     if detectors is None:
-        detectors = ensure_detectors(
-            network, network.with_name(network.name.replace(".net.xml", ".det.add.xml"))
-        )
+        detectors = ensure_detectors(network, _sibling(network, ".det.add.xml"))
     for path in (network, detectors, *routes):
         if not Path(path).is_file():
             raise ConfigError(f"file {path} does not exist (check --network/--detectors/--routes)")

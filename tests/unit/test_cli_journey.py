@@ -90,10 +90,13 @@ def test_simulate_starts_the_twin_at_the_routes_first_departure(
 
 def test_simulate_begin_option_is_used(tmp_path: Path, fake_engine: dict[str, Any]) -> None:
     routes = _am_routes(tmp_path / "am.rou.xml")
+    vtypes = tmp_path / "vtypes.add.xml"
+    vtypes.write_text('<additional><vType id="veh_car"/></additional>', encoding="utf-8")
     argv = ["simulate", "--network", str(DISTRICT_NET), "--routes", str(routes),
-            "--begin", "27000"]  # fmt: skip
+            "--begin", "27000", "--additional", str(vtypes)]  # fmt: skip
     assert run(argv) == 3
     assert fake_engine["request"].begin_s == 27000
+    assert fake_engine["request"].additional == (str(vtypes),)
 
 
 def test_simulate_an_empty_window_is_an_error_naming_both_windows(
@@ -245,6 +248,14 @@ def test_train_episodes_begin_within_the_routes_window(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no vehicle"):
         episode_begins(EnvConfig(net_file=DISTRICT_NET, detectors_file=DISTRICT_NET,
                                  route_files=(empty,)))  # fmt: skip
+
+
+def test_train_writes_the_detectors_of_a_gzipped_net_as_plain_xml(tmp_path: Path) -> None:
+    from controller.commands.train import _sibling
+
+    net = tmp_path / "fokr_bs.net.xml.gz"
+    assert _sibling(net, ".det.add.xml") == tmp_path / "fokr_bs.det.add.xml"
+    assert _sibling(tmp_path / "city.net.xml", ".rou.xml") == tmp_path / "city.rou.xml"
 
 
 def test_traffic_start_with_a_begin_inside_the_window(tmp_path: Path) -> None:
