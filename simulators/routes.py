@@ -356,7 +356,7 @@ def traffic_start(
         raise ConfigError(
             f"{key} {names}: its traffic departs {window.describe()}, but the simulated window "
             f"is {clock(start)}-{clock(end)} ({start}-{end:.0f} s), in which {expected:.0f} "
-            f"vehicles depart for {lights} traffic lights (at least one per light is "
-            f"needed): {how}"
+            f"vehicles depart for {lights} traffic light{'' if lights == 1 else 's'} "
+            f"(at least one per light is needed): {how}"
         )
     return start

@@ -196,10 +196,18 @@ def summary_lines(model: NetworkModel, limits: SafetySettings | SafetyLimits) ->
         for t, i in sorted(lights.items())
         if len(i.base.green_indices) > MANY_GREENS
     ]
+    bases = model.base_programs()
+    unfit = unfit_lights(bases, limits)
     warnings += [
         f"{t}: no plan fits the safety limits: {why}; set "
         f"[safety.intersections.{json.dumps(t)}] (e.g. max_cycle_s) in the settings"
-        for t, why in unfit_lights(model.base_programs(), limits).items()
+        for t, why in unfit.items()
+    ]
+    warnings += [
+        f"{t}: no plan within one deployment's change of its base program: {why}; set "
+        f"[safety.intersections.{json.dumps(t)}] (e.g. max_cycle_change_s) in the settings"
+        for t, why in unfit_lights(bases, limits, from_base=True).items()
+        if t not in unfit
     ]
     if model.detectors_path is not None:
         warnings += [

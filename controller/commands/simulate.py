@@ -147,19 +147,30 @@ def scaled_plans(
 
 
 def unfit_lights(
-    bases: Mapping[str, BaseProgram], limits: SafetySettings | SafetyLimits
+    bases: Mapping[str, BaseProgram],
+    limits: SafetySettings | SafetyLimits,
+    *,
+    from_base: bool = False,
 ) -> dict[str, str]:
     """Lights for which the safety limits leave no plan at all: tls id -> why.
 
     A light with many greens (nine greens of >= 7 s with pedestrian clearances,
     say) may need a longer cycle than ``max_cycle_s``; no candidate can be made
     for it until its limits (``[safety.intersections."ID"]``) say how.
+
+    Args:
+        bases: tls id -> base program.
+        limits: the safety limits (the settings' section applies overrides).
+        from_base: also bound the plan by one deployment's change limits from the
+            base program (``max_cycle_change_s``, ``max_split_change_s``), as the
+            daemon's first deployment is.
     """
     unfit: dict[str, str] = {}
     for tls_id, base in sorted(bases.items()):
         proposal = Proposal(green_s=[base.phases[i].duration_s for i in base.green_indices])
+        current = {tls_id: IntersectionTiming.from_base(base)} if from_base else None
         try:
-            project_plans({tls_id: proposal}, bases, limits)
+            project_plans({tls_id: proposal}, bases, limits, current)
         except SafetyViolation as e:
             unfit[tls_id] = "; ".join(v.message for v in e.violations) or str(e)
     return unfit
