@@ -360,3 +360,16 @@ def test_the_daemon_writes_missing_detectors_where_the_settings_say(
         build_runner(settings)
     assert settings.simulation.detectors.is_file()
     assert "inductionLoop" in settings.simulation.detectors.read_text(encoding="utf-8")
+
+
+def test_unfit_lights_from_the_base_program_honour_the_change_limits() -> None:
+    from configs.timing import SafetyLimits
+    from controller.commands.simulate import unfit_lights
+    from simulators.network import load_network
+
+    bases = load_network(DISTRICT_NET).base_programs()
+    # greens of >= 40 s: a longer cycle than the base's 90 s, but within 150 s
+    limits = SafetyLimits(min_green_s=40, max_cycle_s=150, max_cycle_change_s=0)
+    assert unfit_lights({"n02": bases["n02"]}, limits) == {}
+    unfit = unfit_lights({"n02": bases["n02"]}, limits, from_base=True)
+    assert list(unfit) == ["n02"] and "no safe cycle" in unfit["n02"]
