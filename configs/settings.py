@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -26,6 +27,7 @@ from pydantic import (
 from configs.timing import SafetyLimits
 
 __all__ = [
+    "AUTO_WORKERS_MAX",
     "DEFAULT_HSM_KEY_LABEL",
     "DEFAULT_HSM_MODULE",
     "DEFAULT_HSM_TOKEN_LABEL",
@@ -43,6 +45,9 @@ __all__ = [
     "Settings",
     "SimulationSettings",
     "VideoSettings",
+    "Workers",
+    "auto_workers",
+    "available_cpus",
     "default_fleet",
 ]
 
@@ -51,6 +56,36 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
+
+AUTO_WORKERS_MAX = 4
+"""What-if worker processes that ``workers = "auto"`` asks for at most."""
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(configured: int = AUTO_WORKERS_MAX) -> int:
+    """Worker processes for ``configured`` at most, but no more than the cores present.
+
+    SUMO runs are CPU-bound: more workers than cores only adds memory and switching.
+    """
+    return max(1, min(configured, available_cpus()))
+
+
+def _auto(value: object) -> object:
+    if value == "auto":
+        return auto_workers()
+    if isinstance(value, str):
+        raise ValueError(f'expected a number of processes or "auto", got {value!r}')
+    return value
+
+
+Workers = Annotated[int, BeforeValidator(_auto), Field(ge=1, le=256)]
+"""Worker processes: a number, or ``"auto"`` for :func:`auto_workers` (resolved at load)."""
 
 #: SoftHSM2 as installed by the Debian package ``softhsm2`` (the one source; hsm imports it).
 DEFAULT_HSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
@@ -139,7 +174,11 @@ class SimulationSettings(BaseModel):
     base_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 20_240
     step_length_s: Annotated[float, Field(gt=0.0, le=5.0)] = 1.0
     gridlock_s: Seconds = Field(300, description="Nothing moving this long = gridlock.")
-    workers: Annotated[int, Field(ge=1, le=256)] = 2
+    workers: Workers = Field(
+        default_factory=auto_workers,
+        description='What-if worker processes; "auto" (the default): '
+        f"{AUTO_WORKERS_MAX}, at most the CPU cores present.",
+    )
     candidates: Annotated[int, Field(ge=1, le=64)] = Field(
         4, description="Candidates sent to SUMO after screening."
     )

@@ -157,8 +157,17 @@ def check_environment(settings: Settings) -> list[str]:
         problems.append(
             f"simulation.network: {sim.network} does not exist (run 'signaltwin network build')"
         )
+    detectors = sim.detectors
+    if detectors is not None and not detectors.is_file():
+        # generated at start-up, as the settings promise, where it can be written
+        parent = next((p for p in detectors.parents if p.exists()), Path("/"))
+        if not os.access(parent, os.W_OK):
+            problems.append(
+                f"simulation.detectors: {detectors} does not exist and {parent} is not "
+                "writable to generate it; generate it with 'signaltwin network info "
+                f"{sim.network} --detectors {detectors}'"
+            )
     for key, file in (
-        ("simulation.detectors", sim.detectors),
         ("simulation.demand", sim.demand),
         ("simulation.surrogate", sim.surrogate),
     ):

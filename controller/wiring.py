@@ -510,8 +510,9 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
     closers: list[Any] = []
     try:
         sim = settings.simulation
-        detectors = sim.detectors or ensure_detectors(
-            sim.network, settings.state_dir / "detectors.add.xml"
+        # simulation.detectors is written (loops on every incoming lane) when absent
+        detectors = ensure_detectors(
+            sim.network, sim.detectors or settings.state_dir / "detectors.add.xml"
         )
         network = load_network(sim.network, detectors)
         if settings.hsm.auto_provision:

@@ -39,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _check(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     if not args.schema_only:
+        detectors = settings.simulation.detectors
+        if detectors is None or not detectors.is_file():
+            target = detectors or settings.state_dir / "detectors.add.xml"
+            print(
+                f"simulation.detectors: {target} will be generated at start-up "
+                "(an E1 loop on every incoming lane)"
+            )
         problems = check_environment(settings)
         if problems:
             raise ConfigError(f"{args.file}:\n  " + "\n  ".join(problems))

@@ -89,7 +89,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--no-gate", action="store_true", help="deploy proposals without the twin and gate"
     )
-    parser.add_argument("--begin-s", type=float, help="field start time (default: profile-based)")
+    parser.add_argument(
+        "--begin-s",
+        type=float,
+        help="field start time (default: the --routes' first departure, else profile-based)",
+    )
     parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     parser.set_defaults(func=_run)
 
@@ -161,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     from rl.features import layouts_from_network
     from simulators.netbuild import DemandProfile, expand_demand
     from simulators.network import ensure_detectors, load_network
+    from simulators.routes import read_routes_window, traffic_start
 
     kinds = [k.strip() for k in args.compare.split(",") if k.strip()]
     if args.policy_b is not None and "policy-b" not in kinds:
@@ -189,6 +194,17 @@ def _run(args: argparse.Namespace) -> int:
         routes: Any
         if args.routes:
             routes = list(args.routes)
+            # the field starts where the routes' traffic is (a 7:00 file departs at 25200 s)
+            begin = float(
+                traffic_start(
+                    read_routes_window(routes),
+                    args.begin_s,
+                    horizon,
+                    len(network.intersections),
+                    "--routes",
+                    "--begin-s",
+                )
+            )
         else:
             profile_path = net_path.with_name(net_path.name.replace(".net.xml", ".demand.json"))
             if not profile_path.is_file():

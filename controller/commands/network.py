@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from configs.settings import SafetySettings
+from configs.settings_file import load_settings
+from configs.timing import SafetyLimits
 from controller.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from simulators.network import NetworkModel
+
+MANY_GREENS = 8
+"""More greens than this in one program is unusual for a signal: worth a look."""
 
 # simulators (sumolib, netconvert) is imported inside the commands: registering
 # them runs at every `signaltwin` start and must stay cheap.
@@ -46,8 +57,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "info",
         help="summarise a SUMO network's traffic lights, detectors and base programs",
         description=(
-            "Load any SUMO .net.xml with traffic lights and print a JSON summary. With "
-            "--detectors FILE, read E1 loops from FILE, generating them first if it is missing."
+            "Load any SUMO .net.xml with traffic lights and summarise it: the file, its "
+            "traffic lights (phases, greens, program type, cycle), lanes, edges, detectors "
+            "and bounding box, with warnings (lights left out, lights with more than "
+            f"{MANY_GREENS} greens, lights no plan fits within the safety limits). --json "
+            "prints the full JSON model instead. With --detectors FILE, read E1 loops from "
+            "FILE, generating them first if it is missing. Exit codes: 0 loaded; 2 the file "
+            "is missing or not a usable network."
         ),
     )
     info.add_argument("net", type=Path, help="the .net.xml (or .net.xml.gz) file")
@@ -57,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="additional file of E1 loops (generated there if it does not exist)",
     )
+    info.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="settings TOML whose [safety] limits the warnings use (default: the schema's)",
+    )
+    info.add_argument("--json", action="store_true", help="print the JSON model instead")
     info.set_defaults(func=_run_info)
 
 
@@ -93,6 +116,11 @@ def _run_info(args: argparse.Namespace) -> int:
 
     det = ensure_detectors(args.net, args.detectors) if args.detectors is not None else None
     model = load_network(args.net, det)
+    if not args.json:
+        limits = load_settings(args.config).safety if args.config else SafetyLimits()
+        for line in summary_lines(model, limits):
+            print(line)
+        return ExitCode.OK
     by_tls = model.detectors_by_intersection()
     summary = {
         "id": model.id,
@@ -119,3 +147,72 @@ def _run_info(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=1))
     return ExitCode.OK
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    if n_bytes < 1024**2:
+        return f"{n_bytes / 1024:.1f} KiB"
+    return f"{n_bytes / 1024**2:.1f} MiB"
+
+
+def summary_lines(model: NetworkModel, limits: SafetySettings | SafetyLimits) -> list[str]:
+    """The human summary of ``network info``: file, lights, lanes, detectors, warnings."""
+    from controller.commands.simulate import unfit_lights
+
+    xmin, ymin, xmax, ymax = model.bounds
+    lights = model.intersections
+    modes = Counter(i.base.mode for i in lights.values())
+    by_tls = model.detectors_by_intersection()
+    lines = [
+        f"network   {model.path} ({_size(model.path.stat().st_size)})",
+        f"id        {model.id}, sha256 {model.sha256}",
+        f"extent    {xmax - xmin:.0f} m x {ymax - ymin:.0f} m "
+        f"(x {xmin:.1f}..{xmax:.1f}, y {ymin:.1f}..{ymax:.1f})",
+        f"edges     {len(model.edges)} edges, {len(model.lanes)} lanes",
+        f"lights    {len(lights)} traffic lights ("
+        + ", ".join(f"{n} {mode}" for mode, n in sorted(modes.items()))
+        + ")",
+    ]
+    if model.detectors_path is not None:
+        lines.append(f"detectors {len(model.detectors)} E1 loops in {model.detectors_path}")
+    else:
+        lines.append("detectors none read (--detectors FILE reads them, generating them if absent)")
+    lines += ["", f"{'light':<24} {'type':<9} {'phases':>6} {'greens':>6} {'cycle s':>7} "
+              f"{'lanes in':>8} {'loops':>5}  approaches"]  # fmt: skip
+    for tls_id, light in sorted(lights.items()):
+        base = light.base
+        shown = tls_id if len(tls_id) <= 24 else tls_id[:21] + "..."
+        lines.append(
+            f"{shown:<24} {base.mode:<9} {len(base.phases):>6} {len(base.green_indices):>6} "
+            f"{base.cycle_s:>7} {len(light.incoming_lanes):>8} {len(by_tls[tls_id]):>5}  "
+            f"{len(light.approaches)}"
+        )
+    warnings = [f"{t}: left out: {why}" for t, why in sorted(model.unsupported.items())]
+    warnings += [
+        f"{t}: {len(i.base.green_indices)} greens in one program (more than {MANY_GREENS}); "
+        "check that its base program is the approved one"
+        for t, i in sorted(lights.items())
+        if len(i.base.green_indices) > MANY_GREENS
+    ]
+    bases = model.base_programs()
+    unfit = unfit_lights(bases, limits)
+    warnings += [
+        f"{t}: no plan fits the safety limits: {why}; set "
+        f"[safety.intersections.{json.dumps(t)}] (e.g. max_cycle_s) in the settings"
+        for t, why in unfit.items()
+    ]
+    warnings += [
+        f"{t}: no plan within one deployment's change of its base program: {why}; set "
+        f"[safety.intersections.{json.dumps(t)}] (e.g. max_cycle_change_s) in the settings"
+        for t, why in unfit_lights(bases, limits, from_base=True).items()
+        if t not in unfit
+    ]
+    if model.detectors_path is not None:
+        warnings += [
+            f"{t}: no detector on its incoming lanes" for t, d in sorted(by_tls.items()) if not d
+        ]
+    if warnings:
+        lines += ["", f"warnings ({len(warnings)}):", *(f"  {w}" for w in warnings)]
+    return lines

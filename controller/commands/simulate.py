@@ -8,12 +8,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from configs.errors import ConfigError
+from configs.errors import ConfigError, SafetyViolation
 from configs.safety import Proposal, project_plans
-from configs.settings import SafetySettings, Settings
+from configs.settings import AUTO_WORKERS_MAX, SafetySettings, Settings, auto_workers
 from configs.settings_file import load_settings
 from configs.timing import BaseProgram, IntersectionTiming, SafetyLimits, TimingConfiguration
 from controller.exit_codes import ExitCode
@@ -41,8 +42,13 @@ simulation.demand, else --counts FILE (JSON {"interval_s": 300, "counts":
 {detector id: vehicles}}) estimated into routes from the detectors, else (demo
 district) --probe-field S: S seconds of the field emulator's detector counts.
 
+Time of day: a routes file's traffic departs in its own window (a city's 7:00-8:00
+routes depart at 25200-28800 s). The twin starts at the first departure, or at
+--begin S; a simulated window (warm-up + horizon) with no traffic, or less than
+one departure per traffic light, is an error that names both windows.
+
 Exit codes: 0 every plan simulated; 1 a plan failed (gridlock, backlog);
-2 bad usage/configuration; 3 SUMO failed.
+2 bad usage/configuration (also: no traffic in the simulated window); 3 SUMO failed.
 """
 
 
@@ -59,6 +65,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--network", type=Path, help="SUMO .net.xml (overrides the settings)")
     parser.add_argument("--routes", type=Path, help="SUMO routes file (overrides the settings)")
     parser.add_argument("--detectors", type=Path, help="E1 detector file, for --counts")
+    parser.add_argument(
+        "--additional",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="SUMO additional files loaded with the network (e.g. the vehicle types the "
+        "routes use)",
+    )
     parser.add_argument("--counts", type=Path, help="detector counts JSON to estimate demand")
     parser.add_argument(
         "--probe-field",
@@ -70,7 +85,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--seeds", type=int, help="paired seeds per plan (default 5)")
     parser.add_argument("--horizon-s", type=int, help="measured seconds (default 900)")
     parser.add_argument("--warmup-s", type=int, help="warm-up seconds (default 300)")
-    parser.add_argument("--workers", type=int, help="worker processes (default 2)")
+    parser.add_argument(
+        "--begin",
+        type=int,
+        metavar="S",
+        help="simulation time the warm-up starts at (default: the routes' first departure; "
+        "0 for demand estimated from counts)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help=f"worker processes (default: simulation.workers, else {AUTO_WORKERS_MAX}; "
+        "at most the CPU cores)",
+    )
     parser.add_argument(
         "--mesoscopic",
         action="store_true",
@@ -119,6 +146,36 @@ def scaled_plans(
     return project_plans(proposals, bases, limits)
 
 
+def unfit_lights(
+    bases: Mapping[str, BaseProgram],
+    limits: SafetySettings | SafetyLimits,
+    *,
+    from_base: bool = False,
+) -> dict[str, str]:
+    """Lights for which the safety limits leave no plan at all: tls id -> why.
+
+    A light with many greens (nine greens of >= 7 s with pedestrian clearances,
+    say) may need a longer cycle than ``max_cycle_s``; no candidate can be made
+    for it until its limits (``[safety.intersections."ID"]``) say how.
+
+    Args:
+        bases: tls id -> base program.
+        limits: the safety limits (the settings' section applies overrides).
+        from_base: also bound the plan by one deployment's change limits from the
+            base program (``max_cycle_change_s``, ``max_split_change_s``), as the
+            daemon's first deployment is.
+    """
+    unfit: dict[str, str] = {}
+    for tls_id, base in sorted(bases.items()):
+        proposal = Proposal(green_s=[base.phases[i].duration_s for i in base.green_indices])
+        current = {tls_id: IntersectionTiming.from_base(base)} if from_base else None
+        try:
+            project_plans({tls_id: proposal}, bases, limits, current)
+        except SafetyViolation as e:
+            unfit[tls_id] = "; ".join(v.message for v in e.violations) or str(e)
+    return unfit
+
+
 def _read_counts(path: Path) -> tuple[dict[str, float], float]:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -164,9 +221,9 @@ def _routes_from_counts(
             "--counts needs the detector file: give --detectors or simulation.detectors"
         )
     from simulators.demand import DemandEstimator, write_routes
-    from simulators.network import load_network
+    from simulators.network import ensure_detectors, load_network
 
-    model = load_network(net, detectors)
+    model = load_network(net, ensure_detectors(net, detectors))  # written when absent
     estimator = DemandEstimator(net, {d.id: d.lane_id for d in model.detectors}, fleet)
     estimate = estimator.estimate(counts, interval_s)
     print(
@@ -179,6 +236,7 @@ def _routes_from_counts(
 
 def _run(args: argparse.Namespace) -> int:
     from simulators.network import load_network
+    from simulators.routes import clock, read_routes_window, traffic_start
     from simulators.twin import LibsumoWhatIfEngine, request_from_settings
 
     settings: Settings | None = load_settings(args.config) if args.config else None
@@ -189,9 +247,15 @@ def _run(args: argparse.Namespace) -> int:
     horizon_s = args.horizon_s or (sim.horizon_s if sim else 900)
     warmup_s = args.warmup_s if args.warmup_s is not None else (sim.warmup_s if sim else 300)
     count = args.seeds or (sim.seeds if sim else 5)
-    workers = args.workers if args.workers is not None else (sim.workers if sim else 2)
+    workers = (
+        args.workers
+        if args.workers is not None
+        else auto_workers(sim.workers if sim else AUTO_WORKERS_MAX)
+    )
     if count < 1 or horizon_s < 1 or warmup_s < 0 or workers < 0:
         raise ConfigError("--seeds and --horizon-s must be >= 1, --warmup-s and --workers >= 0")
+    if args.begin is not None and args.begin < 0:
+        raise ConfigError(f"--begin must be >= 0 (got {args.begin})")
 
     model = load_network(net)
     bases = model.base_programs()
@@ -200,14 +264,38 @@ def _run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         candidates = {"candidate": _load_plan(args.plan)}
     else:
+        unfit = unfit_lights(bases, limits)
+        for tls_id, why in unfit.items():
+            print(
+                f"warning: traffic light {tls_id} keeps its current plan in every candidate: "
+                f"{why} (set [safety.intersections.{json.dumps(tls_id)}] in --config)",
+                file=sys.stderr,
+            )
+        fit = {t: b for t, b in bases.items() if t not in unfit}
+        if not fit:
+            raise ConfigError(
+                "no traffic light has a plan within the safety limits; give --plan or "
+                "--config with [safety] limits that fit the network (see 'network info')"
+            )
         candidates = {
-            "greens-x0.8": scaled_plans(bases, 0.8, limits),
-            "greens-x1.2": scaled_plans(bases, 1.2, limits),
+            "greens-x0.8": scaled_plans(fit, 0.8, limits),
+            "greens-x1.2": scaled_plans(fit, 1.2, limits),
         }
 
     field_time_s = 0
+    begin_s = 0 if args.begin is None else int(args.begin)
     with tempfile.TemporaryDirectory(prefix="signaltwin-simulate-") as tmp:
         routes = args.routes or (sim.demand if sim else None)
+        if routes is not None:
+            key = "--routes" if args.routes else "simulation.demand"
+            window = read_routes_window(routes)
+            begin_s = traffic_start(window, args.begin, warmup_s + horizon_s, len(bases), key)
+            if args.begin is None and begin_s > 0:
+                print(
+                    f"{key}: traffic departs {window.describe()}; the twin starts at "
+                    f"{clock(begin_s)} ({begin_s} s)",
+                    file=sys.stderr,
+                )
         if routes is None and (args.counts is not None or args.probe_field is not None):
             if args.counts is not None:
                 counts, interval_s = _read_counts(args.counts)
@@ -232,14 +320,20 @@ def _run(args: argparse.Namespace) -> int:
             current=current,
             candidates=candidates,
             field_time_s=field_time_s,
+            begin_s=begin_s,
             horizon_s=horizon_s,
             warmup_s=warmup_s,
             seeds=count,
             mesoscopic=bool(args.mesoscopic),
         )
+        if args.additional:
+            request = replace(
+                request, additional=(*request.additional, *(str(a) for a in args.additional))
+            )
         print(
             f"what-if: {len(request.plan_names())} plans x {count} seeds, "
-            f"{warmup_s} s warm-up + {horizon_s} s horizon, {workers} workers"
+            f"{warmup_s} s warm-up + {horizon_s} s horizon from {clock(begin_s)} "
+            f"({begin_s} s), {workers} workers"
             f"{', mesoscopic' if request.mesoscopic else ''}",
             file=sys.stderr,
         )

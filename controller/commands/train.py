@@ -15,6 +15,7 @@ import shlex
 import sys
 import typing
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from controller.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from configs.settings import Settings
+    from rl.env import EnvConfig
 
 # rl (torch, stable-baselines3, gymnasium) and simulators (SUMO) are imported when
 # the command runs, so that registering it at every `signaltwin` start stays cheap.
@@ -207,6 +209,26 @@ def evaluate_command(
     return shlex.join(words)
 
 
+def _sibling(network: Path, suffix: str) -> Path:
+    """``city.net.xml`` (or ``city.net.xml.gz``) -> ``city<suffix>`` next to it (not gzipped)."""
+    return network.with_name(network.name.removesuffix(".gz").replace(".net.xml", suffix))
+
+
+def episode_begins(config: EnvConfig) -> tuple[float, float]:
+    """Episode start times within the routes' departure window (a 7:00 file: from 25200 s).
+
+    Raises:
+        ConfigError: the routes have no traffic in an episode's length from their start.
+    """
+    from simulators.routes import read_routes_window, traffic_start
+
+    window = read_routes_window(config.route_files)
+    length_s = config.warmup_s + config.episode_steps * config.interval_s
+    first = float(traffic_start(window, None, length_s, 1, "--routes"))
+    last = max(first, (window.end_s or first) - length_s)
+    return first, last
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.budget_min is not None and args.budget_min < 0:
         raise ConfigError(f"--budget-min must be >= 0 (0: no limit), got {args.budget_min:g}")
@@ -235,16 +257,14 @@ def _run(args: argparse.Namespace) -> int:
     out = output_path(args)
     network = network or _DISTRICT / "district.net.xml"
     if routes is None:
-        sibling = network.with_name(network.name.replace(".net.xml", ".rou.xml"))
+        sibling = _sibling(network, ".rou.xml")
         if not sibling.is_file():
             raise ConfigError(
                 f"no training demand: pass --routes (no {sibling} next to the network)"
             )
         routes = [sibling]
     if detectors is None:
-        detectors = ensure_detectors(
-            network, network.with_name(network.name.replace(".net.xml", ".det.add.xml"))
-        )
+        detectors = ensure_detectors(network, _sibling(network, ".det.add.xml"))
     for path in (network, detectors, *routes):
         if not Path(path).is_file():
             raise ConfigError(f"file {path} does not exist (check --network/--detectors/--routes)")
@@ -266,6 +286,8 @@ def _run(args: argparse.Namespace) -> int:
         episode_steps=args.episode_steps,
         mode=mode,
     )
+    if args.routes is not None:
+        config = replace(config, begin_range_s=episode_begins(config))
     total = args.timesteps or timesteps
     what = f"fine-tuning {init}" if init is not None else "training from scratch"
     limit = f"{budget_min:g} min" if budget_min > 0 else "no limit"

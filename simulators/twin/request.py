@@ -95,6 +95,9 @@ class WhatIfRequest:
         gridlock_speed_mps: mean speed below which the network counts as not moving.
         max_backlog_veh: a run whose insertion backlog exceeds this fails (None: never).
         field_time_s: field clock at simulation time 0 (aligns offsets with the field).
+        begin_s: simulation time the warm-up starts at (s): where the demand's
+            traffic is (a 7:00 routes file begins at 25200); the horizon then ends
+            at ``begin_s + warmup_s + horizon_s``.
         additional: extra SUMO additional files (e.g. detectors for actuated plans).
         record: what to record for the video (None: nothing).
         confidence_level: two-sided level of the paired confidence intervals.
@@ -114,6 +117,7 @@ class WhatIfRequest:
     gridlock_speed_mps: float = 0.5
     max_backlog_veh: int | None = None
     field_time_s: int = 0
+    begin_s: int = 0
     additional: tuple[str, ...] = ()
     record: RecordSpec | None = None
     confidence_level: float = 0.95
@@ -133,6 +137,8 @@ class WhatIfRequest:
                 raise ConfigError(f"what-if additional file {path} does not exist")
         if CURRENT in self.candidates:
             raise ConfigError(f"candidate name {CURRENT!r} is reserved for the current plan")
+        if self.begin_s < 0:
+            raise ConfigError(f"begin_s must be >= 0 (got {self.begin_s})")
         if self.horizon_s <= 0 or self.warmup_s < 0:
             raise ConfigError(
                 f"horizon_s must be > 0 and warmup_s >= 0 (got {self.horizon_s}, {self.warmup_s})"
@@ -169,6 +175,7 @@ class WhatIfRequest:
             "gridlock_speed_mps": self.gridlock_speed_mps,
             "max_backlog_veh": self.max_backlog_veh,
             "field_time_s": self.field_time_s,
+            "begin_s": self.begin_s,
             "additional": list(self.additional),
             "record": None if self.record is None else self.record.to_dict(),
             "confidence_level": self.confidence_level,
@@ -214,6 +221,7 @@ class WhatIfRequest:
             if data["max_backlog_veh"] is None
             else int(data["max_backlog_veh"]),
             field_time_s=int(data["field_time_s"]),
+            begin_s=int(data.get("begin_s", 0)),  # records before begin_s started at 0
             additional=tuple(str(a) for a in data["additional"]),
             record=None if data["record"] is None else RecordSpec.from_dict(data["record"]),
             confidence_level=float(data["confidence_level"]),
@@ -235,6 +243,7 @@ def request_from_settings(
     current: Mapping[str, IntersectionTiming],
     candidates: Mapping[str, Mapping[str, IntersectionTiming]],
     field_time_s: int = 0,
+    begin_s: int = 0,
     horizon_s: int | None = None,
     warmup_s: int | None = None,
     seeds: int | None = None,
@@ -251,6 +260,7 @@ def request_from_settings(
         current: tls id -> plan running now.
         candidates: candidate name -> (tls id -> plan).
         field_time_s: field clock at simulation time 0 (aligns offsets with the field).
+        begin_s: simulation time the warm-up starts at (the demand's window).
         horizon_s: overrides ``simulation.horizon_s``.
         warmup_s: overrides ``simulation.warmup_s``.
         seeds: overrides ``simulation.seeds`` (how many; they start at ``simulation.base_seed``).
@@ -292,6 +302,7 @@ def request_from_settings(
         step_length_s=step_length_s,
         gridlock_s=gridlock_s,
         field_time_s=field_time_s,
+        begin_s=begin_s,
         record=record,
         confidence_level=confidence_level,
         mesoscopic=mesoscopic,

@@ -123,7 +123,8 @@ def _simulate(task: RunTask) -> RunMetrics:
     step_s = request.step_length_s
     warmup_steps = round(request.warmup_s / step_s)
     total_steps = warmup_steps + round(request.horizon_s / step_s)
-    begin_s, end_s = warmup_steps * step_s, total_steps * step_s
+    start_s = float(request.begin_s)
+    begin_s, end_s = start_s + warmup_steps * step_s, start_s + total_steps * step_s
     plan = request.current if task.plan == CURRENT else request.candidates[task.plan]
     with tempfile.TemporaryDirectory(prefix="signaltwin-twin-") as tmp:
         directory = Path(tmp)
@@ -135,7 +136,7 @@ def _simulate(task: RunTask) -> RunMetrics:
             "-a", ",".join([*request.additional, str(measure)]),
             "--seed", str(task.seed),
             "--step-length", repr(step_s),
-            "--begin", "0",
+            "--begin", repr(start_s),
             "--end", repr(end_s),
             "--time-to-teleport", "-1",
             "--ignore-route-errors", "true",
@@ -172,7 +173,9 @@ def _loop(
     step_s = request.step_length_s
     runner = AdaptiveRunner()
     for tls_id, timing in sorted(request.current.items()):
-        apply_timing(ls, tls_id, timing, 0.0, field_time_s=request.field_time_s, runner=runner)
+        apply_timing(
+            ls, tls_id, timing, request.begin_s, field_time_s=request.field_time_s, runner=runner
+        )
     approaches: dict[str, set[str]] = {}
     for tls_id in ls.trafficlight.getIDList():
         approaches[tls_id] = {
@@ -189,7 +192,7 @@ def _loop(
         frame_times = np.zeros(len(frames), dtype=np.float64)
         running_wait = np.zeros(len(frames), dtype=np.float32)
         running_nox = np.zeros(len(frames), dtype=np.float32)
-        window_start_s = (min(frames) - 1) * step_s
+        window_start_s = request.begin_s + (min(frames) - 1) * step_s
         last_sample_s, wait_so_far, nox_so_far = window_start_s, 0.0, 0.0
         vehicles_at_window, running_at_window = -1, 0
 
@@ -199,7 +202,7 @@ def _loop(
     backlog_veh_s = 0.0
     idle_nox_mg_s, idle_samples = 0.0, 0
     simulated_veh_s = 0.0
-    last_progress_s = 0.0
+    last_progress_s = float(request.begin_s)
     failed: str | None = None
     for step in range(1, total_steps + 1):
         if step == warmup_steps + 1:

@@ -51,6 +51,6 @@ def test_info_on_a_foreign_network_generates_loops(
 
     net = sumo_home() / "tools" / "game" / "grid6" / "grid6.net.xml"
     det = tmp_path / "loops.add.xml"
-    assert run(["network", "info", str(net), "--detectors", str(det)]) == 0
+    assert run(["network", "info", str(net), "--detectors", str(det), "--json"]) == 0
     assert det.is_file()
     assert '"detectors": 24' in capsys.readouterr().out
