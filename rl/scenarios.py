@@ -10,10 +10,14 @@ routes every trip with duarouter and drops the unroutable ones), cached by a
 content key, so that the same name, level, seed and window give byte-identical
 files on any machine with the same SUMO.
 
-A level means a similar load on any network: the insertion period is derived
-from a density in vehicles per hour per kilometre of vehicle lane
-(:data:`LEVEL_DENSITY`), so a network with twice the lane length gets twice
-the vehicles.
+A level means a similar load on any network: it is a target degree of
+saturation of the lights' approaches (:data:`LEVEL_SATURATION`, measured by
+:func:`demand_saturation` on the routes). A calibration pass per network
+(:func:`calibrate`: a reference rate scaled by vehicle lane length, on a fixed
+seed) measures the saturation of a known randomTrips ``--period``; a level's
+period is scaled from it, so every seed of a level gets the same period. (A
+density per lane-km alone loads networks very unequally: 0.04 to 1.45 at one
+density across these networks.)
 
 Wheel paths are resolved at run time (:func:`simulators.sumo.sumo_home`), never
 stored. The game networks are made for a player who switches the lights: some
