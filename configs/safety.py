@@ -37,6 +37,7 @@ __all__ = [
     "Proposal",
     "admissible_successors",
     "intergreen_after",
+    "successor_paths",
     "check_configuration",
     "check_intersection",
     "project",
@@ -229,45 +230,102 @@ def intergreen_after(states: Sequence[str], green: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def admissible_successors(states: Sequence[str], green: int, skip: bool) -> tuple[int, ...]:
-    """The greens an adaptive controller may show after ``green`` ends.
+def _safe_chained_step(before: str, after: str) -> bool:
+    """Whether ``before`` -> ``after`` is safe where the base program never shows it.
+
+    No signal starts a green on such a step (greens start only where the base
+    program starts them, or on the step into the target green), no green ends
+    without its yellow (green -> red), no yellow turns green, and only a green
+    turns yellow (never a red).
+    """
+    for a, b in zip(before, after, strict=True):
+        if b in "yY" and not (_green_signal(a) or a in "yY"):
+            return False
+        if _green_signal(b) and not _green_signal(a):
+            return False
+        if _green_signal(a) and b in "rRsO":
+            return False
+        if a in "yY" and _green_signal(b):
+            return False
+    return True
+
+
+def _safe_into_green(last: str, target: str) -> bool:
+    """Whether the end of a transition ``last`` may be followed by the green ``target``.
+
+    Every signal still green or red-yellow at the end of the transition is green
+    in the target, and no signal yellow at its end is green in the target.
+    """
+    return all(
+        (_green_signal(t) if a in "GgUu" else True) and not (a in "yY" and _green_signal(t))
+        for a, t in zip(last, target, strict=True)
+    )
+
+
+def successor_paths(states: Sequence[str], green: int, skip: bool) -> dict[int, tuple[int, ...]]:
+    """The greens an adaptive controller may show after ``green``, with the phases between.
 
     A green always ends through the base program's own transition after it
-    (:func:`intergreen_after`), so every link that loses its green sees that
+    (:func:`intergreen_after`), so every signal that loses its green sees that
     transition's yellow and all-red. The base successor (the next green in
-    program order) is always admissible. With ``skip``, another green ``k`` is
-    admissible only when the transition leads into it as safely as into the
-    base successor: every link still green or red-yellow at the end of the
-    transition is green in ``k``, and no link yellow at its end turns green in
-    ``k`` (it must see red first). Without a transition (green directly
-    followed by green), the same rule applies to the green's own state.
+    program order) is always reachable that way. With ``skip``, a green ``k`` is
+    also reachable when the end of the transition leads into it safely (every
+    signal still green or red-yellow is green in ``k``; no yellow signal turns
+    green), or by **skipping** greens in between: a skipped green is not shown,
+    but its own transition is, right after the transition before it, on a step
+    that starts no green, ends no green without yellow, turns no yellow green and
+    no red yellow (so a permissive turn still green after the first transition gets its own
+    yellow from the skipped phase's transition). Without a transition after a
+    green (green directly followed by green) the same rules apply to the green's
+    own state. Every phase shown is a phase of the base program.
 
     Returns:
-        Phase indices, the base successor first, then the others in program order.
+        Target green -> the phase indices shown before it (transitions, in order);
+        the base successor first, then the others in order of fewest skipped
+        greens and program order.
     """
     n = len(states)
     greens = [i for i in range(n) if classify_state(states[i]) == "green"]
     if green not in greens or len(greens) < 2:
-        return ()
+        return {}
     transition = intergreen_after(states, green)
     after = (transition[-1] if transition else green) + 1
     successor = after % n
     while successor not in greens:
         successor = (successor + 1) % n
+    paths: dict[int, tuple[int, ...]] = {successor: transition}
     if not skip:
-        return (successor,)
-    last = states[transition[-1]] if transition else states[green]
-    out = [successor]
-    for k in sorted(greens, key=lambda g: (g - successor) % n):
-        if k in (green, successor):
-            continue
-        target = states[k]
-        if all(
-            (_green_signal(t) if a in "GgUu" else True) and not (a in "yY" and _green_signal(t))
-            for a, t in zip(last, target, strict=True)
-        ):
-            out.append(k)
-    return tuple(out)
+        return paths
+    # breadth-first over chains of skipped greens, each adding that green's transition
+    frontier: list[tuple[str, tuple[int, ...]]] = [
+        (states[transition[-1]] if transition else states[green], transition)
+    ]
+    for _ in range(len(greens)):
+        following: list[tuple[str, tuple[int, ...]]] = []
+        for last, shown in frontier:
+            for k in sorted(greens, key=lambda g: (g - successor) % n):
+                if k == green:
+                    continue
+                if k not in paths and _safe_into_green(last, states[k]):
+                    paths[k] = shown
+                between = intergreen_after(states, k)
+                if between and _safe_chained_step(last, states[between[0]]):
+                    chained = shown + between
+                    if len(set(chained)) == len(chained):  # never the same transition twice
+                        following.append((states[between[-1]], chained))
+        frontier = following
+        if not frontier:
+            break
+    return paths
+
+
+def admissible_successors(states: Sequence[str], green: int, skip: bool) -> tuple[int, ...]:
+    """The greens an adaptive controller may show after ``green`` (:func:`successor_paths`).
+
+    Returns:
+        Phase indices, the base successor first.
+    """
+    return tuple(successor_paths(states, green, skip))
 
 
 # --------------------------------------------------------------------------- projection

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -373,10 +374,23 @@ class IntersectionVecEnv(VecEnv):
         n_sims: simulations run side by side (the first in this process, the
             others in worker processes).
         seed: seeds simulation ``k`` with ``seed + k`` at the first reset.
+        others: further networks (a training mix): simulation ``k`` runs
+            ``[config, *others][k % (1 + len(others))]``; all must share the plan
+            mode, and ``n_sims`` is raised to cover each of them once.
     """
 
-    def __init__(self, config: EnvConfig, n_sims: int = 1, seed: int = 0) -> None:
-        self._sims: list[_Local | _Remote] = [_Remote(config) for _ in range(n_sims - 1)]
+    def __init__(
+        self,
+        config: EnvConfig,
+        n_sims: int = 1,
+        seed: int = 0,
+        others: Sequence[EnvConfig] = (),
+    ) -> None:
+        mix = [config, *others]
+        if any(c.mode != config.mode for c in mix):
+            raise ConfigError("every network of a training mix must use the same plan mode")
+        n_sims = max(n_sims, len(mix))
+        self._sims: list[_Local | _Remote] = [_Remote(mix[k % len(mix)]) for k in range(1, n_sims)]
         self._sims.insert(0, _Local(config))
         self._sizes = [s.n for s in self._sims]
         self._seed = seed

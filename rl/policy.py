@@ -41,6 +41,7 @@ __all__ = [
     "Policy",
     "TorchPolicy",
     "save_weights",
+    "zero_actor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,21 @@ class ActorNet(nn.Module):
         """Mean action, clipped to the action box."""
         out: torch.Tensor = torch.clamp(self.head(self.body(obs)), -1.0, 1.0)
         return out
+
+
+def zero_actor(hidden: int = HIDDEN, seed: int = 0) -> ActorNet:
+    """An actor whose every action is zero.
+
+    That is the base program's timings or, for adaptive plans, the adaptive
+    mode's default parameters; training from it starts at those defaults. Its
+    body is initialised from ``seed`` so that learning can move it.
+    """
+    torch.manual_seed(seed)
+    net = ActorNet(hidden=hidden)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+    return net
 
 
 def save_weights(net: ActorNet, path: Path, mode: PlanMode = "fixed") -> str:

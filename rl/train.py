@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -371,6 +371,7 @@ def train(
     budget_s: float | None = None,
     resume: bool = False,
     on_progress: Callable[[TrainProgress], None] | None = None,
+    others: Sequence[EnvConfig] = (),
 ) -> TrainResult:
     """Train PPO and save the actor's weights to ``out`` (plus ``out.sha256``).
 
@@ -399,6 +400,8 @@ def train(
             those recorded in the manifest (``timesteps`` and ``budget_s`` may differ).
         on_progress: called with a :class:`TrainProgress` after each rollout
             (default: one log line at INFO).
+        others: further networks trained on side by side (a mix; see
+            :class:`rl.env.IntersectionVecEnv`); the manifest records ``config`` only.
 
     Raises:
         ConfigError: bad initial weights (digest, shape, plan mode), a missing
@@ -442,7 +445,7 @@ def train(
     torch.set_num_threads(1)
     started = time.monotonic()
     # a resumed run draws new episodes (the seed moves on with the samples done)
-    env = IntersectionVecEnv(config, n_sims=n_sims, seed=seed + done)
+    env = IntersectionVecEnv(config, n_sims=n_sims, seed=seed + done, others=others)
     try:
         if resume_zip is not None:
             model = PPO.load(resume_zip, env=env, device="cpu")

@@ -25,10 +25,11 @@ Each second, for a light showing green ``g`` for ``e`` seconds:
   left on ``g``'s own approach lanes (gap-out), or the competing pressure
   exceeds ``g``'s own by more than ``switch_margin_veh``;
 * a green that ends runs the base program's own transition after it (yellow,
-  all-red, for their planned durations) and then shows, among the admissible
-  successors of ``g`` (:func:`configs.safety.admissible_successors`) that have a
-  call, the one with the highest pressure (the base successor on a tie); when
-  none has a call, or ``skip`` is false, the base successor.
+  all-red, for their planned durations) and then shows, among the greens
+  reachable from ``g`` (:func:`configs.safety.successor_paths`: directly, or by
+  skipping greens whose own transitions then run instead) that have a call, the
+  one with the highest pressure (the base successor on a tie); when none has a
+  call, or ``skip`` is false, the base successor.
 
 Everything is pure: :class:`AdaptiveLight` reads :class:`QueueSensors` and
 returns the phase index to show, so it is tested without SUMO.
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from configs.errors import ConfigError
-from configs.safety import admissible_successors, intergreen_after
+from configs.safety import successor_paths
 from configs.timing import AdaptiveLogic, IntersectionTiming, classify_state
 
 __all__ = [
@@ -169,8 +170,7 @@ class AdaptiveLight:
             g: tuple(c.walking_area for c in self._crossings if _serves(states[g], c.index))
             for g in greens
         }
-        self._successors = {g: admissible_successors(states, g, logic.skip) for g in greens}
-        self._transition = {g: intergreen_after(states, g) for g in greens}
+        self._paths = {g: successor_paths(states, g, logic.skip) for g in greens}
 
     def retime(self, timing: IntersectionTiming) -> None:
         """Take a new adaptive plan with the same phase states, keeping where the light is.
@@ -242,7 +242,7 @@ class AdaptiveLight:
                 self.logic.switch_margin_veh
             ):
                 return None  # extend
-        successors = self._successors[green]
+        successors = list(self._paths[green])
         called = [k for k in successors if self._called(k, sensors)] if self.logic.skip else []
         if called:
             scores = {k: self.pressure(k, sensors) for k in called}
@@ -253,7 +253,7 @@ class AdaptiveLight:
 
     def _end_green(self, target: int, now_s: float) -> int:
         self._target = target
-        self._queue = list(self._transition[self._green])
+        self._queue = list(self._paths[self._green][target])
         if not self._queue:
             self._green, self._since_s = target, now_s
             return self._show(target, now_s)

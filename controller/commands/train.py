@@ -81,11 +81,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--from",
         dest="init",
-        metavar="FILE|shipped|none",
+        metavar="FILE|shipped|defaults|none",
         default=None,
         help="initial weights: a weights file (with its .sha256), 'shipped' (the policy the "
-        "settings use: rl.policy_path, else the one shipped with signaltwin) or 'none' "
+        "settings use: rl.policy_path, else the one shipped with signaltwin), 'defaults' (an "
+        "actor whose every action is zero: the adaptive mode's default parameters) or 'none' "
         "(from scratch); default: shipped with --network, else none",
+    )
+    parser.add_argument(
+        "--mix",
+        default=None,
+        metavar="NAMES",
+        help="train on a mix of scenarios side by side (rl.scenarios: comma-separated names, "
+        "or 'train' for every training scenario), each with randomTrips demand at --level, "
+        "instead of --network/--routes",
+    )
+    parser.add_argument(
+        "--level",
+        choices=("low", "mid", "high"),
+        default="mid",
+        help="demand level of the --mix scenarios (default mid; episodes scale it by 0.6-1.5)",
     )
     parser.add_argument(
         "--budget-min",
@@ -161,6 +176,12 @@ def initial_weights(args: argparse.Namespace, settings: Settings | None) -> Path
         source = "shipped" if args.network is not None else "none"
     if source == "none":
         return None
+    if source == "defaults":
+        from rl.policy import save_weights, zero_actor
+
+        path = output_path(args).parent / "defaults.pt"
+        save_weights(zero_actor(), path, "adaptive")
+        return path
     if source == "shipped":
         from controller.demo import default_demo_config
         from controller.wiring import policy_path
@@ -176,6 +197,8 @@ def output_path(args: argparse.Namespace) -> Path:
     """Where the weights go: ``--out``, else a run directory named for the network."""
     if args.out is not None:
         return Path(args.out)
+    if getattr(args, "mix", None):
+        return Path("runs") / "mix" / "policy.pt"
     if args.network is None:
         return _DISTRICT_OUT
     name = Path(args.network).name.removesuffix(".gz").removesuffix(".xml")
@@ -227,6 +250,44 @@ def episode_begins(config: EnvConfig) -> tuple[float, float]:
     first = float(traffic_start(window, None, length_s, 1, "--routes"))
     last = max(first, (window.end_s or first) - length_s)
     return first, last
+
+
+MIX_HOURS = 2.0
+"""Hours of demand built per mix scenario (episodes start anywhere they fit)."""
+
+
+def mix_configs(names: str, level: str, cache: Path, template: EnvConfig) -> list[EnvConfig]:
+    """One environment per scenario of ``names`` (see ``--mix``), like ``template`` otherwise.
+
+    Raises:
+        ConfigError: an unknown scenario name.
+    """
+    from rl.scenarios import build_scenario, scenario, scenarios
+
+    chosen = (
+        [s.name for s in scenarios("train")]
+        if names == "train"
+        else [n.strip() for n in names.split(",") if n.strip()]
+    )
+    configs: list[EnvConfig] = []
+    for name in chosen:
+        scenario(name)  # raises ConfigError naming the known ones
+        built = build_scenario(name, cache, level=level, seed=0, hours=MIX_HOURS)  # type: ignore[arg-type]
+        length_s = template.warmup_s + template.episode_steps * template.interval_s
+        last = max(built.begin_s, built.end_s - length_s)
+        configs.append(
+            replace(
+                template,
+                net_file=built.net,
+                detectors_file=built.detectors,
+                route_files=(built.routes,),
+                begin_range_s=(built.begin_s, last),
+                scale_range=(0.6, 1.5),
+            )
+        )
+    if not configs:
+        raise ConfigError("--mix names no scenario")
+    return configs
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -288,6 +349,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.routes is not None:
         config = replace(config, begin_range_s=episode_begins(config))
+    others: list[EnvConfig] = []
+    if args.mix:
+        config, *others = mix_configs(args.mix, args.level, out.parent / "scenarios", config)
+        network = Path(f"the mix {args.mix!r} ({args.level})")
     total = args.timesteps or timesteps
     what = f"fine-tuning {init}" if init is not None else "training from scratch"
     limit = f"{budget_min:g} min" if budget_min > 0 else "no limit"
@@ -315,6 +380,7 @@ def _run(args: argparse.Namespace) -> int:
         budget_s=budget_min * 60.0 if budget_min > 0 else None,
         resume=args.resume,
         on_progress=None if args.no_progress else show,
+        others=others,
     )
     print(f"weights: {result.weights}")
     print(f"sha256:  {result.sha256}")
@@ -331,6 +397,12 @@ def _run(args: argparse.Namespace) -> int:
             f"stopped at the {budget_min:g} min budget: run the same command with --resume "
             "to continue"
         )
+    if args.mix:
+        print(
+            "compare on the scenarios: .venv/bin/python -m bench.control --networks all "
+            f"--controllers adaptive,policy --policy {result.weights}"
+        )
+        return ExitCode.OK
     command = evaluate_command(
         network=network,
         routes=routes,

@@ -277,3 +277,42 @@ def test_policy_zero_action_is_the_adaptive_default() -> None:
     assert tuned.adaptive is not None
     assert tuned.adaptive.green_weights == (2.0, 1.0)
     assert tuned.adaptive.switch_margin_veh == 8.0 and tuned.adaptive.downstream_weight == 0.0
+
+
+# netconvert's four-phase crossing: through + permissive left, protected left, per axis
+CROSS = [
+    "GGgrrrGGgrrr",
+    "yygrrryygrrr",
+    "rrGrrrrrGrrr",
+    "rryrrrrryrrr",
+    "rrrGGgrrrGGg",
+    "rrryygrrryyg",
+    "rrrrrGrrrrrG",
+    "rrrrryrrrrry",
+]
+
+
+def test_an_empty_protected_turn_is_skipped_through_its_own_yellow() -> None:
+    from configs.safety import successor_paths
+
+    paths = successor_paths(CROSS, 0, skip=True)
+    # the left turn is still green (permissive 'g') after the through yellow: skipping its
+    # protected green means showing its own yellow next, then the crossing road
+    assert paths == {2: (1,), 4: (1, 3), 6: (1, 3)}
+    assert successor_paths(CROSS, 0, skip=False) == {2: (1,)}
+    # after the protected turn's yellow the through green cannot follow: its left turn would
+    # go yellow -> green
+    assert 0 not in successor_paths(CROSS, 2, skip=True)
+    # a red signal never turns yellow on a chained step
+    assert 4 not in successor_paths(CROSS, 6, skip=True)
+
+
+def test_a_skip_chain_shows_every_transition_for_its_full_duration() -> None:
+    moves = [Movement(i, f"in{i}", f"out{i}") for i in range(12)]
+    durations = [30, 3, 7, 3, 30, 3, 7, 3]
+    plan = _plan(CROSS, durations)
+    light = AdaptiveLight("J", plan, moves, [], 0, 0.0)
+    shown = _run(light, Sensors(on={"in4": 5}), 0, 60)  # only the crossing road's through lane
+    end = shown.index(1)
+    assert shown[end : end + 6] == [1, 1, 1, 3, 3, 3] and shown[end + 6] == 4
+    assert 2 not in shown
