@@ -126,7 +126,7 @@ def run_spec(spec: RunSpec) -> dict[str, Any]:
                 from rl.policy import TorchPolicy
 
                 policy = TorchPolicy.load(Path(spec.policy or _shipped_policy()))
-                start_mode = str(policy.mode)
+                start_mode = ev.policy_start_mode(str(policy.mode), gated)
                 propose = ev.policy_decide(policy, layouts, limits)
             decide = gated_decide(settings, network, propose, kind) if gated else propose
         stats = ev.run_once(

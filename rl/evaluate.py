@@ -62,6 +62,7 @@ __all__ = [
     "evaluate_controller",
     "mean_ci",
     "policy_decide",
+    "policy_start_mode",
     "run_once",
     "start_plans",
     "webster_decide",
@@ -156,6 +157,20 @@ def policy_decide(
         return project_plans(policy.propose(obs), bases, limits, _running(obs), skip_unsafe=True)
 
     return decide
+
+
+def policy_start_mode(policy_mode: str, gated: bool) -> PlanMode:
+    """The plans the lights run before a policy's first decision.
+
+    Ungated, the lights start on the policy's own mode (an adaptive policy alone:
+    adaptive plans from the first second). Through the gate an adaptive policy
+    starts from what a bureau runs before signaltwin, actuated control, so the
+    gate itself decides whether switching to the controller's adaptive logic
+    pays (the 12 % margin against the plans in force).
+    """
+    if policy_mode == "adaptive":
+        return "actuated" if gated else "adaptive"
+    return "actuated" if policy_mode == "actuated" else "fixed"
 
 
 def start_plans(

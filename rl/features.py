@@ -284,9 +284,17 @@ def plan_to_action(plan: IntersectionTiming, obs: IntersectionObservation) -> Fl
     everything is clipped to [-1, 1].
     """
     base = obs.layout.base
+    a = np.zeros(ACT_DIM, dtype=np.float32)
+    if plan.adaptive is not None:  # the adaptive reading of the action (module docstring)
+        logic = plan.adaptive
+        for i, weight in enumerate(logic.green_weights[:MAX_GREENS]):
+            a[i] = math.log2(weight) / WEIGHT_GAIN
+        a[MAX_GREENS] = math.log2(max(logic.switch_margin_veh, 1e-3) / ADAPTIVE_MARGIN_VEH)
+        a[MAX_GREENS + 1] = logic.downstream_weight / ADAPTIVE_DOWNSTREAM - 1.0
+        adaptive: FloatArray = np.clip(a, -1.0, 1.0).astype(np.float32)
+        return adaptive
     old = tuple(base.phases[i].duration_s for i in base.green_indices)
     new = plan.green_durations(base)
-    a = np.zeros(ACT_DIM, dtype=np.float32)
     if old and len(old) == len(new):
         logs = [
             math.log2(max(n, 1) / max(o, 1)) / SPLIT_GAIN for o, n in zip(old, new, strict=True)

@@ -238,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
                 policy = load_policy(policy_settings)
                 if policy is None:
                     raise ConfigError(f"no policy at {policy_path(policy_settings)}; give --policy")
-                start_mode = str(policy.mode)
+                start_mode = ev.policy_start_mode(str(policy.mode), not args.no_gate)
                 via_policy = ev.policy_decide(policy, layouts, limits)
                 decide = (
                     via_policy

@@ -277,6 +277,10 @@ def test_policy_zero_action_is_the_adaptive_default() -> None:
     assert tuned.adaptive is not None
     assert tuned.adaptive.green_weights == (2.0, 1.0)
     assert tuned.adaptive.switch_margin_veh == 8.0 and tuned.adaptive.downstream_weight == 0.0
+    # a deployed adaptive plan reads back as the action that proposed it (feedback store)
+    from rl.features import plan_to_action
+
+    assert plan_to_action(tuned, obs)[[0, 1, 8, 9]].tolist() == [1.0, 0.0, 1.0, -1.0]
 
 
 # netconvert's four-phase crossing: through + permissive left, protected left, per axis
