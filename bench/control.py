@@ -155,9 +155,9 @@ def run_spec(spec: RunSpec) -> dict[str, Any]:
 
 
 def _shipped_policy() -> Path:
-    import rl
+    from rl.policy import SHIPPED_POLICY
 
-    return Path(rl.__file__).parent / "policies" / "district.pt"
+    return SHIPPED_POLICY
 
 
 def _networks(text: str) -> list[str]:

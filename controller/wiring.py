@@ -588,12 +588,12 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
 
 
 def policy_path(settings: Settings) -> Path:
-    """The policy weights in use: configured, else the one shipped for the demo district."""
+    """The policy weights in use: configured, else the one shipped with signaltwin."""
     if settings.rl.policy_path is not None:
         return settings.rl.policy_path
-    import rl
+    from rl.policy import SHIPPED_POLICY
 
-    return Path(rl.__file__).parent / "policies" / "district.pt"
+    return SHIPPED_POLICY
 
 
 def load_policy(settings: Settings) -> Any | None:

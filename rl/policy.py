@@ -37,6 +37,7 @@ from rl.features import (
 
 __all__ = [
     "HIDDEN",
+    "SHIPPED_POLICY",
     "ActorNet",
     "Policy",
     "TorchPolicy",
@@ -47,6 +48,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HIDDEN = 64
+SHIPPED_POLICY = Path(__file__).parent / "policies" / "adaptive.pt"
+"""The policy shipped with signaltwin: adaptive plans, trained on the scenario mix."""
 PlanMode = Literal["fixed", "actuated", "adaptive"]
 _MODES: tuple[PlanMode, ...] = ("fixed", "actuated", "adaptive")
 

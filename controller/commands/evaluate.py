@@ -6,9 +6,11 @@ is judged on ground-truth trips (delay = timeLoss + departDelay, counting
 vehicles that never departed; waiting time; trip time; NOx; throughput).
 
 ``fixed`` (the network's own plans), ``actuated`` (actuated plans, run by the
-controllers without recall: rest in green, maximum green against a call) and
-``max-pressure`` (real-time phase selection, a reference controller) run
-inside the simulation. ``webster`` and ``policy`` deploy plans every interval
+controllers without recall: rest in green, maximum green against a call),
+``adaptive`` (adaptive plans with the default parameters: the controllers' own
+second-by-second pressure logic, no policy) and ``max-pressure`` (real-time
+phase selection, a reference controller that invents transitions, so not
+deployable) run inside the simulation. ``webster`` and ``policy`` deploy plans every interval
 through the daemon's own decision: the interval's detector counts -> demand
 estimate -> candidate (projected onto the safe set) -> what-if on the twin
 against the plan in force (paired seeds) -> gate (wait and NOx thresholds from
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``evaluate`` sub-command."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="closed-loop comparison: fixed, Webster, actuated, max-pressure, the policy",
+        help="closed-loop comparison: fixed, Webster, actuated, adaptive, max-pressure, the policy",
         description=__doc__,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

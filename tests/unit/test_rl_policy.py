@@ -100,7 +100,8 @@ def test_missing_digest_file_and_wrong_expected_digest_are_refused(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    ("name", "mode"), [("district.pt", "actuated"), ("district-fixed.pt", "fixed")]
+    ("name", "mode"),
+    [("adaptive.pt", "adaptive"), ("district.pt", "actuated"), ("district-fixed.pt", "fixed")],
 )
 def test_shipped_policy_loads_and_matches_its_digest(name: str, mode: str) -> None:
     shipped = POLICIES / name
@@ -158,3 +159,16 @@ def test_feedback_measured_delta_becomes_reward_and_finetune_versions_the_policy
     assert TorchPolicy.load(version.path).sha256 == version.sha256
     with pytest.raises(ConfigError, match="at least"):
         finetune(parent, samples, tmp_path / "v3.pt", min_samples=100)
+
+
+def test_the_daemon_uses_the_adaptive_policy_by_default() -> None:
+    from configs.settings_file import load_settings
+    from controller.demo import default_demo_config
+    from controller.wiring import policy_path
+    from rl.policy import SHIPPED_POLICY
+
+    assert SHIPPED_POLICY == POLICIES / "adaptive.pt"
+    settings = load_settings(default_demo_config())
+    if settings.rl.policy_path is None:
+        assert policy_path(settings) == SHIPPED_POLICY
+    assert TorchPolicy.load(SHIPPED_POLICY).mode == "adaptive"

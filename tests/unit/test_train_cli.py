@@ -13,7 +13,7 @@ from controller.cli import build_parser, run
 from controller.commands.train import evaluate_command, initial_weights, output_path
 from controller.exit_codes import ExitCode
 
-SHIPPED = Path(__file__).resolve().parents[2] / "rl" / "policies" / "district.pt"
+SHIPPED = Path(__file__).resolve().parents[2] / "rl" / "policies" / "adaptive.pt"
 
 
 def _parse(*argv: str) -> argparse.Namespace:
