@@ -317,6 +317,15 @@ class AdaptiveLogic(BaseModel):
         ),
     )
 
+    coordinated: bool = Field(
+        False,
+        description=(
+            "Coordination: every cycle of the plan's cycle_s, at the point offset_s puts the "
+            "first green's start, that green is called first (the green shown ends once its "
+            "min_s is served) and then held for its planned duration_s."
+        ),
+    )
+
     @classmethod
     def default(cls, greens: int) -> AdaptiveLogic:
         """Equal weights for ``greens`` greens, the default margin and skipping."""

@@ -24,6 +24,11 @@ Each second, for a light showing green ``g`` for ``e`` seconds:
   ``e >= max_s`` (the maximum green against a waiting call), or no vehicle is
   left on ``g``'s own approach lanes (gap-out), or the competing pressure
   exceeds ``g``'s own by more than ``switch_margin_veh``;
+* with ``coordinated``, the plan's cycle and offset set a cycle clock: during
+  the planned window of the first green (where ``offset_s`` and the planned
+  durations put it), a green shown ends as soon as its ``min_s`` is served
+  (force-off) on its way to the first green, which is then held until the
+  window ends (at most ``max_s``); outside the window the rules below apply;
 * a green that ends runs the base program's own transition after it (yellow,
   all-red, for their planned durations) and then shows, among the greens
   reachable from ``g`` (:func:`configs.safety.successor_paths`: directly, or by
@@ -234,6 +239,15 @@ class AdaptiveLight:
         max_s = float(phase.max_s or phase.duration_s)
         if elapsed + 1e-9 < min_s:
             return None
+        coordinated = self.greens[0]
+        if self.logic.coordinated and self._in_window(now_s):
+            if green == coordinated:
+                if elapsed + 1e-9 < max_s:
+                    return None  # held for its planned green
+            else:  # force-off: on towards the coordinated green
+                paths = self._paths[green]
+                target = coordinated if coordinated in paths else next(iter(paths))
+                return self._end_green(target, now_s)
         if not any(self._called(k, sensors) for k in self.greens if k != green):
             return None  # nobody else waits: rest in green
         if elapsed + 1e-9 < max_s:
@@ -250,6 +264,14 @@ class AdaptiveLight:
         else:  # on towards whoever waits, in the base order
             target = successors[0]
         return self._end_green(target, now_s)
+
+    def _in_window(self, now_s: float) -> bool:
+        """Whether ``now_s`` lies in the coordinated green's planned window of the cycle."""
+        timing = self.timing
+        first = self.greens[0]
+        start = float(sum(p.duration_s for p in timing.phases[:first]))
+        position = (now_s - timing.offset_s) % timing.cycle_s
+        return start <= position < start + timing.phases[first].duration_s
 
     def _end_green(self, target: int, now_s: float) -> int:
         self._target = target

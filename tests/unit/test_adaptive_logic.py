@@ -320,3 +320,22 @@ def test_a_skip_chain_shows_every_transition_for_its_full_duration() -> None:
     end = shown.index(1)
     assert shown[end : end + 6] == [1, 1, 1, 3, 3, 3] and shown[end + 6] == 4
     assert 2 not in shown
+
+
+def test_coordination_calls_and_holds_the_first_green_in_its_window() -> None:
+    # cycle 70 s, offset 0: the first green's window is [0, 30) of every cycle
+    plan = _plan(TWO, [30, 3, 2, 25, 3, 7], coordinated=True)
+    assert plan.adaptive is not None and plan.adaptive.coordinated
+    assert plan.cycle_s == 70 and plan.offset_s == 0
+    light = AdaptiveLight("J", plan, MOVES, [], 3, 40.0)  # the crossing road, busy
+    busy_cross = Sensors(on={"e_in": 30, "w_in": 30, "n_in": 1})
+    shown = _run(light, busy_cross, 40, 100)  # t = 40 .. 139
+    # at t = 70 (the window opens) the crossing road is forced off, then green 0 is held
+    # through its window [70, 100) although the crossing road's pressure is far higher
+    assert shown[70 - 40 - 1] == 3 and shown[70 - 40] == 4  # yellow at 70
+    first = shown.index(0)
+    window_end = 100 - 40
+    assert all(p == 0 for p in shown[first:window_end])
+    assert shown[window_end] == 1  # pressure ends it right after the window
+    free = AdaptiveLight("J", _plan(TWO, [30, 3, 2, 25, 3, 7]), MOVES, [], 3, 40.0)
+    assert 0 not in _run(free, busy_cross, 40, 100)[:60]  # uncoordinated: the busy road keeps it
