@@ -58,6 +58,8 @@ class DemoOptions:
     video: bool = True
     ready_timeout_s: float = 240.0
     echo: Callable[[str], None] = print
+    metrics_port: int | None = None
+    """Serve the Prometheus endpoint on this port (None: the settings'; 0: not at all)."""
 
 
 @dataclass
@@ -86,6 +88,21 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def metrics_settings(settings: Settings, port: int | None) -> Any:
+    """The demo's ``[metrics]``: the settings', on ``port`` when given, off for port 0.
+
+    Raises:
+        ConfigError: a port outside 0..65535.
+    """
+    if port is None:
+        return settings.metrics
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--metrics-port {port}: give a TCP port 1..65535, or 0 for none")
+    if port == 0:
+        return settings.metrics.model_copy(update={"enabled": False})
+    return settings.metrics.model_copy(update={"enabled": True, "port": port})
 
 
 def prepare_demo(options: DemoOptions) -> tuple[Settings, Path]:
@@ -148,6 +165,7 @@ def prepare_demo(options: DemoOptions) -> tuple[Settings, Path]:
             "video": settings.video.model_copy(
                 update={"enabled": settings.video.enabled and options.video}
             ),
+            "metrics": metrics_settings(settings, options.metrics_port),
         }
     )
     path = state / "demo-settings.toml"

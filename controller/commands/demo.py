@@ -58,6 +58,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--seed", type=int, default=1, help="the field's random seed")
     parser.add_argument("--no-video", action="store_true", help="skip the what-if videos")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the Prometheus metrics on 127.0.0.1:PORT (default: the settings' "
+        "[metrics] port, 9108 in the shipped demo; 0: no metrics endpoint), e.g. when "
+        "another demo or daemon already uses 9108",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -84,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         video=not args.no_video,
         echo=_echo,
+        metrics_port=args.metrics_port,
     )
     summary = run_demo(options)
     _echo("")
