@@ -206,22 +206,14 @@ class LaneSensors:
 
     Args:
         tc: the ``libsumo`` or ``traci`` module (or a traci connection).
-        halting: optional lane -> halting vehicles already read this step (a
-            subscription's results), used before asking SUMO.
-        vehicles: optional lane -> vehicles already read this step.
     """
 
-    def __init__(
-        self,
-        tc: Any,
-        halting: dict[str, int] | None = None,
-        vehicles: dict[str, int] | None = None,
-    ) -> None:
+    def __init__(self, tc: Any) -> None:
         self._lane = tc.lane
         self._edge = tc.edge
         self._persons: dict[str, int] = {}
-        self._halting = dict(halting or {})
-        self._vehicles = dict(vehicles or {})
+        self._halting: dict[str, int] = {}
+        self._vehicles: dict[str, int] = {}
 
     def vehicles(self, lane_id: str) -> int:
         """Vehicles on ``lane_id`` in the last step."""

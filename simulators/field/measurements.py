@@ -208,17 +208,10 @@ class FieldMeasurements:
     def sensors(self, api: Any) -> LaneSensors:
         """The adaptive controllers' queue detectors for the step just collected.
 
-        Read from this step's lane subscription where it has the lane (no query to
-        SUMO), else from SUMO.
+        Read lazily from this step's lane subscription where it has the lane (no
+        query to SUMO), else from SUMO.
         """
-        halting: dict[str, int] = {}
-        vehicles: dict[str, int] = {}
-        for lane_id, res in self._lane_results.items():
-            halting[lane_id] = int(res[_VAR_HALTING])
-            ids = res.get(_VAR_VEHICLE_IDS)
-            if ids is not None:
-                vehicles[lane_id] = len(ids)
-        return LaneSensors(api, halting, vehicles)
+        return _SubscribedLanes(api, self._lane_results)
 
     def step_occupancy(self, detector_id: str) -> float:
         """Fraction of the last simulation step ``detector_id`` was occupied (0..1)."""
@@ -227,3 +220,22 @@ class FieldMeasurements:
     def last_interval(self) -> MeasurementSnapshot | None:
         """The last completed interval's measurements (None before the first)."""
         return self._last_measure
+
+
+class _SubscribedLanes(LaneSensors):
+    """:class:`LaneSensors` that answer from a step's lane subscription first."""
+
+    def __init__(self, api: Any, results: dict[str, dict[int, Any]]) -> None:
+        super().__init__(api)
+        self._results = results
+
+    def vehicles(self, lane_id: str) -> int:
+        """Vehicles on ``lane_id`` in the last step."""
+        res = self._results.get(lane_id)
+        ids = res.get(_VAR_VEHICLE_IDS) if res is not None else None
+        return len(ids) if ids is not None else super().vehicles(lane_id)
+
+    def halting(self, lane_id: str) -> int:
+        """Vehicles halting on ``lane_id`` in the last step."""
+        res = self._results.get(lane_id)
+        return int(res[_VAR_HALTING]) if res is not None else super().halting(lane_id)
