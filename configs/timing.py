@@ -292,7 +292,7 @@ class AdaptiveLogic(BaseModel):
     clearance included) and ``max_s`` against a waiting call, the base
     program's own yellow and all-red after every green that ends, and only
     successors that the base program's transitions lead to safely
-    (:func:`configs.safety.admissible_successors`).
+    (:func:`configs.safety.successor_paths`).
     """
 
     model_config = _FROZEN
