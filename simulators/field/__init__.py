@@ -20,11 +20,13 @@ from simulators.field.records import (
     ActivePlan,
     DetectorReading,
     DetectorSnapshot,
+    FieldCounters,
     IntersectionMeasurement,
     MeasurementSnapshot,
     TripStatistics,
+    WindowTotals,
 )
-from simulators.field.scenario import Backend, FieldConfig
+from simulators.field.scenario import Backend, FieldConfig, FieldEvents
 from simulators.field.signals import FieldSignals
 from simulators.signal_program import phase_at
 
@@ -34,10 +36,13 @@ __all__ = [
     "DetectorReading",
     "DetectorSnapshot",
     "FieldConfig",
+    "FieldCounters",
     "FieldEmulator",
+    "FieldEvents",
     "FieldSignals",
     "IntersectionMeasurement",
     "MeasurementSnapshot",
     "TripStatistics",
+    "WindowTotals",
     "phase_at",
 ]

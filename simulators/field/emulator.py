@@ -64,6 +64,7 @@ from simulators.field.measurements import FieldMeasurements
 from simulators.field.records import (
     ActivePlan,
     DetectorSnapshot,
+    FieldCounters,
     MeasurementSnapshot,
     TripStatistics,
     parse_tripinfo,
@@ -176,6 +177,8 @@ class FieldEmulator:
                 self._api = traci.getConnection(self._label)
             self._time_s = float(self._api.simulation.getTime())
             self._subscribe()
+            if self.config.events is not None:
+                self.config.events.start(self._api, self._time_s)
             logger.info(
                 "field started (%s, seed %d) at t=%.0f s on %s",
                 self.config.backend,
@@ -246,6 +249,8 @@ class FieldEmulator:
                 raise SimulationError(f"field SUMO step failed at t={self._time_s}: {e}") from e
             self._time_s = float(api.simulation.getTime())
             self._collect()
+            if self.config.events is not None:
+                self.config.events.step(api, self._time_s)
             # Plans due now take effect before the next step, so the light shows
             # the plan's phase for this field time.
             self._apply_due()
@@ -351,7 +356,40 @@ class FieldEmulator:
     def detector_counts(self) -> DetectorSnapshot:
         """Cumulative counts and the last completed interval's count and occupancy."""
         with self._lock:
-            return self._measure.detector_counts(self._time_s)
+            snapshot = self._measure.detector_counts(self._time_s)
+            events = self.config.events
+            return snapshot if events is None else events.report(snapshot)
+
+    def counters(self) -> FieldCounters:
+        """Cumulative approach halting and NOx, and the loops' reported counts, now.
+
+        Halting and NOx are the approach sensors' true totals; detector counts are
+        what the loops report (an event day's faults included), as a controller
+        would keep them. Two readings give a window (:meth:`FieldCounters.window_since`).
+        """
+        with self._lock:
+            true = self._measure.counters(self._time_s)
+            if self.config.events is None:
+                return true
+            reported = self.detector_counts().readings
+            return replace(true, detector_counts={d: r.count for d, r in reported.items()})
+
+    def save_state(self, path: Path) -> Path:
+        """Save SUMO's whole state now (vehicles, signals, random streams) to ``path``.
+
+        Evaluation only: a shadow started from it (``--load-state``) is a fork of
+        the city at this moment (:mod:`simulators.field.fork`).
+
+        Raises:
+            SimulationError: the field is not running, or SUMO could not write it.
+        """
+        with self._lock:
+            api = self._require()
+            try:
+                api.simulation.saveState(str(path))
+            except Exception as e:
+                raise SimulationError(f"field could not save its state to {path}: {e}") from e
+            return Path(path)
 
     def lane_halting(self, lane_id: str) -> int:
         """Vehicles halting (speed below 0.1 m/s) on ``lane_id`` during the last step.

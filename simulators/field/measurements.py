@@ -18,6 +18,7 @@ from configs.errors import ConfigError
 from simulators.field.records import (
     DetectorReading,
     DetectorSnapshot,
+    FieldCounters,
     IntersectionMeasurement,
     MeasurementSnapshot,
 )
@@ -80,6 +81,9 @@ class FieldMeasurements:
         ) | frozenset(self._lane_tls)
         self._lane_results: dict[str, dict[int, Any]] = {}
         self._tls_acc: dict[str, _TlsAcc] = {t: _TlsAcc() for t in network.intersections}
+        # cumulative since the start (FieldCounters): windows of any length
+        self._cum_halting: dict[str, float] = dict.fromkeys(network.intersections, 0.0)
+        self._cum_nox: dict[str, float] = dict.fromkeys(network.intersections, 0.0)
         self._last_measure: MeasurementSnapshot | None = None
         self._interval_begin = float(begin_s)
         self._interval_steps = 0
@@ -121,6 +125,7 @@ class FieldMeasurements:
         self._lane_results = lanes  # read by lane_halting until the next step
         lane_tls = self._lane_tls
         accs = self._tls_acc
+        cum_halting, cum_nox = self._cum_halting, self._cum_nox
         for lane_id, res in lanes.items():
             vehicles = res.get(_VAR_VEHICLE_IDS)  # None on exit-only lanes
             if not vehicles:
@@ -135,6 +140,8 @@ class FieldMeasurements:
                 acc.halting_veh_s += halting
                 acc.nox_mg += nox
                 acc.vehicles.update(vehicles)
+                cum_halting[tls_id] += halting
+                cum_nox[tls_id] += nox
         self._interval_steps += 1
         interval = self._interval_s
         boundary = (math.floor(self._interval_begin / interval + 1e-9) + 1) * interval
@@ -186,6 +193,15 @@ class FieldMeasurements:
             interval_s=self._interval_s,
             interval_end_s=self._last_interval_end,
             readings=readings,
+        )
+
+    def counters(self, time_s: float) -> FieldCounters:
+        """Cumulative approach halting, NOx and loop counts since the start."""
+        return FieldCounters(
+            field_time_s=time_s,
+            halting_veh_s=dict(self._cum_halting),
+            nox_mg=dict(self._cum_nox),
+            detector_counts=dict(self._det_count),
         )
 
     def lane_halting(self, lane_id: str) -> int:

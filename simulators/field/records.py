@@ -6,13 +6,16 @@ __all__ = [
     "ActivePlan",
     "DetectorReading",
     "DetectorSnapshot",
+    "FieldCounters",
     "IntersectionMeasurement",
     "MeasurementSnapshot",
     "TripStatistics",
+    "WindowTotals",
     "parse_tripinfo",
 ]
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +84,78 @@ class MeasurementSnapshot:
         vehicles = sum(m.vehicles for m in self.intersections.values())
         halting = sum(m.halting_veh_s for m in self.intersections.values())
         return halting / vehicles if vehicles else 0.0
+
+
+@dataclass(frozen=True)
+class FieldCounters:
+    """Cumulative roadside totals since the field started, at one field time.
+
+    What a controller's cabinet can keep for ever and report at any moment (like
+    a loop's cumulative count): a window's totals are the difference of two
+    readings (:meth:`window_since`), whenever the readings were taken.
+
+    Attributes:
+        field_time_s: when the counters were read.
+        halting_veh_s: tls id -> halting vehicle-seconds (speed < 0.1 m/s) on its
+            approach lanes since the start.
+        nox_mg: tls id -> NOx emitted on its approach lanes since the start (mg).
+        detector_counts: detector id -> vehicles counted since the start (true
+            counts; a faulty loop's report is the events' business).
+    """
+
+    field_time_s: float
+    halting_veh_s: Mapping[str, float]
+    nox_mg: Mapping[str, float]
+    detector_counts: Mapping[str, int]
+
+    def window_since(self, earlier: FieldCounters) -> WindowTotals:
+        """The totals of ``[earlier.field_time_s, self.field_time_s]``."""
+        if earlier.field_time_s > self.field_time_s + 1e-9:
+            raise SimulationError(
+                f"counters at t={earlier.field_time_s:g} s are later than "
+                f"t={self.field_time_s:g} s; a window runs forward"
+            )
+        return WindowTotals(
+            begin_s=earlier.field_time_s,
+            end_s=self.field_time_s,
+            halting_veh_s={
+                t: v - earlier.halting_veh_s.get(t, 0.0) for t, v in self.halting_veh_s.items()
+            },
+            nox_mg={t: v - earlier.nox_mg.get(t, 0.0) for t, v in self.nox_mg.items()},
+            detector_counts={
+                d: v - earlier.detector_counts.get(d, 0) for d, v in self.detector_counts.items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """What the roadside equipment measured over one window of field time.
+
+    The field-side quantity a measured delta compares: the halting
+    vehicle-seconds on the signalised approaches (the queue the plans act on) and
+    their NOx, summed over the window; the twin predicts the same sums from its
+    runs' per-intersection numbers.
+    """
+
+    begin_s: float
+    end_s: float
+    halting_veh_s: Mapping[str, float]
+    nox_mg: Mapping[str, float]
+    detector_counts: Mapping[str, int]
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the window (s)."""
+        return self.end_s - self.begin_s
+
+    def wait_veh_s(self, only: frozenset[str] | None = None) -> float:
+        """Halting vehicle-seconds over the intersections (``only``: those)."""
+        return sum(v for t, v in self.halting_veh_s.items() if only is None or t in only)
+
+    def total_nox_mg(self, only: frozenset[str] | None = None) -> float:
+        """NOx over the intersections' approaches (``only``: those), mg."""
+        return sum(v for t, v in self.nox_mg.items() if only is None or t in only)
 
 
 @dataclass(frozen=True)

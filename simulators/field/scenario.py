@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
-__all__ = ["Backend", "FieldConfig", "check_config", "sumo_command"]
+__all__ = ["Backend", "FieldConfig", "FieldEvents", "check_config", "sumo_command"]
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from configs.errors import ConfigError
 from simulators.netbuild import DemandProfile, district_paths, expand_demand
 from simulators.sumo import sumo_binary
 
+if TYPE_CHECKING:
+    from simulators.field.records import DetectorSnapshot
+
 Backend = Literal["libsumo", "traci"]
 """How the field runs SUMO: in this process (``libsumo``) or as a separate process (``traci``)."""
+
+
+class FieldEvents(Protocol):
+    """What happens in the field that nobody tells the twin (an event day's runtime part).
+
+    Demand events (pulses, OD shifts) are baked into the field's routes before it
+    starts; these hooks carry the rest: incidents that close lanes for a while,
+    and detector faults in what the controllers report. Implemented by
+    :mod:`simulators.field.events`; a fork of the field (a shadow started from a
+    saved state) calls :meth:`start` at its own start time, so whatever is in
+    force then is put back.
+    """
+
+    def start(self, api: Any, time_s: float) -> None:
+        """SUMO has started (or a saved state was loaded) at ``time_s``: apply what is in force."""
+        ...
+
+    def step(self, api: Any, time_s: float) -> None:
+        """The step ending at ``time_s`` was simulated: begin or end events due now."""
+        ...
+
+    def report(self, snapshot: DetectorSnapshot) -> DetectorSnapshot:
+        """What the loops report, faults included (same answer for repeated reads)."""
+        ...
+
 
 # SUMO options the field sets itself (long and short names); SUMO refuses an option given twice.
 _OWN_OPTIONS = {
@@ -32,6 +60,7 @@ _OWN_OPTIONS = {
     "--time-to-teleport": "teleport_s",
     "--tripinfo-output": "(the field's own tripinfo)",
     "--device.emissions.probability": "(the field's own emissions device)",
+    "--save-state.rng": "(always on: forks continue the field's random stream)",
 }
 
 
@@ -61,6 +90,7 @@ class FieldConfig:
         work_dir: where tripinfo and expanded demand go (default: a temp dir,
             removed on close).
         extra_args: further SUMO options (not one the field sets itself).
+        events: an event day's incidents and detector faults (None: a plain day).
     """
 
     net_path: Path
@@ -77,6 +107,7 @@ class FieldConfig:
     backend: Backend = "libsumo"
     work_dir: Path | None = None
     extra_args: tuple[str, ...] = ()
+    events: FieldEvents | None = None
 
     @classmethod
     def for_district(
@@ -191,6 +222,10 @@ def sumo_command(cfg: FieldConfig, work_dir: Path, detectors: Path, tripinfo: Pa
         "--tripinfo-output.write-unfinished",
         "true",
         "--tripinfo-output.write-undeparted",
+        "true",
+        # a saved state (FieldEmulator.save_state) carries the random number
+        # generators, so a fork continues on the same random stream
+        "--save-state.rng",
         "true",
         *cfg.extra_args,
     ]
