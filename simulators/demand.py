@@ -46,6 +46,7 @@ __all__ = [
     "fit_route_flows",
     "geh",
     "read_detector_lanes",
+    "scale_snapshot",
     "snapshot_digest",
     "write_routes",
 ]
@@ -516,6 +517,38 @@ def estimate_demand(
         len(observed),
     )
     return DemandEstimate(snapshot=snapshot, fitted_vph=dict(fitted), observed_vph=observed)
+
+
+def scale_snapshot(snapshot: Mapping[str, Any], demand_scale: float) -> dict[str, Any]:
+    """A copy of a demand snapshot with every route's rate times ``demand_scale``.
+
+    The copy records ``calibration: {"demand_scale": ...}`` and carries a new
+    digest, so :func:`write_routes` and an auditor's replay run the same
+    numbers and the ledger shows that the estimate was corrected. Rates are
+    rounded to 3 decimals like the estimate's; no route is dropped.
+
+    Raises:
+        ConfigError: the scale is not a positive finite number, the snapshot's
+            digest does not match its content, or it is already scaled (scaling
+            twice would compound the correction).
+    """
+    if not (math.isfinite(demand_scale) and demand_scale > 0):
+        raise ConfigError(f"demand_scale must be a positive finite number, got {demand_scale}")
+    if snapshot.get("digest") != snapshot_digest(snapshot):
+        raise ConfigError("demand snapshot digest does not match its content; it was altered")
+    if "calibration" in snapshot:
+        raise ConfigError(
+            "demand snapshot is already calibrated "
+            f"({snapshot['calibration']}); scale the uncalibrated estimate instead"
+        )
+    scaled: dict[str, Any] = {k: v for k, v in snapshot.items() if k != "digest"}
+    scaled["routes"] = [
+        {**route, "vph": round(float(route["vph"]) * demand_scale, 3)}
+        for route in snapshot["routes"]
+    ]
+    scaled["calibration"] = {"demand_scale": float(demand_scale)}
+    scaled["digest"] = snapshot_digest(scaled)
+    return scaled
 
 
 def write_routes(snapshot: Mapping[str, Any], path: Path, end_s: float) -> Path:

@@ -7,11 +7,18 @@ The package's face; its modules, one concept each:
   :func:`request_from_settings` (settings -> request);
 * :mod:`simulators.twin.results`: per-run totals, paired changes, plan outcomes;
 * :mod:`simulators.twin.run`: one (plan, seed) run, the SUMO loop;
-* :mod:`simulators.twin.pool`: :class:`LibsumoWhatIfEngine` and its worker pool.
+* :mod:`simulators.twin.pool`: :class:`LibsumoWhatIfEngine` and its worker pool;
+* :mod:`simulators.twin.counterfactual`: the measured delta of a deployment
+  (:func:`estimate_counterfactual`) and the window demand (:class:`DemandSource`).
 """
 
 from __future__ import annotations
 
+from simulators.twin.counterfactual import (
+    CounterfactualEstimate,
+    DemandSource,
+    estimate_counterfactual,
+)
 from simulators.twin.plans import CURRENT, EVALUATED_PROGRAM_ID, PROGRAM_ID, apply_timing
 from simulators.twin.pool import LibsumoWhatIfEngine, Runner, WhatIfEngine
 from simulators.twin.request import (
@@ -29,6 +36,7 @@ from simulators.twin.results import (
     RunMetrics,
     WhatIfResult,
     aggregate,
+    field_prediction,
     paired_change,
 )
 from simulators.twin.run import RunTask, run_plan
@@ -39,6 +47,8 @@ __all__ = [
     "METRICS",
     "PROGRAM_ID",
     "Change",
+    "CounterfactualEstimate",
+    "DemandSource",
     "IntersectionOutcome",
     "LibsumoWhatIfEngine",
     "PlanOutcome",
@@ -52,6 +62,8 @@ __all__ = [
     "WhatIfResult",
     "aggregate",
     "apply_timing",
+    "estimate_counterfactual",
+    "field_prediction",
     "paired_change",
     "request_from_settings",
     "run_plan",

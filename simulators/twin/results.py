@@ -17,6 +17,7 @@ __all__ = [
     "RunMetrics",
     "WhatIfResult",
     "aggregate",
+    "field_prediction",
     "paired_change",
 ]
 
@@ -34,8 +35,16 @@ from simulators.stats import relative_change, t_interval
 from simulators.twin.plans import CURRENT
 from simulators.twin.request import WhatIfRequest
 
-METRICS: Final = ("wait", "delay", "nox", "throughput")
-"""Metrics for which a paired relative change is reported."""
+METRICS: Final = ("wait", "delay", "nox", "throughput", "approach_wait", "approach_nox")
+"""Metrics for which a paired relative change is reported.
+
+``wait``, ``delay``, ``nox`` and ``throughput`` are district totals the gate
+decides on; ``approach_wait`` (halting vehicle-seconds on the signalised
+approaches, summed over the intersections) and ``approach_nox`` (their NOx, mg)
+are the field-observable quantity a measured delta compares
+(:class:`simulators.field.WindowTotals`). Results recorded before the two
+approach metrics existed read back without them.
+"""
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,24 @@ class RunMetrics:
         """Delay per vehicle served (s)."""
         return self.delay_veh_s / self.vehicles if self.vehicles else 0.0
 
+    def approach_wait_veh_s(self, only: frozenset[str] | None = None) -> float:
+        """Halting vehicle-seconds on the approaches of the intersections (``only``: those)."""
+        return math.fsum(
+            v[0] for t, v in sorted(self.per_intersection.items()) if only is None or t in only
+        )
+
+    def approach_nox_mg(self, only: frozenset[str] | None = None) -> float:
+        """NOx on the approaches of the intersections (``only``: those), mg."""
+        return math.fsum(
+            v[2] for t, v in sorted(self.per_intersection.items()) if only is None or t in only
+        )
+
     def metric(self, name: str) -> float:
         """The value of one of :data:`METRICS`."""
+        if name == "approach_wait":
+            return self.approach_wait_veh_s()
+        if name == "approach_nox":
+            return self.approach_nox_mg()
         return {
             "wait": self.mean_wait_s,
             "delay": self.mean_delay_s,
@@ -244,8 +269,9 @@ class PlanOutcome:
         throughput_veh: vehicles that completed their trip during the horizon.
         nox_mg: total NOx over the horizon (mg).
         intersections: tls id -> approach waiting and NOx.
-        changes: metric (wait, delay, nox, throughput) -> paired change against the
-            current plan; empty for the current plan and for failed plans.
+        changes: metric (one of :data:`METRICS`) -> paired change against the
+            current plan; empty for the current plan and for failed plans (a
+            result recorded before a metric existed lacks its key).
         runs: the per-seed totals.
     """
 
@@ -368,6 +394,56 @@ class WhatIfResult:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(f"malformed what-if result record: {type(e).__name__}: {e}") from e
+
+
+def field_prediction(
+    result: WhatIfResult, name: str, only: frozenset[str] | None = None
+) -> tuple[Change, Change]:
+    """The twin's prediction of the field-observable change for candidate ``name``.
+
+    The paired relative change (mean and t-interval over the result's seeds) of
+    the approach halting vehicle-seconds and of the approach NOx, summed over
+    the intersections in ``only`` (those a deployment changes), or over every
+    intersection when ``only`` is None; the latter equals the outcome's
+    ``approach_wait`` and ``approach_nox`` changes.
+
+    Returns:
+        ``(wait change, nox change)``.
+
+    Raises:
+        SimulationError: the candidate or the current plan failed, or an
+            intersection in ``only`` is not in the twin's runs.
+        KeyError: no plan ``name`` in the result.
+    """
+    item, current = result.outcome(name), result.current
+    if item.failed is not None or current.failed is not None:
+        raise SimulationError(
+            f"plan {name!r} has no field prediction: {item.failed or current.failed}"
+        )
+    if only is not None:
+        known = {t for r in (*item.runs, *current.runs) for t in r.per_intersection}
+        missing = sorted(only - known)
+        if missing or not only:
+            raise SimulationError(
+                f"field prediction over intersections {sorted(only)}: "
+                f"{missing or 'none'} not measured by the twin; name intersections of the network"
+            )
+    runs_now = sorted(current.runs, key=lambda r: r.seed)
+    runs_new = sorted(item.runs, key=lambda r: r.seed)
+    if [r.seed for r in runs_now] != [r.seed for r in runs_new]:
+        raise SimulationError(f"plan {name!r} and the current plan ran different seeds")
+    level = result.confidence_level
+    wait = paired_change(
+        [r.approach_wait_veh_s(only) for r in runs_now],
+        [r.approach_wait_veh_s(only) for r in runs_new],
+        level,
+    )
+    nox = paired_change(
+        [r.approach_nox_mg(only) for r in runs_now],
+        [r.approach_nox_mg(only) for r in runs_new],
+        level,
+    )
+    return wait, nox
 
 
 def _clip(value: float) -> float:
