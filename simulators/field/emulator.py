@@ -44,8 +44,9 @@ Field time is SUMO's simulation time in seconds (starting at ``begin_s``).
 
 from __future__ import annotations
 
-__all__ = ["FieldEmulator"]
+__all__ = ["FieldEmulator", "ForkPoint"]
 
+import copy
 import logging
 import math
 import shutil
@@ -87,6 +88,22 @@ _STATE_PRECISION: Final = 10
 
 _libsumo_owner_lock = threading.Lock()
 _libsumo_in_use = False
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """What a fork of the field takes over, besides the SUMO state (evaluation only).
+
+    Attributes:
+        field_time_s: when the state was saved.
+        active: every light's :meth:`FieldEmulator.active_plan` then.
+        adaptive: a copy of the field's adaptive controllers then (their
+            real-time logic lives in this process, not in SUMO's state).
+    """
+
+    field_time_s: float
+    active: Mapping[str, ActivePlan]
+    adaptive: AdaptiveRunner
 
 
 @dataclass
@@ -418,17 +435,11 @@ class FieldEmulator:
                 raise SimulationError(f"field could not save its state to {path}: {e}") from e
             return Path(path)
 
-    def save_fork(
-        self, state_path: Path, programs_path: Path
-    ) -> tuple[float, dict[str, ActivePlan]]:
-        """:meth:`save_state` and :meth:`write_programs` at one moment.
+    def save_fork(self, state_path: Path, programs_path: Path) -> ForkPoint:
+        """:meth:`save_state` and :meth:`write_programs` at one moment, and what a fork adopts.
 
         Evaluation only (:mod:`simulators.field.fork`): the field cannot step
-        between the two files.
-
-        Returns:
-            The field time of the state and every light's :meth:`active_plan` then
-            (what a fork :meth:`adopt` s).
+        between the files and the bookkeeping.
 
         Raises:
             SimulationError: the field is not running, or a file could not be written.
@@ -436,18 +447,19 @@ class FieldEmulator:
         with self._lock:
             self.save_state(state_path)
             self.write_programs(programs_path)
-            return self._time_s, dict(self._active)
+            return ForkPoint(self._time_s, dict(self._active), copy.deepcopy(self._adaptive))
 
-    def adopt(self, active: Mapping[str, ActivePlan]) -> frozenset[str]:
-        """Take over the plan bookkeeping of the field this one was forked from.
+    def adopt(self, point: ForkPoint) -> frozenset[str]:
+        """Take over the plans of the field this one was forked from (see :class:`ForkPoint`).
 
         Evaluation only: a fork (started with ``--load-state`` and the field's
         programs) runs the field's programs, but its own bookkeeping says base
-        program. Adopted, :meth:`apply` treats each light as the field would: the
-        plan it runs already changes nothing, an actuated plan is re-tuned in
-        place. Not adopted, because their real-time part is not in a SUMO state:
-        lights on an adaptive plan (their logic lives in this process) and lights
-        under :meth:`set_signal_state`; give those a plan (``force=True``).
+        program and its adaptive lights have no real-time logic. Adopted,
+        :meth:`apply` treats each light as the field would: the plan it runs
+        already changes nothing, an actuated plan is re-tuned in place, and
+        adaptive lights decide on as the field's did. Lights under
+        :meth:`set_signal_state` are not adopted (SUMO holds their last state);
+        give them a plan with ``force=True``.
 
         Returns:
             The lights adopted.
@@ -458,16 +470,22 @@ class FieldEmulator:
         """
         with self._lock:
             self._require()
+            unknown = sorted(set(point.active) - set(self._active))
+            if unknown:
+                raise ConfigError(
+                    f"traffic lights {unknown} are not in network {self.network.path.name}"
+                )
             adopted = []
-            for tls_id, plan in active.items():
-                if tls_id not in self._active:
-                    raise ConfigError(
-                        f"traffic light {tls_id!r} is not in network {self.network.path.name}"
-                    )
-                if plan.timing.mode == "adaptive" or plan.externally_controlled:
+            for tls_id, plan in point.active.items():
+                if plan.externally_controlled:
+                    continue
+                if plan.timing.mode == "adaptive" and tls_id not in point.adaptive:
                     continue
                 self._active[tls_id] = plan
                 adopted.append(tls_id)
+            self._adaptive = copy.deepcopy(point.adaptive)
+            for tls_id in set(point.active) - set(adopted):
+                self._adaptive.release(tls_id)
             return frozenset(adopted)
 
     @property

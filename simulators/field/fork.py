@@ -57,8 +57,8 @@ from typing import Any, Final
 
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
-from simulators.field.emulator import FieldEmulator
-from simulators.field.records import ActivePlan, FieldCounters, WindowTotals
+from simulators.field.emulator import FieldEmulator, ForkPoint
+from simulators.field.records import FieldCounters, WindowTotals
 from simulators.field.scenario import FieldConfig
 
 logger = logging.getLogger(__name__)
@@ -84,12 +84,15 @@ class ShadowResult:
         trips: the shadow's trip statistics (as
             :class:`~simulators.field.records.TripStatistics` fields) over the
             vehicles it saw, or None.
+        wall_s: wall-clock seconds the shadow took, from SUMO's start (the state
+            loaded) to its close.
     """
 
     label: str
     totals: WindowTotals
     checkpoints: tuple[FieldCounters, ...]
     trips: dict[str, float] | None = None
+    wall_s: float = 0.0
 
     def window(self, horizon_s: float | None = None) -> WindowTotals:
         """The totals of the first ``horizon_s`` of the window (None: all of it).
@@ -193,6 +196,7 @@ def _shadow_dict(result: ShadowResult) -> dict[str, Any]:
             for c in result.checkpoints
         ],
         "trips": result.trips,
+        "wall_s": result.wall_s,
     }
 
 
@@ -294,37 +298,31 @@ class ShadowTask:
     plans: Mapping[str, IntersectionTiming]
     window_s: float
     checkpoint_s: float
-    active: Mapping[str, ActivePlan]
-    """The field's plans at the fork (:meth:`FieldEmulator.adopt`)."""
+    point: ForkPoint
+    """What the shadow adopts from the field (:meth:`FieldEmulator.adopt`)."""
 
 
 def run_shadow(task: ShadowTask) -> ShadowResult:
     """Run one shadow: load the state, apply the plans, step the window, read the counters.
 
-    The shadow adopts the field's plan bookkeeping and applies its plans at the
-    fork time the way the field would (:meth:`FieldEmulator.apply`): a plan the
-    field already runs changes nothing, so the shadow continues the field. A
-    light the shadow could not adopt (an adaptive plan, whose real-time logic is
-    not in the SUMO state) gets its plan installed afresh (``force``), or the
-    field's plan when the task has none for it.
+    The shadow adopts the field's plans and adaptive controllers and applies its
+    plans at the fork time the way the field would (:meth:`FieldEmulator.apply`):
+    a plan the field already runs changes nothing, so the shadow continues the
+    field. A light it could not adopt (under direct signal control in the field)
+    gets its plan installed afresh (``force``).
 
     Runs in a worker process (it starts a libsumo simulation).
 
     Raises:
         SimulationError: SUMO failed to start, load the state or step.
     """
+    t0 = time.perf_counter()
     field = FieldEmulator(task.config)
     try:
         field.start()
         fork_s = field.field_time_s
-        adopted = field.adopt(task.active)
-        plans = {
-            t: a.timing
-            for t, a in task.active.items()
-            if t not in adopted and not a.externally_controlled
-        }
-        plans.update(task.plans)
-        for tls_id, timing in sorted(plans.items()):
+        adopted = field.adopt(task.point)
+        for tls_id, timing in sorted(task.plans.items()):
             field.apply(tls_id, timing, fork_s, force=tls_id not in adopted)
         readings = [field.counters()]
         for t in checkpoint_times(fork_s, task.window_s, task.checkpoint_s):
@@ -341,6 +339,7 @@ def run_shadow(task: ShadowTask) -> ShadowResult:
         totals=readings[-1].window_since(readings[0]),
         checkpoints=tuple(readings),
         trips=trips,
+        wall_s=time.perf_counter() - t0,
     )
 
 
@@ -407,7 +406,8 @@ class FieldFork:
         directory.mkdir(parents=True, exist_ok=False)
         state, programs = directory / "state.xml", directory / "programs.add.xml"
         t0 = time.perf_counter()
-        fork_s, active = field.save_fork(state, programs)
+        point = field.save_fork(state, programs)
+        fork_s = point.field_time_s
         save_s = time.perf_counter() - t0
         routes = field.route_files
         tasks = []
@@ -425,7 +425,7 @@ class FieldFork:
                 state_path=state,
                 work_dir=shadow_dir,
             )
-            tasks.append(ShadowTask(label, config, dict(plans), window_s, checkpoint_s, active))
+            tasks.append(ShadowTask(label, config, dict(plans), window_s, checkpoint_s, point))
         pool = cf.ProcessPoolExecutor(
             max_workers=len(tasks), mp_context=multiprocessing.get_context(mp_context)
         )
