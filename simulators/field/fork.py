@@ -47,6 +47,8 @@ import concurrent.futures as cf
 import logging
 import math
 import multiprocessing
+import shutil
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -359,10 +361,12 @@ class FieldFork:
         window_s: float,
         pool: cf.ProcessPoolExecutor,
         futures: Mapping[str, cf.Future[ShadowResult]],
+        remove_dir: Path | None = None,
     ) -> None:
         """Use :meth:`start`."""
         self.begin_s = begin_s
         self.window_s = window_s
+        self._remove_dir = remove_dir
         self._pool: cf.ProcessPoolExecutor | None = pool
         self._futures = dict(futures)
         self._result: TrueDelta | None = None
@@ -377,6 +381,7 @@ class FieldFork:
         *,
         work_dir: Path,
         checkpoint_s: float = 60.0,
+        keep_files: bool = False,
         mp_context: str = "spawn",
     ) -> FieldFork:
         """Save the field's state now and start the two shadows.
@@ -388,8 +393,11 @@ class FieldFork:
             previous: tls id -> the plan that ran before it (the same lights).
             window_s: field time each shadow runs after the fork.
             work_dir: where the state and the shadows' files go (a new directory
-                per fork, kept for inspection).
+                per fork, ``fork-t<time>-*``).
             checkpoint_s: period of the shadows' counter readings.
+            keep_files: keep that directory after :meth:`result` or :meth:`cancel`
+                (state, programs, each shadow's tripinfo: a few MB on the
+                district); by default it is removed.
             mp_context: ``spawn`` or ``forkserver`` (never ``fork``).
 
         Raises:
@@ -402,37 +410,14 @@ class FieldFork:
             raise ConfigError(f"mp_context must be 'spawn' or 'forkserver' (got {mp_context!r})")
         _check_plans(field, in_force, previous)
         checkpoint_times(field.field_time_s, window_s, checkpoint_s)  # validate before any file
-        directory = Path(work_dir) / f"fork-{time.time_ns()}"
-        directory.mkdir(parents=True, exist_ok=False)
-        state, programs = directory / "state.xml", directory / "programs.add.xml"
-        t0 = time.perf_counter()
-        point = field.save_fork(state, programs)
-        fork_s = point.field_time_s
-        save_s = time.perf_counter() - t0
-        routes = field.route_files
-        tasks = []
-        for label, plans in ((IN_FORCE, in_force), (PREVIOUS, previous)):
-            shadow_dir = directory / label
-            shadow_dir.mkdir(exist_ok=True)
-            additional = merge_additional(
-                field.detectors_path, programs, shadow_dir / "field.add.xml"
-            )
-            config = shadow_config(
-                field.config,
-                fork_s=fork_s,
-                route_files=routes,
-                additional_path=additional,
-                state_path=state,
-                work_dir=shadow_dir,
-            )
-            tasks.append(ShadowTask(label, config, dict(plans), window_s, checkpoint_s, point))
-        pool = cf.ProcessPoolExecutor(
-            max_workers=len(tasks), mp_context=multiprocessing.get_context(mp_context)
-        )
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        directory = Path(tempfile.mkdtemp(prefix=f"fork-t{field.field_time_s:g}-", dir=work_dir))
         try:
-            futures = {t.label: pool.submit(run_shadow, t) for t in tasks}
+            fork_s, save_s, pool, futures = _launch(
+                field, directory, in_force, previous, window_s, checkpoint_s, mp_context
+            )
         except BaseException:
-            _kill(pool)
+            shutil.rmtree(directory, ignore_errors=True)
             raise
         logger.info(
             "field forked at t=%.0f s (state and programs saved in %.3f s): %d lights, "
@@ -442,7 +427,7 @@ class FieldFork:
             len(in_force),
             window_s,
         )
-        return cls(fork_s, window_s, pool, futures)
+        return cls(fork_s, window_s, pool, futures, None if keep_files else directory)
 
     def result(self, timeout_s: float | None = None) -> TrueDelta:
         """Wait for both shadows and return the true delta.
@@ -504,6 +489,48 @@ class FieldFork:
             _kill(pool)
         else:
             pool.shutdown(wait=True)
+        if self._remove_dir is not None:
+            shutil.rmtree(self._remove_dir, ignore_errors=True)
+
+
+def _launch(
+    field: FieldEmulator,
+    directory: Path,
+    in_force: Mapping[str, IntersectionTiming],
+    previous: Mapping[str, IntersectionTiming],
+    window_s: float,
+    checkpoint_s: float,
+    mp_context: str,
+) -> tuple[float, float, cf.ProcessPoolExecutor, dict[str, cf.Future[ShadowResult]]]:
+    """Save the fork's files into ``directory`` and submit both shadows."""
+    state, programs = directory / "state.xml", directory / "programs.add.xml"
+    t0 = time.perf_counter()
+    point = field.save_fork(state, programs)
+    save_s = time.perf_counter() - t0
+    routes = field.route_files
+    tasks = []
+    for label, plans in ((IN_FORCE, in_force), (PREVIOUS, previous)):
+        shadow_dir = directory / label
+        shadow_dir.mkdir()
+        additional = merge_additional(field.detectors_path, programs, shadow_dir / "field.add.xml")
+        config = shadow_config(
+            field.config,
+            fork_s=point.field_time_s,
+            route_files=routes,
+            additional_path=additional,
+            state_path=state,
+            work_dir=shadow_dir,
+        )
+        tasks.append(ShadowTask(label, config, dict(plans), window_s, checkpoint_s, point))
+    pool = cf.ProcessPoolExecutor(
+        max_workers=len(tasks), mp_context=multiprocessing.get_context(mp_context)
+    )
+    try:
+        futures = {t.label: pool.submit(run_shadow, t) for t in tasks}
+    except BaseException:
+        _kill(pool)
+        raise
+    return point.field_time_s, save_s, pool, futures
 
 
 def _check_plans(

@@ -8,6 +8,9 @@ each shadow is a libsumo simulation in its own spawned process. Windows are
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -88,6 +91,7 @@ def test_identical_plans_give_identical_shadows_while_the_field_steps_on(tmp_pat
         field_window = field.counters().window_since(before)
         delta = fork.result(timeout_s=120)
 
+    assert list((tmp_path / "forks").iterdir()) == []  # removed once the result is in
     assert start_wall_s < 5.0
     assert delta.begin_s == FORK_S and delta.end_s == FORK_S + WINDOW_S
     a, b = delta.in_force, delta.previous
@@ -122,8 +126,12 @@ def test_a_clearly_worse_plan_has_a_positive_true_wait_change(tmp_path: Path) ->
             t: IntersectionTiming.from_base(i.base) for t, i in field.network.intersections.items()
         }
         worse = {t: _starved(b) for t, b in previous.items()}
-        fork = FieldFork.start(field, worse, previous, WINDOW_S, work_dir=tmp_path / "forks")
+        fork = FieldFork.start(
+            field, worse, previous, WINDOW_S, work_dir=tmp_path / "forks", keep_files=True
+        )
         delta = fork.result(timeout_s=120)
+    (kept,) = (tmp_path / "forks").iterdir()
+    assert (kept / "state.xml").is_file() and (kept / "in_force" / "tripinfo.xml").is_file()
 
     change = delta.wait_change()
     print(f"true wait change of the starved plan over {WINDOW_S:g} s: {change:+.1%}")
@@ -137,19 +145,31 @@ def test_a_clearly_worse_plan_has_a_positive_true_wait_change(tmp_path: Path) ->
     assert len(record["shadows"]["previous"]["checkpoints"]) == 6
 
 
-def test_a_shadow_past_its_time_raises_naming_the_fork_time(tmp_path: Path) -> None:
+def test_a_shadow_that_dies_or_runs_late_raises_naming_the_fork_time(tmp_path: Path) -> None:
+    forks = tmp_path / "forks"
     with FieldEmulator(_config(tmp_path)) as field:
         field.step_until(FORK_S - 240)
         plans = {
             t: IntersectionTiming.from_base(i.base) for t, i in field.network.intersections.items()
         }
-        fork = FieldFork.start(field, plans, plans, WINDOW_S, work_dir=tmp_path / "forks")
+        fork = FieldFork.start(field, plans, plans, WINDOW_S, work_dir=forks)
         with pytest.raises(SimulationError, match=rf"fork at t={FORK_S - 240:g} s.*within"):
             fork.result(timeout_s=0.05)
         assert fork.done()
         with pytest.raises(SimulationError, match="cancelled or failed"):
             fork.result()
         fork.cancel()  # again: nothing left to stop
+        assert list(forks.iterdir()) == []  # its files are gone
+
+        before = set(multiprocessing.active_children())
+        fork = FieldFork.start(field, plans, plans, WINDOW_S, work_dir=forks)
+        deadline = time.monotonic() + 30
+        while not (shadows := set(multiprocessing.active_children()) - before):
+            assert time.monotonic() < deadline, "no shadow process started"
+            time.sleep(0.05)
+        os.kill(next(iter(shadows)).pid, signal.SIGKILL)
+        with pytest.raises(SimulationError, match=rf"fork at t={FORK_S - 240:g} s.*died"):
+            fork.result(timeout_s=60)
 
 
 def test_adaptive_plans_are_taken_up_again_in_the_shadows(tmp_path: Path) -> None:
