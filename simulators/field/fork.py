@@ -47,6 +47,7 @@ import concurrent.futures as cf
 import logging
 import math
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -507,7 +508,12 @@ def _launch(
     t0 = time.perf_counter()
     point = field.save_fork(state, programs)
     save_s = time.perf_counter() - t0
-    routes = field.route_files
+    # SUMO reads route files as it goes (--route-steps); the field may close (and
+    # remove its own work directory) while the shadows run
+    routes = tuple(
+        _keep(route, directory / "routes" / f"{i}-{route.name}")
+        for i, route in enumerate(field.route_files)
+    )
     tasks = []
     for label, plans in ((IN_FORCE, in_force), (PREVIOUS, previous)):
         shadow_dir = directory / label
@@ -531,6 +537,19 @@ def _launch(
         _kill(pool)
         raise
     return point.field_time_s, save_s, pool, futures
+
+
+def _keep(path: Path, target: Path) -> Path:
+    """``path`` at ``target`` too: a hard link where the file system allows, else a copy."""
+    target.parent.mkdir(exist_ok=True)
+    try:
+        os.link(path, target)
+    except OSError:
+        try:
+            shutil.copyfile(path, target)
+        except OSError as e:
+            raise SimulationError(f"fork could not keep the field's route file {path}: {e}") from e
+    return target
 
 
 def _check_plans(

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,8 +120,13 @@ def test_identical_plans_give_identical_shadows_while_the_field_steps_on(tmp_pat
 
 
 def test_a_clearly_worse_plan_has_a_positive_true_wait_change(tmp_path: Path) -> None:
-    """Previous: the network's own fixed plans; in force: one green starved on every light."""
-    with FieldEmulator(_config(tmp_path)) as field:
+    """Previous: the network's own fixed plans; in force: one green starved on every light.
+
+    The field closes (removing its own work directory, the expanded routes with
+    it) before the shadows have even started.
+    """
+    config = replace(_config(tmp_path), work_dir=None)
+    with FieldEmulator(config) as field:
         field.step_until(FORK_S)
         previous = {
             t: IntersectionTiming.from_base(i.base) for t, i in field.network.intersections.items()
@@ -129,7 +135,7 @@ def test_a_clearly_worse_plan_has_a_positive_true_wait_change(tmp_path: Path) ->
         fork = FieldFork.start(
             field, worse, previous, WINDOW_S, work_dir=tmp_path / "forks", keep_files=True
         )
-        delta = fork.result(timeout_s=120)
+    delta = fork.result(timeout_s=120)
     (kept,) = (tmp_path / "forks").iterdir()
     assert (kept / "state.xml").is_file() and (kept / "in_force" / "tripinfo.xml").is_file()
 
