@@ -10,6 +10,8 @@ The package's face; its modules, one concept each:
 * :mod:`simulators.field.signals`: :class:`FieldSignals`, the controllers' view;
 * :mod:`simulators.field.fork`: :class:`FieldFork`, ground truth in evaluation (the
   field forked at an activation, the plans in force and the previous ones run on it).
+* :mod:`simulators.field.programs`: the programs a field installed, as the
+  additional file a fork loads with the saved state.
 
 ``phase_at`` lives in :mod:`simulators.signal_program` (the twin uses it too)
 and is re-exported here for the field's callers.

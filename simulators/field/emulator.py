@@ -53,7 +53,6 @@ import shutil
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +62,7 @@ from typing import Any, Final
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
 from simulators.field.measurements import FieldMeasurements
+from simulators.field.programs import write_program_file
 from simulators.field.records import (
     ActivePlan,
     DetectorSnapshot,
@@ -79,9 +79,6 @@ logger = logging.getLogger(__name__)
 
 _SIGNAL_CHARS: Final = frozenset("rygGsuoO")
 """SUMO's signal letters: red, yellow, green (minor, major), right-turn arrow, red-yellow, off."""
-
-_LOGIC_TYPES: Final = {0: "static", 3: "actuated", 4: "NEMA", 5: "delay_based"}
-"""SUMO's program type numbers (``traci.constants.TRAFFICLIGHT_TYPE_*``) and their XML names."""
 
 _STATE_PRECISION: Final = 10
 """Decimals of the values in a saved state (SUMO's ``--save-state.precision``; its default is 2)."""
@@ -531,19 +528,13 @@ class FieldEmulator:
         """
         with self._lock:
             tl = self._require().trafficlight
-            root = ET.Element("additional")
-            for tls_id in sorted(self.network.intersections):
-                for logic in tl.getAllProgramLogics(tls_id):
-                    program_id = str(logic.programID)
-                    if (tls_id, program_id) in self._net_programs:
-                        continue
-                    root.append(_logic_element(tls_id, logic))
-            ET.indent(root)
-            try:
-                ET.ElementTree(root).write(path, encoding="UTF-8", xml_declaration=True)
-            except OSError as e:
-                raise SimulationError(f"field could not write its programs to {path}: {e}") from e
-            return Path(path)
+            installed = [
+                (tls_id, logic)
+                for tls_id in sorted(self.network.intersections)
+                for logic in tl.getAllProgramLogics(tls_id)
+                if (tls_id, str(logic.programID)) not in self._net_programs
+            ]
+            return write_program_file(installed, Path(path))
 
     def lane_halting(self, lane_id: str) -> int:
         """Vehicles halting (speed below 0.1 m/s) on ``lane_id`` during the last step.
@@ -783,28 +774,3 @@ def _route_files(command: list[str]) -> tuple[Path, ...]:
         if flag in ("-r", "--route-files"):
             return tuple(Path(f) for f in value.split(",") if f)
     return ()
-
-
-def _logic_element(tls_id: str, logic: Any) -> ET.Element:
-    """One SUMO ``Logic`` as a ``<tlLogic>`` element of an additional file."""
-    kind = _LOGIC_TYPES.get(int(logic.type))
-    if kind is None:
-        raise SimulationError(
-            f"traffic light {tls_id!r} program {logic.programID!r} has SUMO type "
-            f"{logic.type}, which a fork cannot reproduce"
-        )
-    elem = ET.Element("tlLogic", id=tls_id, programID=str(logic.programID), type=kind, offset="0")
-    for phase in logic.phases:
-        attrs = {
-            "duration": f"{float(phase.duration):.17g}",
-            "state": str(phase.state),
-            "minDur": f"{float(phase.minDur):.17g}",
-            "maxDur": f"{float(phase.maxDur):.17g}",
-        }
-        successors = tuple(int(n) for n in phase.next)
-        if successors:
-            attrs["next"] = " ".join(str(n) for n in successors)
-        ET.SubElement(elem, "phase", attrs)
-    for key, value in sorted(dict(logic.subParameter).items()):
-        ET.SubElement(elem, "param", key=str(key), value=str(value))
-    return elem

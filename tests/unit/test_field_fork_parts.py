@@ -12,7 +12,7 @@ import pytest
 
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
-from simulators.field.emulator import _logic_element, _route_files
+from simulators.field.emulator import _route_files
 from simulators.field.fork import (
     IN_FORCE,
     PREVIOUS,
@@ -23,6 +23,7 @@ from simulators.field.fork import (
     merge_additional,
     shadow_config,
 )
+from simulators.field.programs import logic_element
 from simulators.field.records import FieldCounters
 from simulators.field.scenario import FieldConfig
 from tests.support.timings import two_stage_base
@@ -194,7 +195,7 @@ def test_a_program_is_written_as_sumo_reads_it() -> None:
         phases=[_phase(30, "GGrr", 5, 50, (0, 1)), _phase(3, "yyrr", 3, 3)],
         subParameter={"linkMaxDur:1": "40"},
     )
-    elem = _logic_element("J1", logic)
+    elem = logic_element("J1", logic)
     assert elem.attrib == {
         "id": "J1",
         "programID": "signaltwin-3",
@@ -216,7 +217,7 @@ def test_a_program_is_written_as_sumo_reads_it() -> None:
 def test_a_program_of_a_type_a_fork_cannot_write_is_refused() -> None:
     logic = SimpleNamespace(programID="x", type=99, phases=[], subParameter={})
     with pytest.raises(SimulationError, match="type 99"):
-        _logic_element("J1", logic)
+        logic_element("J1", logic)
 
 
 def _fake_field() -> object:
