@@ -44,15 +44,16 @@ Field time is SUMO's simulation time in seconds (starting at ``begin_s``).
 
 from __future__ import annotations
 
-__all__ = ["FieldEmulator"]
+__all__ = ["FieldEmulator", "ForkPoint"]
 
+import copy
 import logging
 import math
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -61,6 +62,7 @@ from typing import Any, Final
 from configs.errors import ConfigError, SimulationError
 from configs.timing import IntersectionTiming
 from simulators.field.measurements import FieldMeasurements
+from simulators.field.programs import write_program_file
 from simulators.field.records import (
     ActivePlan,
     DetectorSnapshot,
@@ -78,8 +80,27 @@ logger = logging.getLogger(__name__)
 _SIGNAL_CHARS: Final = frozenset("rygGsuoO")
 """SUMO's signal letters: red, yellow, green (minor, major), right-turn arrow, red-yellow, off."""
 
+_STATE_PRECISION: Final = 10
+"""Decimals of the values in a saved state (SUMO's ``--save-state.precision``; its default is 2)."""
+
 _libsumo_owner_lock = threading.Lock()
 _libsumo_in_use = False
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """What a fork of the field takes over, besides the SUMO state (evaluation only).
+
+    Attributes:
+        field_time_s: when the state was saved.
+        active: every light's :meth:`FieldEmulator.active_plan` then.
+        adaptive: a copy of the field's adaptive controllers then (their
+            real-time logic lives in this process, not in SUMO's state).
+    """
+
+    field_time_s: float
+    active: Mapping[str, ActivePlan]
+    adaptive: AdaptiveRunner
 
 
 @dataclass
@@ -87,6 +108,7 @@ class _Pending:
     tls_id: str
     timing: IntersectionTiming
     at_s: float
+    force: bool = False
 
 
 class FieldEmulator:
@@ -108,6 +130,8 @@ class FieldEmulator:
         )
         self.network: NetworkModel = load_network(config.net_path, det_path)
         self._det_path = det_path
+        self._route_files: tuple[Path, ...] | None = None
+        self._net_programs: frozenset[tuple[str, str]] = frozenset()
         self._lock = threading.RLock()
         self._api: Any = None
         self._backend_module: ModuleType | None = None
@@ -134,7 +158,12 @@ class FieldEmulator:
     # ------------------------------------------------------------ lifecycle
 
     def _command(self) -> list[str]:
-        return sumo_command(self.config, self._work_dir, self._det_path, self._tripinfo)
+        cmd = sumo_command(self.config, self._work_dir, self._det_path, self._tripinfo)
+        if not any(a.split("=", 1)[0] == "--save-state.precision" for a in self.config.extra_args):
+            # SUMO writes a state's positions and speeds with 2 decimals by default; a
+            # fork loaded from it then drifts from the field (NOx first)
+            cmd += ["--save-state.precision", str(_STATE_PRECISION)]
+        return cmd
 
     def start(self) -> FieldEmulator:
         """Start SUMO. Returns ``self`` (also usable as a context manager).
@@ -150,6 +179,7 @@ class FieldEmulator:
             if self._closed:
                 raise SimulationError("field emulator was closed; create a new one")
             cmd = self._command()
+            self._route_files = _route_files(cmd)
             if self.config.backend == "libsumo":
                 with _libsumo_owner_lock:
                     if _libsumo_in_use:
@@ -176,6 +206,17 @@ class FieldEmulator:
                 self._backend_module = traci
                 self._api = traci.getConnection(self._label)
             self._time_s = float(self._api.simulation.getTime())
+            self._net_programs = self._program_ids()
+            # a state loaded from another field may bring its programs (a fork): new ones
+            # must not reuse their ids
+            self._program_seq = max(
+                [self._program_seq]
+                + [
+                    int(p.removeprefix("signaltwin-"))
+                    for _, p in self._net_programs
+                    if p.startswith("signaltwin-") and p.removeprefix("signaltwin-").isdigit()
+                ]
+            )
             self._subscribe()
             if self.config.events is not None:
                 self.config.events.start(self._api, self._time_s)
@@ -391,6 +432,110 @@ class FieldEmulator:
                 raise SimulationError(f"field could not save its state to {path}: {e}") from e
             return Path(path)
 
+    def save_fork(self, state_path: Path, programs_path: Path) -> ForkPoint:
+        """:meth:`save_state` and :meth:`write_programs` at one moment, and what a fork adopts.
+
+        Evaluation only (:mod:`simulators.field.fork`): the field cannot step
+        between the files and the bookkeeping.
+
+        Raises:
+            SimulationError: the field is not running, or a file could not be written.
+        """
+        with self._lock:
+            self.save_state(state_path)
+            self.write_programs(programs_path)
+            return ForkPoint(self._time_s, dict(self._active), copy.deepcopy(self._adaptive))
+
+    def adopt(self, point: ForkPoint) -> frozenset[str]:
+        """Take over the plans of the field this one was forked from (see :class:`ForkPoint`).
+
+        Evaluation only: a fork (started with ``--load-state`` and the field's
+        programs) runs the field's programs, but its own bookkeeping says base
+        program and its adaptive lights have no real-time logic. Adopted,
+        :meth:`apply` treats each light as the field would: the plan it runs
+        already changes nothing, an actuated plan is re-tuned in place, and
+        adaptive lights decide on as the field's did. Lights under
+        :meth:`set_signal_state` are not adopted (SUMO holds their last state);
+        give them a plan with ``force=True``.
+
+        Returns:
+            The lights adopted.
+
+        Raises:
+            ConfigError: a light that is not in the network.
+            SimulationError: the field is not running.
+        """
+        with self._lock:
+            self._require()
+            unknown = sorted(set(point.active) - set(self._active))
+            if unknown:
+                raise ConfigError(
+                    f"traffic lights {unknown} are not in network {self.network.path.name}"
+                )
+            adopted = []
+            for tls_id, plan in point.active.items():
+                if plan.externally_controlled:
+                    continue
+                if plan.timing.mode == "adaptive" and tls_id not in point.adaptive:
+                    continue
+                self._active[tls_id] = plan
+                adopted.append(tls_id)
+            self._adaptive = copy.deepcopy(point.adaptive)
+            for tls_id in set(point.active) - set(adopted):
+                self._adaptive.release(tls_id)
+            return frozenset(adopted)
+
+    @property
+    def route_files(self) -> tuple[Path, ...]:
+        """The route files SUMO loaded (an expanded demand profile's file included).
+
+        A fork loads exactly these, so that it meets the same vehicles without
+        expanding the demand again.
+
+        Raises:
+            SimulationError: the field has not been started.
+        """
+        with self._lock:
+            if self._route_files is None:
+                raise SimulationError("field has not been started; its route files are not known")
+            return self._route_files
+
+    @property
+    def detectors_path(self) -> Path:
+        """The additional file with the field's induction loops."""
+        return self._det_path
+
+    def _program_ids(self) -> frozenset[tuple[str, str]]:
+        tl = self._api.trafficlight
+        return frozenset(
+            (str(tls_id), str(logic.programID))
+            for tls_id in tl.getIDList()
+            for logic in tl.getAllProgramLogics(tls_id)
+        )
+
+    def write_programs(self, path: Path) -> Path:
+        """Write every signal program installed since the start as a SUMO additional file.
+
+        Evaluation only, with :meth:`save_state`: a saved state names the program
+        each light runs, and SUMO refuses to load a state whose program it does
+        not know. A fork loads this file (``-a``) with the state, so the programs
+        the field installed through TraCI (plans, ``online``) exist there too.
+        The file holds an empty ``<additional/>`` when no program was installed.
+
+        Raises:
+            SimulationError: the field is not running, or a program has a type
+                this method cannot write.
+        """
+        with self._lock:
+            tl = self._require().trafficlight
+            installed = [
+                (tls_id, logic)
+                for tls_id in sorted(self.network.intersections)
+                for logic in tl.getAllProgramLogics(tls_id)
+                if (tls_id, str(logic.programID)) not in self._net_programs
+            ]
+            return write_program_file(installed, Path(path))
+
     def lane_halting(self, lane_id: str) -> int:
         """Vehicles halting (speed below 0.1 m/s) on ``lane_id`` during the last step.
 
@@ -420,7 +565,14 @@ class FieldEmulator:
 
     # ---------------------------------------------------------------- plans
 
-    def apply(self, tls_id: str, timing: IntersectionTiming, at_field_time_s: float) -> None:
+    def apply(
+        self,
+        tls_id: str,
+        timing: IntersectionTiming,
+        at_field_time_s: float,
+        *,
+        force: bool = False,
+    ) -> None:
         """Switch ``tls_id`` to ``timing`` when field time reaches ``at_field_time_s``.
 
         A time in the past applies at once. The plan enters the phase that its
@@ -439,6 +591,11 @@ class FieldEmulator:
           keeps its elapsed time; from the network's own actuated program the
           light enters the new program at its current phase.
 
+        ``force=True`` installs the plan even when the bookkeeping says the
+        light already runs it: a fork of the field (:mod:`simulators.field.fork`)
+        starts from a saved state whose programs this emulator did not apply,
+        so its bookkeeping (the base program) says nothing about what runs.
+
         Raises:
             ConfigError: unknown light, or phase states that do not fit its links.
         """
@@ -455,7 +612,7 @@ class FieldEmulator:
                     f"{len(phase.state)} signals, the light controls {links}"
                 )
         with self._lock:
-            self._pending.append(_Pending(tls_id, timing, float(at_field_time_s)))
+            self._pending.append(_Pending(tls_id, timing, float(at_field_time_s), force))
             self._pending.sort(key=lambda p: p.at_s)
             if self._api is not None:
                 self._apply_due()
@@ -463,11 +620,11 @@ class FieldEmulator:
     def _apply_due(self) -> None:
         while self._pending and self._pending[0].at_s <= self._time_s + 1e-9:
             item = self._pending.pop(0)
-            self._apply_now(item.tls_id, item.timing)
+            self._apply_now(item.tls_id, item.timing, item.force)
 
-    def _apply_now(self, tls_id: str, timing: IntersectionTiming) -> None:
+    def _apply_now(self, tls_id: str, timing: IntersectionTiming, force: bool = False) -> None:
         active = self._active[tls_id]
-        if not active.externally_controlled and active.timing == timing:
+        if not force and not active.externally_controlled and active.timing == timing:
             logger.debug("field t=%.0f: %s already runs this plan", self._time_s, tls_id)
             return
         tl = self._api.trafficlight
@@ -609,3 +766,11 @@ class FieldEmulator:
                     "trip statistics are written when the field closes; call close() first"
                 )
             return self._trip_stats
+
+
+def _route_files(command: list[str]) -> tuple[Path, ...]:
+    """The route files named by a SUMO command line's ``-r`` option."""
+    for flag, value in zip(command, command[1:], strict=False):
+        if flag in ("-r", "--route-files"):
+            return tuple(Path(f) for f in value.split(",") if f)
+    return ()
