@@ -6,16 +6,26 @@ picklable data (a shadow fork of the field gets it in another process) and the
 little state a run needs, which :meth:`DayEvents.start` resets.
 
 Closures (:class:`Closure`):
-    From ``from_s`` to ``to_s`` the named lanes allow no vehicle class
-    (``lane.setDisallowed(lane, ["all"])``); at ``to_s`` each lane gets back the
-    classes it allowed before. Vehicles change off a closed lane and SUMO's
-    router no longer uses a closed edge. When every lane of the edge is closed,
-    the edge's travel time is also raised for the closure (``adaptTraveltime``)
-    and every vehicle whose remaining route uses the edge is rerouted: those in
-    the network when the closure begins and every one that departs during it.
-    A vehicle that has no other way (its destination is the closed edge) waits
-    in front of it until it reopens; no closure is open-ended, so it cannot
-    hold the city for ever.
+    A closure of *some* lanes of an edge is a breakdown: from ``from_s`` a
+    stopped vehicle (type ``signaltwin_incident``, no emissions) stands near
+    the end of each closed lane until ``to_s``, when it is removed. Vehicles
+    change lanes around it; those that must leave the edge from that lane
+    (their turn is only reachable from it) queue behind it, as they would
+    behind a broken-down truck. Its own halting counts in the approach's
+    (one vehicle).
+
+    A closure of *every* vehicle lane closes the edge: its lanes allow no
+    vehicle class (``lane.setDisallowed(lane, ["all"])``) until ``to_s``, when
+    each gets back the classes it allowed before; its travel time is raised
+    for the closure (``edge.adaptTraveltime``), and every vehicle whose
+    remaining route uses the edge is rerouted (``vehicle.rerouteTraveltime``):
+    those in the network when it closes and every one that departs during the
+    closure. A vehicle with no other way (its destination is the closed edge)
+    waits in front of it until it reopens.
+
+    No closure is open-ended, so none can hold the city for ever. A saved state
+    carries the stopped vehicles but not lane permissions or travel times:
+    :meth:`DayEvents.start` puts back what is missing.
 
 Detector faults (:class:`DetectorFault`):
     Only what the loops *report* changes (:meth:`DayEvents.report`); the
@@ -52,6 +62,13 @@ _VAR_VEHICLE_IDS: Final = 0x12
 _VAR_OCCUPANCY: Final = 0x13
 _CLOSED_TRAVEL_TIME_S: Final = 1.0e6
 """Travel time a fully closed edge gets for its closure, so that routers avoid it."""
+_INCIDENT_VTYPE: Final = "signaltwin_incident"
+_BLOCKER_SETBACK_M: Final = 8.0
+"""How far before the lane's end a breakdown stands (before the stop line)."""
+
+
+def _blocker_id(index: int, lane_id: str) -> str:
+    return f"signaltwin_incident{index}_{lane_id}"
 
 
 @dataclass(frozen=True)
@@ -227,7 +244,7 @@ class DayEvents:
 
     def closed_lanes(self) -> frozenset[str]:
         """Lanes closed now (after :meth:`start` and the last :meth:`step`)."""
-        return frozenset(lane for lanes in self._closed.values() for lane in lanes)
+        return frozenset(lane for i in self._closed for lane in self.closures[i].lane_ids)
 
     def fault_of(self, detector_id: str, interval_end_s: float) -> DetectorFault | None:
         """The fault that covers ``detector_id``'s interval ending then (first listed wins)."""
@@ -241,13 +258,19 @@ class DayEvents:
     def _close(self, api: Any, index: int, closure: Closure, time_s: float) -> None:
         saved: dict[str, list[str]] = {}
         try:
-            for lane in closure.lane_ids:
-                saved[lane] = list(api.lane.getAllowed(lane))
-                api.lane.setDisallowed(lane, ["all"])
             if closure.whole_edge:
+                for lane in closure.lane_ids:
+                    saved[lane] = list(api.lane.getAllowed(lane))
+                    api.lane.setDisallowed(lane, ["all"])
                 api.edge.adaptTraveltime(
                     closure.edge_id, _CLOSED_TRAVEL_TIME_S, float(time_s), float(closure.to_s)
                 )
+            else:
+                present = set(api.vehicle.getIDList()) | set(api.simulation.getPendingVehicles())
+                for lane in closure.lane_ids:
+                    blocker = _blocker_id(index, lane)
+                    if blocker not in present:  # a fork's saved state already has it
+                        self._add_blocker(api, blocker, closure, lane)
         except Exception as e:  # libsumo and traci raise their own TraCIException
             raise SimulationError(
                 f"field could not close {', '.join(closure.lane_ids)} at t={time_s:g}: {e}"
@@ -260,17 +283,48 @@ class DayEvents:
             closure.edge_id,
             closure.to_s,
         )
-        vehicles = api.vehicle.getIDList()
-        self._reroute(api, vehicles, frozenset({closure.edge_id}))
+        if closure.whole_edge:
+            self._reroute(api, api.vehicle.getIDList(), frozenset({closure.edge_id}))
+
+    @staticmethod
+    def _add_blocker(api: Any, blocker: str, closure: Closure, lane: str) -> None:
+        if _INCIDENT_VTYPE not in api.vehicletype.getIDList():
+            api.vehicletype.copy("DEFAULT_VEHTYPE", _INCIDENT_VTYPE)
+            api.vehicletype.setEmissionClass(_INCIDENT_VTYPE, "Zero")
+            api.vehicletype.setLength(_INCIDENT_VTYPE, 10.0)
+        route = f"signaltwin_incident_{closure.edge_id}"
+        if route not in api.route.getIDList():
+            api.route.add(route, [closure.edge_id])
+        lane_index = int(lane.rsplit("_", 1)[1])
+        pos = max(1.0, float(api.lane.getLength(lane)) - _BLOCKER_SETBACK_M)
+        api.vehicle.add(
+            blocker,
+            route,
+            typeID=_INCIDENT_VTYPE,
+            depart="now",
+            departLane=str(lane_index),
+            departPos=f"{pos:.2f}",
+            departSpeed="0",
+        )
+        api.vehicle.setStop(
+            blocker, closure.edge_id, pos=pos, laneIndex=lane_index, until=float(closure.to_s)
+        )
 
     def _reopen(self, api: Any, index: int, closure: Closure, time_s: float) -> None:
         saved = self._closed.pop(index)
         try:
             for lane, allowed in saved.items():
                 api.lane.setAllowed(lane, allowed)
+            if not closure.whole_edge:
+                present = set(api.vehicle.getIDList())
+                pending = set(api.simulation.getPendingVehicles())
+                for lane in closure.lane_ids:
+                    blocker = _blocker_id(index, lane)
+                    if blocker in present or blocker in pending:
+                        api.vehicle.remove(blocker)
         except Exception as e:
             raise SimulationError(
-                f"field could not reopen {', '.join(saved)} at t={time_s:g}: {e}"
+                f"field could not reopen {', '.join(closure.lane_ids)} at t={time_s:g}: {e}"
             ) from e
         logger.info("field t=%.0f: reopened %s", time_s, closure.edge_id)
 
