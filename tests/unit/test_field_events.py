@@ -98,7 +98,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
     routes = BASE + "demand = 'routes.rou.xml'\n[[od_shift]]\nat_s = 4000\nkind = 'reverse'\n"
     (tmp_path / "routes.rou.xml").write_text("<routes/>\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"od_shift\[0\]: an OD shift redraws a profile"):
-        load_event_day(_write(tmp_path, routes.replace("[field]\n", "[field]\n", 1)))
+        load_event_day(_write(tmp_path, routes))
 
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
@@ -335,3 +335,15 @@ def test_report_refuses_another_interval() -> None:
     snapshot = DetectorSnapshot(0.0, 300, None, {})
     with pytest.raises(Exception, match="built for 60 s detector intervals"):
         events.report(snapshot)
+
+
+def test_scenario_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import run
+
+    assert run(["scenario", "check", str(SCENARIOS / "district-incident.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "closure  n24_n34_1: 4500-5700 s" in out
+    assert "closure  edge n31_n32: 5400-6300 s" in out
+    bad = _write(tmp_path, BASE + "[[pulse]]\n")
+    assert run(["scenario", "check", str(bad)]) == 2
+    assert "pulse[0].origins = (missing): required key is missing" in capsys.readouterr().err
