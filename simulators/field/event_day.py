@@ -16,7 +16,16 @@ Every time in the file is field time in seconds (SUMO's clock), inside the day
 
 from __future__ import annotations
 
-__all__ = ["EVENT_DAY_SCHEMA", "EventDay", "OdShift", "Pulse", "load_event_day"]
+__all__ = [
+    "EVENT_DAYS_DIR",
+    "EVENT_DAY_SCHEMA",
+    "EventDay",
+    "OdShift",
+    "Pulse",
+    "RoadGraph",
+    "load_event_day",
+    "shipped_event_days",
+]
 
 import gzip
 import math
@@ -34,11 +43,25 @@ from configs.errors import ConfigError
 from simulators.field.event_schema import EVENT_DAY_SCHEMA, EventDayFile, format_errors
 from simulators.field.events import Closure, DayEvents, DetectorFault
 from simulators.field.scenario import Backend, FieldConfig
-from simulators.netbuild import DemandProfile, district_paths, expand_demand, fleet_xml
+from simulators.netbuild import (
+    DISTRICT_DIR,
+    DemandProfile,
+    district_paths,
+    expand_demand,
+    fleet_xml,
+)
 from simulators.network import ensure_detectors, load_network, write_detectors
 from simulators.sumo import sumo_home
 
+EVENT_DAYS_DIR: Path = DISTRICT_DIR.parent / "scenarios"
+"""Where the shipped event days live (``configs/scenarios``)."""
+
 _PULSE_VTYPE = "signaltwin_pulse"
+
+
+def shipped_event_days() -> tuple[Path, ...]:
+    """The shipped event day files, sorted by name."""
+    return tuple(sorted(EVENT_DAYS_DIR.glob("*.toml")))
 
 
 @dataclass(frozen=True)

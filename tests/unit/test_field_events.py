@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 
 from configs.errors import ConfigError
-from simulators.field.event_day import EventDay, OdShift, RoadGraph, load_event_day
+from simulators.field.event_day import (
+    EventDay,
+    OdShift,
+    RoadGraph,
+    load_event_day,
+    shipped_event_days,
+)
 from simulators.field.events import Closure, DayEvents, DetectorFault, noise_factor
 from simulators.field.records import DetectorReading, DetectorSnapshot
 from simulators.netbuild import district_paths
@@ -101,7 +107,13 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_event_day(_write(tmp_path, routes))
 
 
-@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_the_shipped_days() -> None:
+    names = {p.stem for p in shipped_event_days()}
+    assert {"district-incident", "district-event", "district-pm-shift"} <= names
+    assert any(not n.startswith("district") for n in names)  # a real-city network too
+
+
+@pytest.mark.parametrize("path", shipped_event_days(), ids=lambda p: p.stem)
 def test_every_shipped_day_loads(path: Path) -> None:
     day = load_event_day(path)
     assert day.name == path.stem
