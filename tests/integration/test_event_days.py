@@ -48,6 +48,7 @@ def _district_day(closure: Closure, end_s: int) -> EventDay:
     return replace(day, begin_s=4200, duration_s=end_s - 4200, closures=(closure,))
 
 
+@pytest.mark.slow
 def test_a_lane_closure_lowers_its_flow_and_raises_halting_upstream(tmp_path: Path) -> None:
     day = _district_day(Closure("n24_n34", ("n24_n34_1",), False, 4500.0, 5400.0), 5400)
     marks = (4500.0, 5400.0)
@@ -67,6 +68,7 @@ def test_a_lane_closure_lowers_its_flow_and_raises_halting_upstream(tmp_path: Pa
     assert with_incident.wait_veh_s(approach) - 900 > 2 * without.wait_veh_s(approach)
 
 
+@pytest.mark.slow
 def test_an_edge_closure_reroutes_and_the_city_recovers(tmp_path: Path) -> None:
     # both lanes of a main approach closed for eight minutes of the peak
     lanes = ("n24_n34_1", "n24_n34_2")
@@ -186,6 +188,7 @@ def test_a_fork_keeps_one_breakdown_and_removes_it_at_the_end(tmp_path: Path) ->
         blockers = [v for v in libsumo.vehicle.getIDList() if "incident" in v]
         assert len(blockers) == 1
         assert libsumo.vehicle.getLaneID(blockers[0]) == "n24_n34_1"
+        assert libsumo.vehicle.getNOxEmission(blockers[0]) == 0.0  # it counts no NOx
         field.save_state(state)
     fork = replace(
         config,
