@@ -197,13 +197,16 @@ class FeedbackCollector:
         self._activations: list[tuple[float, int]] = []
         self._lock = threading.RLock()
         self._measured_since_tune = 0
+        #: the latest field time seen (observations, readings)
+        self._now_s = -_ALL
 
     # ---------------------------------------------------------------- from the cycle
 
     def observed(self, observation: Observation) -> None:
-        """Keep the observation's counter reading."""
-        if observation.counters is not None:
-            with self._lock:
+        """Keep the observation's counter reading (and its field time)."""
+        with self._lock:
+            self._now_s = max(self._now_s, observation.field_time_s)
+            if observation.counters is not None:
                 self.log.add(observation.counters)
 
     def holding(self, field_time_s: float) -> str | None:
@@ -263,6 +266,7 @@ class FeedbackCollector:
             except Exception as e:  # noqa: BLE001 - evaluation extra; the estimate still counts
                 logger.warning("truth fork of plan %d not started: %s", config.sequence, e)
         with self._lock:
+            self._now_s = max(self._now_s, observation.field_time_s)
             if observation.counters is not None:
                 self.log.add(observation.counters)
             self._pending.append(pending)
@@ -311,6 +315,7 @@ class FeedbackCollector:
         with self._lock:
             if reading is not None:
                 self.log.add(reading)
+                self._now_s = max(self._now_s, reading.field_time_s)
             for item in list(self._pending):
                 outcome = self._measure(item)
                 if outcome is None:
@@ -360,8 +365,15 @@ class FeedbackCollector:
                 )
         latest, earliest = self.log.latest_s, self.log.earliest_s
         if latest is None or earliest is None or latest < act + length - 1e-9:
-            if latest is not None and latest > act + 3 * w:
-                return _Outcome("not_measurable", "no counter reading closed the window")
+            if self._now_s > act + length + w:
+                return _Outcome(
+                    "not_measurable",
+                    "no counter reading closed the window"
+                    if latest is not None
+                    else "the controllers report no cumulative totals "
+                    "(Measurements.HaltingTotal, Measurements.NOxTotal)",
+                    window={"begin_s": act, "end_s": act + length},
+                )
             return None
         truth = None
         if item.truth is not None:
