@@ -369,12 +369,20 @@ class CalibrationPort(Protocol):
 class TrueDeltaLike(Protocol):
     """Evaluation only: the true change of a deployment (``simulators.field.fork.TrueDelta``)."""
 
-    def wait_change(self) -> float:
-        """True relative change of the approach halting vehicle-seconds."""
+    def wait_change(
+        self, horizon_s: float | None = None, only: frozenset[str] | None = None
+    ) -> float:
+        """True relative change of the approach halting vehicle-seconds.
+
+        Over the first ``horizon_s`` after the fork (None: the whole window), on
+        the intersections ``only`` (None: every one).
+        """
         ...
 
-    def nox_change(self) -> float:
-        """True relative change of the approaches' NOx."""
+    def nox_change(
+        self, horizon_s: float | None = None, only: frozenset[str] | None = None
+    ) -> float:
+        """True relative change of the approaches' NOx (arguments as :meth:`wait_change`)."""
         ...
 
     def to_dict(self) -> dict[str, Any]:

@@ -498,19 +498,16 @@ class FeedbackCollector:
                 est.wait_change - item.predicted.wait_change
             )
         true: dict[str, Any] | None = None
-        if outcome.true is not None:
+        truth = self._true_changes(item, outcome)
+        if truth is not None and outcome.true is not None:
             true = {
-                "wait_change": round(outcome.true.wait_change(), 6),
-                "nox_change": round(outcome.true.nox_change(), 6),
+                "wait_change": round(truth[0], 6),
+                "nox_change": round(truth[1], 6),
                 "detail": outcome.true.to_dict(),
             }
-            errors["true_minus_predicted_pp"] = _pp(
-                outcome.true.wait_change() - item.predicted.wait_change
-            )
+            errors["true_minus_predicted_pp"] = _pp(truth[0] - item.predicted.wait_change)
             if est is not None:
-                errors["true_minus_estimated_pp"] = _pp(
-                    outcome.true.wait_change() - est.wait_change
-                )
+                errors["true_minus_estimated_pp"] = _pp(truth[0] - est.wait_change)
         self.ledger.append(
             MeasuredDeltaRecord(
                 deployment=item.ledger_index,
@@ -559,6 +556,27 @@ class FeedbackCollector:
         return abs(est.wait_change - item.predicted.wait_change) / max(
             abs(item.predicted.wait_change), 1e-6
         )
+
+    def _true_changes(
+        self, item: PendingMeasurement, outcome: _Outcome
+    ) -> tuple[float, float] | None:
+        """The fork's (wait, NOx) change over the same window and intersections as measured."""
+        true = outcome.true
+        if true is None:
+            return None
+        only = outcome.compared or item.only or None
+        window = outcome.window or {}
+        length = float(window.get("end_s", 0.0)) - float(window.get("begin_s", 0.0))
+        # a window cut short by the next plan compares the fork's first seconds only
+        horizon = length if 0 < length < self.window_s - 1e-6 else None
+        try:
+            return (
+                true.wait_change(horizon_s=horizon, only=only),
+                true.nox_change(horizon_s=horizon, only=only),
+            )
+        except SignaltwinError as e:
+            logger.warning("true delta of plan %d over the window: %s", item.sequence, e)
+            return None
 
     def _calibrate(self, item: PendingMeasurement, est: CounterfactualEstimate) -> None:
         cal = self.calibration

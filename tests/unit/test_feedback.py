@@ -75,10 +75,17 @@ class Truth:
     """A fork that has finished: the field's true change."""
 
     class Delta:
-        def wait_change(self) -> float:
+        asked: list[tuple[float | None, frozenset[str] | None]] = []
+
+        def wait_change(
+            self, horizon_s: float | None = None, only: frozenset[str] | None = None
+        ) -> float:
+            self.asked.append((horizon_s, only))
             return -0.18
 
-        def nox_change(self) -> float:
+        def nox_change(
+            self, horizon_s: float | None = None, only: frozenset[str] | None = None
+        ) -> float:
             return -0.02
 
         def to_dict(self) -> dict[str, Any]:
@@ -169,6 +176,8 @@ def test_record_states_predicted_estimated_true_and_errors_of_one_quantity(
     assert errors["true_minus_estimated_pp"] == pytest.approx(
         100 * (-0.18 - estimated["wait_change"]), abs=1e-3
     )
+    # the true change is asked over the full window, on the intersections compared
+    assert Truth.Delta.asked[-1] == (None, frozenset({"J1", "J2"}))
     # the fork was started at activation with the plan in force and the previous one
     (started,) = truth.started
     assert started["activate_at_field_time_s"] == 1000.0
@@ -182,9 +191,6 @@ def test_the_estimate_is_the_feedback_store_reward(tmp_path: Path) -> None:
     timings = {t: p for t, p in config(1, 40).intersections.items()}
     observations = build_observations(layouts, {"e1_n_J1_0": 30}, 240.0, timings)
 
-    class Holder(Proposer):
-        last_observations = observations
-
     class Store(FeedbackStore):
         deltas: list[Any] = []
 
@@ -197,7 +203,7 @@ def test_the_estimate_is_the_feedback_store_reward(tmp_path: Path) -> None:
         Ledger.open(tmp_path / "ledger.sqlite") as ledger,
         Store(tmp_path / "feedback.sqlite") as store,
     ):
-        _, body = _measure_one(tmp_path, ledger, store=store, proposer=Holder())
+        _, body = _measure_one(tmp_path, ledger, store=store, proposer=Proposer(observations))
         samples = store.samples()
         assert store.count() == len(samples.rewards) > 0
     (delta,) = Store.deltas

@@ -164,9 +164,10 @@ class Counterfactual:
 
 
 class Proposer:
-    policy = None
-    policy_path = None
-    last_observations: dict[str, object] = {}
+    def __init__(self, last_observations: Mapping[str, Any] | None = None) -> None:
+        self.policy: Any | None = None
+        self.policy_path: Path | None = None
+        self.last_observations: Mapping[str, Any] = last_observations or {}
 
 
 def _deploy(
