@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from configs.errors import SignaltwinError
 from configs.settings import Settings
-from configs.timing import IntersectionTiming, TimingConfiguration
+from configs.timing import TimingConfiguration
 from controller.contracts import (
     CalibrationPort,
     CounterfactualEstimate,
@@ -63,6 +63,13 @@ from controller.contracts import (
 from controller.counter_log import CounterLog, restricted
 from controller.ledger import Ledger, MeasuredDeltaRecord, PolicyVersionRecord
 from controller.ledger.records import CalibrationRecord
+from controller.prediction import (
+    QUANTITY,
+    Predicted,
+    changed_intersections,
+    plans_of,
+    predicted_from_cycle,
+)
 
 if TYPE_CHECKING:
     from simulators.field.records import WindowTotals
@@ -77,39 +84,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the field-observable quantity every measured delta compares
-QUANTITY = "approach halting vehicle-seconds"
-
 #: no activation before or after
 _ALL = float("inf")
-
-
-@dataclass(frozen=True)
-class Predicted:
-    """The twin's predicted change of a deployment (fractions, negative = better).
-
-    Attributes:
-        quantity: what the change is of; :data:`QUANTITY` when the what-if
-            recorded the approach totals (``approach_wait``/``approach_nox``), else
-            the twin's mean wait per vehicle (an older what-if: errors then
-            compare different quantities, and the record says so).
-    """
-
-    wait_change: float
-    wait_ci: tuple[float, float]
-    nox_change: float
-    nox_ci: tuple[float, float]
-    quantity: str = QUANTITY
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for the ledger."""
-        return {
-            "quantity": self.quantity,
-            "wait_change": round(self.wait_change, 6),
-            "wait_ci": [round(v, 6) for v in self.wait_ci],
-            "nox_change": round(self.nox_change, 6),
-            "nox_ci": [round(v, 6) for v in self.nox_ci],
-        }
 
 
 @dataclass
@@ -129,14 +105,6 @@ class PendingMeasurement:
 
 
 Status = Literal["measured", "superseded", "not_measurable"]
-
-
-def changed_intersections(previous: Plans, deployed: Plans) -> frozenset[str]:
-    """The intersections whose plan ``deployed`` changes against ``previous``."""
-    return frozenset(t for t, plan in deployed.items() if previous.get(t) != plan)
-
-
-# --------------------------------------------------------------------------- the collector
 
 
 @dataclass
@@ -242,7 +210,7 @@ class FeedbackCollector:
         )
         cycle = self._cycle_body(ledger_index)
         if previous is None:
-            previous = _plans(cycle.get("current")) if cycle else {}
+            previous = plans_of(cycle.get("current")) if cycle else {}
         only = changed_intersections(previous, config.intersections)
         pending = PendingMeasurement(
             ledger_index=ledger_index,
@@ -252,7 +220,7 @@ class FeedbackCollector:
             previous=dict(previous),
             deployed=dict(config.intersections),
             only=only,
-            predicted=_predicted(config, cycle, only),
+            predicted=predicted_from_cycle(config, cycle, only),
         )
         if self.truth is not None:
             try:
@@ -666,64 +634,3 @@ def _last_update(data: Mapping[str, Any]) -> dict[str, Any]:
 def _pp(fraction: float) -> float:
     """A difference of fractions in percentage points."""
     return round(100.0 * fraction, 3)
-
-
-def _plans(data: Any) -> dict[str, IntersectionTiming]:
-    if not isinstance(data, Mapping):
-        return {}
-    try:
-        return {str(t): IntersectionTiming.model_validate(p) for t, p in data.items()}
-    except ValueError as e:
-        logger.warning("cycle record's current plans unreadable: %s", e)
-        return {}
-
-
-def _change(changes: Mapping[str, Any], name: str) -> tuple[float, tuple[float, float]] | None:
-    item = changes.get(name)
-    if not isinstance(item, Mapping):
-        return None
-    try:
-        low, high = item["ci"]
-        return float(item["mean"]), (float(low), float(high))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _predicted(
-    config: TimingConfiguration, cycle: Mapping[str, Any], only: frozenset[str]
-) -> Predicted:
-    """The prediction of the same quantity as measured, from the deployment's cycle record.
-
-    The chosen candidate's paired change of the approach halting vehicle-seconds
-    and NOx over the intersections ``only`` (:func:`simulators.twin.field_prediction`
-    on the recorded what-if); over every intersection when the runs cannot be
-    restricted; the configuration's prediction (the twin's mean wait per vehicle)
-    when the what-if recorded no approach totals.
-    """
-    gate = cycle.get("gate")
-    chosen = gate.get("chosen") if isinstance(gate, Mapping) else None
-    whatif = cycle.get("whatif")
-    result = whatif.get("result") if isinstance(whatif, Mapping) else None
-    if isinstance(chosen, str) and isinstance(result, Mapping):
-        from simulators.twin.results import WhatIfResult, field_prediction
-
-        try:
-            wait, nox = field_prediction(WhatIfResult.from_dict(result), chosen, only)
-            return Predicted(wait.mean, wait.ci, nox.mean, nox.ci)
-        except (SignaltwinError, KeyError, ValueError, TypeError) as e:
-            logger.info("no per-intersection prediction of %s (%s)", chosen, e)
-        for o in result.get("outcomes") or []:
-            if isinstance(o, Mapping) and o.get("name") == chosen:
-                changes = o.get("changes")
-                changes = changes if isinstance(changes, Mapping) else {}
-                w, n = _change(changes, "approach_wait"), _change(changes, "approach_nox")
-                if w is not None and n is not None:
-                    return Predicted(w[0], w[1], n[0], n[1])
-    p = config.predicted
-    return Predicted(
-        p.wait_change,
-        (p.wait_change_ci[0], p.wait_change_ci[1]),
-        p.nox_change,
-        (p.nox_change_ci[0], p.nox_change_ci[1]),
-        quantity="mean wait per vehicle (twin; the what-if recorded no approach totals)",
-    )
