@@ -137,10 +137,12 @@ class Observation:
             "unhealthy": list(self.unhealthy),
         }
         if self.counters is not None:
+            # cumulative, so that a restarted daemon can measure windows it had open
             data["counters"] = {
                 "field_time_s": self.counters.field_time_s,
                 "halting_veh_s": dict(sorted(self.counters.halting_veh_s.items())),
                 "nox_mg": dict(sorted(self.counters.nox_mg.items())),
+                "detector_counts": dict(sorted(self.counters.detector_counts.items())),
             }
         return data
 

@@ -255,6 +255,101 @@ class FeedbackCollector:
             except SignaltwinError as e:
                 logger.warning("feedback store: could not record deployment: %s", e)
 
+    def resume_from_ledger(self) -> int:
+        """After a restart: the counter readings and open measurements the ledger holds.
+
+        Every cycle record's observation carries the controllers' cumulative
+        counters; every ``deployed`` deployment without a ``measured_delta`` is
+        measured again over its own window (its truth fork, if any, is lost).
+
+        Returns:
+            How many deployments wait for their measurement.
+        """
+        from simulators.field.records import FieldCounters
+
+        measured = {
+            int(r.body["deployment"])
+            for r in self.ledger.iter_records("measured_delta")
+            if isinstance(r.body.get("deployment"), int)
+        }
+        with self._lock:
+            for r in self.ledger.iter_records("cycle"):
+                observation = r.body.get("observation")
+                counters = observation.get("counters") if isinstance(observation, Mapping) else None
+                if not isinstance(counters, Mapping):
+                    continue
+                try:
+                    reading = FieldCounters(
+                        field_time_s=float(counters["field_time_s"]),
+                        halting_veh_s={
+                            str(k): float(v) for k, v in counters["halting_veh_s"].items()
+                        },
+                        nox_mg={str(k): float(v) for k, v in counters["nox_mg"].items()},
+                        detector_counts={
+                            str(k): int(v) for k, v in counters.get("detector_counts", {}).items()
+                        },
+                    )
+                except (KeyError, TypeError, ValueError, AttributeError) as e:
+                    logger.warning("cycle record %d: counters unreadable (%s)", r.index, e)
+                    continue
+                self.log.add(reading)
+                self._now_s = max(self._now_s, reading.field_time_s)
+            for r in self.ledger.iter_records("deployment"):
+                if r.body.get("result") != "deployed":
+                    continue
+                try:
+                    cfg = TimingConfiguration.model_validate(r.body["configuration"])
+                except (KeyError, ValueError) as e:
+                    logger.warning(
+                        "deployment record %d: configuration unreadable (%s)", r.index, e
+                    )
+                    continue
+                cycle = self._cycle_body(r.index)
+                push = r.body.get("push")
+                results = push.get("results") if isinstance(push, Mapping) else None
+                at = (
+                    results.get("activate_at_field_time_s")
+                    if isinstance(results, Mapping)
+                    else None
+                )
+                if not isinstance(at, int | float):
+                    observation = cycle.get("observation")
+                    at = (
+                        observation.get("field_time_s")
+                        if isinstance(observation, Mapping)
+                        else None
+                    )
+                if not isinstance(at, int | float):
+                    continue
+                if any(s == cfg.sequence for _, s in self._activations):
+                    continue
+                self._activations.append((float(at), cfg.sequence))
+                if r.index in measured:
+                    continue
+                previous = plans_of(cycle.get("current"))
+                only = changed_intersections(previous, cfg.intersections)
+                self._pending.append(
+                    PendingMeasurement(
+                        ledger_index=r.index,
+                        deployment_id=cfg.digest(),
+                        sequence=cfg.sequence,
+                        activate_at_field_time_s=float(at),
+                        previous=previous,
+                        deployed=dict(cfg.intersections),
+                        only=only,
+                        predicted=predicted_from_cycle(cfg, cycle, only),
+                    )
+                )
+            self._activations.sort()
+            self._pending.sort(key=lambda p: p.activate_at_field_time_s)
+            if self._pending:
+                logger.info(
+                    "resumed %d open measurement(s) and %d counter reading(s) from the ledger",
+                    len(self._pending),
+                    len(self.log),
+                )
+            return len(self._pending)
+
     def _cycle_body(self, deployment_index: int) -> Mapping[str, Any]:
         try:
             body = self.ledger.get(deployment_index).body

@@ -688,6 +688,8 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
             counterfactual=CounterfactualAdapter(settings, twin),
             calibration=calibration,
         )
+        # windows a previous run of the daemon had open are measured all the same
+        collector.resume_from_ledger()
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,

@@ -396,3 +396,60 @@ def test_controllers_without_totals_make_the_delta_not_measurable(tmp_path: Path
 def test_changed_intersections_are_those_whose_plan_moved() -> None:
     previous = {"J1": _plan(30), "J2": _plan(30)}
     assert changed_intersections(previous, {"J1": _plan(40), "J2": _plan(30)}) == {"J1"}
+
+
+def test_a_restarted_daemon_measures_the_window_it_had_open(tmp_path: Path) -> None:
+    """Counter readings and the open deployment come back from the cycle records."""
+    field = Field()
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        for t in range(0, 1000, 100):
+            obs = field.observation(float(t)).to_dict()
+            ledger.append("cycle", {"cycle_id": f"c{t}", "outcome": "refused", "observation": obs})
+        cfg = config(1, 40)
+        cycle = ledger.append(
+            "cycle",
+            {
+                "cycle_id": "c995",
+                "outcome": "pushing",
+                "observation": field.observation(995.0).to_dict(),
+                "current": {t: p.model_dump(mode="json") for t, p in BASE_PLANS.items()},
+            },
+        )
+        ledger.append(
+            "deployment",
+            {
+                "sequence": 1,
+                "config_digest": cfg.digest(),
+                "envelope": {},
+                "configuration": cfg.to_dict(),
+                "cycle_index": cycle.index,
+                "result": "deployed",
+                "push": {"ok": True, "results": {"activate_at_field_time_s": 1000.0}},
+            },
+        )
+        field.plan(1000.0, {"J1": 0.8, "J2": 1.6})
+        for t in (1100.0, 1200.0, 1300.0):  # the daemon stopped here
+            obs = field.observation(t).to_dict()
+            ledger.append("cycle", {"cycle_id": f"c{t}", "outcome": "refused", "observation": obs})
+
+        estimator = Counterfactual()
+        collector = FeedbackCollector(
+            settings_for(tmp_path),
+            ledger,
+            lambda: field.counters(1700.0),
+            Proposer(),
+            counterfactual=estimator,
+        )
+        assert collector.resume_from_ledger() == 1
+        assert collector.holding(1400.0) == "measuring plan 1 until t=1600 s"
+        for t in (1400.0, 1500.0, 1600.0):  # the restarted daemon's cycles
+            collector.observed(field.observation(t))
+        assert collector.collect().measured == 1
+        (record,) = ledger.find("measured_delta")
+        # measured once: a second resume finds nothing open
+        assert collector.resume_from_ledger() == 0
+    assert record.body["window"] == {"begin_s": 1000.0, "end_s": 1600.0}
+    assert record.body["measured"]["intersections"] == ["J1", "J2"]
+    (call,) = estimator.calls
+    assert call["before"].begin_s == 400.0
+    assert call["after"].wait_veh_s() == pytest.approx(600 * 2.4, rel=0.01)
