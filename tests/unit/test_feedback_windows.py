@@ -442,8 +442,8 @@ def test_a_restarted_daemon_measures_the_window_it_had_open(tmp_path: Path) -> N
         )
         assert collector.resume_from_ledger() == 1
         assert collector.holding(1400.0) == "measuring plan 1 until t=1600 s"
-        for t in (1400.0, 1500.0, 1600.0):  # the restarted daemon's cycles
-            collector.observed(field.observation(t))
+        for now in (1400.0, 1500.0, 1600.0):  # the restarted daemon's cycles
+            collector.observed(field.observation(now))
         assert collector.collect().measured == 1
         (record,) = ledger.find("measured_delta")
         # measured once: a second resume finds nothing open
