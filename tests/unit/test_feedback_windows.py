@@ -428,9 +428,11 @@ def test_a_restarted_daemon_measures_the_window_it_had_open(tmp_path: Path) -> N
             },
         )
         field.plan(1000.0, {"J1": 0.8, "J2": 1.6})
-        for t in (1100.0, 1200.0, 1300.0):  # the daemon stopped here
-            obs = field.observation(t).to_dict()
-            ledger.append("cycle", {"cycle_id": f"c{t}", "outcome": "refused", "observation": obs})
+        for later in (1100.0, 1200.0, 1300.0):  # the daemon stopped after these
+            obs = field.observation(later).to_dict()
+            ledger.append(
+                "cycle", {"cycle_id": f"c{later}", "outcome": "refused", "observation": obs}
+            )
 
         estimator = Counterfactual()
         collector = FeedbackCollector(
