@@ -611,7 +611,9 @@ class FeedbackCollector:
                     predicted_wait_change=item.predicted.wait_change,
                     predicted_nox_change=item.predicted.nox_change,
                     wait_change_ci=(est.wait_ci[0], est.wait_ci[1]),
-                    source=str(est.method),
+                    # the store's name for an estimate against a counterfactual (the
+                    # estimator's method is in the ledger record)
+                    source="counterfactual",
                 )
                 self._measured_since_tune += 1
             except SignaltwinError as e:

@@ -209,7 +209,7 @@ def test_the_estimate_is_the_feedback_store_reward(tmp_path: Path) -> None:
         assert store.count() == len(samples.rewards) > 0
     (delta,) = Store.deltas
     assert delta.deployment == config(1, 40).digest()
-    assert delta.source == "fake/v1"
+    assert delta.source == "counterfactual"
     assert delta.wait_change == pytest.approx(body["estimated"]["wait_change"], abs=1e-5)
     assert delta.predicted_wait_change == pytest.approx(-0.23)
 
