@@ -433,15 +433,18 @@ class OpcUaFleet:
     @staticmethod
     def _counters(reachable: list[Any]) -> FieldCounters | None:
         """The cumulative totals of the controllers that report them (None: none does)."""
-        totals = [
-            s for s in reachable if s.halting_total_veh_s is not None and s.nox_total_mg is not None
+        # an actuator's snapshot may predate the totals (a fake, an older adapter)
+        read = [
+            (s, getattr(s, "halting_total_veh_s", None), getattr(s, "nox_total_mg", None))
+            for s in reachable
         ]
+        totals = [(s, h, n) for s, h, n in read if h is not None and n is not None]
         if not totals:
             return None
         return FieldCounters(
             field_time_s=max(s.field_time_s for s in reachable),
-            halting_veh_s={s.tls_id: float(s.halting_total_veh_s) for s in totals},
-            nox_mg={s.tls_id: float(s.nox_total_mg) for s in totals},
+            halting_veh_s={s.tls_id: float(h) for s, h, _ in totals},
+            nox_mg={s.tls_id: float(n) for s, _, n in totals},
             detector_counts={d: int(v[0]) for s in reachable for d, v in s.detectors.items()},
         )
 
