@@ -24,17 +24,20 @@ __all__ = [
     "ACTIVE_FROM_FIELD_TIME",
     "ACTIVE_SEQUENCE",
     "CONTROLLER_ID",
+    "CUMULATIVE_TOTALS",
     "DETECTORS",
     "DETECTOR_COUNTS",
     "DETECTOR_IDS",
     "DETECTOR_OCCUPANCY",
     "FIELD_TIME",
+    "HALTING_TOTAL",
     "HEALTH",
     "INTERVAL_END",
     "MEAN_WAIT",
     "METHODS",
     "NAMESPACE_URI",
     "NOX",
+    "NOX_TOTAL",
     "OBJECT",
     "OBJECT_BROWSE_NAME",
     "PLAN_STATUS_TEXT",
@@ -74,6 +77,8 @@ DETECTOR_OCCUPANCY: Final = "TrafficController.DetectorOccupancy"
 MEAN_WAIT: Final = "TrafficController.Measurements.MeanWait"
 NOX: Final = "TrafficController.Measurements.NOx"
 INTERVAL_END: Final = "TrafficController.Measurements.IntervalEnd"
+HALTING_TOTAL: Final = "TrafficController.Measurements.HaltingTotal"
+NOX_TOTAL: Final = "TrafficController.Measurements.NOxTotal"
 DETECTORS: Final = "TrafficController.Detectors"
 MEASUREMENTS: Final = "TrafficController.Measurements"
 
@@ -206,7 +211,26 @@ VARIABLES: Final[tuple[VariableSpec, ...]] = (
         "Double",
         "Field time (s) at which the last measurement interval ended.",
     ),
+    VariableSpec(
+        HALTING_TOTAL,
+        "HaltingTotal",
+        "Double",
+        "Halting vehicle-seconds (speed < 0.1 m/s) on the intersection's approach lanes "
+        "since the controller started (cumulative, never decreases while it runs).",
+    ),
+    VariableSpec(
+        NOX_TOTAL,
+        "NOxTotal",
+        "Double",
+        "NOx emitted (mg) on the intersection's approach lanes since the controller "
+        "started (cumulative).",
+    ),
 )
+
+#: The cumulative totals (:data:`HALTING_TOTAL`, :data:`NOX_TOTAL`). A controller that
+#: predates them does not expose these nodes; the daemon then reads the others alone
+#: and treats the intersection's measured deltas as not measurable.
+CUMULATIVE_TOTALS: Final = (HALTING_TOTAL, NOX_TOTAL)
 
 _STATUS = Argument("status", "UInt32", "A PlanStatus code (0 = OK).")
 _MESSAGE = Argument("message", "String", "What happened, in words (names the failed check).")

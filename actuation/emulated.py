@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from asyncua import ua as _ua
 from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData
@@ -55,6 +55,7 @@ ua: Any = _ua
 __all__ = [
     "SECURITY_POLICIES",
     "ControllerAccess",
+    "CountingField",
     "EmulatedController",
     "EmulatedFleet",
     "pinned_clients",
@@ -91,6 +92,20 @@ class ControllerAccess:
     operator_certificates_der: tuple[bytes, ...] = ()
     max_sessions_per_connection: int = 4
     max_sessions: int = 64
+
+
+@runtime_checkable
+class CountingField(Protocol):
+    """A :class:`~actuation.core.SignalField` that also keeps cumulative approach totals.
+
+    A field that has this method gets ``Measurements.HaltingTotal`` and
+    ``Measurements.NOxTotal`` served; one without it is served like a controller
+    that predates them (the nodes are absent).
+    """
+
+    def totals(self, tls_id: str) -> tuple[float, float]:
+        """``(halting_veh_s, nox_mg)`` on ``tls_id``'s approach lanes since the field started."""
+        ...
 
 
 # --------------------------------------------------------------------------- fast address space
@@ -259,6 +274,8 @@ class EmulatedController:
         self._publisher: asyncio.Task[None] | None = None
         self._detector_ids: tuple[str, ...] = ()
         self._lock = asyncio.Lock()
+        #: whether the field keeps cumulative totals (HaltingTotal/NOxTotal are served)
+        self._totals = isinstance(core.field, CountingField)
 
     @property
     def tls_id(self) -> str:
@@ -384,8 +401,12 @@ class EmulatedController:
             c.MEAN_WAIT: 0.0,
             c.NOX: 0.0,
             c.INTERVAL_END: 0.0,
+            c.HALTING_TOTAL: 0.0,
+            c.NOX_TOTAL: 0.0,
         }
         for spec in c.VARIABLES:
+            if spec.node_id in c.CUMULATIVE_TOTALS and not self._totals:
+                continue
             parent = measurements if spec.node_id.startswith(c.MEASUREMENTS + ".") else obj
             var = await parent.add_variable(
                 ua.NodeId(spec.node_id, ns),
@@ -507,6 +528,7 @@ class EmulatedController:
         try:
             snapshot = field.detector_snapshot(tls)
             mean_wait_s, nox_mg, interval_end_s = field.measurements(tls)
+            totals = field.totals(tls) if isinstance(field, CountingField) else None
             health = field.health(tls)
         except Exception as e:  # noqa: BLE001 - the field failing is published, not fatal
             logger.warning("controller %s: field read failed: %s", tls, e)
@@ -527,6 +549,9 @@ class EmulatedController:
         await self._write(c.MEAN_WAIT, float(mean_wait_s), "Double")
         await self._write(c.NOX, float(nox_mg), "Double")
         await self._write(c.INTERVAL_END, float(interval_end_s), "Double")
+        if totals is not None and self._totals:
+            await self._write(c.HALTING_TOTAL, float(totals[0]), "Double")
+            await self._write(c.NOX_TOTAL, float(totals[1]), "Double")
 
     async def _publish_loop(self) -> None:
         while True:

@@ -80,8 +80,11 @@ _SNAPSHOT_NODES = [
 ]
 
 
-def _snapshot(tls_id: str, values: list[Any]) -> ControllerSnapshot:
+def _snapshot(
+    tls_id: str, values: list[Any], totals: list[Any] | None = None
+) -> ControllerSnapshot:
     (ft, health, a_seq, a_dig, a_from, s_seq, s_dig, ids, counts, occ, wait, nox, end) = values
+    halting_total, nox_total = (None, None) if totals is None else totals
     ids = list(ids or [])
     counts = list(counts or [])
     occ = list(occ or [])
@@ -104,6 +107,8 @@ def _snapshot(tls_id: str, values: list[Any]) -> ControllerSnapshot:
         mean_wait_s=float(wait),
         nox_mg=float(nox),
         interval_end_s=float(end),
+        halting_total_veh_s=None if halting_total is None else float(halting_total),
+        nox_total_mg=None if nox_total is None else float(nox_total),
     )
 
 
@@ -200,8 +205,17 @@ class ControllerPool:
     async def read_one(self, tls_id: str) -> ControllerSnapshot:
         """One controller's snapshot (``reachable=False`` with the error if it failed)."""
         link = self._links[tls_id]
+        nodes = _SNAPSHOT_NODES + list(c.CUMULATIVE_TOTALS)
         try:
-            return _snapshot(tls_id, await link.read(_SNAPSHOT_NODES))
+            try:
+                values = await link.read(nodes)
+            except ActuationError as e:
+                if not str(e).startswith("read refused"):
+                    raise
+                # a controller that predates the cumulative totals: the rest still counts
+                return _snapshot(tls_id, await link.read(_SNAPSHOT_NODES))
+            n = len(_SNAPSHOT_NODES)
+            return _snapshot(tls_id, values[:n], values[n:])
         except (ActuationError, ValueError, TypeError) as e:
             return ControllerSnapshot(
                 tls_id=tls_id, reachable=False, health="unreachable", error=str(e)

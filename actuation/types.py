@@ -73,6 +73,11 @@ class ControllerSnapshot:
     mean_wait_s: float = 0.0
     nox_mg: float = 0.0
     interval_end_s: float = 0.0
+    #: halting vehicle-seconds on the approaches since the controller started
+    #: (``Measurements.HaltingTotal``); None when the controller does not report it
+    halting_total_veh_s: float | None = None
+    #: NOx on the approaches since the controller started, mg (``Measurements.NOxTotal``)
+    nox_total_mg: float | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +96,8 @@ class ControllerSnapshot:
             "mean_wait_s": self.mean_wait_s,
             "nox_mg": self.nox_mg,
             "interval_end_s": self.interval_end_s,
+            "halting_total_veh_s": self.halting_total_veh_s,
+            "nox_total_mg": self.nox_total_mg,
             "error": self.error,
         }
 

@@ -34,6 +34,7 @@ __all__ = [
     "ControllerEndpoint",
     "ControllersSettings",
     "EdgeSettings",
+    "FeedbackSettings",
     "FleetShare",
     "GateSettings",
     "HsmSettings",
@@ -103,7 +104,9 @@ class ScheduleSettings(BaseModel):
         900, description="Seconds between measured-delta collection and fine-tuning runs."
     )
     measure_after_s: Seconds = Field(
-        240, description="Field seconds after activation over which the outcome is measured."
+        240,
+        description="No longer used (kept so that older files still load): deployments "
+        "are measured over feedback.window_s.",
     )
     shutdown_deadline_s: Seconds = Field(
         30, description="How long SIGTERM waits for a running cycle to finish or abort."
@@ -351,6 +354,32 @@ class VideoSettings(BaseModel):
     duration_s: Annotated[float, Field(gt=0, le=600)] = 20.0
 
 
+class FeedbackSettings(BaseModel):
+    """How deployments are measured in the field (``controller.feedback``)."""
+
+    model_config = _STRICT
+
+    window_s: Seconds | None = Field(
+        None,
+        description="Field seconds before and after an activation that are compared "
+        "(None: simulation.horizon_s, so the measured change covers the same time as the "
+        "predicted one). At least 2 x schedule.interval_s.",
+    )
+    hold_deployments: bool = Field(
+        True,
+        description="While a deployment's after-window is open, deploy nothing new "
+        "(the cycle records the gate's decision as held), so each window sees one plan.",
+    )
+    estimator_seeds: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None,
+        description="Seeds of the counterfactual re-simulation (None: simulation.seeds).",
+    )
+    calibrate: bool = Field(
+        True,
+        description="Correct the twin's demand scale from the measured twin-vs-field gap.",
+    )
+
+
 class RlSettings(BaseModel):
     """The policy and its training."""
 
@@ -405,7 +434,30 @@ class Settings(BaseModel):
     rl: RlSettings = Field(default_factory=RlSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     source: Path | None = Field(None, exclude=True, description="The TOML file this came from.")
+
+    @model_validator(mode="after")
+    def _window_spans_cycles(self) -> Settings:
+        window = self.feedback.window_s
+        if window is not None and window < 2 * self.schedule.interval_s:
+            raise ValueError(
+                f"feedback.window_s = {window} is shorter than 2 x schedule.interval_s "
+                f"({2 * self.schedule.interval_s}): its edges are interpolated between counter "
+                "readings taken once a cycle, so a window must span at least two; raise "
+                "feedback.window_s (it should equal simulation.horizon_s) or omit it"
+            )
+        return self
+
+    @property
+    def feedback_window_s(self) -> int:
+        """The measuring window in force: ``feedback.window_s``, else ``simulation.horizon_s``."""
+        return self.feedback.window_s or self.simulation.horizon_s
+
+    @property
+    def estimator_seeds(self) -> int:
+        """Seeds of the counterfactual: ``feedback.estimator_seeds``, else ``simulation.seeds``."""
+        return self.feedback.estimator_seeds or self.simulation.seeds
 
     def resolved(self, base_dir: Path) -> Settings:
         """Return a copy whose relative paths are absolute.

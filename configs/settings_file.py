@@ -61,6 +61,10 @@ def format_validation_error(error: ValidationError, raw: Any) -> str:
     lines = []
     for item in error.errors():
         loc = item["loc"]
+        if not loc:
+            # a rule across sections: its message names the keys
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
         key = _toml_key(loc)
         value = _lookup(raw, loc)
         shown = "(missing)" if value is _MISSING else repr(value)

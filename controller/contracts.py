@@ -19,7 +19,11 @@ Names (one per concept):
   of a cycle's report; :class:`CycleReport` is the cycle's own.
 * :class:`MeasurementSource`, :class:`PolicyHolder`, :class:`FeedbackSink` --
   what the feedback collector needs of the field, the proposer and the RL
-  feedback store.
+  feedback store; :class:`CounterfactualPort` (the twin re-simulating the
+  previous plan on the demand the field had), :class:`CalibrationPort` (the
+  twin's demand correction) and :class:`TruthPort` (evaluation only: the field
+  forked at activation) -- what it needs to turn windows of counters into a
+  measured delta.
 """
 
 from __future__ import annotations
@@ -37,12 +41,16 @@ from configs.timing import IntersectionTiming, TimingConfiguration
 
 if TYPE_CHECKING:
     from controller.gate import CandidateOutcome
+    from simulators.field.records import FieldCounters, WindowTotals
 
 __all__ = [
     "STAGES",
     "BasicCycleReport",
+    "CalibrationPort",
     "ComponentHealth",
     "ControllerFleet",
+    "CounterfactualEstimate",
+    "CounterfactualPort",
     "CycleCancelled",
     "CycleReport",
     "CycleReportLike",
@@ -61,6 +69,9 @@ __all__ = [
     "RunsCycles",
     "ScheduleSettingsLike",
     "SkipReason",
+    "TrueDeltaLike",
+    "TruthPending",
+    "TruthPort",
     "TwinPort",
     "WhatIfSummary",
 ]
@@ -110,10 +121,14 @@ class Observation:
     measurements: Mapping[str, tuple[float, float]]
     #: tls ids whose controller did not answer
     unhealthy: tuple[str, ...] = ()
+    #: the controllers' cumulative totals (approach halting, NOx, detector counts) at
+    #: this observation; None when no controller reports them (measured deltas are
+    #: then not measurable); intersections whose controller lacks them are absent
+    counters: FieldCounters | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the ledger."""
-        return {
+        data: dict[str, Any] = {
             "field_time_s": self.field_time_s,
             "interval_s": self.interval_s,
             "counts": dict(sorted(self.counts.items())),
@@ -121,6 +136,15 @@ class Observation:
             "measurements": {k: list(v) for k, v in sorted(self.measurements.items())},
             "unhealthy": list(self.unhealthy),
         }
+        if self.counters is not None:
+            # cumulative, so that a restarted daemon can measure windows it had open
+            data["counters"] = {
+                "field_time_s": self.counters.field_time_s,
+                "halting_veh_s": dict(sorted(self.counters.halting_veh_s.items())),
+                "nox_mg": dict(sorted(self.counters.nox_mg.items())),
+                "detector_counts": dict(sorted(self.counters.detector_counts.items())),
+            }
+        return data
 
 
 @dataclass(frozen=True)
@@ -225,14 +249,23 @@ class RendererPort(Protocol):
 class FeedbackHook(Protocol):
     """What the cycle tells the measured-delta collector (``feedback.FeedbackCollector``)."""
 
+    def observed(self, observation: Observation) -> None:
+        """Keep the observation's counter reading (window edges are placed on readings)."""
+        ...
+
+    def holding(self, field_time_s: float) -> str | None:
+        """Why nothing may be deployed now (a window is open), or None when free to deploy."""
+        ...
+
     def deployed(
         self,
         ledger_index: int,
         config: TimingConfiguration,
         observation: Observation,
         activate_at_field_time_s: float | None,
+        previous: Plans | None = None,
     ) -> None:
-        """Remember a deployment until its outcome can be measured."""
+        """Remember a deployment (activating at the given time) until it can be measured."""
         ...
 
     def collect(self) -> FeedbackReport:
@@ -244,10 +277,146 @@ class FeedbackHook(Protocol):
 
 
 class MeasurementSource(Protocol):
-    """Reads the field's interval measurements (``OpcUaFleet.read_measurements``)."""
+    """Reads the controllers' cumulative counters now (``OpcUaFleet.read_counters``)."""
 
-    def __call__(self) -> tuple[float, Mapping[str, tuple[float, float]]]:
-        """Return (field time s, {tls id: (mean wait s, NOx mg)})."""
+    def __call__(self) -> FieldCounters | None:
+        """The counters, or None when no controller reports them."""
+        ...
+
+
+class CounterfactualEstimate(Protocol):
+    """The estimated measured delta of one deployment (what the collector reads of it).
+
+    ``simulators.twin.counterfactual.estimate_counterfactual`` returns one.
+    Changes are fractions of the approach halting vehicle-seconds (and NOx),
+    ``deployed / counterfactual - 1``, negative = better.
+    """
+
+    @property
+    def wait_change(self) -> float: ...  # noqa: D102
+
+    @property
+    def wait_ci(self) -> tuple[float, float]: ...  # noqa: D102
+
+    @property
+    def nox_change(self) -> float: ...  # noqa: D102
+
+    @property
+    def nox_ci(self) -> tuple[float, float]: ...  # noqa: D102
+
+    @property
+    def gap_before(self) -> float:
+        """Twin-vs-field relative gap on the previous plan before activation."""
+        ...
+
+    @property
+    def model_change(self) -> float:
+        """The twin's own change (deployed vs previous) on the after-window's demand."""
+        ...
+
+    @property
+    def field_before_veh_s(self) -> float:
+        """Field halting vehicle-seconds over the before window (the intersections compared)."""
+        ...
+
+    @property
+    def twin_before_veh_s(self) -> float:
+        """The twin's halting vehicle-seconds of the previous plan on the before window."""
+        ...
+
+    @property
+    def method(self) -> str:
+        """How the estimate was made (e.g. ``twin-ratio/v1``)."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger."""
+        ...
+
+
+class CounterfactualPort(Protocol):
+    """Estimates what the previous plan would have done over a deployment's after window."""
+
+    def estimate(
+        self,
+        *,
+        before: WindowTotals,
+        after: WindowTotals,
+        previous: Plans,
+        deployed: Plans,
+        only: frozenset[str],
+        demand_scale: float,
+    ) -> CounterfactualEstimate:
+        """Re-simulate both plans on the after window's demand, corrected by the before gap."""
+        ...
+
+
+class CalibrationPort(Protocol):
+    """The twin's demand calibration (``simulators.calibration.TwinCalibration``, persisted)."""
+
+    @property
+    def demand_scale(self) -> float:
+        """Factor applied to the twin's estimated demand."""
+        ...
+
+    def update_from_estimate(self, estimate: CounterfactualEstimate) -> float:
+        """Learn from one measured deployment (both windows); return the new scale."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger's ``calibration`` record."""
+        ...
+
+
+class TrueDeltaLike(Protocol):
+    """Evaluation only: the true change of a deployment (``simulators.field.fork.TrueDelta``)."""
+
+    def wait_change(
+        self, horizon_s: float | None = None, only: frozenset[str] | None = None
+    ) -> float:
+        """True relative change of the approach halting vehicle-seconds.
+
+        Over the first ``horizon_s`` after the fork (None: the whole window), on
+        the intersections ``only`` (None: every one).
+        """
+        ...
+
+    def nox_change(
+        self, horizon_s: float | None = None, only: frozenset[str] | None = None
+    ) -> float:
+        """True relative change of the approaches' NOx (arguments as :meth:`wait_change`)."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the ledger."""
+        ...
+
+
+class TruthPending(Protocol):
+    """A truth run under way (a ``concurrent.futures.Future`` fits)."""
+
+    def done(self) -> bool:
+        """Whether :meth:`result` would answer without waiting."""
+        ...
+
+    def result(self) -> TrueDeltaLike:
+        """The true delta (raises what the run raised)."""
+        ...
+
+
+class TruthPort(Protocol):
+    """Evaluation only: fork the field at activation and run both plans on it."""
+
+    def start(
+        self,
+        *,
+        sequence: int,
+        activate_at_field_time_s: float,
+        in_force: Plans,
+        previous: Plans,
+        window_s: float,
+    ) -> TruthPending:
+        """Start the fork for deployment ``sequence``; the result arrives later."""
         ...
 
 
@@ -278,13 +447,19 @@ class FeedbackSink(Protocol):
         """Log what was deployed at each intersection and on what observation."""
         ...
 
-    def record_measurement(
+    def record_estimate(
         self,
         deployment: str,
-        before: Mapping[str, tuple[float, float]],
-        after: Mapping[str, tuple[float, float]],
+        wait_change: float,
+        nox_change: float,
+        *,
+        per_intersection: Mapping[str, tuple[float, float]] | None = None,
+        predicted_wait_change: float | None = None,
+        predicted_nox_change: float | None = None,
+        wait_change_ci: tuple[float, float] | None = None,
+        source: str = "counterfactual",
     ) -> Any:
-        """Store the field's measured delta of a deployment."""
+        """Store a deployment's estimated measured delta (the reward of its samples)."""
         ...
 
     def count(self, measured_only: bool = True) -> int:
@@ -404,14 +579,18 @@ class FeedbackReport:
     Attributes:
         measured: deployments whose field outcome was measured in this run.
         prediction_error_ratios: per measured deployment, the relative error of the
-            predicted change against the measured one (``|measured - predicted| /
+            predicted change against the estimated one (``|estimated - predicted| /
             |predicted|``).
         fine_tuned: whether the policy was fine-tuned.
+        superseded: deployments recorded as superseded (no delta) in this run.
+        not_measurable: deployments recorded as not measurable in this run.
     """
 
     measured: int = 0
     prediction_error_ratios: tuple[float, ...] = ()
     fine_tuned: bool = False
+    superseded: int = 0
+    not_measurable: int = 0
 
 
 # --------------------------------------------------------------------------- the daemon's view

@@ -207,6 +207,7 @@ class CycleRunner:
                 record["observation"] = observation.to_dict()
                 report.controllers_up = {t: True for t in observation.active}
                 report.controllers_up.update({t: False for t in observation.unhealthy})
+                self._tell_feedback_observed(observation)
             with timed("estimate"):
                 demand, demand_sha = self.twin.estimate(observation)
                 record["demand"] = {"sha256": demand_sha, "snapshot": demand}
@@ -232,6 +233,16 @@ class CycleRunner:
                 report.decision = decision.decision
             if decision.chosen is None:
                 report.ok = True
+                return self._finish(report, record, CycleOutcome.REFUSED)
+            held = self._held(observation)
+            if held is not None:
+                # a deployment's measuring window is open: a new plan now would
+                # put two plans in one window (feedback.hold_deployments)
+                record["reason"] = held
+                record["gate"]["held"] = held
+                report.decision = "held"
+                report.ok = True
+                logger.info("gate passed %s but deployment is held: %s", decision.chosen, held)
                 return self._finish(report, record, CycleOutcome.REFUSED)
             chosen = decision.chosen
             outcome = next(o for o in summary.outcomes if o.name == chosen)
@@ -385,11 +396,16 @@ class CycleRunner:
         # a sequence once signed is never reused, deployed or not
         self.sequence = config.sequence
         if result == "deployed":
+            previous = dict(self.current)
             self.current = dict(config.intersections)
             if self.feedback is not None and self._observation is not None:
                 try:
                     self.feedback.deployed(
-                        ref.index, config, self._observation, pushed.activate_at_field_time_s
+                        ref.index,
+                        config,
+                        self._observation,
+                        pushed.activate_at_field_time_s,
+                        previous=previous,
                     )
                 except Exception:  # noqa: BLE001 - feedback must never fail a deployment
                     logger.exception("could not register plan %d for feedback", config.sequence)
@@ -398,6 +414,24 @@ class CycleRunner:
             for tls in sorted(pushed.running):
                 if tls in config.intersections:
                     self.current[tls] = config.intersections[tls]
+
+    def _tell_feedback_observed(self, observation: Observation) -> None:
+        if self.feedback is None:
+            return
+        try:
+            self.feedback.observed(observation)
+        except Exception:  # noqa: BLE001 - feedback must never fail a cycle
+            logger.exception("feedback collector could not keep the observation")
+
+    def _held(self, observation: Observation) -> str | None:
+        """Why the deployment must wait (a measuring window is open), or None."""
+        if self.feedback is None or self.settings.mode == "shadow":
+            return None
+        try:
+            return self.feedback.holding(observation.field_time_s)
+        except Exception:  # noqa: BLE001 - an unreadable hold never blocks the loop for ever
+            logger.exception("feedback collector could not say whether to hold")
+            return None
 
     def _finish(
         self, report: CycleReport, record: dict[str, Any], outcome: CycleOutcome

@@ -28,22 +28,35 @@ from configs.errors import (
 from configs.settings import Settings
 from configs.settings_file import read_secret
 from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
-from controller.contracts import CycleCancelled, DeployOutcome, Observation, WhatIfSummary
+from controller.contracts import (
+    CounterfactualEstimate,
+    CycleCancelled,
+    DeployOutcome,
+    Observation,
+    WhatIfSummary,
+)
 from controller.cycle import CycleRunner
 from controller.feedback import FeedbackCollector
 from controller.gate import CandidateOutcome
 from controller.recovery import deploy_outcome, recover, settle
+from simulators.calibration import TwinCalibration
 from simulators.demand import RoadGraph, candidate_routes, estimate_demand, write_routes
+from simulators.field.records import FieldCounters, WindowTotals
 from simulators.network import NetworkModel
+from simulators.twin import CounterfactualEstimate as TwinEstimate
 from simulators.twin import (
+    DemandSource,
     LibsumoWhatIfEngine,
     WhatIfEngine,
     WhatIfRequest,
     WhatIfResult,
+    estimate_counterfactual,
     request_from_settings,
 )
 
 __all__ = [
+    "CalibrationFile",
+    "CounterfactualAdapter",
     "OpcUaFleet",
     "ProposerAdapter",
     "RendererAdapter",
@@ -85,9 +98,11 @@ class TwinAdapter:
         network: NetworkModel,
         detector_lanes: Mapping[str, str],
         engine: WhatIfEngine | None = None,
+        calibration: CalibrationFile | None = None,
     ) -> None:
         self.settings = settings
         self.network = network
+        self.calibration = calibration
         self.detector_lanes = dict(detector_lanes)
         self.graph = RoadGraph.from_net_file(Path(network.path))
         self.routes = candidate_routes(self.graph)
@@ -111,7 +126,10 @@ class TwinAdapter:
             routes=self.routes,
         )
         self._field_time_s = int(observation.field_time_s)
-        return estimate.snapshot, estimate.digest
+        if self.calibration is None:
+            return estimate.snapshot, estimate.digest
+        snapshot = self.calibration.apply(estimate.snapshot)
+        return snapshot, str(snapshot["digest"])
 
     def _routes_file(self, demand: Mapping[str, Any]) -> Path:
         sim = self.settings.simulation
@@ -412,6 +430,24 @@ class OpcUaFleet:
         self._previous_time_s = 0.0
         self.last_snapshots: dict[str, Any] = {}
 
+    @staticmethod
+    def _counters(reachable: list[Any]) -> FieldCounters | None:
+        """The cumulative totals of the controllers that report them (None: none does)."""
+        # an actuator's snapshot may predate the totals (a fake, an older adapter)
+        read = [
+            (s, getattr(s, "halting_total_veh_s", None), getattr(s, "nox_total_mg", None))
+            for s in reachable
+        ]
+        totals = [(s, h, n) for s, h, n in read if h is not None and n is not None]
+        if not totals:
+            return None
+        return FieldCounters(
+            field_time_s=max(s.field_time_s for s in reachable),
+            halting_veh_s={s.tls_id: float(h) for s, h, _ in totals},
+            nox_mg={s.tls_id: float(n) for s, _, n in totals},
+            detector_counts={d: int(v[0]) for s in reachable for d, v in s.detectors.items()},
+        )
+
     def prime(self) -> None:
         """Take the baseline observation (counts start from here)."""
         try:
@@ -445,6 +481,7 @@ class OpcUaFleet:
             active={s.tls_id: (s.active_sequence, s.active_digest) for s in reachable},
             measurements={s.tls_id: (s.mean_wait_s, s.nox_mg) for s in reachable},
             unhealthy=tuple(sorted(t for t, s in snapshots.items() if not s.reachable)),
+            counters=self._counters(reachable),
         )
 
     def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
@@ -475,19 +512,97 @@ class OpcUaFleet:
             push_record=report.to_dict(),
         )
 
-    def read_measurements(self) -> tuple[float, dict[str, tuple[float, float]]]:
-        """Field time and every reachable controller's (mean wait s, NOx mg)."""
+    def read_counters(self) -> FieldCounters | None:
+        """The reachable controllers' cumulative totals now (None: no controller reports them).
+
+        The field time is the latest any controller reports; controllers of one
+        field read within a second of each other.
+        """
         snapshots = [s for s in self.actuator.read_all().values() if s.reachable]
         if not snapshots:
             raise ActuationError("no controller could be read for measurements")
-        return (
-            max(s.field_time_s for s in snapshots),
-            {s.tls_id: (s.mean_wait_s, s.nox_mg) for s in snapshots},
-        )
+        return self._counters(snapshots)
 
     def close(self) -> None:
         """Close the sessions."""
         self.actuator.close()
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+class CalibrationFile:
+    """The twin's calibration, persisted in ``state_dir/calibration.json`` after each update."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.calibration = TwinCalibration.load_or_new(path)
+
+    @property
+    def demand_scale(self) -> float:
+        """Factor applied to the twin's estimated demand."""
+        return self.calibration.demand_scale
+
+    def update_from_estimate(self, estimate: CounterfactualEstimate) -> float:
+        """Learn from both windows of a measured deployment; save; return the new scale."""
+        if not isinstance(estimate, TwinEstimate):
+            raise SimulationError(
+                f"calibration learns from simulators.twin estimates, not {type(estimate).__name__}"
+            )
+        scale = self.calibration.update_from_estimate(estimate)
+        self.calibration.save(self.path)
+        return scale
+
+    def apply(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        """The demand snapshot with the scale applied."""
+        return self.calibration.apply(snapshot)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return self.calibration.to_dict()
+
+
+class CounterfactualAdapter:
+    """The counterfactual port: :func:`simulators.twin.estimate_counterfactual` on the twin."""
+
+    def __init__(self, settings: Settings, twin: TwinAdapter) -> None:
+        self.settings = settings
+        self.twin = twin
+        self.demand = DemandSource(
+            twin.detector_lanes,
+            twin.graph,
+            directory=settings.state_dir / "counterfactual",
+            routes=twin.routes,
+            fleet=settings.simulation.fleet,
+        )
+
+    def estimate(
+        self,
+        *,
+        before: WindowTotals,
+        after: WindowTotals,
+        previous: Mapping[str, IntersectionTiming],
+        deployed: Mapping[str, IntersectionTiming],
+        only: frozenset[str],
+        demand_scale: float,
+    ) -> TwinEstimate:
+        """Re-simulate the previous and deployed plans on the windows' own demand."""
+        sim = self.settings.simulation
+        return estimate_counterfactual(
+            self.twin.engine,
+            network=Path(self.twin.network.path),
+            demand=self.demand,
+            before=before,
+            after=after,
+            previous=previous,
+            deployed=deployed,
+            seeds=tuple(sim.base_seed + i for i in range(self.settings.estimator_seeds)),
+            warmup_s=sim.warmup_s,
+            confidence_level=self.settings.gate.confidence_level,
+            only=only,
+            demand_scale=demand_scale,
+            step_length_s=sim.step_length_s,
+        )
 
 
 # --------------------------------------------------------------------------- composition
@@ -540,7 +655,17 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
         fleet = OpcUaFleet(actuator, settings)
         closers.append(fleet)
         fleet.prime()
-        twin = TwinAdapter(settings, network, {d.id: d.lane_id for d in network.detectors})
+        calibration = (
+            CalibrationFile(settings.state_dir / "calibration.json")
+            if settings.feedback.calibrate
+            else None
+        )
+        twin = TwinAdapter(
+            settings,
+            network,
+            {d.id: d.lane_id for d in network.detectors},
+            calibration=calibration,
+        )
         closers.append(twin)
         policy = load_policy(settings)
         if policy is not None:
@@ -557,7 +682,17 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
 
         store = FeedbackStore(settings.rl.feedback_path)
         closers.append(store)
-        collector = FeedbackCollector(settings, ledger, fleet.read_measurements, proposer, store)
+        collector = FeedbackCollector(
+            settings,
+            ledger,
+            fleet.read_counters,
+            proposer,
+            store,
+            counterfactual=CounterfactualAdapter(settings, twin),
+            calibration=calibration,
+        )
+        # windows a previous run of the daemon had open are measured all the same
+        collector.resume_from_ledger()
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,

@@ -35,6 +35,7 @@ from configs.errors import LedgerError
 
 __all__ = [
     "RECORD_KINDS",
+    "CalibrationRecord",
     "CheckpointHead",
     "ConfigChangeRecord",
     "CycleRecord",
@@ -55,7 +56,13 @@ __all__ = [
 ]
 
 RecordKind = Literal[
-    "cycle", "deployment", "measured_delta", "key_enrolment", "config_change", "policy_version"
+    "cycle",
+    "deployment",
+    "measured_delta",
+    "key_enrolment",
+    "config_change",
+    "policy_version",
+    "calibration",
 ]
 RECORD_KINDS: tuple[str, ...] = get_args(RecordKind)
 
@@ -132,15 +139,72 @@ class DeploymentRecord(_Body):
     push: Any = None
 
 
+_Number = StrictFloat | StrictInt
+
+
 class MeasuredDeltaRecord(_Body):
-    """The field's measured change after a deployment, against the prediction."""
+    """The field's measured change after a deployment, against the prediction.
+
+    Records written before windowed measurement carry only ``deployment``,
+    ``measured`` (a before/after interval comparison), ``sequence``,
+    ``predicted`` and ``wait_error``; they still read and verify. Changes are
+    fractions (negative = better); ``errors`` are in percentage points.
+    """
 
     deployment: StrictInt = Field(description="index of the deployment record")
-    measured: Json
+    measured: Json = Field(
+        description="status, reason, the field's before/after totals of the compared "
+        "intersections, and wait_change/nox_change (the estimate) when measured"
+    )
     sequence: StrictInt | None = None
-    predicted: Json | None = None
-    wait_error: StrictFloat | StrictInt | None = None
-    window: Json | None = None
+    predicted: Json | None = Field(
+        default=None,
+        description="{quantity, wait_change, wait_ci, nox_change, nox_ci} of the what-if",
+    )
+    wait_error: _Number | None = Field(
+        default=None, description="estimated (older records: measured) minus predicted wait change"
+    )
+    window: Json | None = Field(default=None, description="{begin_s, end_s} of the after window")
+    quantity: StrictStr | None = Field(
+        default=None, description="what is compared: 'approach halting vehicle-seconds'"
+    )
+    status: Literal["measured", "superseded", "not_measurable"] | None = None
+    plan_in_force: StrictInt | None = Field(
+        default=None, description="sequence of the plan in force over the window"
+    )
+    superseded_by: StrictInt | None = Field(
+        default=None, description="sequence of the plan that cut the window short"
+    )
+    estimated: Json | None = Field(
+        default=None,
+        description="{wait_change, wait_ci, nox_change, nox_ci, method, gap_before, "
+        "model_change, detail}: the counterfactual estimate",
+    )
+    true: Json | None = Field(
+        default=None, description="evaluation only: the forked field's true change"
+    )
+    errors: Json | None = Field(
+        default=None,
+        description="estimated_minus_predicted_pp, true_minus_predicted_pp, "
+        "true_minus_estimated_pp (wait, percentage points)",
+    )
+
+
+class CalibrationRecord(_Body):
+    """The twin's calibration changed after a measured deployment."""
+
+    demand_scale: _Number = Field(description="factor on the twin's estimated demand now")
+    deployment: StrictInt | None = Field(
+        default=None, description="index of the deployment record it learnt from"
+    )
+    sequence: StrictInt | None = None
+    previous_demand_scale: _Number | None = None
+    field_before_veh_s: _Number | None = None
+    twin_before_veh_s: _Number | None = None
+    gap_before: _Number | None = None
+    calibration: Json | None = Field(
+        default=None, description="the calibration's state now (its last update)"
+    )
 
 
 class KeyEnrolmentRecord(_Body):
@@ -196,6 +260,7 @@ RecordBody = (
     | KeyEnrolmentRecord
     | ConfigChangeRecord
     | PolicyVersionRecord
+    | CalibrationRecord
 )
 
 _MODELS: dict[str, type[_Body]] = {
@@ -205,6 +270,7 @@ _MODELS: dict[str, type[_Body]] = {
     "key_enrolment": KeyEnrolmentRecord,
     "config_change": ConfigChangeRecord,
     "policy_version": PolicyVersionRecord,
+    "calibration": CalibrationRecord,
 }
 _KINDS: dict[type[_Body], str] = {model: kind for kind, model in _MODELS.items()}
 

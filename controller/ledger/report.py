@@ -31,6 +31,7 @@ from controller.ledger.report_charts import (
     sub,
     timeline,
 )
+from controller.ledger.report_deltas import measured_delta_section
 from controller.ledger.store import Ledger, Record
 from controller.ledger.verify import VerifyResult
 
@@ -240,12 +241,17 @@ def _summary(r: Record) -> str:
         )
     if r.kind == "measured_delta":
         m = sub(b, "measured")
+        status = b.get("status")
+        if status in ("superseded", "not_measurable"):
+            return f"{str(status).replace('_', ' ')} for record {b.get('deployment')}"
         return (
             f"measured for record {b.get('deployment')}: wait {pct(m.get('wait_change'))}, "
             f"NOx {pct(m.get('nox_change'))}"
         )
     if r.kind == "key_enrolment":
         return f"key {str(b.get('keyid'))[:16]}… enrolled"
+    if r.kind == "calibration":
+        return f"twin demand scale now {number(b.get('demand_scale')) or 0:.3f}"
     return f"{r.kind} {str(b.get('sha256', ''))[:12]}"
 
 
@@ -464,6 +470,7 @@ def build_report(
             )
         parts.append("</table>")
 
+    parts.append(measured_delta_section(records))
     parts.append("<h2>Predicted against measured, all deployments</h2>")
     parts.append(scatter(points))
     parts.append(f"<script>{_SCRIPT}</script></body></html>")

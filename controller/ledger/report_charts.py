@@ -20,6 +20,7 @@ _KIND_COLOURS = {
     "key_enrolment": "#6f42c1",
     "config_change": "#fd7e14",
     "policy_version": "#d63384",
+    "calibration": "#20c997",
 }
 
 

@@ -58,6 +58,22 @@ class FieldSignals:
             return 0.0, 0.0, float(self.field.config.begin_s)
         return m.mean_wait_s, m.nox_mg, snapshot.interval_end_s
 
+    def totals(self, tls_id: str) -> tuple[float, float]:
+        """``(halting_veh_s, nox_mg)`` on ``tls_id``'s approach lanes since the field started.
+
+        What a controller's cabinet keeps (``Measurements.HaltingTotal`` and
+        ``Measurements.NOxTotal``), from :meth:`FieldEmulator.counters`.
+        """
+        if tls_id not in self._by_tls:
+            raise ConfigError(
+                f"traffic light {tls_id!r} is not in network {self.field.network.path.name}"
+            )
+        counters = self.field.counters()
+        return (
+            float(counters.halting_veh_s.get(tls_id, 0.0)),
+            float(counters.nox_mg.get(tls_id, 0.0)),
+        )
+
     def health(self, tls_id: str) -> str:
         """``"ok"`` while the field runs, else ``"fault: <reason>"``."""
         if tls_id not in self._by_tls:
