@@ -38,8 +38,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,7 @@ class DayResult:
 # ---------------------------------------------------------------------------- references
 
 
-def run_reference(day: Any, kind: str, work: Path) -> DayResult:
+def run_reference(day: Any, kind: str, work: Path, *, end_s: float) -> DayResult:
     """Actuated control alone or max-pressure alone on one event day (ground-truth delay)."""
     from configs.settings_file import load_settings
     from controller.demo import default_demo_config
@@ -117,13 +117,20 @@ def run_reference(day: Any, kind: str, work: Path) -> DayResult:
     try:
         hook = None
         if kind == "actuated":
-            for tls, plan in actuated_plans(field_.network.base_programs(), settings.safety).items():
+            for tls, plan in actuated_plans(
+                field_.network.base_programs(), settings.safety
+            ).items():
                 field_.apply(tls, plan, field_.field_time_s)
         elif kind == "max-pressure":
-            hook = MaxPressureController(field_.network, settings.safety)
+            controller = MaxPressureController(field_.network, settings.safety)
+            view = _SessionView(field_)
+
+            def hook(_: Any) -> None:
+                controller(view)  # type: ignore[arg-type]
+
         else:
             raise ValueError(kind)
-        field_.step_until(config.begin_s + day.duration_s, hook)
+        field_.step_until(end_s, hook)
     finally:
         field_.close()
     stats = field_.trip_statistics()
@@ -134,6 +141,23 @@ def run_reference(day: Any, kind: str, work: Path) -> DayResult:
         vehicles=stats.vehicles,
         wall_s=time.perf_counter() - started,
     )
+
+
+class _SessionView:
+    """The field as :class:`rl.baselines.MaxPressureController` reads it (a FieldSession's face)."""
+
+    def __init__(self, field_: Any) -> None:
+        self._field = field_
+
+    @property
+    def time_s(self) -> float:
+        return float(self._field.field_time_s)
+
+    def lane_halting(self, lane_id: str) -> int:
+        return int(self._field.lane_halting(lane_id))
+
+    def set_signal_state(self, tls_id: str, state: str) -> None:
+        self._field.set_signal_state(tls_id, state)
 
 
 # ---------------------------------------------------------------------------- figures
@@ -158,3 +182,288 @@ def mean_delay(results: Sequence[DayResult]) -> float:
     """Vehicle-weighted mean delay over days."""
     vehicles = sum(r.vehicles for r in results)
     return sum(r.delay_s * r.vehicles for r in results) / vehicles if vehicles else math.nan
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def loop_settings(field_: Any, state_dir: Path, *, learn: bool) -> Any:
+    """The demo's settings on the day's network, state in ``state_dir``; learning on or off."""
+    from configs.settings_file import load_settings
+    from controller.demo import default_demo_config
+
+    settings = load_settings(default_demo_config()).with_state_dir(state_dir)
+    return settings.model_copy(
+        update={
+            "simulation": settings.simulation.model_copy(
+                update={"network": field_.network.path, "detectors": field_.detectors_path}
+            ),
+            "video": settings.video.model_copy(update={"enabled": False}),
+            "metrics": settings.metrics.model_copy(update={"enabled": False}),
+            "feedback": settings.feedback.model_copy(update={"calibrate": learn}),
+            "rl": settings.rl.model_copy(update={"fine_tune": learn}),
+        }
+    )
+
+
+def last_decision_s(day: Any, settings: Any) -> float:
+    """The loop's last decision: its window and the reading closing it end with the demand."""
+    return float(day.end_s - settings.feedback_window_s - settings.schedule.interval_s)
+
+
+def run_loop_day(day: Any, work: Path, state_dir: Path, *, learn: bool) -> DayResult:
+    """The gated loop on one day: cycles every interval, forks at activations, measured deltas."""
+    from controller.ledger import Ledger
+    from controller.lockstep import LockstepTruth, build_lockstep_runner
+    from rl.baselines import actuated_plans
+    from simulators.field import FieldEmulator
+
+    started = time.perf_counter()
+    field_ = FieldEmulator(day.field_config(work / "field")).start()
+    settings = loop_settings(field_, state_dir, learn=learn)
+    truth = LockstepTruth(field_, work / "forks")
+    start = actuated_plans(field_.network.base_programs(), settings.safety)
+    assembly = build_lockstep_runner(settings, field_, start_plans=start, truth=truth)
+    runner = assembly.runner
+    interval = float(settings.schedule.interval_s)
+    decide_until = last_decision_s(day, settings)
+    end = float(day.end_s)
+    cancel = threading.Event()
+    first_index = assembly.ledger.size()
+    cycles = 0
+    try:
+        t = field_.field_time_s
+        while t + interval <= end + 1e-9:
+            t = truth.advance(t + interval)
+            truth.settle(t)
+            if t <= decide_until + 1e-9:
+                report = runner.run_cycle(datetime.now(UTC), cancel)
+                cycles += 1
+                logger.info(
+                    "%s t=%.0f: %s%s",
+                    day.name,
+                    t,
+                    report.decision,
+                    " deployed" if report.deployed else "",
+                )
+            runner.collect_feedback()
+        scale = (
+            assembly.collector.calibration.demand_scale if assembly.collector.calibration else None
+        )
+    finally:
+        runner.close()
+        field_.close()
+    stats = field_.trip_statistics()
+    with Ledger.open(settings.ledger.path) as ledger:
+        records = list(ledger.iter_records(start=first_index + 1))
+    return DayResult(
+        day=day.name,
+        controller="loop" if learn else "loop-frozen",
+        delay_s=stats.mean_delay_s,
+        vehicles=stats.vehicles,
+        wall_s=time.perf_counter() - started,
+        deployments=deployments_of(day.name, records),
+        cycles=cycles,
+        calibration=scale,
+    )
+
+
+def deployments_of(day: str, records: Sequence[Any]) -> list[Deployment]:
+    """Each measured deployment's predicted, estimated and true wait change, from the ledger."""
+    out = []
+    for r in records:
+        if r.kind != "measured_delta":
+            continue
+        body = r.body
+        status = body.get("status")
+        predicted = (body.get("predicted") or {}).get("wait_change")
+        estimated = body.get("estimated") or {}
+        true = (body.get("true") or {}).get("wait_change")
+        window = body.get("window") or {}
+        ci = estimated.get("wait_ci")
+        out.append(
+            Deployment(
+                day=day,
+                sequence=int(body.get("sequence") or 0),
+                activate_s=float(window.get("begin_s") or math.nan),
+                predicted=None if predicted is None else float(predicted),
+                estimated=None
+                if estimated.get("wait_change") is None
+                else float(estimated["wait_change"]),
+                true=None if true is None else float(true),
+                estimated_ci=None if not ci else (float(ci[0]), float(ci[1])),
+                superseded=status == "superseded",
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _days(args: argparse.Namespace) -> list[Any]:
+    from simulators.field.event_day import load_event_day, shipped_event_days
+
+    paths = (
+        [Path(p) for p in args.scenarios.split(",")]
+        if args.scenarios
+        else list(shipped_event_days())
+    )
+    days = [load_event_day(p) for p in paths]
+    if args.duration_s is not None:
+        days = [replace(d, duration_s=args.duration_s) for d in days]
+    return days
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", help="comma-separated event-day files (default: shipped)")
+    parser.add_argument("--duration-s", type=int, help="shorten every day to this (smoke runs)")
+    parser.add_argument(
+        "--multi-day",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N district days, learning against frozen (the learning curves)",
+    )
+    parser.add_argument("--plot", type=Path, help="with --multi-day: write the curves as SVG here")
+    parser.add_argument("--json-out", type=Path, help="write every day's rows (JSON lines) here")
+    parser.add_argument("--work-dir", type=Path, help="keep the runs' files here (default: temp)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="signaltwin-fidelity-"))
+    days = _days(args)
+    if args.multi_day:
+        return multi_day(days, args.multi_day, work, args)
+    results: list[DayResult] = []
+    refs: dict[str, list[DayResult]] = {"actuated": [], "max-pressure": []}
+    for k, day in enumerate(days):
+        print(f"day {k + 1}/{len(days)}: {day.name}", file=sys.stderr, flush=True)
+        loop = run_loop_day(day, work / day.name / "loop", work / day.name / "state", learn=True)
+        results.append(loop)
+        for kind in refs:
+            refs[kind].append(run_reference(day, kind, work / day.name, end_s=float(day.end_s)))
+        _progress(loop, [refs[kind][-1] for kind in refs])
+    rows = [r for r in results] + [r for rs in refs.values() for r in rs]
+    if args.json_out:
+        _write_rows(args.json_out, rows)
+    deployments = [d for r in results for d in r.deployments]
+    figures = fidelity_figures(deployments)
+    emit("fidelity_deployments", figures["deployments"], "count", None, None)
+    emit("fidelity_within_5pp_share", figures["within_5pp_share"], "share", None, None)
+    emit("fidelity_false_pass_rate", figures["false_pass_rate"], "share", None, None)
+    emit("fidelity_estimator_error_p50_pp", figures["estimator_error_p50_pp"], "pp", None, None)
+    loop_delay = mean_delay(results)
+    for kind, name in (
+        ("actuated", "loop_delay_vs_actuated"),
+        ("max-pressure", "loop_delay_vs_max_pressure"),
+    ):
+        ref = mean_delay(refs[kind])
+        emit(name, loop_delay, "s", loop_delay / ref if ref else None, f"{kind} alone, same days")
+    return 0
+
+
+def _progress(loop: DayResult, refs: Sequence[DayResult]) -> None:
+    measured = [d for d in loop.deployments if d.true is not None]
+    print(
+        f"  loop: delay {loop.delay_s:.1f} s over {loop.vehicles} vehicles, {loop.cycles} cycles, "
+        f"{len(loop.deployments)} measured deltas ({len(measured)} with truth), "
+        f"{loop.wall_s:.0f} s wall; "
+        + ", ".join(f"{r.controller} {r.delay_s:.1f} s ({r.wall_s:.0f} s)" for r in refs),
+        file=sys.stderr,
+        flush=True,
+    )
+    for d in loop.deployments:
+        print(
+            f"    plan {d.sequence}: predicted {_pct(d.predicted)}, estimated {_pct(d.estimated)}, "
+            f"true {_pct(d.true)}{' (superseded)' if d.superseded else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.1f} %"
+
+
+def _write_rows(path: Path, rows: Sequence[DayResult]) -> None:
+    from dataclasses import asdict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        for r in rows:
+            out.write(json.dumps(asdict(r)) + "\n")
+
+
+def multi_day(days: Sequence[Any], n: int, work: Path, args: argparse.Namespace) -> int:
+    """N district days on one state directory each, learning and frozen, day by day."""
+    district = [d for d in days if d.net_path.name == "district.net.xml"]
+    if not district:
+        raise SystemExit("--multi-day needs district event days")
+    curves: dict[str, list[DayResult]] = {"learning": [], "frozen": []}
+    for k in range(n):
+        base = district[k % len(district)]
+        # a new day: the same event day's pattern on another day's random draw
+        day = replace(base, seed=base.seed + 100 * k)
+        for mode, learn in (("learning", True), ("frozen", False)):
+            print(f"day {k + 1}/{n} ({day.name}, seed {day.seed}): {mode}", file=sys.stderr)
+            result = run_loop_day(
+                day, work / f"day{k + 1}-{mode}", work / f"state-{mode}", learn=learn
+            )
+            curves[mode].append(result)
+            _progress(result, [])
+    rows = []
+    for mode, results in curves.items():
+        for k, r in enumerate(results):
+            scored = [d for d in r.deployments if d.true is not None and d.predicted is not None]
+            error = (
+                100 * statistics.mean(abs(d.predicted - d.true) for d in scored) if scored else None  # type: ignore[operator]
+            )
+            row = {
+                "mode": mode,
+                "day": k + 1,
+                "scenario": r.day,
+                "delay_s": round(r.delay_s, 3),
+                "prediction_error_pp": None if error is None else round(error, 3),
+                "deployments": len(scored),
+                "demand_scale": r.calibration,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json_out:
+        _write_rows(args.json_out, [r for rs in curves.values() for r in rs])
+    if args.plot:
+        from bench.svg_chart import line_chart, panels
+
+        def series(key: str) -> dict[str, list[tuple[float, float]]]:
+            return {
+                mode: [
+                    (row["day"], row[key])
+                    for row in rows
+                    if row["mode"] == mode and row[key] is not None
+                ]
+                for mode in curves
+            }
+
+        svg = panels(
+            [
+                line_chart(
+                    "Prediction error per day",
+                    "day",
+                    "mean |predicted - true| (pp)",
+                    series("prediction_error_pp"),
+                ),
+                line_chart("Mean delay per day", "day", "delay per vehicle (s)", series("delay_s")),
+            ]
+        )
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        args.plot.write_text(svg, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

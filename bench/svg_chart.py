@@ -1,7 +1,7 @@
 """A small SVG line chart for the benchmarks' curves (no plotting library needed).
 
-    from bench.svg_chart import line_chart
-    svg = line_chart("Prediction error per day", "day", "pp", {"learning": [(1, 4.0), ...]})
+from bench.svg_chart import line_chart
+svg = line_chart("Prediction error per day", "day", "pp", {"learning": [(1, 4.0), ...]})
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def line_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="DejaVu Sans, sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="13">'
+        f"{html.escape(title)}</text>",
         f'<line x1="{left}" y1="{sy(y0)}" x2="{width - right}" y2="{sy(y0)}" stroke="#333"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#333"/>',
     ]
@@ -76,7 +77,8 @@ def line_chart(
             f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in values
         )
         out.append(
-            f'<rect x="{left + 10 + 120 * i}" y="{top - 4}" width="10" height="10" fill="{colour}"/>'
+            f'<rect x="{left + 10 + 120 * i}" y="{top - 4}" width="10" height="10" '
+            f'fill="{colour}"/>'
             f'<text x="{left + 24 + 120 * i}" y="{top + 5}">{html.escape(name)}</text>'
         )
     out.append("</svg>")
@@ -89,6 +91,5 @@ def panels(charts: Sequence[str], *, width: int = 460, height: int = 280) -> str
     body = "\n".join(
         f'<g transform="translate({i * width},0)">{c}</g>' for i, c in enumerate(charts)
     )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height}">\n{body}\n</svg>'
-    )
+    head = f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height}">'
+    return f"{head}\n{body}\n</svg>"

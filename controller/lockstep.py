@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
-
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from actuation._verify import TrustedKeys
 from actuation.core import ControllerCore, ControllerProvisioning
+from actuation.persistence import ActiveRecord, ControllerMemory
 from actuation.pool import aligned_activation_time
 from configs.errors import SignaltwinError, SimulationError
 from configs.outcomes import PushOutcome
 from configs.settings import Settings
 from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
 from controller.contracts import DeployOutcome, Observation
-from controller.cycle import CycleRunner
-from controller.feedback import FeedbackCollector
-from simulators.field import FieldCounters, FieldEmulator
 
-__all__ = ["LockstepFleet", "LockstepRunner", "LockstepTruth", "build_lockstep_runner"]
+if TYPE_CHECKING:
+    from controller.wiring import Assembly
+from simulators.field import FieldCounters, FieldEmulator, FieldSignals
+
+__all__ = ["LockstepFleet", "LockstepTruth", "build_lockstep_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +101,12 @@ class LockstepFleet:
             measurements={
                 t: (m.mean_wait_s, m.nox_mg) for t, m in sorted(measured.items()) if t in self.cores
             },
-            **_counters_field(self.field.counters()),
+            counters=self.field.counters(),
         )
 
-    def read_measurements(self) -> tuple[float, dict[str, tuple[float, float]]]:
-        """Field time and every controller's (mean wait s, NOx mg) of the last interval."""
-        snapshot = self.field.measurements()
-        return snapshot.field_time_s, {
-            t: (m.mean_wait_s, m.nox_mg) for t, m in snapshot.intersections.items()
-        }
+    def read_counters(self) -> FieldCounters:
+        """The controllers' cumulative totals now (the feedback collector's reading)."""
+        return self.field.counters()
 
     def deploy(self, envelope: bytes, config: TimingConfiguration, align_s: int) -> DeployOutcome:
         """Two-phase push through the controller cores (aborted everywhere unless all staged)."""
@@ -177,79 +173,41 @@ def _ok(row: Mapping[str, Any], key: str) -> bool:
     return isinstance(entry, Mapping) and entry.get("status") == 0
 
 
-def _counters_field(counters: FieldCounters) -> dict[str, Any]:
-    """``counters=`` for :class:`Observation` when it carries them."""
-    fields = getattr(Observation, "__dataclass_fields__", {})
-    return {"counters": counters} if "counters" in fields else {}
+def build_lockstep_runner(
+    settings: Settings,
+    field: FieldEmulator,
+    *,
+    start_plans: Mapping[str, IntersectionTiming] | None = None,
+    truth: LockstepTruth | None = None,
+) -> Assembly:
+    """The daemon's runner (:func:`controller.wiring.assemble_runner`) over ``field``.
 
+    Everything but the fleet is built from ``settings`` exactly as the daemon
+    builds it; the fleet is a :class:`LockstepFleet` whose controller cores trust
+    the HSM's key.
 
-def utc_now() -> datetime:
-    """The wall clock the cycle stamps its documents with."""
-    return datetime.now(UTC)
-
-
-@dataclass
-class LockstepRunner:
-    """A cycle runner over an in-process field, with what it was built from."""
-
-    runner: CycleRunner
-    fleet: LockstepFleet
-    collector: FeedbackCollector
-    closers: list[Any]
-
-    def close(self) -> None:
-        """Close the runner (HSM session, ledger, twin workers) and the rest."""
-        self.runner.close()
-        for item in reversed(self.closers):
-            try:
-                item.close()
-            except Exception:  # noqa: BLE001 - best effort
-                logger.exception("while closing the lockstep runner")
-
-
-def build_lockstep_runner(settings: Settings, field: FieldEmulator) -> LockstepRunner:
-    """The daemon's runner (as :func:`controller.wiring.build_runner`) over ``field``.
-
-    The HSM token, ledger, twin, proposer (with the screening surrogate), feedback
-    store and collector come from ``settings`` exactly as the daemon builds them;
-    only the fleet differs (:class:`LockstepFleet` instead of OPC UA sessions).
+    Args:
+        settings: the daemon's settings (``simulation.network`` the field's network).
+        field: the started field emulator.
+        start_plans: plans the lights run when the loop takes over (e.g. the
+            bureau's actuated plans): applied to the field now, remembered by
+            each controller as its active plan (sequence 0) and taken by the
+            cycle as the current plan. None: the network's base programs.
+        truth: evaluation's ground truth (forks at each activation).
     """
-    from controller.ledger import Ledger, PolicyVersionRecord
-    from controller.wiring import (
-        ProposerAdapter,
-        TwinAdapter,
-        load_policy,
-        load_screening_surrogate,
-        policy_path,
-    )
-    from hsm import HsmParams, HsmSigner
-    from rl.feedback import FeedbackStore
+    from controller.wiring import assemble_runner
 
-    closers: list[Any] = []
-    try:
-        network = field.network
-        if settings.hsm.auto_provision:
-            from hsm.provision import provision_softhsm
-
-            provision_softhsm(
-                settings.state_dir,
-                module=settings.hsm.module,
-                token_label=settings.hsm.token_label,
-                key_label=settings.hsm.key_label,
+    controllers_dir = settings.state_dir / "controllers"
+    if start_plans:
+        now = field.field_time_s
+        for tls, plan in sorted(start_plans.items()):
+            ControllerMemory(controllers_dir, tls).save(
+                ActiveRecord(sequence=0, digest="", from_s=now, timing=plan)
             )
-        signer = HsmSigner(HsmParams.from_settings(settings.hsm))
-        closers.append(signer)
-        settings.ledger.path.parent.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger.open(settings.ledger.path)
-        closers.append(ledger)
-        ledger.enrol_key(
-            signer, enrolment=signer.enrolment_record(settings.hsm.attestation_certificate)
-        )
-        ref = NetworkRef(id=settings.network_id, sha256=network.sha256)
-        trusted = TrustedKeys.from_pem([signer.public_key_pem()])
-        bases = network.base_programs()
-        from simulators.field import FieldSignals
+            field.apply(tls, plan, now)
 
+    def fleet(signer: Any, ref: NetworkRef) -> LockstepFleet:
+        trusted = TrustedKeys.from_pem([signer.public_key_pem()])
         signals = FieldSignals(field)
         cores = {
             tls: ControllerCore(
@@ -259,50 +217,18 @@ def build_lockstep_runner(settings: Settings, field: FieldEmulator) -> LockstepR
                     limits=settings.safety.limits_for(tls),
                     network=ref,
                     trusted_keys=trusted,
+                    state_dir=controllers_dir,
                 ),
                 signals,
             )
-            for tls, base in sorted(bases.items())
+            for tls, base in sorted(field.network.base_programs().items())
         }
-        fleet = LockstepFleet(field, cores, settings.controllers.activate_lead_s)
-        fleet.prime()
-        twin = TwinAdapter(settings, network, {d.id: d.lane_id for d in network.detectors})
-        closers.append(twin)
-        policy = load_policy(settings)
-        if policy is not None:
-            ledger.append(
-                PolicyVersionRecord(sha256=policy.sha256, path=str(policy_path(settings))),
-                dedupe_key=f"policy:{policy.sha256}",
-            )
-        surrogate, device = load_screening_surrogate(settings)
-        proposer = ProposerAdapter(
-            settings, network, policy=policy, surrogate=surrogate, surrogate_device=device
-        )
-        proposer.policy_path = policy_path(settings) if policy is not None else None
-        store = FeedbackStore(settings.rl.feedback_path)
-        closers.append(store)
-        collector = FeedbackCollector(settings, ledger, fleet.read_measurements, proposer, store)
-        runner = CycleRunner(
-            settings,
-            network=ref,
-            bases=bases,
-            fleet=fleet,
-            twin=twin,
-            proposer=proposer,
-            signer=signer,
-            ledger=ledger,
-            renderer=None,
-            closers=[],
-            feedback=collector,
-        )
-        return LockstepRunner(runner=runner, fleet=fleet, collector=collector, closers=closers)
-    except BaseException:
-        for item in reversed(closers):
-            try:
-                item.close()
-            except Exception:  # noqa: BLE001 - best effort while failing
-                logger.exception("while closing after a failed start-up")
-        raise
+        return LockstepFleet(field, cores, settings.controllers.activate_lead_s)
+
+    assembly = assemble_runner(settings, field.network, fleet, truth=truth)
+    if start_plans:
+        assembly.runner.current.update(start_plans)
+    return assembly
 
 
 class _TruthRequest:
@@ -355,6 +281,7 @@ class LockstepTruth:
         self.field = field
         self.work_dir = work_dir
         self._waiting: list[_TruthRequest] = []
+        self._started: list[_TruthRequest] = []
 
     def start(
         self,
@@ -386,7 +313,24 @@ class LockstepTruth:
                     request.window_s,
                     work_dir=self.work_dir,
                 )
+                self._started.append(request)
             except SignaltwinError as e:
                 logger.warning("plan %d: no ground truth: %s", request.sequence, e)
                 request.error = e
         return self.field.step_until(until_s)
+
+    def settle(self, now_s: float, timeout_s: float = 600.0) -> None:
+        """Wait for the forks whose window has ended by field time ``now_s``.
+
+        The field runs faster than the shadows here; the collector measures a
+        window once the field has passed it, and should find its truth ready.
+        """
+        for request in list(self._started):
+            if request.at_s + request.window_s <= now_s + 1e-9:
+                self._started.remove(request)
+                if request.fork is None:
+                    continue
+                try:
+                    request.fork.result(timeout_s)
+                except SignaltwinError as e:
+                    logger.warning("plan %d: ground truth failed: %s", request.sequence, e)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,11 @@ __all__ = [
     "CalibrationFile",
     "CounterfactualAdapter",
     "OpcUaFleet",
+    "Assembly",
     "ProposerAdapter",
     "RendererAdapter",
     "TwinAdapter",
+    "assemble_runner",
     "build_runner",
     "outcomes_of",
 ]
@@ -608,6 +611,17 @@ class CounterfactualAdapter:
 # --------------------------------------------------------------------------- composition
 
 
+@dataclass
+class Assembly:
+    """What :func:`assemble_runner` built: the runner and the parts a caller may need."""
+
+    runner: CycleRunner
+    fleet: Any
+    collector: FeedbackCollector
+    ledger: Any
+    signer: Any
+
+
 def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
     """Build the daemon's cycle runner from settings (opens HSM, ledger, sessions, workers).
 
@@ -618,18 +632,59 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
             "pushing" in the ledger is then not settled (only at start-up).
     """
     from actuation import ThreadedActuator, pool_from_settings
+    from simulators.network import ensure_detectors, load_network
+
+    sim = settings.simulation
+    # simulation.detectors is written (loops on every incoming lane) when absent
+    detectors = ensure_detectors(
+        sim.network, sim.detectors or settings.state_dir / "detectors.add.xml"
+    )
+    network = load_network(sim.network, detectors)
+    actuators: list[Any] = []
+
+    def opcua_fleet(signer: Any, ref: NetworkRef) -> OpcUaFleet:
+        password = read_secret(settings.controllers.password_file, "controllers.password_file")
+        actuator = ThreadedActuator(
+            lambda: pool_from_settings(settings.controllers, password.get_secret_value()),
+            start_wait_s=settings.controllers.connect_timeout_s,
+        )
+        actuators.append(actuator)
+        return OpcUaFleet(actuator, settings)
+
+    assembly = assemble_runner(settings, network, opcua_fleet)
+    try:
+        # a push interrupted by a crash is settled before the first cycle (never
+        # re-pushed); a runner built by a reload only takes the sequence floor, as
+        # the previous runner of this process may be pushing right now
+        recover(assembly.runner, actuators[0], settle_interrupted=not reload)
+    except BaseException:
+        assembly.runner.close()
+        raise
+    return assembly.runner
+
+
+def assemble_runner(
+    settings: Settings,
+    network: NetworkModel,
+    make_fleet: Callable[[Any, NetworkRef], Any],
+    *,
+    truth: Any | None = None,
+) -> Assembly:
+    """The daemon's parts from settings, around the fleet ``make_fleet(signer, network ref)`` makes.
+
+    HSM signer (the token provisioned first when ``hsm.auto_provision``), ledger
+    with the key enrolled, the fleet (primed), twin with its calibration, policy,
+    proposer with the screening surrogate, feedback store and collector (with the
+    counterfactual estimator, and ``truth`` in evaluation), renderer, runner. The
+    daemon's fleet is OPC UA (:func:`build_runner`); evaluation passes an
+    in-process one (:mod:`controller.lockstep`). Everything opened is closed by
+    the runner's ``close()``, or here when a later part fails.
+    """
     from controller.ledger import Ledger, PolicyVersionRecord
     from hsm import HsmParams, HsmSigner
-    from simulators.network import ensure_detectors, load_network
 
     closers: list[Any] = []
     try:
-        sim = settings.simulation
-        # simulation.detectors is written (loops on every incoming lane) when absent
-        detectors = ensure_detectors(
-            sim.network, sim.detectors or settings.state_dir / "detectors.add.xml"
-        )
-        network = load_network(sim.network, detectors)
         if settings.hsm.auto_provision:
             from hsm.provision import provision_softhsm
 
@@ -647,12 +702,9 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
         ledger.enrol_key(
             signer, enrolment=signer.enrolment_record(settings.hsm.attestation_certificate)
         )
-        password = read_secret(settings.controllers.password_file, "controllers.password_file")
-        actuator = ThreadedActuator(
-            lambda: pool_from_settings(settings.controllers, password.get_secret_value()),
-            start_wait_s=settings.controllers.connect_timeout_s,
-        )
-        fleet = OpcUaFleet(actuator, settings)
+        # controllers compare the id from the same settings and the file's sha256
+        ref = NetworkRef(id=settings.network_id, sha256=network.sha256)
+        fleet = make_fleet(signer, ref)
         closers.append(fleet)
         fleet.prime()
         calibration = (
@@ -690,14 +742,14 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
             store,
             counterfactual=CounterfactualAdapter(settings, twin),
             calibration=calibration,
+            truth=truth,
         )
         # windows a previous run of the daemon had open are measured all the same
         collector.resume_from_ledger()
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,
-            # controllers compare the id from the same settings and the file's sha256
-            network=NetworkRef(id=settings.network_id, sha256=network.sha256),
+            network=ref,
             bases=network.base_programs(),
             fleet=fleet,
             twin=twin,
@@ -708,11 +760,9 @@ def build_runner(settings: Settings, *, reload: bool = False) -> CycleRunner:
             closers=list(reversed(closers)),
             feedback=collector,
         )
-        # a push interrupted by a crash is settled before the first cycle (never
-        # re-pushed); a runner built by a reload only takes the sequence floor, as
-        # the previous runner of this process may be pushing right now
-        recover(runner, actuator, settle_interrupted=not reload)
-        return runner
+        return Assembly(
+            runner=runner, fleet=fleet, collector=collector, ledger=ledger, signer=signer
+        )
     except BaseException:
         for item in reversed(closers):
             try:
