@@ -494,6 +494,8 @@ class CycleReport:
     #: HSM failures met (signing the plan, signing the checkpoint); the daemon
     #: counts them in ``signaltwin_hsm_errors_total``
     hsm_errors: int = 0
+    #: why a plan that passed the gate was not deployed (feedback.hold_deployments)
+    held: str | None = None
     #: controller -> OPC UA errors met in the push (``signaltwin_opcua_errors_total``)
     opcua_errors: dict[str, int] = field(default_factory=dict)
     #: controller -> answered the observation (``signaltwin_controller_up``)

@@ -241,6 +241,7 @@ class CycleRunner:
                 record["reason"] = held
                 record["gate"]["held"] = held
                 report.decision = "held"
+                report.held = held
                 report.ok = True
                 logger.info("gate passed %s but deployment is held: %s", decision.chosen, held)
                 return self._finish(report, record, CycleOutcome.REFUSED)

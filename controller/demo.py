@@ -293,6 +293,8 @@ class _ObservedRunner:
             )
         elif report.shadow and report.sequence:
             outcome = f"shadow: plan {report.sequence} signed, not pushed"
+        elif report.held:
+            outcome = f"gate passed, held: {report.held} (nothing deployed)"
         else:
             outcome = f"gate: {report.decision} (nothing deployed)"
         total = sum(report.stage_s.values())

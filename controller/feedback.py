@@ -177,8 +177,28 @@ class FeedbackCollector:
             if observation.counters is not None:
                 self.log.add(observation.counters)
 
+    def read_baseline(self) -> None:
+        """Keep one counter reading now (at start-up: the first before window starts here)."""
+        try:
+            reading = self.read_counters()
+        except SignaltwinError as e:
+            logger.warning("could not read the controllers' counters at start-up: %s", e)
+            return
+        if reading is None:
+            return
+        with self._lock:
+            self.log.add(reading)
+            self._now_s = max(self._now_s, reading.field_time_s)
+
     def holding(self, field_time_s: float) -> str | None:
-        """``"measuring plan N until t=..."`` while a window is open and holds are on."""
+        """Why a deployment now could not be measured, while holds are on; else None.
+
+        ``"measuring plan N until t=..."`` while a window is open (a new plan
+        would share it); ``"collecting the before window ..."`` while the
+        counter readings kept (since start-up) span less than one window before
+        now: a plan activated then would have no before window to be measured
+        against (controllers that report no totals are not waited for).
+        """
         if not self.settings.feedback.hold_deployments:
             return None
         with self._lock:
@@ -187,7 +207,15 @@ class FeedbackCollector:
                 for p in self._pending
                 if field_time_s < p.activate_at_field_time_s + self.window_s
             ]
+            earliest = self.log.earliest_s
         if not open_:
+            # controllers that report no totals leave the log empty: nothing to wait for
+            span = math.inf if earliest is None else field_time_s - earliest
+            if span < self.window_s - 1e-9:
+                return (
+                    f"collecting the before window: counter readings span {span:.0f} s "
+                    f"of the {self.window_s:.0f} s window"
+                )
             return None
         last = max(open_, key=lambda p: p.activate_at_field_time_s)
         until = last.activate_at_field_time_s + self.window_s

@@ -746,6 +746,8 @@ def assemble_runner(
         )
         # windows a previous run of the daemon had open are measured all the same
         collector.resume_from_ledger()
+        # the first before window starts at start-up, not at the first cycle's reading
+        collector.read_baseline()
         renderer = RendererAdapter(settings, network) if settings.video.enabled else None
         runner = CycleRunner(
             settings,

@@ -311,6 +311,7 @@ def test_the_cycle_holds_a_passing_plan_while_a_window_is_open(tmp_path: Path) -
     assert first.deployed and first.decision == "pass"
     assert not second.deployed and second.ok
     assert second.decision == "held"
+    assert second.held == "measuring plan 1 until t=1900 s"
     assert len(field.pushed) == 1
     held = cycles[-1].body
     # FakeField's clock stands at 1000 s; the window is simulation.horizon_s = 900 s

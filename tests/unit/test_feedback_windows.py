@@ -317,6 +317,34 @@ def test_hold_refuses_while_a_window_is_open(tmp_path: Path) -> None:
         assert free.holding(1100.0) is None
 
 
+def test_hold_waits_for_one_full_before_window_after_start_up(tmp_path: Path) -> None:
+    """A plan activated right after start-up would have no before window to measure."""
+    field = Field()
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        collector = FeedbackCollector(
+            settings_for(tmp_path), ledger, lambda: field.counters(100.0), Proposer()
+        )
+        collector.read_baseline()
+        assert collector.holding(340.0) == (
+            "collecting the before window: counter readings span 240 s of the 600 s window"
+        )
+        collector.observed(field.observation(340.0))
+        assert collector.holding(699.0) is not None
+        assert collector.holding(700.0) is None
+        # controllers that report no totals: nothing to wait for
+        blind = FeedbackCollector(settings_for(tmp_path), ledger, lambda: None, Proposer())
+        blind.read_baseline()
+        assert blind.holding(10.0) is None
+        free = FeedbackCollector(
+            settings_for(tmp_path, hold_deployments=False),
+            ledger,
+            lambda: field.counters(100.0),
+            Proposer(),
+        )
+        free.read_baseline()
+        assert free.holding(200.0) is None
+
+
 def test_a_controller_restart_leaves_that_intersection_out_never_negative(
     tmp_path: Path,
 ) -> None:
