@@ -21,7 +21,7 @@ cannot do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +32,14 @@ from actuation.pool import aligned_activation_time
 from configs.errors import SignaltwinError, SimulationError
 from configs.outcomes import PushOutcome
 from configs.settings import Settings
-from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
+from configs.timing import IntersectionTiming, NetworkRef, SafetyLimits, TimingConfiguration
 from controller.contracts import DeployOutcome, Observation
 
 if TYPE_CHECKING:
     from controller.wiring import Assembly
 from simulators.field import FieldCounters, FieldEmulator, FieldSignals
 
-__all__ = ["LockstepFleet", "LockstepTruth", "build_lockstep_runner"]
+__all__ = ["LockstepFleet", "LockstepTruth", "build_lockstep_runner", "controller_cores"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,32 @@ def _ok(row: Mapping[str, Any], key: str) -> bool:
     return isinstance(entry, Mapping) and entry.get("status") == 0
 
 
+def controller_cores(
+    field: FieldEmulator,
+    *,
+    trusted: TrustedKeys,
+    limits_for: Callable[[str], SafetyLimits],
+    network: NetworkRef,
+    state_dir: Path,
+) -> dict[str, ControllerCore]:
+    """One controller core per light of ``field``, provisioned as the OPC UA controllers are."""
+    signals = FieldSignals(field)
+    return {
+        tls: ControllerCore(
+            ControllerProvisioning(
+                tls_id=tls,
+                base=base,
+                limits=limits_for(tls),
+                network=network,
+                trusted_keys=trusted,
+                state_dir=state_dir,
+            ),
+            signals,
+        )
+        for tls, base in sorted(field.network.base_programs().items())
+    }
+
+
 def build_lockstep_runner(
     settings: Settings,
     field: FieldEmulator,
@@ -207,22 +233,13 @@ def build_lockstep_runner(
             field.apply(tls, plan, now)
 
     def fleet(signer: Any, ref: NetworkRef) -> LockstepFleet:
-        trusted = TrustedKeys.from_pem([signer.public_key_pem()])
-        signals = FieldSignals(field)
-        cores = {
-            tls: ControllerCore(
-                ControllerProvisioning(
-                    tls_id=tls,
-                    base=base,
-                    limits=settings.safety.limits_for(tls),
-                    network=ref,
-                    trusted_keys=trusted,
-                    state_dir=controllers_dir,
-                ),
-                signals,
-            )
-            for tls, base in sorted(field.network.base_programs().items())
-        }
+        cores = controller_cores(
+            field,
+            trusted=TrustedKeys.from_pem([signer.public_key_pem()]),
+            limits_for=settings.safety.limits_for,
+            network=ref,
+            state_dir=controllers_dir,
+        )
         return LockstepFleet(field, cores, settings.controllers.activate_lead_s)
 
     assembly = assemble_runner(settings, field.network, fleet, truth=truth)

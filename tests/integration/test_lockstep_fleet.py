@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 
 from actuation._verify import TrustedKeys
-from actuation.core import ControllerCore, ControllerProvisioning
 from configs.outcomes import PushOutcome
 from configs.timing import NetworkRef, SafetyLimits
-from controller.lockstep import LockstepFleet
+from controller.lockstep import LockstepFleet, controller_cores
 from rl.baselines import actuated_plans
-from simulators.field import FieldConfig, FieldEmulator, FieldSignals
+from simulators.field import FieldConfig, FieldEmulator
 from tests.support.actuation_fleet import configuration, signed
 from tests.support.softkeys import SoftwareSigner
 
@@ -38,21 +37,13 @@ def fleet(tmp_path: Path):  # type: ignore[no-untyped-def]
         FieldConfig.for_district(seed=3, backend="traci", work_dir=tmp_path / "field")
     ).start()
     ref = NetworkRef(id="district", sha256=field.network.sha256)
-    signals = FieldSignals(field)
-    cores = {
-        tls: ControllerCore(
-            ControllerProvisioning(
-                tls_id=tls,
-                base=base,
-                limits=SafetyLimits(),
-                network=ref,
-                trusted_keys=TrustedKeys.from_pem([signer.public_key_pem()]),
-                state_dir=tmp_path / "controllers",
-            ),
-            signals,
-        )
-        for tls, base in sorted(field.network.base_programs().items())
-    }
+    cores = controller_cores(
+        field,
+        trusted=TrustedKeys.from_pem([signer.public_key_pem()]),
+        limits_for=lambda _: SafetyLimits(),
+        network=ref,
+        state_dir=tmp_path / "controllers",
+    )
     try:
         yield LockstepFleet(field, cores, LEAD_S), signer, ref
     finally:
