@@ -16,6 +16,9 @@ line per figure:
   wait worse;
 * ``fidelity_estimator_error_p50_pp``: median |estimated - true| (pp), the
   estimator a city runs without a fork;
+* ``fidelity_resimulation_error_p50_pp``: the same for the estimate's twin-only
+  part (``model_change``: both plans on the after window's demand, no level
+  correction from the field's before window);
 * ``loop_delay_vs_actuated`` / ``loop_delay_vs_max_pressure``: mean delay per
   vehicle of the loop over the days, ``ratio`` against the reference alone.
 
@@ -80,6 +83,7 @@ class Deployment:
     estimated: float | None
     true: float | None
     estimated_ci: tuple[float, float] | None = None
+    resimulated: float | None = None
     passed_gate: bool = True
     superseded: bool = False
     events_active: tuple[str, ...] = ()
@@ -170,11 +174,13 @@ def fidelity_figures(deployments: Sequence[Deployment]) -> dict[str, float]:
     within = sum(1 for d in scored if abs(d.predicted - d.true) <= 0.05) if n else 0  # type: ignore[operator]
     false_pass = sum(1 for d in scored if d.passed_gate and d.true > 0) if n else 0  # type: ignore[operator]
     est = [abs(d.estimated - d.true) for d in scored if d.estimated is not None]  # type: ignore[operator]
+    resim = [abs(d.resimulated - d.true) for d in scored if d.resimulated is not None]  # type: ignore[operator]
     return {
         "deployments": float(n),
         "within_5pp_share": within / n if n else math.nan,
         "false_pass_rate": false_pass / n if n else math.nan,
         "estimator_error_p50_pp": 100 * statistics.median(est) if est else math.nan,
+        "resimulation_error_p50_pp": 100 * statistics.median(resim) if resim else math.nan,
     }
 
 
@@ -281,6 +287,7 @@ def deployments_of(day: str, records: Sequence[Any]) -> list[Deployment]:
         true = (body.get("true") or {}).get("wait_change")
         window = body.get("window") or {}
         ci = estimated.get("wait_ci")
+        model_change = estimated.get("model_change")
         out.append(
             Deployment(
                 day=day,
@@ -292,6 +299,7 @@ def deployments_of(day: str, records: Sequence[Any]) -> list[Deployment]:
                 else float(estimated["wait_change"]),
                 true=None if true is None else float(true),
                 estimated_ci=None if not ci else (float(ci[0]), float(ci[1])),
+                resimulated=None if model_change is None else float(model_change),
                 superseded=status == "superseded",
             )
         )
@@ -329,8 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="with --multi-day: write the curves as SVG here")
     parser.add_argument("--json-out", type=Path, help="write every day's rows (JSON lines) here")
     parser.add_argument("--work-dir", type=Path, help="keep the runs' files here (default: temp)")
+    parser.add_argument(
+        "--score",
+        type=Path,
+        metavar="WORK_DIR",
+        help="print the fidelity figures of an earlier run's ledgers (no simulation)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.score:
+        return score(args.score)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
@@ -357,6 +373,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     emit("fidelity_within_5pp_share", figures["within_5pp_share"], "share", None, None)
     emit("fidelity_false_pass_rate", figures["false_pass_rate"], "share", None, None)
     emit("fidelity_estimator_error_p50_pp", figures["estimator_error_p50_pp"], "pp", None, None)
+    # the estimate's twin-only part: both plans re-simulated on the after window's
+    # demand, no field level correction (recorded as estimated.model_change)
+    emit(
+        "fidelity_resimulation_error_p50_pp",
+        figures["resimulation_error_p50_pp"],
+        "pp",
+        None,
+        None,
+    )
     loop_delay = mean_delay(results)
     for kind, name in (
         ("actuated", "loop_delay_vs_actuated"),
@@ -364,6 +389,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         ref = mean_delay(refs[kind])
         emit(name, loop_delay, "s", loop_delay / ref if ref else None, f"{kind} alone, same days")
+    return 0
+
+
+def score(work: Path) -> int:
+    """The fidelity figures of the ledgers an earlier run left in ``work`` (``*/state``)."""
+    from controller.ledger import Ledger
+
+    deployments: list[Deployment] = []
+    for path in sorted(work.glob("*/ledger.sqlite")) + sorted(work.glob("*/state/ledger.sqlite")):
+        day = path.parent.parent.name if path.parent.name == "state" else path.parent.name
+        with Ledger.open(path) as ledger:
+            deployments += deployments_of(day, list(ledger.iter_records()))
+    if not deployments:
+        raise SystemExit(f"no measured deltas in {work}/*/state/ledger.sqlite")
+    figures = fidelity_figures(deployments)
+    for d in deployments:
+        print(
+            f"{d.day} plan {d.sequence}: predicted {_pct(d.predicted)}, estimated "
+            f"{_pct(d.estimated)} (re-simulated {_pct(d.resimulated)}), true {_pct(d.true)}",
+            file=sys.stderr,
+        )
+    emit("fidelity_deployments", figures["deployments"], "count", None, None)
+    emit("fidelity_within_5pp_share", figures["within_5pp_share"], "share", None, None)
+    emit("fidelity_false_pass_rate", figures["false_pass_rate"], "share", None, None)
+    emit("fidelity_estimator_error_p50_pp", figures["estimator_error_p50_pp"], "pp", None, None)
+    emit(
+        "fidelity_resimulation_error_p50_pp",
+        figures["resimulation_error_p50_pp"],
+        "pp",
+        None,
+        None,
+    )
     return 0
 
 
@@ -379,8 +436,9 @@ def _progress(loop: DayResult, refs: Sequence[DayResult]) -> None:
     )
     for d in loop.deployments:
         print(
-            f"    plan {d.sequence}: predicted {_pct(d.predicted)}, estimated {_pct(d.estimated)}, "
-            f"true {_pct(d.true)}{' (superseded)' if d.superseded else ''}",
+            f"    plan {d.sequence}: predicted {_pct(d.predicted)}, estimated {_pct(d.estimated)} "
+            f"(re-simulated {_pct(d.resimulated)}), true {_pct(d.true)}"
+            f"{' (superseded)' if d.superseded else ''}",
             file=sys.stderr,
             flush=True,
         )
