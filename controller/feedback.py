@@ -432,10 +432,16 @@ class FeedbackCollector:
         )
 
     def _neighbours(self, item: PendingMeasurement) -> tuple[float, tuple[float, int] | None]:
-        """(the previous plan's activation, the next activation) around ``item``."""
+        """(the previous plan's activation, the next activation) around ``item``.
+
+        Only an earlier plan (a lower sequence) comes before and only a later one
+        after: a field clock that started again (a reset emulator, a new day of
+        evaluation) puts old activations at times still ahead.
+        """
         act = item.activate_at_field_time_s
-        earlier = [t for t, s in self._activations if t < act and s != item.sequence]
-        later = [(t, s) for t, s in self._activations if t > act and s != item.sequence]
+        seq = item.sequence
+        earlier = [t for t, s in self._activations if t < act and s < seq]
+        later = [(t, s) for t, s in self._activations if t > act and s > seq]
         return (max(earlier) if earlier else -_ALL), (min(later) if later else None)
 
     def _measure(self, item: PendingMeasurement) -> _Outcome | None:

@@ -301,6 +301,34 @@ def test_a_plan_replaced_within_half_its_window_is_superseded_not_measured(
     assert estimator.calls == []
 
 
+def test_only_a_later_plan_supersedes_one_activated_at_a_later_field_time_does_not(
+    tmp_path: Path,
+) -> None:
+    """A field clock that started again (a new day of evaluation, a reset emulator):
+    plan 1, activated at 1200 s of the old clock, does not cut plan 2's window."""
+    field = Field()
+    estimator = Counterfactual()
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        collector = FeedbackCollector(
+            settings_for(tmp_path),
+            ledger,
+            lambda: field.counters(1700.0),
+            Proposer(),
+            counterfactual=estimator,
+        )
+        _deploy(collector, ledger, field, 1, 1200.0, 40, BASE_PLANS)
+        _observe(collector, field, 995.0)
+        _deploy(collector, ledger, field, 2, 1000.0, 50, BASE_PLANS)
+        field.plan(1000.0, {"J1": 0.5, "J2": 1.0})
+        for t in (1100.0, 1200.0, 1300.0, 1400.0, 1500.0, 1600.0):
+            collector.observed(field.observation(t))
+        collector.collect()
+        two = _records(ledger)[2]
+    assert two["status"] == "measured", two["measured"]
+    assert two["superseded_by"] is None
+    assert two["window"] == {"begin_s": 1000.0, "end_s": 1600.0}
+
+
 def test_hold_refuses_while_a_window_is_open(tmp_path: Path) -> None:
     field = Field()
     with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
