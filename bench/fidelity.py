@@ -184,6 +184,24 @@ def fidelity_figures(deployments: Sequence[Deployment]) -> dict[str, float]:
     }
 
 
+def emit_fidelity(deployments: Sequence[Deployment]) -> None:
+    """Print the fidelity figures of ``deployments``."""
+    figures = fidelity_figures(deployments)
+    emit("fidelity_deployments", figures["deployments"], "count", None, None)
+    emit("fidelity_within_5pp_share", figures["within_5pp_share"], "share", None, None)
+    emit("fidelity_false_pass_rate", figures["false_pass_rate"], "share", None, None)
+    emit("fidelity_estimator_error_p50_pp", figures["estimator_error_p50_pp"], "pp", None, None)
+    # the estimate's twin-only part: both plans re-simulated on the after window's
+    # demand, no field level correction (recorded as estimated.model_change)
+    emit(
+        "fidelity_resimulation_error_p50_pp",
+        figures["resimulation_error_p50_pp"],
+        "pp",
+        None,
+        None,
+    )
+
+
 def mean_delay(results: Sequence[DayResult]) -> float:
     """Vehicle-weighted mean delay over days."""
     vehicles = sum(r.vehicles for r in results)
@@ -368,20 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json_out:
         _write_rows(args.json_out, rows)
     deployments = [d for r in results for d in r.deployments]
-    figures = fidelity_figures(deployments)
-    emit("fidelity_deployments", figures["deployments"], "count", None, None)
-    emit("fidelity_within_5pp_share", figures["within_5pp_share"], "share", None, None)
-    emit("fidelity_false_pass_rate", figures["false_pass_rate"], "share", None, None)
-    emit("fidelity_estimator_error_p50_pp", figures["estimator_error_p50_pp"], "pp", None, None)
-    # the estimate's twin-only part: both plans re-simulated on the after window's
-    # demand, no field level correction (recorded as estimated.model_change)
-    emit(
-        "fidelity_resimulation_error_p50_pp",
-        figures["resimulation_error_p50_pp"],
-        "pp",
-        None,
-        None,
-    )
+    emit_fidelity(deployments)
     loop_delay = mean_delay(results)
     for kind, name in (
         ("actuated", "loop_delay_vs_actuated"),
@@ -403,24 +408,13 @@ def score(work: Path) -> int:
             deployments += deployments_of(day, list(ledger.iter_records()))
     if not deployments:
         raise SystemExit(f"no measured deltas in {work}/*/state/ledger.sqlite")
-    figures = fidelity_figures(deployments)
     for d in deployments:
         print(
             f"{d.day} plan {d.sequence}: predicted {_pct(d.predicted)}, estimated "
             f"{_pct(d.estimated)} (re-simulated {_pct(d.resimulated)}), true {_pct(d.true)}",
             file=sys.stderr,
         )
-    emit("fidelity_deployments", figures["deployments"], "count", None, None)
-    emit("fidelity_within_5pp_share", figures["within_5pp_share"], "share", None, None)
-    emit("fidelity_false_pass_rate", figures["false_pass_rate"], "share", None, None)
-    emit("fidelity_estimator_error_p50_pp", figures["estimator_error_p50_pp"], "pp", None, None)
-    emit(
-        "fidelity_resimulation_error_p50_pp",
-        figures["resimulation_error_p50_pp"],
-        "pp",
-        None,
-        None,
-    )
+    emit_fidelity(deployments)
     return 0
 
 
