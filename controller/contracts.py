@@ -684,3 +684,17 @@ class RunsCycles(Protocol[S_contra]):
     def close(self) -> None:
         """Release connections, sessions and files."""
         ...
+
+
+def count_increase(previous: Mapping[str, int], cumulative: Mapping[str, int]) -> dict[str, float]:
+    """Each loop's count since ``previous`` from its cumulative count now.
+
+    A controller restart resets its counters: a total below the previous one
+    counts from zero. Loops absent from ``previous`` are left out.
+    """
+    counts: dict[str, float] = {}
+    for det, total in cumulative.items():
+        before = previous.get(det)
+        if before is not None:
+            counts[det] = float(total - before if total >= before else total)
+    return counts

@@ -33,7 +33,7 @@ from configs.errors import SignaltwinError, SimulationError
 from configs.outcomes import PushOutcome
 from configs.settings import Settings
 from configs.timing import IntersectionTiming, NetworkRef, SafetyLimits, TimingConfiguration
-from controller.contracts import DeployOutcome, Observation
+from controller.contracts import DeployOutcome, Observation, count_increase
 
 if TYPE_CHECKING:
     from controller.wiring import Assembly
@@ -68,10 +68,6 @@ class LockstepFleet:
         self._previous: dict[str, int] | None = None
         self._previous_time_s = 0.0
 
-    def counters(self) -> FieldCounters:
-        """The controllers' cumulative totals now."""
-        return self.field.counters()
-
     def prime(self) -> None:
         """Take the baseline observation (counts start from here)."""
         self.observe()
@@ -84,10 +80,7 @@ class LockstepFleet:
         interval = 0.0
         if self._previous is not None:
             interval = field_time - self._previous_time_s
-            for det, total in cumulative.items():
-                before = self._previous.get(det)
-                if before is not None:
-                    counts[det] = float(total - before if total >= before else total)
+            counts = count_increase(self._previous, cumulative)
         self._previous, self._previous_time_s = cumulative, field_time
         measured = self.field.measurements().intersections
         return Observation(

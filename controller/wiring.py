@@ -35,6 +35,7 @@ from controller.contracts import (
     DeployOutcome,
     Observation,
     WhatIfSummary,
+    count_increase,
 )
 from controller.cycle import CycleRunner
 from controller.feedback import FeedbackCollector
@@ -471,11 +472,7 @@ class OpcUaFleet:
         interval = 0.0
         if self._previous is not None:
             interval = field_time - self._previous_time_s
-            for det, total in cumulative.items():
-                before = self._previous.get(det)
-                if before is not None:
-                    # a controller restart resets its counters: count from zero then
-                    counts[det] = float(total - before if total >= before else total)
+            counts = count_increase(self._previous, cumulative)
         self._previous, self._previous_time_s = cumulative, field_time
         return Observation(
             field_time_s=field_time,
