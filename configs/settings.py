@@ -11,6 +11,7 @@ which is read from ``$CREDENTIALS_DIRECTORY/NAME``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_HSM_MODULE",
     "DEFAULT_HSM_TOKEN_LABEL",
     "ControllerEndpoint",
+    "ComputeSettings",
     "ControllersSettings",
     "EdgeSettings",
     "FeedbackSettings",
@@ -405,6 +407,61 @@ class MetricsSettings(BaseModel):
     port: Port = 9108
 
 
+_RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-]{1,253}:[0-9]{1,5})$")
+
+
+class ComputeSettings(BaseModel):
+    """Where the what-if runs and training simulations run: local processes or a Ray cluster.
+
+    ``local`` (the default) uses ``simulation.workers`` worker processes on this
+    machine. ``ray`` runs ``simulation.workers`` long-lived Ray actors (each one
+    libsumo simulation at a time) on the cluster at ``address``; the daemon talks
+    to the cluster from a driver process of its own, so a cluster that goes away
+    fails cycles (nothing deployed) and is reconnected to, never takes the daemon down.
+    """
+
+    model_config = _STRICT
+
+    backend: Literal["local", "ray"] = Field(
+        "local", description='"local" worker processes, or "ray" actors on a Ray cluster.'
+    )
+    address: str = Field(
+        "auto",
+        description='Ray cluster: "auto" (the cluster this machine belongs to), '
+        '"host:port" of its GCS, or "ray://host:port" (Ray Client).',
+    )
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")] = "signaltwin"
+    cpus_per_worker: Annotated[float, Field(gt=0.0, le=64.0)] = Field(
+        1.0, description="Ray CPUs each what-if actor reserves (one SUMO run uses one core)."
+    )
+    memory_per_worker_mb: Annotated[int, Field(ge=64, le=1_048_576)] | None = Field(
+        None, description="Ray memory each what-if actor reserves (None: no reservation)."
+    )
+    timeout_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = Field(
+        600.0, description="Wall-clock limit of one what-if (both backends)."
+    )
+    connect_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        60.0, description="How long start-up waits for the Ray cluster before it is an error."
+    )
+    max_task_retries: Annotated[int, Field(ge=0, le=5)] = Field(
+        1,
+        description="Times a run whose Ray worker or node was lost is retried on another "
+        "worker within the what-if's deadline (0: the cycle fails at once).",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not _RAY_ADDRESS.match(value):
+            raise ValueError(
+                f'expected "auto", "host:port" or "ray://host:port", got {value!r}'
+            )
+        port = value.rsplit(":", 1)[-1]
+        if value != "auto" and not 1 <= int(port) <= 65_535:
+            raise ValueError(f"port {port} of {value!r} is out of range")
+        return value
+
+
 class EdgeSettings(BaseModel):
     """Where tensors run."""
 
@@ -434,6 +491,7 @@ class Settings(BaseModel):
     rl: RlSettings = Field(default_factory=RlSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     source: Path | None = Field(None, exclude=True, description="The TOML file this came from.")
 

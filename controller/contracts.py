@@ -48,6 +48,7 @@ __all__ = [
     "BasicCycleReport",
     "CalibrationPort",
     "ComponentHealth",
+    "ComputeStatus",
     "ControllerFleet",
     "CounterfactualEstimate",
     "CounterfactualPort",
@@ -557,6 +558,21 @@ class ComponentHealth(Protocol):
 
     @property
     def controllers_up(self) -> Mapping[str, bool]: ...  # noqa: D102
+
+
+@runtime_checkable
+class ComputeStatus(Protocol):
+    """Optional extra of a runner (and of a what-if engine): where what-ifs run.
+
+    When a runner has these, the daemon serves ``signaltwin_whatif_workers{backend}``
+    from them (read at each scrape).
+    """
+
+    @property
+    def backend(self) -> str: ...  # noqa: D102
+
+    @property
+    def workers_alive(self) -> int: ...  # noqa: D102
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from configs.timing import (
 )
 from controller.contracts import (
     STAGES,
+    ComputeStatus,
     ControllerFleet,
     CycleCancelled,
     CycleReport,
@@ -496,6 +497,16 @@ class CycleRunner:
             self.ledger.checkpoint(self.signer)
         except Exception as e:  # noqa: BLE001 - never fails feedback or shutdown
             logger.error("could not sign a ledger checkpoint: %s", e)
+
+    @property
+    def backend(self) -> str:
+        """Where the twin's what-ifs run (``[compute] backend``): ``local`` or ``ray``."""
+        return self.twin.backend if isinstance(self.twin, ComputeStatus) else "local"
+
+    @property
+    def workers_alive(self) -> int:
+        """What-if workers the twin has ready now (0 when the twin does not say)."""
+        return self.twin.workers_alive if isinstance(self.twin, ComputeStatus) else 0
 
     def close(self) -> None:
         """Release what :func:`controller.wiring.build_runner` opened (sessions, HSM, ledger)."""

@@ -49,6 +49,7 @@ from configs.outcomes import DeploymentResult
 from controller.contracts import (
     BasicCycleReport,
     ComponentHealth,
+    ComputeStatus,
     CycleReportLike,
     DaemonSettings,
     FeedbackReport,
@@ -236,6 +237,11 @@ class Daemon(Generic[S]):
             self._call_quietly("close", runner.close)
         return run
 
+    def _watch(self, runner: RunsCycles[S]) -> None:
+        """Serve the runner's what-if worker count in the metrics, where it reports one."""
+        if isinstance(runner, ComputeStatus):
+            self.metrics.watch_compute(runner)
+
     # --- start-up ---------------------------------------------------------------------
 
     def _startup(self) -> ExitCode:
@@ -259,6 +265,7 @@ class Daemon(Generic[S]):
 
         try:
             self._runner = self._factory(settings)
+            self._watch(self._runner)
         except ConfigError as e:
             logger.error("cannot start: %s", e)
             return ExitCode.USAGE
@@ -378,6 +385,7 @@ class Daemon(Generic[S]):
             self._flush_skips(old_runner)
             self._call_quietly("close", old_runner.close)
         self._settings, self._runner = new_settings, new_runner
+        self._watch(new_runner)
         if old_settings is not None:
             self._call_quietly(
                 "record_config_change",

@@ -26,11 +26,15 @@ Metric list (also in docs/operations.md):
 - ``signaltwin_opcua_errors_total{controller}`` counter.
 - ``signaltwin_controller_up{controller}`` gauge: 1 when the controller answered
   in the last cycle.
+- ``signaltwin_whatif_workers{backend}`` gauge, backend in local|ray: what-if
+  workers ready now (local processes, or Ray actors placed on the cluster; read
+  at each scrape). The other backend's series reads 0.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "COMPUTE_BACKENDS",
     "CYCLE_BUCKETS_S",
     "DEPLOYMENT_RESULTS",
     "GATE_DECISIONS",
@@ -57,6 +61,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from configs.outcomes import DeploymentResult
+from controller.contracts import ComputeStatus
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +71,8 @@ ReloadResultLabel = Literal["applied", "rejected", "unchanged"]
 DEPLOYMENT_RESULTS: Final = tuple(r.value for r in DeploymentResult)
 SKIP_REASONS: Final = ("overrun", "missed", "busy")
 RELOAD_RESULTS: Final = ("applied", "rejected", "unchanged")
+COMPUTE_BACKENDS: Final = ("local", "ray")
+"""Values of ``signaltwin_whatif_workers{backend}`` (``[compute] backend``)."""
 GATE_DECISIONS: Final = ("pass", "refuse_wait", "refuse_nox", "refuse_failed")
 """Gate decisions shown (at zero) from start-up; other values are accepted up to a cap."""
 
@@ -256,6 +263,14 @@ class Metrics:
             ["controller"],
             registry=registry,
         )
+        self.whatif_workers = Gauge(
+            "signaltwin_whatif_workers",
+            "What-if workers ready now: local processes or Ray actors placed on the cluster.",
+            ["backend"],
+            registry=registry,
+        )
+        for backend in COMPUTE_BACKENDS:
+            self.whatif_workers.labels(backend=backend)
         for result in DEPLOYMENT_RESULTS:
             self.deployments.labels(result=result)
         for decision in GATE_DECISIONS:
@@ -321,6 +336,15 @@ class Metrics:
         """Count OPC UA errors of one controller."""
         if count > 0:
             self.opcua_errors.labels(controller=self._controller(controller)).inc(count)
+
+    def watch_compute(self, status: ComputeStatus) -> None:
+        """Serve ``signaltwin_whatif_workers`` from ``status`` (the runner in force)."""
+        for backend in COMPUTE_BACKENDS:
+            gauge = self.whatif_workers.labels(backend=backend)
+            if backend == status.backend:
+                gauge.set_function(lambda: float(status.workers_alive))
+            else:
+                gauge.set_function(lambda: 0.0)
 
     def set_controller_up(self, controller: str, up: bool) -> None:
         """Record whether a controller answered."""

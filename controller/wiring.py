@@ -30,6 +30,7 @@ from configs.settings import Settings
 from configs.settings_file import read_secret
 from configs.timing import IntersectionTiming, NetworkRef, TimingConfiguration
 from controller.contracts import (
+    ComputeStatus,
     CounterfactualEstimate,
     CycleCancelled,
     DeployOutcome,
@@ -48,12 +49,13 @@ from simulators.network import NetworkModel
 from simulators.twin import CounterfactualEstimate as TwinEstimate
 from simulators.twin import (
     DemandSource,
-    LibsumoWhatIfEngine,
+    RayWhatIfEngine,
     WhatIfEngine,
     WhatIfRequest,
     WhatIfResult,
     estimate_counterfactual,
     request_from_settings,
+    whatif_engine,
 )
 
 __all__ = [
@@ -110,7 +112,12 @@ class TwinAdapter:
         self.detector_lanes = dict(detector_lanes)
         self.graph = RoadGraph.from_net_file(Path(network.path))
         self.routes = candidate_routes(self.graph)
-        self.engine: WhatIfEngine = engine or LibsumoWhatIfEngine(settings.simulation.workers)
+        if engine is None:
+            chosen = whatif_engine(settings)
+            if isinstance(chosen, RayWhatIfEngine):
+                chosen.connect()  # an unreachable cluster stops the start-up (ConfigError)
+            engine = chosen
+        self.engine: WhatIfEngine = engine
         self.demand_dir = settings.state_dir / "demand"
         self._field_time_s = 0
 
@@ -179,13 +186,30 @@ class TwinAdapter:
             result = self.engine.evaluate(request, cancel=cancel)
         except WhatIfCancelled as e:
             raise CycleCancelled(f"what-if cancelled: {e}") from e
+        document: dict[str, Any] = {"request": request.to_dict(), "result": result.to_dict()}
+        if isinstance(self.engine, RayWhatIfEngine):
+            # where it ran, and the runs retried after a lost worker (the auditor's
+            # replay compares "result", which does not depend on either)
+            document["compute"] = {"backend": "ray", "retried": list(self.engine.retried)}
         return WhatIfSummary(
             outcomes=outcomes_of(result),
-            document={"request": request.to_dict(), "result": result.to_dict()},
+            document=document,
             horizon_s=result.horizon_s,
             seeds=result.seeds,
             recording=result.recordings,
         )
+
+    @property
+    def backend(self) -> str:
+        """Where what-ifs run: ``local`` or ``ray``."""
+        return self.engine.backend if isinstance(self.engine, ComputeStatus) else "local"
+
+    @property
+    def workers_alive(self) -> int:
+        """What-if workers ready now (processes, or Ray actors placed on the cluster)."""
+        if isinstance(self.engine, ComputeStatus):
+            return self.engine.workers_alive
+        return self.settings.simulation.workers
 
     def close(self) -> None:
         """Stop the worker processes."""
@@ -682,6 +706,11 @@ def assemble_runner(
 
     closers: list[Any] = []
     try:
+        # first: an unreachable Ray cluster stops the start-up before anything is opened
+        engine = whatif_engine(settings)
+        closers.append(engine)
+        if isinstance(engine, RayWhatIfEngine):
+            engine.connect()
         if settings.hsm.auto_provision:
             from hsm.provision import provision_softhsm
 
@@ -713,8 +742,10 @@ def assemble_runner(
             settings,
             network,
             {d.id: d.lane_id for d in network.detectors},
+            engine=engine,
             calibration=calibration,
         )
+        closers.remove(engine)  # the twin closes it
         closers.append(twin)
         policy = load_policy(settings)
         if policy is not None:

@@ -8,6 +8,8 @@ The package's face; its modules, one concept each:
 * :mod:`simulators.twin.results`: per-run totals, paired changes, plan outcomes;
 * :mod:`simulators.twin.run`: one (plan, seed) run, the SUMO loop;
 * :mod:`simulators.twin.pool`: :class:`LibsumoWhatIfEngine` and its worker pool;
+* :mod:`simulators.twin.ray_engine`: :class:`RayWhatIfEngine`, the same runs on Ray actors;
+* :mod:`simulators.twin.engines`: :func:`whatif_engine`, the one the settings choose;
 * :mod:`simulators.twin.counterfactual`: the measured delta of a deployment
   (:func:`estimate_counterfactual`) and the window demand (:class:`DemandSource`).
 """
@@ -19,8 +21,10 @@ from simulators.twin.counterfactual import (
     DemandSource,
     estimate_counterfactual,
 )
+from simulators.twin.engines import whatif_engine
 from simulators.twin.plans import CURRENT, EVALUATED_PROGRAM_ID, PROGRAM_ID, apply_timing
 from simulators.twin.pool import LibsumoWhatIfEngine, Runner, WhatIfEngine
+from simulators.twin.ray_engine import RayWhatIfEngine
 from simulators.twin.request import (
     RecordSpec,
     WhatIfRequest,
@@ -52,6 +56,7 @@ __all__ = [
     "IntersectionOutcome",
     "LibsumoWhatIfEngine",
     "PlanOutcome",
+    "RayWhatIfEngine",
     "RecordSpec",
     "Recording",
     "RunMetrics",
@@ -67,5 +72,6 @@ __all__ = [
     "paired_change",
     "request_from_settings",
     "run_plan",
+    "whatif_engine",
     "whatif_seeds",
 ]

@@ -14,7 +14,14 @@ hang; a cancel event stops the what-if within about a second.
 
 from __future__ import annotations
 
-__all__ = ["LibsumoWhatIfEngine", "Runner", "WhatIfEngine"]
+__all__ = [
+    "LibsumoWhatIfEngine",
+    "Runner",
+    "WhatIfEngine",
+    "assemble",
+    "check_cancel",
+    "run_tasks",
+]
 
 import concurrent.futures as cf
 import logging
@@ -76,6 +83,8 @@ class LibsumoWhatIfEngine:
     pays process start-up once); call :meth:`close` or use it as a context manager.
     """
 
+    backend: Final = "local"
+
     def __init__(
         self,
         workers: int = 2,
@@ -93,6 +102,11 @@ class LibsumoWhatIfEngine:
         self._context = multiprocessing.get_context(mp_context)
         self._runner = runner
         self._pool: cf.ProcessPoolExecutor | None = None
+
+    @property
+    def workers_alive(self) -> int:
+        """Worker processes of the pool (replaced when one dies; 0 runs in this process)."""
+        return self.workers
 
     def __enter__(self) -> LibsumoWhatIfEngine:
         return self
@@ -130,36 +144,18 @@ class LibsumoWhatIfEngine:
                 evaluation exceeded ``timeout_s``.
         """
         request.validate()
-        _check_cancel(cancel, 0, 0)
-        recorded_seed = request.seeds[request.record.seed_index] if request.record else None
-        tasks = [
-            RunTask(request=request, plan=name, seed=seed, record=seed == recorded_seed)
-            for name in request.plan_names()
-            for seed in request.seeds
-        ]
+        check_cancel(cancel, 0, 0)
+        tasks = run_tasks(request)
         if self.workers == 0:
             results = {}
             for i, task in enumerate(tasks):
-                _check_cancel(cancel, i, len(tasks))
+                check_cancel(cancel, i, len(tasks))
                 results[(task.plan, task.seed)] = self._runner(task)
                 if progress is not None:
                     progress(i + 1, len(tasks))
         else:
             results = self._fan_out(tasks, progress, cancel)
-        outcomes = aggregate(request, results)
-        recordings = {
-            name: rec
-            for (name, _), run in sorted(results.items())
-            if (rec := run.recording) is not None
-        }
-        return WhatIfResult(
-            outcomes=outcomes,
-            horizon_s=request.horizon_s,
-            warmup_s=request.warmup_s,
-            seeds=request.seeds,
-            confidence_level=request.confidence_level,
-            recordings=recordings,
-        )
+        return assemble(request, results)
 
     def _fan_out(
         self,
@@ -178,7 +174,7 @@ class LibsumoWhatIfEngine:
                     if cancel is not None:  # wake up often enough to notice a cancel
                         wait_s = _CANCEL_POLL_S if wait_s is None else min(wait_s, _CANCEL_POLL_S)
                     done, pending = cf.wait(pending, timeout=wait_s, return_when=cf.FIRST_COMPLETED)
-                    _check_cancel(cancel, len(results), len(tasks))
+                    check_cancel(cancel, len(results), len(tasks))
                     if not done:
                         if deadline is None or time.monotonic() < deadline:
                             continue
@@ -246,7 +242,35 @@ class LibsumoWhatIfEngine:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _check_cancel(cancel: threading.Event | None, done: int, total: int) -> None:
+def run_tasks(request: WhatIfRequest) -> list[RunTask]:
+    """Every (plan, seed) run of ``request``, in plan then seed order."""
+    recorded_seed = request.seeds[request.record.seed_index] if request.record else None
+    return [
+        RunTask(request=request, plan=name, seed=seed, record=seed == recorded_seed)
+        for name in request.plan_names()
+        for seed in request.seeds
+    ]
+
+
+def assemble(request: WhatIfRequest, results: dict[tuple[str, int], RunMetrics]) -> WhatIfResult:
+    """The what-if's result from its runs, by (plan, seed) whatever order they finished in."""
+    recordings = {
+        name: rec
+        for (name, _), run in sorted(results.items())
+        if (rec := run.recording) is not None
+    }
+    return WhatIfResult(
+        outcomes=aggregate(request, results),
+        horizon_s=request.horizon_s,
+        warmup_s=request.warmup_s,
+        seeds=request.seeds,
+        confidence_level=request.confidence_level,
+        recordings=recordings,
+    )
+
+
+def check_cancel(cancel: threading.Event | None, done: int, total: int) -> None:
+    """Raise :class:`WhatIfCancelled` if ``cancel`` is set (``done`` of ``total`` runs done)."""
     if cancel is not None and cancel.is_set():
         raise WhatIfCancelled(
             f"what-if cancelled with {done} of {total} runs done; nothing was predicted"

@@ -101,3 +101,30 @@ def test_journal_log_format(capsys: pytest.CaptureFixture[str], restore_logging:
     assert "<4>controller.daemon: slot skipped" in err
     assert "not shown" not in err
     assert logging.getLogger("apscheduler").getEffectiveLevel() == logging.WARNING
+
+
+def test_an_unreachable_ray_cluster_stops_the_start_up_with_a_clear_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, restore_logging: None
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens on it once closed
+    text = DEMO.read_text().replace('"district/', f'"{DEMO.parent}/district/')
+    text = text.replace("[metrics]\nenabled = true", "[metrics]\nenabled = false")
+    text = text.replace('state_dir = "../signaltwin-demo"', 'state_dir = "state"')
+    config = tmp_path / "ray.toml"
+    config.write_text(
+        text
+        + f'\n[compute]\nbackend = "ray"\naddress = "127.0.0.1:{port}"\nconnect_timeout_s = 5\n'
+    )
+    assert "enabled = false" in config.read_text() and 'state_dir = "state"' in config.read_text()
+    with caplog.at_level(logging.ERROR):
+        assert cli_run(["run", "--config", str(config)]) == 2
+    message = caplog.text
+    assert f"Ray cluster at '127.0.0.1:{port}' unreachable" in message
+    assert 'backend = "local"' in message  # says how to do without
+    # nothing was opened before the check: no ledger, no token
+    assert not list((tmp_path / "state").rglob("*.sqlite"))
+    assert not (tmp_path / "state" / "hsm").exists()

@@ -146,3 +146,29 @@ def test_close_releases_the_port(registry: CollectorRegistry) -> None:
     second = start_metrics_server(registry, "127.0.0.1", port)
     assert second.port == port
     second.close()
+
+
+class _Compute:
+    def __init__(self, backend: str, alive: int) -> None:
+        self.backend = backend
+        self.workers_alive = alive
+
+
+def test_whatif_workers_are_read_from_the_runner_at_each_scrape(
+    registry: CollectorRegistry, server: MetricsServer
+) -> None:
+    metrics = Metrics(registry)
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    assert scrape(url)['signaltwin_whatif_workers{backend="ray"}'] == 0.0
+    compute = _Compute("ray", 4)
+    metrics.watch_compute(compute)
+    assert scrape(url)['signaltwin_whatif_workers{backend="ray"}'] == 4.0
+    compute.workers_alive = 3  # a node lost: the next scrape says so
+    samples = scrape(url)
+    assert samples['signaltwin_whatif_workers{backend="ray"}'] == 3.0
+    assert samples['signaltwin_whatif_workers{backend="local"}'] == 0.0
+    # a reload to the local backend moves the series
+    metrics.watch_compute(_Compute("local", 2))
+    samples = scrape(url)
+    assert samples['signaltwin_whatif_workers{backend="local"}'] == 2.0
+    assert samples['signaltwin_whatif_workers{backend="ray"}'] == 0.0

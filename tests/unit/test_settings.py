@@ -197,3 +197,31 @@ def test_settings_written_as_toml_load_back_equal(tmp_path: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_compute_section_defaults_to_local_and_validates_the_ray_address(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(DEMO).compute.backend == "local"
+    path = _copy_demo(tmp_path)
+    path.write_text(
+        path.read_text()
+        + '\n[compute]\nbackend = "ray"\naddress = "ray://head.example:10001"\ntimeout_s = 120\n'
+    )
+    compute = load_settings(path).compute
+    assert (compute.backend, compute.address, compute.timeout_s) == (
+        "ray",
+        "ray://head.example:10001",
+        120.0,
+    )
+    for bad, expect in (
+        ('address = "head;rm -rf /:1"', "host:port"),
+        ('address = "head:99999"', "out of range"),
+        ('backend = "dask"', "'local' or 'ray'"),
+        ("cpus_per_worker = 0", "greater than 0"),
+    ):
+        broken = tmp_path / "broken.toml"
+        broken.write_text(_copy_demo(tmp_path).read_text() + f"\n[compute]\n{bad}\n")
+        with pytest.raises(ConfigError, match="compute") as info:
+            load_settings(broken)
+        assert expect in str(info.value)
