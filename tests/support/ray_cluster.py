@@ -50,7 +50,7 @@ class RayCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self._env,
-                start_new_session=True,
+                process_group=0,  # killpg reaches the node; the same session (and CPU autogroup) as ours
             )
 
     def start(self, timeout_s: float = 90.0) -> RayCluster:
