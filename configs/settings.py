@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_HSM_MODULE",
     "DEFAULT_HSM_TOKEN_LABEL",
     "ControllerEndpoint",
+    "ComputeBackend",
     "ComputeSettings",
     "ControllersSettings",
     "EdgeSettings",
@@ -410,6 +411,10 @@ class MetricsSettings(BaseModel):
 _RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-]{1,253}:[0-9]{1,5})$")
 
 
+ComputeBackend = Literal["local", "ray"]
+"""Where what-ifs and training simulations run (``[compute] backend``)."""
+
+
 class ComputeSettings(BaseModel):
     """Where the what-if runs and training simulations run: local processes or a Ray cluster.
 
@@ -422,7 +427,7 @@ class ComputeSettings(BaseModel):
 
     model_config = _STRICT
 
-    backend: Literal["local", "ray"] = Field(
+    backend: ComputeBackend = Field(
         "local", description='"local" worker processes, or "ray" actors on a Ray cluster.'
     )
     address: str = Field(
@@ -453,9 +458,7 @@ class ComputeSettings(BaseModel):
     @classmethod
     def _address(cls, value: str) -> str:
         if not _RAY_ADDRESS.match(value):
-            raise ValueError(
-                f'expected "auto", "host:port" or "ray://host:port", got {value!r}'
-            )
+            raise ValueError(f'expected "auto", "host:port" or "ray://host:port", got {value!r}')
         port = value.rsplit(":", 1)[-1]
         if value != "auto" and not 1 <= int(port) <= 65_535:
             raise ValueError(f"port {port} of {value!r} is out of range")

@@ -22,7 +22,8 @@ Two views of the same simulation (:class:`SignalSimulation`):
 * :class:`IntersectionVecEnv` — an SB3 ``VecEnv`` in which every light of every
   simulation is one slot, so one shared PPO policy learns from every
   intersection as a separate sample (parameter sharing). Simulations beyond the
-  first run in worker processes (libsumo allows one per process).
+  first run in worker processes (libsumo allows one per process), or, with the
+  ``ray`` backend, every simulation runs in a Ray actor (:mod:`rl.ray_env`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -47,6 +48,7 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 
 from configs.errors import ConfigError
 from configs.safety import project_plans
+from configs.settings import ComputeBackend, ComputeSettings
 from configs.timing import IntersectionTiming, LimitsSource, SafetyLimits
 from rl.baselines import actuated_plans, adaptive_plans, as_mode, fixed_plans
 from rl.features import (
@@ -61,14 +63,20 @@ from rl.features import (
 from rl.field_session import FieldSession, IntervalMeasurements
 from simulators.network import NetworkModel, load_network
 
+if TYPE_CHECKING:
+    from rl.ray_env import TrainingActors
+
 __all__ = [
     "REF_NOX_MG_S",
     "REF_QUEUE_VEH",
+    "ComputeBackend",
     "EnvConfig",
     "IntersectionVecEnv",
     "PlanMode",
     "SignalSimulation",
     "SignalTimingEnv",
+    "SimulationHandle",
+    "StepResult",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +88,8 @@ REF_NOX_MG_S = 0.5
 """NOx per lane (mg/s) that counts as one unit of (negative) reward."""
 
 FloatArray = npt.NDArray[np.float32]
+StepResult = tuple[FloatArray, FloatArray, bool, dict[str, Any]]
+"""One step of one simulation: observations, rewards, done, info."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +218,7 @@ class SignalSimulation:
         self._observations = obs
         return encode_batch([obs[t] for t in self.tls_ids])
 
-    def step(self, actions: npt.ArrayLike) -> tuple[FloatArray, FloatArray, bool, dict[str, Any]]:
+    def step(self, actions: npt.ArrayLike) -> StepResult:
         """Apply one action per light, run one interval; return obs, rewards, done, info."""
         if self._session is None:
             raise ConfigError("reset() the environment before step()")
@@ -288,6 +298,29 @@ class SignalTimingEnv(gym.Env[FloatArray, FloatArray]):
 # --------------------------------------------------------------------------- vectorised
 
 
+class SimulationHandle(Protocol):
+    """One simulation as :class:`IntersectionVecEnv` drives it (here, a process, an actor)."""
+
+    n: int
+    """Number of lights."""
+
+    def reset(self, seed: int | None) -> FloatArray:
+        """Start a new episode; return the first observations."""
+        ...
+
+    def step_async(self, actions: FloatArray) -> None:
+        """Start one step (one action per light)."""
+        ...
+
+    def step_wait(self) -> StepResult:
+        """The started step's result."""
+        ...
+
+    def close(self) -> None:
+        """Stop the simulation."""
+        ...
+
+
 def _worker(conn: Connection, config: EnvConfig) -> None:
     sim = SignalSimulation(config)
     try:
@@ -328,8 +361,8 @@ class _Remote:
     def step_async(self, actions: FloatArray) -> None:
         self.conn.send(("step", actions))
 
-    def step_wait(self) -> tuple[FloatArray, FloatArray, bool, dict[str, Any]]:
-        result: tuple[FloatArray, FloatArray, bool, dict[str, Any]] = self.conn.recv()
+    def step_wait(self) -> StepResult:
+        result: StepResult = self.conn.recv()
         return result
 
     def close(self) -> None:
@@ -348,7 +381,7 @@ class _Local:
     def __init__(self, config: EnvConfig) -> None:
         self.sim = SignalSimulation(config)
         self.n = self.sim.n
-        self._pending: tuple[FloatArray, FloatArray, bool, dict[str, Any]] | None = None
+        self._pending: StepResult | None = None
 
     def reset(self, seed: int | None) -> FloatArray:
         return self.sim.reset(seed)
@@ -356,7 +389,7 @@ class _Local:
     def step_async(self, actions: FloatArray) -> None:
         self._pending = self.sim.step(actions)
 
-    def step_wait(self) -> tuple[FloatArray, FloatArray, bool, dict[str, Any]]:
+    def step_wait(self) -> StepResult:
         if self._pending is None:
             raise ConfigError("step_wait() without step_async()")
         out, self._pending = self._pending, None
@@ -372,11 +405,19 @@ class IntersectionVecEnv(VecEnv):
     Args:
         config: how episodes are drawn.
         n_sims: simulations run side by side (the first in this process, the
-            others in worker processes).
+            others in worker processes; with the ``ray`` backend each in a Ray actor).
         seed: seeds simulation ``k`` with ``seed + k`` at the first reset.
         others: further networks (a training mix): simulation ``k`` runs
             ``[config, *others][k % (1 + len(others))]``; all must share the plan
             mode, and ``n_sims`` is raised to cover each of them once.
+        backend: ``local`` (this machine) or ``ray`` (actors on the cluster of
+            ``compute``); the same seeds give the same results on either.
+        compute: the settings' ``[compute]`` section for the ``ray`` backend
+            (default: its defaults, i.e. the cluster this machine belongs to).
+
+    Raises:
+        ConfigError: mixed plan modes, an unknown backend, or (``ray``) a cluster
+            that is unreachable or has no room for the simulations.
     """
 
     def __init__(
@@ -385,13 +426,27 @@ class IntersectionVecEnv(VecEnv):
         n_sims: int = 1,
         seed: int = 0,
         others: Sequence[EnvConfig] = (),
+        *,
+        backend: ComputeBackend = "local",
+        compute: ComputeSettings | None = None,
     ) -> None:
         mix = [config, *others]
         if any(c.mode != config.mode for c in mix):
             raise ConfigError("every network of a training mix must use the same plan mode")
         n_sims = max(n_sims, len(mix))
-        self._sims: list[_Local | _Remote] = [_Remote(mix[k % len(mix)]) for k in range(1, n_sims)]
-        self._sims.insert(0, _Local(config))
+        self._actors: TrainingActors | None = None
+        self._sims: list[SimulationHandle]
+        if backend == "ray":
+            from rl.ray_env import TrainingActors
+
+            configs = [mix[k % len(mix)] for k in range(n_sims)]
+            self._actors = TrainingActors(configs, compute or ComputeSettings())
+            self._sims = list(self._actors.sims)
+        elif backend == "local":
+            self._sims = [_Remote(mix[k % len(mix)]) for k in range(1, n_sims)]
+            self._sims.insert(0, _Local(config))
+        else:
+            raise ConfigError(f'backend must be "local" or "ray", got {backend!r}')
         self._sizes = [s.n for s in self._sims]
         self._seed = seed
         self._episodes = 0
@@ -455,7 +510,10 @@ class IntersectionVecEnv(VecEnv):
         )
 
     def close(self) -> None:
-        """Stop every simulation and worker."""
+        """Stop every simulation and worker (and the Ray connection this env opened)."""
+        if self._actors is not None:
+            self._actors.close()
+            return
         for sim in self._sims:
             sim.close()
 

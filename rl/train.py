@@ -13,6 +13,12 @@ what it has learnt; it writes SB3 checkpoints and a manifest
 (:mod:`rl.train_manifest`) to ``<out dir>/checkpoints`` and can be resumed from
 them. The daemon never loads checkpoints, only the weights.
 
+The simulations run on this machine or, with ``backend="ray"``, as Ray actors
+on a cluster (:mod:`rl.ray_env`); the same seeds give the same rollouts, so the
+backend is not one of the run's arguments: a run may be resumed on the other one.
+A simulation that fails (SUMO, or a Ray node lost) stops the run with
+:class:`SimulationError` after saving what was trained, as Ctrl-C does.
+
 A resumed run continues the sample count and the learnt parameters; it is not
 bit-identical to an uninterrupted run (SB3 checkpoints hold no rollout or
 random-generator state, so the resumed episodes are drawn with a seed offset by
@@ -37,8 +43,9 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from configs.digests import sha256_file
-from configs.errors import ConfigError
-from rl.env import EnvConfig, IntersectionVecEnv
+from configs.errors import ConfigError, SimulationError
+from configs.settings import ComputeSettings
+from rl.env import ComputeBackend, EnvConfig, IntersectionVecEnv
 from rl.policy import HIDDEN, ActorNet, TorchPolicy, save_weights
 from rl.train_manifest import (
     RunArgs,
@@ -372,6 +379,8 @@ def train(
     resume: bool = False,
     on_progress: Callable[[TrainProgress], None] | None = None,
     others: Sequence[EnvConfig] = (),
+    backend: ComputeBackend = "local",
+    compute: ComputeSettings | None = None,
 ) -> TrainResult:
     """Train PPO and save the actor's weights to ``out`` (plus ``out.sha256``).
 
@@ -402,11 +411,17 @@ def train(
             (default: one log line at INFO).
         others: further networks trained on side by side (a mix; see
             :class:`rl.env.IntersectionVecEnv`); the manifest records ``config`` only.
+        backend: where the simulations run: ``local`` processes or ``ray`` actors
+            (not recorded in the manifest: it does not change what is learnt).
+        compute: the settings' ``[compute]`` section for the ``ray`` backend.
 
     Raises:
         ConfigError: bad initial weights (digest, shape, plan mode), a missing
             network/detector/route file, a budget that is not positive, nothing to
-            resume, or a resume with other arguments than the run's.
+            resume, a resume with other arguments than the run's, or (``ray``) a
+            cluster that is unreachable or has no room for the simulations.
+        SimulationError: a simulation failed or was lost (a checkpoint of what was
+            trained is written first, so the run can be resumed).
     """
     if timesteps < 1:
         raise ConfigError(f"timesteps must be >= 1, got {timesteps}")
@@ -445,7 +460,14 @@ def train(
     torch.set_num_threads(1)
     started = time.monotonic()
     # a resumed run draws new episodes (the seed moves on with the samples done)
-    env = IntersectionVecEnv(config, n_sims=n_sims, seed=seed + done, others=others)
+    env = IntersectionVecEnv(
+        config,
+        n_sims=n_sims,
+        seed=seed + done,
+        others=others,
+        backend=backend,
+        compute=compute,
+    )
     try:
         if resume_zip is not None:
             model = PPO.load(resume_zip, env=env, device="cpu")
@@ -479,8 +501,9 @@ def train(
                     callback=callback,
                     reset_num_timesteps=resume_zip is None,
                 )
-            except KeyboardInterrupt:
-                # Ctrl-C: keep what was trained resumable, then let the CLI report it
+            except (KeyboardInterrupt, SimulationError):
+                # Ctrl-C or a lost simulation: keep what was trained resumable, then let
+                # the CLI report it
                 model.num_timesteps = callback.trained
                 save(callback.trained)
                 raise

@@ -13,16 +13,37 @@ This module is plain data; the Ray calls live with their users
 
 from __future__ import annotations
 
-__all__ = ["FileBundle"]
+__all__ = ["FileBundle", "probe_address"]
 
 import hashlib
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from configs.errors import ConfigError
+
+
+def probe_address(address: str, timeout_s: float) -> None:
+    """Fail fast when nothing listens on a Ray ``host:port`` address (``auto`` is Ray's to find).
+
+    ``ray.init`` against an address with nothing behind it can hang for minutes;
+    a plain TCP connection tells within ``timeout_s`` (at most 5 s).
+
+    Raises:
+        OSError: nothing accepted the connection (its message names host and port).
+    """
+    if address == "auto":
+        return
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=min(timeout_s, 5.0)):
+            pass
+    except OSError as e:
+        raise OSError(f"{host}:{port}: {e or type(e).__name__}") from None
+
 
 _MAX_BUNDLE_BYTES = 2 * 1024**3
 """A scenario bigger than this is not shipped through the object store (2 GiB)."""

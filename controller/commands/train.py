@@ -5,6 +5,10 @@ policy by default (``--from shipped``), within a wall-clock budget (``--budget-m
 30 min by default when fine-tuning), writing checkpoints it can be resumed from
 (``--resume``); at the end it prints the ``signaltwin evaluate`` command that
 compares the policy before and after (``--policy`` and ``--policy-b``).
+
+With ``--backend ray`` the simulations run as Ray actors on the cluster at
+``--ray-address`` (default: the settings' ``[compute]`` section); the output
+files, the manifest and, for the same seeds, the policy are those of a local run.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from configs.errors import ConfigError
+from configs.settings import ComputeSettings
 from configs.settings_file import load_settings
 from configs.timing import Mode
 from controller.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from configs.settings import Settings
-    from rl.env import EnvConfig
+    from rl.env import ComputeBackend, EnvConfig
 
 # rl (torch, stable-baselines3, gymnasium) and simulators (SUMO) are imported when
 # the command runs, so that registering it at every `signaltwin` start stays cheap.
@@ -44,9 +51,18 @@ Fine-tuning on your own network:
 starts from the shipped policy, stops after 30 min (--budget-min), writes
 runs/city/policy.pt and its checkpoints in runs/city/checkpoints/; run the same
 command with --resume to continue (the options must be the same; --timesteps and
---budget-min may change). Exit codes: 0 done (also when the budget stopped the
-run); 2 bad arguments, bad initial weights or a resume with other options;
-3 SUMO failed; 130 interrupted (the last checkpoint stays resumable).
+--budget-min may change).
+
+On a Ray cluster:
+  signaltwin train --backend ray --ray-address 10.0.0.5:6379 --envs 8
+runs the 8 simulations as Ray actors (each reserving [compute] cpus_per_worker
+CPUs; the network and route files are shipped to the nodes). The results are
+those of --backend local with the same seeds, and a run may be resumed on either.
+
+Exit codes: 0 done (also when the budget stopped the run); 2 bad arguments, bad
+initial weights, a resume with other options, or a Ray cluster that is
+unreachable or has no room; 3 SUMO failed or a Ray simulation was lost;
+130 interrupted (for 3 and 130 the last checkpoint stays resumable).
 """
 
 
@@ -118,7 +134,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--timesteps", type=int, default=None, help="the run's target in samples (light-intervals)"
     )
-    parser.add_argument("--envs", type=int, default=None, help="parallel simulations (processes)")
+    parser.add_argument(
+        "--envs",
+        type=int,
+        default=None,
+        help="parallel simulations (processes, or Ray actors with --backend ray)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default=None,
+        help="where the simulations run: 'local' processes on this machine, or 'ray' "
+        "actors on the Ray cluster at --ray-address (the same seeds give the same policy); "
+        "default: --config's [compute] backend, else local",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="the Ray cluster for --backend ray: 'auto' (the cluster this machine belongs "
+        "to), 'host:port' of its head, or 'ray://host:port' (Ray Client); default: "
+        "--config's [compute] address, else auto. Waits [compute] connect_timeout_s "
+        "(default 60 s) for it",
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument(
         "--mode",
@@ -290,6 +328,32 @@ def mix_configs(names: str, level: str, cache: Path, template: EnvConfig) -> lis
     return configs
 
 
+def compute_settings(
+    args: argparse.Namespace, settings: Settings | None
+) -> tuple[ComputeBackend, ComputeSettings]:
+    """The backend and ``[compute]`` section of the run: the options over ``--config``.
+
+    Raises:
+        ConfigError: ``--ray-address`` is malformed, or given without the Ray backend.
+    """
+    compute = settings.compute if settings is not None else ComputeSettings()
+    backend: ComputeBackend = args.backend or compute.backend
+    address: str | None = args.ray_address
+    if address is None:
+        return backend, compute
+    if backend != "ray":
+        raise ConfigError(
+            f"--ray-address {address} needs the Ray backend: add --backend ray (or set "
+            '[compute] backend = "ray" in --config)'
+        )
+    try:
+        compute = ComputeSettings.model_validate({**compute.model_dump(), "address": address})
+    except ValidationError as e:
+        reason = "; ".join(str(err["msg"]) for err in e.errors())
+        raise ConfigError(f"--ray-address {address!r}: {reason}") from None
+    return backend, compute
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.budget_min is not None and args.budget_min < 0:
         raise ConfigError(f"--budget-min must be >= 0 (0: no limit), got {args.budget_min:g}")
@@ -314,6 +378,7 @@ def _run(args: argparse.Namespace) -> int:
         lr = settings.rl.learning_rate
         network = network or settings.simulation.network
         detectors = detectors or settings.simulation.detectors
+    backend, compute = compute_settings(args, settings)
     init = initial_weights(args, settings)
     out = output_path(args)
     network = network or _DISTRICT / "district.net.xml"
@@ -356,8 +421,9 @@ def _run(args: argparse.Namespace) -> int:
     total = args.timesteps or timesteps
     what = f"fine-tuning {init}" if init is not None else "training from scratch"
     limit = f"{budget_min:g} min" if budget_min > 0 else "no limit"
+    where = f", simulations on the Ray cluster at {compute.address}" if backend == "ray" else ""
     print(
-        f"{what} on {network} ({mode} plans): {total} samples, budget {limit}, "
+        f"{what} on {network} ({mode} plans): {total} samples, budget {limit}{where}, "
         f"checkpoints in {out.parent / 'checkpoints'}" + (" (resuming)" if args.resume else ""),
         file=sys.stderr,
     )
@@ -381,6 +447,8 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         on_progress=None if args.no_progress else show,
         others=others,
+        backend=backend,
+        compute=compute,
     )
     print(f"weights: {result.weights}")
     print(f"sha256:  {result.sha256}")

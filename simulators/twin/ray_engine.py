@@ -40,7 +40,6 @@ import importlib
 import logging
 import multiprocessing
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -53,7 +52,7 @@ from typing import Any, Final
 
 from configs.errors import ConfigError, SimulationError, WhatIfCancelled
 from configs.settings import ComputeSettings
-from simulators.cluster import FileBundle
+from simulators.cluster import FileBundle, probe_address
 from simulators.twin.pool import Runner, assemble, check_cancel, run_tasks
 from simulators.twin.request import WhatIfRequest
 from simulators.twin.results import RunMetrics, WhatIfResult
@@ -289,15 +288,10 @@ class RayWhatIfEngine:
 
 
 def _probe(address: str, timeout_s: float, hint: str) -> None:
-    """Fail fast when a ``host:port`` address has nothing listening (ray.init would hang)."""
-    if address == "auto":
-        return
-    host, port = address.removeprefix("ray://").rsplit(":", 1)
     try:
-        with socket.create_connection((host, int(port)), timeout=min(timeout_s, 5.0)):
-            pass
+        probe_address(address, timeout_s)
     except OSError as e:
-        raise SimulationError(f"{hint}: {host}:{port}: {e}") from None
+        raise SimulationError(f"{hint}: {e}") from None
 
 
 # --------------------------------------------------------------------------- driver process

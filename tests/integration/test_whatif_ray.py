@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,10 @@ from tests.support.twin_scenarios import GridScenario, build_grid
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RayCluster]:
-    with RayCluster(head_cpus=1, node_cpus=1) as c:
-        yield c
+@pytest.fixture
+def cluster(ray_cluster: RayCluster) -> RayCluster:
+    """The session's cluster (tests/integration/conftest.py)."""
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
@@ -96,18 +95,17 @@ def test_ray_gives_the_local_backends_numbers_and_recordings(
 
 
 def test_a_node_killed_mid_whatif_is_retried_or_fails_the_cycle_cleanly(
-    long_grid: GridScenario,
+    cluster: RayCluster, long_grid: GridScenario
 ) -> None:
-    # a cluster of its own: this test kills a node
-    with RayCluster(head_cpus=1, node_cpus=1) as c:
-        request = _request(long_grid, horizon_s=1800, seeds=(5, 6, 7))
-        with LibsumoWhatIfEngine(workers=0) as local:
-            expected = local.evaluate(request).to_dict()
-        with RayWhatIfEngine(_compute(c, max_task_retries=2), workers=2) as engine:
-            engine.connect()
+    request = _request(long_grid, horizon_s=1800, seeds=(5, 6, 7))
+    with LibsumoWhatIfEngine(workers=0) as local:
+        expected = local.evaluate(request).to_dict()
+    try:
+        with RayWhatIfEngine(_compute(cluster, max_task_retries=2), workers=2) as engine:
+            assert engine.connect()["workers"] == 2
             progress: list[int] = []
             killer = threading.Thread(
-                target=lambda: (_wait_for(lambda: len(progress) >= 1, 120), c.kill_node())
+                target=lambda: (_wait_for(lambda: len(progress) >= 1, 120), cluster.kill_node())
             )
             killer.start()
             got = engine.evaluate(request, progress=lambda d, t: progress.append(d))
@@ -118,21 +116,24 @@ def test_a_node_killed_mid_whatif_is_retried_or_fails_the_cycle_cleanly(
             assert engine.workers_alive == 1
 
         # with no retries the same loss fails the what-if, naming the lost runs
-        c.start_node()
-        with RayWhatIfEngine(_compute(c, max_task_retries=0), workers=2) as engine:
-            assert engine.connect()["nodes"] == 2
+        cluster.start_node()
+        with RayWhatIfEngine(_compute(cluster, max_task_retries=0), workers=2) as engine:
+            assert engine.connect()["workers"] == 2
             started = threading.Event()
-            killer = threading.Thread(target=lambda: (started.wait(120), c.kill_node()))
+            killer = threading.Thread(target=lambda: (started.wait(120), cluster.kill_node()))
             killer.start()
             with pytest.raises(SimulationError, match=r"Ray workers were lost mid-what-if.*plan"):
                 engine.evaluate(request, progress=lambda d, t: started.set())
             killer.join()
+    finally:
+        if cluster.node is None:
+            cluster.start_node()
 
 
 def test_cancel_stops_the_whatif_on_the_cluster(
     cluster: RayCluster, grid: GridScenario, long_grid: GridScenario
 ) -> None:
-    request = _request(long_grid, horizon_s=1800, seeds=(1, 2, 3))
+    request = _request(long_grid, horizon_s=1200, seeds=(1, 2, 3))
     cancel = threading.Event()
     with RayWhatIfEngine(_compute(cluster), workers=2) as engine:
         engine.connect()
@@ -172,7 +173,7 @@ def test_an_unreachable_cluster_is_a_clear_error_at_start_up_and_a_failed_cycle_
 def test_the_daemon_reconnects_when_the_cluster_comes_back(grid: GridScenario) -> None:
     c = RayCluster(head_cpus=2, node_cpus=None).start()
     try:
-        compute = _compute(c, connect_timeout_s=30, timeout_s=90)
+        compute = _compute(c, connect_timeout_s=30, timeout_s=20)
         with RayWhatIfEngine(compute, workers=2) as engine:
             first = engine.evaluate(_request(grid)).to_dict()
             c.stop()

@@ -50,7 +50,7 @@ class RayCluster:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self._env,
-                process_group=0,  # killpg reaches the node; the same session (and CPU autogroup) as ours
+                process_group=0,  # killpg reaches it; our session (and CPU autogroup)
             )
 
     def start(self, timeout_s: float = 90.0) -> RayCluster:

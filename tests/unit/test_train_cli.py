@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from configs.errors import ConfigError
+from configs.settings import ComputeSettings, Settings
 from controller.cli import build_parser, run
-from controller.commands.train import evaluate_command, initial_weights, output_path
+from controller.commands.train import (
+    compute_settings,
+    evaluate_command,
+    initial_weights,
+    output_path,
+)
 from controller.exit_codes import ExitCode
 
 SHIPPED = Path(__file__).resolve().parents[2] / "rl" / "policies" / "adaptive.pt"
@@ -34,9 +40,12 @@ def test_help_lists_the_fine_tuning_options(capsys: pytest.CaptureFixture[str]) 
         "--checkpoint-every",
         "--value-warmup",
         "--mode",
+        "--backend",
+        "--ray-address",
     ):
         assert option in text, option
     assert "shipped" in text and "none" in text
+    assert "{local,ray}" in text
 
 
 def test_from_defaults_to_the_shipped_policy_with_a_network(tmp_path: Path) -> None:
@@ -96,3 +105,33 @@ def test_a_budget_that_is_not_positive_is_a_usage_error(
 def test_an_unknown_initial_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--from"):
         initial_weights(_parse("--from", str(tmp_path / "absent.pt")), None)
+
+
+def test_the_backend_and_ray_address_default_to_the_settings_compute_section() -> None:
+    assert compute_settings(_parse(), None) == ("local", ComputeSettings())
+    settings = Settings.model_validate(
+        {
+            "simulation": {"network": "city.net.xml"},
+            "compute": {"backend": "ray", "address": "10.0.0.5:6379", "connect_timeout_s": 5},
+        }
+    )
+    backend, compute = compute_settings(_parse(), settings)
+    assert backend == "ray" and compute == settings.compute
+    # the options win; the rest of [compute] stays
+    backend, compute = compute_settings(_parse("--backend", "local"), settings)
+    assert backend == "local"
+    backend, compute = compute_settings(_parse("--ray-address", "ray://head:10001"), settings)
+    assert compute.address == "ray://head:10001" and compute.connect_timeout_s == 5
+    backend, compute = compute_settings(
+        _parse("--backend", "ray", "--ray-address", "127.0.0.1:6380"), None
+    )
+    assert backend == "ray" and compute.address == "127.0.0.1:6380"
+
+
+def test_a_ray_address_needs_the_ray_backend_and_a_port() -> None:
+    with pytest.raises(ConfigError, match="--ray-address 127.0.0.1:6379 needs the Ray backend"):
+        compute_settings(_parse("--ray-address", "127.0.0.1:6379"), None)
+    with pytest.raises(ConfigError, match=r"--ray-address 'head'.*host:port"):
+        compute_settings(_parse("--backend", "ray", "--ray-address", "head"), None)
+    with pytest.raises(ConfigError, match="out of range"):
+        compute_settings(_parse("--backend", "ray", "--ray-address", "head:70000"), None)
