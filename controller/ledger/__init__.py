@@ -11,7 +11,10 @@ The ledger domain, one concept per module:
 - :mod:`~controller.ledger.verify`: offline verification of a ledger file;
 - :mod:`~controller.ledger.replay`: replay of a cycle's what-if through a
   :class:`ReplayTwin` the caller hands in;
-- :mod:`~controller.ledger.report`: the self-contained HTML report;
+- :mod:`~controller.ledger.push_rows`: a deployment record's push, read back as
+  one typed row per controller whatever shape it was written in;
+- :mod:`~controller.ledger.report`: the self-contained HTML report (its charts,
+  gate, push and measured-delta sections in the ``report_*`` modules);
 - :mod:`~controller.ledger.export`: JSON Lines export and kept tree heads.
 
 The package imports no daemon module, no torch, no SUMO and no asyncua (an
@@ -35,6 +38,7 @@ from controller.ledger.merkle import (
     verify_inclusion_proof,
     verify_rfc9162_consistency,
 )
+from controller.ledger.push_rows import PushStep, RecordedPush, RecordedPushRow, read_push
 from controller.ledger.records import (
     RECORD_KINDS,
     CheckpointHead,
@@ -99,10 +103,13 @@ __all__ = [
     "MeasuredDeltaRecord",
     "PolicyVersionRecord",
     "ProofError",
+    "PushStep",
     "RawCheckpoint",
     "RawRecord",
     "Record",
     "RecordBody",
+    "RecordedPush",
+    "RecordedPushRow",
     "RecordKind",
     "RecordRef",
     "ReplayResult",
@@ -122,6 +129,7 @@ __all__ = [
     "parse_body",
     "parse_time",
     "read_heads",
+    "read_push",
     "replay_cycle",
     "resolve_artifact",
     "rfc9162_audit_path",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from configs.digests import sha256_hex
 from configs.errors import LedgerError
@@ -31,7 +32,14 @@ from controller.ledger.report_charts import (
     sub,
     timeline,
 )
-from controller.ledger.report_deltas import measured_delta_section
+from controller.ledger.report_deltas import measured_delta_section, measured_status, status_text
+from controller.ledger.report_gate import (
+    gate_reasons,
+    gate_section,
+    verdict_reason,
+    verdict_text,
+)
+from controller.ledger.report_push import push_section
 from controller.ledger.store import Ledger, Record
 from controller.ledger.verify import VerifyResult
 
@@ -47,9 +55,10 @@ margin-top:2rem}h3{font-size:1.1rem}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
 td,th{border:1px solid #dee2e6;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f8f9fa}.ok{color:#198754;font-weight:600}.bad{color:#dc3545;font-weight:600}
-.warn{color:#b58105}.mono{font-family:ui-monospace,monospace;font-size:.85rem;word-break:break-all}
+.warn{color:#b58105}.muted{color:#6c757d}.mono{font-family:ui-monospace,monospace;font-size:.85rem;word-break:break-all}
 .deployment{border:1px solid #dee2e6;border-radius:6px;padding:1rem;margin:1rem 0}
 video{max-width:100%;background:#000}
+details.push-results>summary{cursor:pointer;padding:.25rem 0}
 """
 
 _SCRIPT = """
@@ -146,12 +155,14 @@ def _video_html(
                 target.write_bytes(data)  # the bytes whose digest was checked
             except OSError as e:
                 raise LedgerError(f"cannot copy video {source} to {target}: {e}") from e
-        src = esc(target.name)
+        src = esc(quote(target.name))
+        shown = f'<a href="{src}">{esc(target.name)}</a> (copy of {esc(source.name)})'
     else:
         src = "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
+        shown = f"{esc(source.name)} (embedded)"
     element = (
         f'<video controls muted playsinline preload="auto" data-record="{cycle.index}" '
-        f'src="{src}"></video><p class="mono">{esc(source.name)}: {digest_html}</p>'
+        f'src="{src}"></video><p class="mono">{shown}: {digest_html}</p>'
     )
     return element, "video digest matches"
 
@@ -172,26 +183,32 @@ def _deployed(dep: Record) -> bool:
     return bool(dep.body.get("result", "deployed") == "deployed")
 
 
-def _select(
-    ledger: Ledger, sel: ReportSelection, push_results: dict[int, str]
-) -> tuple[list[Record], list[_Deployment], set[int]]:
-    """(records, deployments, indices of cycles that led to a deployment)."""
+@dataclass
+class _Selected:
+    records: list[Record]
+    deployments: list[_Deployment]
+    #: cycle record index -> the deployment record that pushed its plan
+    deployment_of: dict[int, Record]
+
+    def deployed(self, cycle_index: int) -> bool:
+        dep = self.deployment_of.get(cycle_index)
+        return dep is not None and _deployed(dep)
+
+
+def _select(ledger: Ledger, sel: ReportSelection) -> _Selected:
     all_records = list(ledger.iter_records())
-    push_results.clear()
     cycles = {r.index: r for r in all_records if r.kind == "cycle"}
     cycles_by_id = {str(r.body.get("cycle_id")): r for r in cycles.values()}
     measured: dict[int, list[Record]] = {}
     for r in all_records:
         if r.kind == "measured_delta":
             measured.setdefault(int(r.body["deployment"]), []).append(r)
-    deployed_cycles: set[int] = set()
+    deployment_of: dict[int, Record] = {}
     for r in all_records:
         if r.kind == "deployment":
             c = _cycle_of(r, cycles, cycles_by_id)
-            if c is not None and _deployed(r):
-                deployed_cycles.add(c.index)
-            elif c is not None:
-                push_results[c.index] = str(r.body.get("result"))
+            if c is not None:
+                deployment_of[c.index] = r
     if sel.deployment is not None:
         dep = ledger.get(sel.deployment)
         if dep.kind != "deployment":
@@ -200,7 +217,7 @@ def _select(
         ms = measured.get(dep.index, [])
         chosen = {dep.index, *(m.index for m in ms), *([cycle.index] if cycle else [])}
         records = [r for r in all_records if r.index in chosen]
-        return records, [_Deployment(dep, cycle, ms)], deployed_cycles
+        return _Selected(records, [_Deployment(dep, cycle, ms)], deployment_of)
     records = [
         r
         for r in all_records
@@ -211,7 +228,7 @@ def _select(
         for r in records
         if r.kind == "deployment"
     ]
-    return records, deployments, deployed_cycles
+    return _Selected(records, deployments, deployment_of)
 
 
 def _predicted(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -219,86 +236,59 @@ def _predicted(body: Mapping[str, Any]) -> Mapping[str, Any]:
     return direct if direct else sub(sub(body, "configuration"), "predicted")
 
 
-def _gate_reasons(gate: Mapping[str, Any]) -> list[str]:
-    reasons = [str(x) for x in gate.get("reasons") or []]
-    for v in gate.get("verdicts") or []:
-        if isinstance(v, Mapping):
-            why = "; ".join(str(x) for x in v.get("reasons") or [])
-            reasons.append(
-                f"{v.get('candidate')}: {v.get('verdict')}" + (f" ({why})" if why else "")
-            )
-    return reasons
+def _cycle_summary(r: Record, deployment: Record | None) -> str:
+    b = r.body
+    gate = sub(b, "gate")
+    notes = []
+    if gate:
+        notes.append(f"gate: {verdict_reason(gate.get('decision', '–'))}")
+        if gate.get("held"):
+            notes.append("deployment held")
+    elif b.get("reason"):
+        notes.append(str(b["reason"]))
+    text = f"cycle {b.get('cycle_id')}: {b.get('outcome')}"
+    if notes:
+        text += f" ({', '.join(notes)})"
+    if deployment is not None:
+        text += (
+            f" → deployment record {deployment.index} ({deployment.body.get('result', 'deployed')})"
+        )
+    return text
 
 
-def _summary(r: Record) -> str:
+def _summary(r: Record, deployment_of: Mapping[int, Record]) -> str:
     b = r.body
     if r.kind == "cycle":
-        gate = sub(b, "gate")
-        return f"cycle {b.get('cycle_id')}: {b.get('outcome')} (gate {gate.get('decision', '–')})"
+        return _cycle_summary(r, deployment_of.get(r.index))
     if r.kind == "deployment":
         return (
-            f"deployment sequence {b.get('sequence')}, config {str(b.get('config_digest'))[:12]}…"
+            f"deployment of plan sequence {b.get('sequence')} "
+            f"({b.get('result', 'deployed')}), configuration sha256 "
+            f"{str(b.get('config_digest'))[:12]}…"
         )
     if r.kind == "measured_delta":
         m = sub(b, "measured")
-        status = b.get("status")
-        if status in ("superseded", "not_measurable"):
-            return f"{str(status).replace('_', ' ')} for record {b.get('deployment')}"
+        status = measured_status(b)
+        if status not in ("measured", "?"):
+            return f"{status_text(status)} for deployment record {b.get('deployment')}"
         return (
-            f"measured for record {b.get('deployment')}: wait {pct(m.get('wait_change'))}, "
-            f"NOx {pct(m.get('nox_change'))}"
+            f"measured for deployment record {b.get('deployment')}: "
+            f"wait {pct(m.get('wait_change'))}, NOx {pct(m.get('nox_change'))}"
         )
     if r.kind == "key_enrolment":
-        return f"key {str(b.get('keyid'))[:16]}… enrolled"
+        return f"signing key {str(b.get('keyid'))[:16]}… enrolled"
     if r.kind == "calibration":
-        return f"twin demand scale now {number(b.get('demand_scale')) or 0:.3f}"
+        scale = number(b.get("demand_scale"))
+        before = number(b.get("previous_demand_scale"))
+        text = "twin demand scale now " + ("–" if scale is None else f"{scale:.3f}")
+        return text + (f" (was {before:.3f})" if before is not None else "")
+    if r.kind == "policy_version":
+        origin = f" ({b['method']})" if b.get("method") else ""
+        return f"policy weights sha256 {str(b.get('sha256', ''))[:12]}…{origin}"
+    if r.kind == "config_change":
+        what = f": {b['summary']}" if b.get("summary") else ""
+        return f"settings sha256 {str(b.get('sha256', ''))[:12]}…{what}"
     return f"{r.kind} {str(b.get('sha256', ''))[:12]}"
-
-
-def _gate_html(cycle: Record | None) -> str:
-    if cycle is None:
-        return "<p>No cycle record found for this deployment.</p>"
-    gate = sub(cycle.body, "gate")
-    if not gate:
-        return "<p>The cycle record has no gate decision.</p>"
-    items = "".join(f"<li>{esc(x)}</li>" for x in _gate_reasons(gate)) or "<li>(none given)</li>"
-    decision = str(gate.get("decision", "–"))
-    cls = "ok" if decision in ("pass", "passed", "deploy") else "bad"
-    chosen = f" (chosen: {esc(gate['chosen'])})" if gate.get("chosen") else ""
-    return (
-        f'<p>Gate decision: <span class="{cls}">{esc(decision)}</span>{chosen}</p><ul>{items}</ul>'
-    )
-
-
-def _push_html(body: Mapping[str, Any]) -> str:
-    push = body.get("push")
-    rows: list[Mapping[str, Any]] = []
-    head = ""
-    if isinstance(push, list):
-        rows = [p for p in push if isinstance(p, Mapping)]
-    elif isinstance(push, Mapping):
-        ok = push.get("ok")
-        cls = "ok" if ok else "bad"
-        head = (
-            f'<p>Push: <span class="{cls}">{"ok" if ok else "failed"}</span> '
-            f"{esc(push.get('message') or '')}</p>"
-        )
-        results = push.get("results")
-        if isinstance(results, Mapping):
-            for tls, value in sorted(results.items()):
-                detail = value if isinstance(value, Mapping) else {"message": value}
-                rows.append({"intersection": tls, **detail})
-    if not rows:
-        return head or "<p>No push results recorded.</p>"
-    columns = sorted({k for r in rows for k in r} - {"intersection"})
-    header = "".join(f"<th>{esc(c)}</th>" for c in ["intersection", *columns])
-    body_rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{esc(r.get(c, '–'))}</td>" for c in ["intersection", *columns])
-        + "</tr>"
-        for r in rows
-    )
-    return f"{head}<table><tr>{header}</tr>{body_rows}</table>"
 
 
 def build_report(
@@ -325,8 +315,8 @@ def build_report(
             no file outside them and the ledger's folder is ever read.
     """
     sel = selection or ReportSelection()
-    push_results: dict[int, str] = {}
-    records, deployments, deployed_cycles = _select(ledger, sel, push_results)
+    selected = _select(ledger, sel)
+    records, deployments = selected.records, selected.deployments
     roots = [ledger.path.resolve().parent, *inputs]
     title = "signaltwin ledger audit report"
     parts = [
@@ -358,8 +348,10 @@ def build_report(
             "covered by signed checkpoints</td></tr>"
         )
     else:
+        problems = len(verification.problems)
+        more = f"{problems} problems; the first: " if problems > 1 else ""
         parts.append(
-            f"<tr><th>verification</th><td class='bad'>FAILED: "
+            f"<tr><th>verification</th><td class='bad'>FAILED: {esc(more)}"
             f"{esc(verification.first_problem)}</td></tr>"
         )
     if verification is not None:
@@ -375,7 +367,8 @@ def build_report(
     for r in records:
         parts.append(
             f"<tr><td>{r.index}</td><td>{esc(format_time(r.time))}</td><td>{esc(r.kind)}"
-            f"</td><td>{esc(_summary(r))}</td><td class='mono'>{esc(r.hash[:16])}…</td></tr>"
+            f"</td><td>{esc(_summary(r, selected.deployment_of))}</td>"
+            f"<td class='mono'>{esc(r.hash[:16])}…</td></tr>"
         )
     parts.append("</table>")
 
@@ -386,25 +379,11 @@ def build_report(
     for d in deployments:
         body = d.record.body
         predicted = _predicted(body)
-        measured = [
-            m.body["measured"] for m in d.measured if isinstance(m.body.get("measured"), Mapping)
-        ]
         pw = number(predicted.get("wait_change"))
-        for m in measured:
-            mw = number(m.get("wait_change"))
+        for m in d.measured:
+            mw = number(sub(m.body, "measured").get("wait_change"))
             if pw is not None and mw is not None:
                 points.append((d.record.index, pw, mw))
-        sig = verification.signatures.get(d.record.index) if verification else None
-        if sig is None:
-            sig_html = "<span class='warn'>not verified</span>"
-        elif sig.ok:
-            sig_html = f"<span class='ok'>verified</span> ({esc(sig.message)})"
-        else:
-            sig_html = f"<span class='bad'>does not verify</span>: {esc(sig.message)}"
-        covered = verification is not None and d.record.index <= verification.covered_size
-        covered_text = (
-            "not verified" if verification is None else "yes (verified)" if covered else "no"
-        )
         video_html, video_status = _video_html(d.cycle, roots, out_path, link_video)
         parts += [
             f"<section class='deployment' id='deployment-{d.record.index}'>",
@@ -413,8 +392,10 @@ def build_report(
             "<table>",
             f"<tr><th>configuration sha256</th><td class='mono'>"
             f"{esc(body.get('config_digest'))}</td></tr>",
-            f"<tr><th>envelope signature</th><td>{sig_html}</td></tr>",
-            f"<tr><th>in a signed checkpoint</th><td>{covered_text}</td></tr>",
+            f"<tr><th>envelope signature</th><td>{_signature_html(verification, d.record)}"
+            "</td></tr>",
+            f"<tr><th>in a signed checkpoint</th><td>{_covered_html(verification, d.record)}"
+            "</td></tr>",
             f"<tr><th>push result</th><td>{esc(body.get('result', 'deployed'))}</td></tr>",
             f"<tr><th>cycle</th><td>"
             f"{esc(d.cycle.body.get('cycle_id')) if d.cycle else 'not found'}"
@@ -422,30 +403,17 @@ def build_report(
             f"<tr><th>what-if video</th><td>{esc(video_status)}</td></tr>",
             "</table>",
             "<h4>Predicted against measured</h4>",
-            "<table><tr><th></th><th>wait time change</th><th>NOx change</th></tr>",
-            f"<tr><th>predicted</th><td>{pct(predicted.get('wait_change'))} "
-            f"(CI {esc(_ci_text(predicted.get('wait_change_ci')))})</td>"
-            f"<td>{pct(predicted.get('nox_change'))} "
-            f"(CI {esc(_ci_text(predicted.get('nox_change_ci')))})</td></tr>",
-        ]
-        for n, m in enumerate(measured):
-            parts.append(
-                f"<tr><th>measured #{n + 1}</th><td>{pct(m.get('wait_change'))}</td>"
-                f"<td>{pct(m.get('nox_change'))}</td></tr>"
-            )
-        parts.append("</table>")
-        parts.append(bar_chart(predicted, measured))
-        parts += [
+            _predicted_table(predicted, d.measured),
             "<h4>Gate decision</h4>",
-            _gate_html(d.cycle),
+            gate_section(d.cycle.body if d.cycle else None),
             "<h4>Push results</h4>",
-            _push_html(body),
+            push_section(body),
             "<h4>What-if video (baseline | candidate)</h4>",
             video_html,
             "</section>",
         ]
 
-    refused = [r for r in records if r.kind == "cycle" and r.index not in deployed_cycles]
+    refused = [r for r in records if r.kind == "cycle" and not selected.deployed(r.index)]
     parts.append("<h2>Cycles that deployed nothing</h2>")
     if not refused:
         parts.append("<p>None in this selection.</p>")
@@ -455,17 +423,18 @@ def build_report(
         )
         for r in refused:
             gate = sub(r.body, "gate")
-            reasons = "; ".join(_gate_reasons(gate))
+            reasons = "; ".join(gate_reasons(gate))
             error = r.body.get("error") or sub(r.body, "report").get("error")
             if r.body.get("reason"):
                 reasons = f"{reasons}; {r.body['reason']}" if reasons else str(r.body["reason"])
             if error:
                 reasons = f"{reasons}; error: {error}" if reasons else f"error: {error}"
+            dep = selected.deployment_of.get(r.index)
+            pushed = f" → push {dep.body.get('result')}" if dep is not None else ""
+            decision = verdict_text(gate["decision"]) if "decision" in gate else "–"
             parts.append(
                 f"<tr><td>{r.index}</td><td>{esc(r.body.get('cycle_id'))}</td>"
-                f"<td>{esc(r.body.get('outcome'))}"
-                f"{f' → push {esc(push_results[r.index])}' if r.index in push_results else ''}"
-                f"</td><td>{esc(gate.get('decision', '–'))}"
+                f"<td>{esc(str(r.body.get('outcome')) + pushed)}</td><td>{esc(decision)}"
                 f"</td><td>{esc(reasons)}</td></tr>"
             )
         parts.append("</table>")
@@ -480,6 +449,71 @@ def build_report(
 def _ci_text(value: object) -> str:
     ci = ci_bounds(value)
     return "–" if ci is None else f"{ci[0] * 100:+.1f} % … {ci[1] * 100:+.1f} %"
+
+
+def _signature_html(verification: VerifyResult | None, record: Record) -> str:
+    sig = verification.signatures.get(record.index) if verification else None
+    if sig is None:
+        return "<span class='warn'>not verified</span>"
+    if sig.ok:
+        return f"<span class='ok'>verified</span> <span class='mono'>({esc(sig.message)})</span>"
+    return f"<span class='bad'>does not verify</span>: {esc(sig.message)}"
+
+
+def _covered_html(verification: VerifyResult | None, record: Record) -> str:
+    if verification is None:
+        return "<span class='warn'>not verified</span>"
+    if record.index <= verification.covered_size:
+        return "<span class='ok'>yes (verified)</span>"
+    return "<span class='bad'>no</span>"
+
+
+def _predicted_table(predicted: Mapping[str, Any], measured: Sequence[Record]) -> str:
+    """Predicted (with intervals) against each measured-delta record, the bar chart, a note."""
+    parts = [
+        "<table><tr><th></th><th>wait time change</th><th>NOx change</th></tr>",
+        f"<tr><th>predicted</th><td>{pct(predicted.get('wait_change'))} "
+        f"(CI {esc(_ci_text(predicted.get('wait_change_ci')))})</td>"
+        f"<td>{pct(predicted.get('nox_change'))} "
+        f"(CI {esc(_ci_text(predicted.get('nox_change_ci')))})</td></tr>",
+    ]
+    charted: list[Mapping[str, Any]] = []
+    labels: list[str] = []
+    quantities: set[str] = set()
+    for n, m in enumerate(measured, start=1):
+        values = sub(m.body, "measured")
+        label = f"measured #{n}"
+        head = f"<tr><th>{label} <small>(record {m.index})</small></th>"
+        status = measured_status(m.body)
+        if number(values.get("wait_change")) is None and status != "measured":
+            reason = values.get("reason")
+            why = f": {reason}" if reason else ""
+            parts.append(
+                f"{head}<td colspan='2' class='muted'>{esc(status_text(status) + why)}</td></tr>"
+            )
+            continue
+        charted.append(values)
+        labels.append(label)
+        if m.body.get("quantity"):
+            quantities.add(str(m.body["quantity"]))
+        parts.append(
+            f"{head}<td>{pct(values.get('wait_change'))}</td>"
+            f"<td>{pct(values.get('nox_change'))}</td></tr>"
+        )
+    parts.append("</table>")
+    parts.append(bar_chart(predicted, charted, labels))
+    notes = ["CI: the twin's confidence interval"]
+    horizon = number(predicted.get("horizon_s"))
+    if horizon is not None:
+        notes.append(f"predicted over a {horizon:.0f} s horizon")
+    seeds = predicted.get("seeds")
+    if isinstance(seeds, list) and seeds:
+        notes.append("seeds " + ", ".join(str(x) for x in seeds))
+    if quantities:
+        notes.append("measured: change of " + " and ".join(sorted(quantities)))
+    notes.append("negative = less than under the previous plan")
+    parts.append(f"<p><small>{esc('; '.join(notes))}.</small></p>")
+    return "".join(parts)
 
 
 def write_report(

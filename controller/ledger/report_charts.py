@@ -60,16 +60,33 @@ def ci_bounds(value: object) -> tuple[float, float] | None:
 
 # ---------------------------------------------------------------------- charts
 
+#: axis ends whose halves are round percentages too (fractions)
+_NICE = (0.02, 0.04, 0.05, 0.1, 0.2, 0.4, 0.5, 1.0, 2.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
-def bar_chart(predicted: Mapping[str, Any], measured: Sequence[Mapping[str, Any]]) -> str:
-    """Grouped bars: predicted (with CI whiskers) vs each measured window, wait and NOx."""
+
+def _nice_scale(largest: float) -> float:
+    """The axis end for values up to ``largest``: a round fraction with some headroom."""
+    want = largest * 1.1
+    return next((n for n in _NICE if n >= want), want)
+
+
+def bar_chart(
+    predicted: Mapping[str, Any],
+    measured: Sequence[Mapping[str, Any]],
+    labels: Sequence[str] = (),
+) -> str:
+    """Grouped bars: predicted (with CI whiskers) vs each measured window, wait and NOx.
+
+    ``labels`` names the measured series (default ``measured #1``, ``#2`` …).
+    """
     metrics = [("wait_change", "wait time"), ("nox_change", "NOx")]
     series: list[tuple[str, str, Mapping[str, Any], bool]] = [
         ("predicted", "#0d6efd", predicted, True)
     ]
     palette = ["#198754", "#20c997", "#0f5132", "#75b798"]
     for n, m in enumerate(measured):
-        series.append((f"measured #{n + 1}", palette[n % len(palette)], m, False))
+        name = labels[n] if n < len(labels) else f"measured #{n + 1}"
+        series.append((name, palette[n % len(palette)], m, False))
     values = [0.05]
     for _, _, data, _ in series:
         for key, _ in metrics:
@@ -79,7 +96,7 @@ def bar_chart(predicted: Mapping[str, Any], measured: Sequence[Mapping[str, Any]
             ci = ci_bounds(data.get(f"{key}_ci"))
             if ci is not None:
                 values += [abs(ci[0]), abs(ci[1])]
-    scale = max(values) * 1.15
+    scale = _nice_scale(max(values))
     width, height, top, left = 520, 240, 20, 60
     plot_h = height - top - 40
     zero_y = top + plot_h / 2
@@ -101,7 +118,7 @@ def bar_chart(predicted: Mapping[str, Any], measured: Sequence[Mapping[str, Any]
             f'<line x1="{left - 4}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" '
             'stroke="#dee2e6" stroke-dasharray="3,3"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-            f"{tick * 100:+.0f}%</text>"
+            f"{tick * 100:+g} %</text>"
         )
     for g, (key, label) in enumerate(metrics):
         gx = left + 15 + g * group_w

@@ -17,7 +17,14 @@ from typing import Any
 from controller.ledger.report_charts import ci_bounds, esc, number, sub
 from controller.ledger.store import Record
 
-__all__ = ["WITHIN_PP", "DeltaSummary", "measured_delta_section", "summarise_deltas"]
+__all__ = [
+    "WITHIN_PP",
+    "DeltaSummary",
+    "measured_delta_section",
+    "measured_status",
+    "status_text",
+    "summarise_deltas",
+]
 
 #: an estimate this close to the prediction (or the truth) counts as agreeing
 WITHIN_PP = 5.0
@@ -55,7 +62,13 @@ class DeltaSummary:
         return text + "."
 
 
-def _status(body: Mapping[str, Any]) -> str:
+def status_text(status: str) -> str:
+    """A measured delta's status in words (``not_measurable`` -> ``not measurable``)."""
+    return status.replace("_", " ") if status != "?" else "status not recorded"
+
+
+def measured_status(body: Mapping[str, Any]) -> str:
+    """The status of a measured-delta record body (older records: from what they hold)."""
     status = body.get("status")
     if isinstance(status, str):
         return status
@@ -85,7 +98,7 @@ def summarise_deltas(records: Iterable[Record]) -> DeltaSummary:
             continue
         n += 1
         body = r.body
-        status = _status(body)
+        status = measured_status(body)
         superseded += status == "superseded"
         unmeasurable += status == "not_measurable"
         estimate = number(_estimate(body).get("wait_change"))
@@ -109,7 +122,7 @@ def _change(data: Mapping[str, Any], key: str, ci_key: str) -> str:
     ci = ci_bounds(data.get(ci_key))
     text = f"{value * 100:+.1f} %"
     if ci is not None:
-        text += f" ({ci[0] * 100:+.1f} … {ci[1] * 100:+.1f})"
+        text += f" ({ci[0] * 100:+.1f} … {ci[1] * 100:+.1f} %)"
     return text
 
 
@@ -155,10 +168,12 @@ def measured_delta_section(records: Iterable[Record]) -> str:
     for r in rows:
         body = r.body
         estimate = _estimate(body)
-        status = _status(body)
+        status = measured_status(body)
         measured = sub(body, "measured")
         reason = measured.get("reason")
-        status_html = esc(status) + (f"<br><small>{esc(reason)}</small>" if reason else "")
+        status_html = esc(status_text(status)) + (
+            f"<br><small>{esc(reason)}</small>" if reason else ""
+        )
         method = estimate.get("method")
         estimated_html = esc(_change(estimate, "wait_change", "wait_ci")) + (
             f"<br><small>{esc(method)}</small>" if method else ""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from configs.digests import canonical_json, sha256_hex
+from configs.outcomes import PushOutcome
 from controller.ledger import Ledger
 from hsm.envelope import sign_envelope
 from tests.support.softkeys import SoftwareSigner
@@ -58,6 +61,67 @@ def timing_payload(sequence: int, pred: dict[str, Any]) -> bytes:
     return canonical_json(doc)
 
 
+def controller_ids(n: int) -> list[str]:
+    """``n`` intersection ids as a district names them: ``n01`` … (unsorted on purpose)."""
+    return [f"n{i:02d}" for i in range(n, 0, -1)]
+
+
+def pool_push(
+    sequence: int,
+    digest: str,
+    controllers: list[str],
+    *,
+    refused: dict[str, tuple[int, str]] | None = None,
+    unread: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A ``deployment.push`` as the OPC UA pool writes it (:meth:`PushReport.to_dict`).
+
+    Args:
+        sequence: the plan's sequence.
+        digest: the plan's configuration digest.
+        controllers: the intersection ids pushed to.
+        refused: intersection id -> (status code, message) of an ActivatePlan refusal.
+        unread: intersection ids that activated but could not be read back.
+    """
+    from actuation.types import ControllerPushResult, PushReport  # asyncua: only when used
+
+    refused = refused or {}
+    rows = []
+    for tls in controllers:
+        row = ControllerPushResult(
+            tls, stage_status=0, stage_message=f"plan {sequence} verified and staged"
+        )
+        if tls in refused:
+            status, message = refused[tls]
+            row = replace(row, activate_status=status, activate_message=message)
+            row = replace(row, readback_sequence=sequence - 1, readback_digest="0" * 64)
+        else:
+            row = replace(
+                row,
+                activate_status=0,
+                activate_message=f"plan {sequence} active from field time 5060.0",
+            )
+            if tls in unread:
+                row = row.note("read-back timed out after 2.0 s")
+            else:
+                row = replace(row, readback_sequence=sequence, readback_digest=digest)
+        rows.append(row)
+    bad = set(refused) | set(unread)
+    report = PushReport(
+        sequence=sequence,
+        digest=digest,
+        outcome=PushOutcome.PARTIAL if bad else PushOutcome.ACTIVATED,
+        activate_at_field_time_s=5060.0,
+        controllers=rows,
+        stage_s=0.214,
+        activate_s=0.409,
+        readback_s=0.097,
+        total_s=0.72,
+        reason=f"activation refused or not read back on {len(bad)}" if bad else "",
+    )
+    return {"ok": not bad, "message": report.reason, "results": report.to_dict()}
+
+
 def add_cycle(
     ledger: Ledger,
     signer: SoftwareSigner,
@@ -68,11 +132,14 @@ def add_cycle(
     wait: float = -0.18,
     measured_wait: float | None = -0.15,
     video_path: str | None = None,
+    push: Callable[[int, str], Any] | None = None,
 ) -> dict[str, int]:
     """Append one cycle (and, when deployed, a deployment and a measured delta).
 
     ``video_path`` records that path for ``video`` instead of its file name (a
-    crafted ledger naming a file elsewhere).
+    crafted ledger naming a file elsewhere); ``push``, when given, is a callable
+    ``(sequence, digest) -> push`` whose result is recorded as the deployment's
+    push instead of one row for J1.
     """
     cycle_id = f"cycle-{n:04d}"
     pred = predicted(wait)
@@ -89,6 +156,19 @@ def add_cycle(
     if deploy:
         payload = timing_payload(n, pred)
         envelope = sign_envelope(signer, payload).to_dict()
+        push_body = (
+            push(n, sha256_hex(payload))
+            if push is not None
+            else [
+                {
+                    "intersection": "J1",
+                    "endpoint": "opc.tcp://127.0.0.1:4840",
+                    "ok": True,
+                    "status": "Good",
+                    "message": "staged and activated",
+                }
+            ]
+        )
         ref = ledger.append(
             "deployment",
             {
@@ -97,15 +177,7 @@ def add_cycle(
                 "config_digest": sha256_hex(payload),
                 "envelope": envelope,
                 "predicted": pred,
-                "push": [
-                    {
-                        "intersection": "J1",
-                        "endpoint": "opc.tcp://127.0.0.1:4840",
-                        "ok": True,
-                        "status": "Good",
-                        "message": "staged and activated",
-                    }
-                ],
+                "push": push_body,
             },
             dedupe_key=f"{cycle_id}:deployment",
         )

@@ -274,7 +274,7 @@ def test_report_shows_the_delta_table_and_a_summary_line(tmp_path: Path) -> None
         summary = summarise_deltas(ledger.iter_records("measured_delta"))
     table = page[page.index("<h2>Measured deltas</h2>") :]
     assert "<table class='deltas'>" in table
-    assert "-23.0 % (-28.0 … -18.0)" in table  # predicted with its interval
+    assert "-23.0 % (-28.0 … -18.0 %)" in table  # predicted with its interval
     assert "-18.0 %" in table  # the true change
     assert "1000–1600 s" in table  # the window
     assert "true − est" in table

@@ -113,7 +113,9 @@ def test_cycle_records_verify_and_report(tmp_path: Path) -> None:
     assert "policy: pass" in page  # the gate's verdict for the candidate
     assert "pushing → push aborted" in page
     assert "Cycles that deployed nothing" in page and "refuse" in page
-    assert "<td>J1</td>" in page  # push results per controller
+    # push results per controller: the first push took, the second was refused
+    assert "<summary class='ok'>1 controller: all reported OK</summary>" in page
+    assert "<summary class='bad'>1 controller: none took the plan (J1)</summary>" in page
 
 
 def test_records_appended_between_cycles_are_signed_before_shutdown(tmp_path: Path) -> None:
