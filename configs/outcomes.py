@@ -1,6 +1,6 @@
 """The outcome vocabularies: one enum per question, shared by every stage.
 
-A push, a cycle record, a deployment record and the deployments metric each
+A push, a cycle record, a deployment record and the cycles metric each
 answer a different question, so each has its own closed set of answers. They
 are ``StrEnum`` so that the value written to the ledger or a metric label is
 the plain string an auditor reads.
@@ -42,7 +42,11 @@ class CycleOutcome(StrEnum):
 
 
 class DeploymentResult(StrEnum):
-    """What a cycle did to the field, as ``signaltwin_deployments_total{result}`` counts."""
+    """What a cycle did to the field, as ``signaltwin_cycles_total{result}`` counts.
+
+    ``deployed`` and ``shadow`` cycles signed a plan: they are also counted in
+    ``signaltwin_deployments_total{result}``.
+    """
 
     DEPLOYED = "deployed"
     SHADOW = "shadow"

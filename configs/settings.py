@@ -10,6 +10,7 @@ which is read from ``$CREDENTIALS_DIRECTORY/NAME``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_HSM_KEY_LABEL",
     "DEFAULT_HSM_MODULE",
     "DEFAULT_HSM_TOKEN_LABEL",
+    "ConsoleSettings",
     "ControllerEndpoint",
     "ComputeBackend",
     "ComputeSettings",
@@ -53,6 +55,7 @@ __all__ = [
     "auto_workers",
     "available_cpus",
     "default_fleet",
+    "is_loopback_address",
 ]
 
 Seconds = Annotated[int, Field(gt=0, le=86_400)]
@@ -408,6 +411,93 @@ class MetricsSettings(BaseModel):
     port: Port = 9108
 
 
+def is_loopback_address(address: str) -> bool:
+    """Whether binding ``address`` serves this machine only (``localhost``, 127.0.0.0/8, ::1).
+
+    Any other name or address (``0.0.0.0``, ``::``, a host name, a LAN address)
+    may be reachable from elsewhere.
+    """
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ConsoleSettings(BaseModel):
+    """The operator console: a read-only web page served by the daemon (``controller.console``).
+
+    On a loopback address (the default) it needs nothing else. Bound to any other
+    address it must have TLS (certificate and key) and a users file, or the
+    settings are refused: the page shows the district's plans and the controllers'
+    health. Relative paths are under ``state_dir``; the key and the users file
+    are secrets (a file, or ``credential:NAME`` for a systemd credential).
+    """
+
+    model_config = _STRICT
+
+    enabled: bool = Field(True, description="Serve the console.")
+    address: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        "127.0.0.1", description="Address to bind; not loopback needs TLS and users_file."
+    )
+    port: Annotated[int, Field(ge=0, le=65_535)] = Field(
+        9110, description="Port to bind (0: any free port, logged at start-up)."
+    )
+    tls_certificate: Path | None = Field(
+        None, description="PEM certificate (chain) served over HTTPS."
+    )
+    tls_private_key: str | None = Field(
+        None, description="Its PEM private key: a file, or 'credential:NAME'."
+    )
+    users_file: str | None = Field(
+        None,
+        description="Who may read the console: lines 'user:HASH' written by "
+        "'signaltwin console hash-password' (scrypt or PBKDF2; never a plain password); "
+        "a file, or 'credential:NAME'.",
+    )
+    cycles_shown: Annotated[int, Field(ge=1, le=200)] = Field(
+        20, description="How many recent cycles the page lists."
+    )
+    max_clients: Annotated[int, Field(ge=1, le=256)] = Field(
+        16, description="Live (Server-Sent Events) connections served at once."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+", value):
+            raise ValueError(f"expected a host name or an IP address, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _protected_off_loopback(self) -> ConsoleSettings:
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError(
+                "console.tls_certificate and console.tls_private_key go together: "
+                "set both (HTTPS) or neither"
+            )
+        if self.enabled and not is_loopback_address(self.address):
+            missing = [
+                f"console.{key}"
+                for key in ("tls_certificate", "tls_private_key", "users_file")
+                if getattr(self, key) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"console.address = {self.address!r} is not a loopback address, so the "
+                    f"console needs HTTPS and a users file: set {', '.join(missing)} "
+                    '(or bind console.address = "127.0.0.1"; docs/operations.md, '
+                    "'The operator console')"
+                )
+        return self
+
+    @property
+    def protected(self) -> bool:
+        """Whether the console is served over HTTPS with authentication."""
+        return self.tls_certificate is not None and self.users_file is not None
+
+
 _RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-]{1,253}:[0-9]{1,5})$")
 
 
@@ -493,6 +583,7 @@ class Settings(BaseModel):
     video: VideoSettings = Field(default_factory=VideoSettings)
     rl: RlSettings = Field(default_factory=RlSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
@@ -560,10 +651,18 @@ class Settings(BaseModel):
                 ],
             }
         )
+        console = self.console.model_copy(
+            update={
+                "tls_certificate": at(self.console.tls_certificate, state),
+                "tls_private_key": _secret_ref_opt(self.console.tls_private_key, state),
+                "users_file": _secret_ref_opt(self.console.users_file, state),
+            }
+        )
         return self.model_copy(
             update={
                 "state_dir": state,
                 "simulation": sim,
+                "console": console,
                 "hsm": hsm,
                 "controllers": ctl,
                 "ledger": self.ledger.model_copy(
@@ -625,6 +724,17 @@ class Settings(BaseModel):
                     }
                 ),
                 "ledger": self.ledger.model_copy(update={"path": move(self.ledger.path)}),
+                "console": self.console.model_copy(
+                    update={
+                        "tls_certificate": move_opt(self.console.tls_certificate),
+                        "tls_private_key": None
+                        if self.console.tls_private_key is None
+                        else move_ref(self.console.tls_private_key),
+                        "users_file": None
+                        if self.console.users_file is None
+                        else move_ref(self.console.users_file),
+                    }
+                ),
                 "video": self.video.model_copy(update={"directory": move(self.video.directory)}),
                 "rl": self.rl.model_copy(update={"feedback_path": move(self.rl.feedback_path)}),
             }
@@ -640,3 +750,7 @@ def _secret_ref(ref: str, root: Path) -> str:
     if ref.startswith("credential:"):
         return ref
     return str(_absolute(Path(ref), root))
+
+
+def _secret_ref_opt(ref: str | None, root: Path) -> str | None:
+    return None if ref is None else _secret_ref(ref, root)

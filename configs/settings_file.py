@@ -25,6 +25,7 @@ __all__ = [
     "format_validation_error",
     "load_settings",
     "read_secret",
+    "secret_path",
 ]
 
 
@@ -102,23 +103,33 @@ def _lookup(raw: Any, loc: tuple[int | str, ...]) -> Any:
     return node
 
 
+def secret_path(ref: str, what: str) -> Path:
+    """The file a secret reference names: the file itself, or ``credential:NAME``'s.
+
+    For a library that opens the secret itself (an ``ssl`` private key).
+
+    Raises:
+        ConfigError: a ``credential:`` reference outside systemd's ``LoadCredential=``.
+    """
+    if not ref.startswith("credential:"):
+        return Path(ref)
+    name = ref.removeprefix("credential:")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            f"{what}: '{ref}' needs systemd's LoadCredential={name}:... "
+            "(CREDENTIALS_DIRECTORY is not set); or point the setting at a file"
+        )
+    return Path(directory) / name
+
+
 def read_secret(ref: str, what: str) -> SecretStr:
     """Read a secret from a file or ``credential:NAME`` (systemd ``LoadCredential=``).
 
     Raises:
         ConfigError: naming the secret, where it was looked for and how to fix it.
     """
-    if ref.startswith("credential:"):
-        name = ref.removeprefix("credential:")
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(
-                f"{what}: '{ref}' needs systemd's LoadCredential={name}:... "
-                "(CREDENTIALS_DIRECTORY is not set); or point the setting at a file"
-            )
-        path = Path(directory) / name
-    else:
-        path = Path(ref)
+    path = secret_path(ref, what)
     try:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError as e:
@@ -205,6 +216,16 @@ def check_environment(settings: Settings) -> list[str]:
                     f"controllers.endpoints[{index}].server_certificate: "
                     f"{cert} missing (the server certificate must be pinned)"
                 )
+    console = settings.console
+    if console.enabled:
+        if console.tls_certificate is not None and not console.tls_certificate.is_file():
+            problems.append(f"console.tls_certificate: {console.tls_certificate} does not exist")
+        for key, ref in (
+            ("console.tls_private_key", console.tls_private_key),
+            ("console.users_file", console.users_file),
+        ):
+            if ref is not None:
+                problems.extend(_secret_problems(ref, key, auto=False))
     return problems
 
 

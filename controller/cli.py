@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from configs.errors import ConfigError, SignaltwinError
 from controller.exit_codes import ExitCode
+from controller.log_levels import set_library_levels
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `signaltwin -v demo` runs the daemon's cycle in this process: asyncua's
+    # per-read INFO lines would drown it
+    set_library_levels(level)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

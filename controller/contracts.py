@@ -17,6 +17,8 @@ Names (one per concept):
   (:class:`controller.cycle.CycleRunner` is one).
 * :class:`CycleReportLike` / :class:`ComponentHealth` -- what the daemon reads
   of a cycle's report; :class:`CycleReport` is the cycle's own.
+* :class:`CycleObserver` -- what the daemon tells about each cycle it runs
+  (:class:`controller.console.ConsoleFeed` is one).
 * :class:`MeasurementSource`, :class:`PolicyHolder`, :class:`FeedbackSink` --
   what the feedback collector needs of the field, the proposer and the RL
   feedback store; :class:`CounterfactualPort` (the twin re-simulating the
@@ -48,11 +50,13 @@ __all__ = [
     "BasicCycleReport",
     "CalibrationPort",
     "ComponentHealth",
+    "ComputeCapacity",
     "ComputeStatus",
     "ControllerFleet",
     "CounterfactualEstimate",
     "CounterfactualPort",
     "CycleCancelled",
+    "CycleObserver",
     "CycleReport",
     "CycleReportLike",
     "DaemonSettings",
@@ -508,6 +512,45 @@ class CycleReport:
         data["slot_time"] = self.slot_time.isoformat()
         return data
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CycleReport:
+        """Inverse of :meth:`to_dict` (a cycle record's ``report``; unknown keys ignored).
+
+        Raises:
+            ValueError: not a recorded cycle report.
+        """
+
+        def optional(key: str, kind: type[Any]) -> Any:
+            value = data.get(key)
+            return None if value is None else kind(value)
+
+        try:
+            return cls(
+                slot_time=datetime.fromisoformat(str(data["slot_time"])),
+                ok=bool(data.get("ok", False)),
+                deployed=bool(data.get("deployed", False)),
+                shadow=bool(data.get("shadow", False)),
+                decision=str(data.get("decision", "none")),
+                failed_stage=optional("failed_stage", str),
+                error=optional("error", str),
+                stage_s={str(k): float(v) for k, v in dict(data.get("stage_s") or {}).items()},
+                sequence=optional("sequence", int),
+                predicted_wait_change=optional("predicted_wait_change", float),
+                predicted_nox_change=optional("predicted_nox_change", float),
+                video=optional("video", str),
+                ledger_index=optional("ledger_index", int),
+                hsm_errors=int(data.get("hsm_errors") or 0),
+                held=optional("held", str),
+                opcua_errors={
+                    str(k): int(v) for k, v in dict(data.get("opcua_errors") or {}).items()
+                },
+                controllers_up={
+                    str(k): bool(v) for k, v in dict(data.get("controllers_up") or {}).items()
+                },
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a recorded cycle report: {type(e).__name__}: {e}") from e
+
 
 class CycleReportLike(Protocol):
     """What the daemon reads from a cycle's report (:class:`CycleReport` fits).
@@ -539,6 +582,23 @@ class CycleReportLike(Protocol):
 
     @property
     def sequence(self) -> int | None: ...  # noqa: D102
+
+
+class CycleObserver(Protocol):
+    """Told about every cycle the daemon runs (the operator console listens).
+
+    Called from the daemon's worker thread; must return at once and never raise.
+    """
+
+    def cycle_started(self, slot_time: datetime) -> None:
+        """A cycle for ``slot_time`` begins."""
+        ...
+
+    def cycle_finished(
+        self, slot_time: datetime, report: CycleReportLike, result: str, duration_s: float
+    ) -> None:
+        """The cycle for ``slot_time`` ended: its report and its ``DeploymentResult`` value."""
+        ...
 
 
 @runtime_checkable
@@ -573,6 +633,18 @@ class ComputeStatus(Protocol):
 
     @property
     def workers_alive(self) -> int: ...  # noqa: D102
+
+
+@runtime_checkable
+class ComputeCapacity(Protocol):
+    """Optional extra of a :class:`ComputeStatus`: the what-if workers the settings ask for.
+
+    When a runner has it, the daemon serves ``signaltwin_whatif_workers_configured{backend}``
+    next to ``signaltwin_whatif_workers{backend}``, so an alert can compare the two.
+    """
+
+    @property
+    def workers_configured(self) -> int: ...  # noqa: D102
 
 
 @dataclass(frozen=True)

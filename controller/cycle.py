@@ -508,6 +508,11 @@ class CycleRunner:
         """What-if workers the twin has ready now (0 when the twin does not say)."""
         return self.twin.workers_alive if isinstance(self.twin, ComputeStatus) else 0
 
+    @property
+    def workers_configured(self) -> int:
+        """What-if workers the settings ask for (``simulation.workers``)."""
+        return self.settings.simulation.workers
+
     def close(self) -> None:
         """Release what :func:`controller.wiring.build_runner` opened (sessions, HSM, ledger)."""
         self._cover_tail()

@@ -36,7 +36,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Generic, TypeVar
@@ -50,6 +50,7 @@ from controller.contracts import (
     BasicCycleReport,
     ComponentHealth,
     ComputeStatus,
+    CycleObserver,
     CycleReportLike,
     DaemonSettings,
     FeedbackReport,
@@ -110,6 +111,7 @@ class Daemon(Generic[S]):
         notifier: Notifier,
         options: DaemonOptions | None = None,
         reload_factory: Callable[[S], RunsCycles[S]] | None = None,
+        observers: Sequence[CycleObserver] = (),
     ) -> None:
         """Prepare the daemon; nothing starts until :meth:`run`.
 
@@ -124,6 +126,8 @@ class Daemon(Generic[S]):
                 not the process's start-up (e.g. ``build_runner(s, reload=True)``,
                 which leaves a push in flight to the running runner); default
                 ``cycle_factory``.
+            observers: told when each cycle starts and ends (the operator console);
+                one that raises is logged and ignored.
         """
         self._loader = settings_loader
         self._factory = cycle_factory
@@ -131,6 +135,7 @@ class Daemon(Generic[S]):
         self.metrics = metrics
         self._notifier = notifier
         self.options = options or DaemonOptions()
+        self._observers = tuple(observers)
 
         # Flags set by signal handlers (plain attribute writes, safe in a handler).
         self.should_exit = False
@@ -457,6 +462,7 @@ class Daemon(Generic[S]):
     def _execute_cycle(self, runner: RunsCycles[S], slot_time: datetime) -> CycleRun:
         """Run one cycle, time it, log it and record its metrics; never raises."""
         logger.info("cycle for slot %s starting", slot_time.isoformat())
+        self._tell_observers("cycle_started", lambda o: o.cycle_started(slot_time))
         self.metrics.set_cycle_running(True)
         started = time.monotonic()
         report: CycleReportLike
@@ -479,6 +485,10 @@ class Daemon(Generic[S]):
         record_cycle_metrics(self.metrics, run)
         log = logger.info if report.ok else logger.error
         log("%s (%.1f s)", run.describe(), run.duration_s)
+        self._tell_observers(
+            "cycle_finished",
+            lambda o: o.cycle_finished(slot_time, report, run.result.value, run.duration_s),
+        )
         return run
 
     def _feedback_job(self) -> None:
@@ -579,6 +589,13 @@ class Daemon(Generic[S]):
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    def _tell_observers(self, event: str, call: Callable[[CycleObserver], object]) -> None:
+        for observer in self._observers:
+            try:
+                call(observer)
+            except Exception:
+                logger.exception("cycle observer %s failed on %s", type(observer).__name__, event)
 
     @staticmethod
     def _call_quietly(what: str, call: Callable[[], object]) -> None:

@@ -28,13 +28,23 @@ from pathlib import Path
 from typing import IO, Any
 
 from configs.errors import ActuationError, ConfigError, SignaltwinError
-from configs.settings import ControllerEndpoint, Settings
+from configs.settings import ConsoleSettings, ControllerEndpoint, MetricsSettings, Settings
 from configs.settings_file import dump_settings_toml, load_settings
-from controller.contracts import CycleReport
+from controller.contracts import CycleObserver, CycleReport
 from controller.cycle import CycleRunner
 from controller.wiring import build_runner
 
-__all__ = ["DemoOptions", "DemoSummary", "default_demo_config", "prepare_demo", "run_demo"]
+__all__ = [
+    "DemoOptions",
+    "DemoSummary",
+    "check_ports_free",
+    "console_settings",
+    "default_demo_config",
+    "metrics_settings",
+    "opening_line",
+    "prepare_demo",
+    "run_demo",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +70,8 @@ class DemoOptions:
     echo: Callable[[str], None] = print
     metrics_port: int | None = None
     """Serve the Prometheus endpoint on this port (None: the settings'; 0: not at all)."""
+    console_port: int | None = None
+    """Serve the operator console on this port (None: the settings'; 0: not at all)."""
 
 
 @dataclass
@@ -76,6 +88,14 @@ class DemoSummary:
     videos: list[str] = field(default_factory=list)
     predicted_vs_measured: list[tuple[int, float, float | None]] = field(default_factory=list)
 
+    def plan_lines(self) -> list[str]:
+        """One line per deployed plan: its predicted wait change and what was measured."""
+        lines = []
+        for sequence, predicted, measured in self.predicted_vs_measured:
+            shown = "not measured yet" if measured is None else f"measured {measured:+.1%}"
+            lines.append(f"plan {sequence}: predicted wait {predicted:+.1%}, {shown}")
+        return lines
+
 
 def _free_ports(count: int) -> list[int]:
     sockets = []
@@ -90,7 +110,7 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def metrics_settings(settings: Settings, port: int | None) -> Any:
+def metrics_settings(settings: Settings, port: int | None) -> MetricsSettings:
     """The demo's ``[metrics]``: the settings', on ``port`` when given, off for port 0.
 
     Raises:
@@ -103,6 +123,61 @@ def metrics_settings(settings: Settings, port: int | None) -> Any:
     if port == 0:
         return settings.metrics.model_copy(update={"enabled": False})
     return settings.metrics.model_copy(update={"enabled": True, "port": port})
+
+
+def console_settings(settings: Settings, port: int | None) -> ConsoleSettings:
+    """The demo's ``[console]``: the settings', on ``port`` when given, off for port 0.
+
+    Raises:
+        ConfigError: a port outside 0..65535.
+    """
+    if port is None:
+        return settings.console
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--console-port {port}: give a TCP port 1..65535, or 0 for none")
+    if port == 0:
+        return settings.console.model_copy(update={"enabled": False})
+    return settings.console.model_copy(update={"enabled": True, "port": port})
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Refuse to start when the metrics or console port is taken (before anything starts).
+
+    Raises:
+        ConfigError: naming the port, what wanted it and the option to change it.
+    """
+    wanted: list[tuple[str, str, str, int]] = []
+    if settings.metrics.enabled:
+        m = settings.metrics
+        wanted.append(("the Prometheus metrics", "--metrics-port", m.address, m.port))
+    if settings.console.enabled and settings.console.port != 0:
+        c = settings.console
+        wanted.append(("the operator console", "--console-port", c.address, c.port))
+    if len(wanted) == 2 and wanted[0][2:] == wanted[1][2:]:
+        raise ConfigError(
+            f"the metrics and the console both want {wanted[0][2]}:{wanted[0][3]}; give "
+            "--metrics-port and --console-port different ports"
+        )
+    for what, option, address, port in wanted:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # as the servers will bind: a port in TIME_WAIT is free, a listening one is not
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as e:
+                raise ConfigError(
+                    f"port {port} on {address} for {what} is not free ({e.strerror or e}): "
+                    f"another demo or daemon may be running; stop it, or give {option} PORT "
+                    "(0: none). Nothing was started."
+                ) from e
+
+
+def opening_line(settings: Settings) -> str:
+    """What the demo says while the daemon opens its HSM, ledger and controller sessions."""
+    count = len(settings.controllers.endpoints)
+    sessions = "1 secure session" if count == 1 else f"{count} secure sessions"
+    return f"daemon: opening the HSM, the ledger and {sessions} ..."
 
 
 def prepare_demo(options: DemoOptions) -> tuple[Settings, Path]:
@@ -119,6 +194,13 @@ def prepare_demo(options: DemoOptions) -> tuple[Settings, Path]:
     settings = load_settings(options.config)
     if options.state_dir is not None:
         settings = settings.with_state_dir(options.state_dir.resolve())
+    settings = settings.model_copy(
+        update={
+            "metrics": metrics_settings(settings, options.metrics_port),
+            "console": console_settings(settings, options.console_port),
+        }
+    )
+    check_ports_free(settings)
     state = settings.state_dir
     state.mkdir(parents=True, exist_ok=True)
     if not settings.hsm.auto_provision or not settings.controllers.auto_provision:
@@ -165,7 +247,6 @@ def prepare_demo(options: DemoOptions) -> tuple[Settings, Path]:
             "video": settings.video.model_copy(
                 update={"enabled": settings.video.enabled and options.video}
             ),
-            "metrics": metrics_settings(settings, options.metrics_port),
         }
     )
     path = state / "demo-settings.toml"
@@ -309,9 +390,7 @@ class _ObservedRunner:
 
 def run_demo(options: DemoOptions) -> DemoSummary:
     """Run the demo until ``options.cycles`` cycles ran, or SIGINT/SIGTERM."""
-    from controller.daemon import Daemon, DaemonOptions
-    from controller.metrics import Metrics, build_registry
-    from controller.notify import NullNotifier
+    from controller.console import start_console
 
     settings, settings_path = prepare_demo(options)
     pubkey = settings.controllers.public_keys[0]
@@ -335,38 +414,61 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         f"field speed {options.speed:g}x: one {settings.schedule.interval_s} s cycle every "
         f"{wall_interval} s of wall time"
     )
-    with controllers_process(settings_path, settings, options):
-        holder: list[Daemon[Settings]] = []
-
-        def stop() -> None:
-            if holder:
-                holder[0].request_stop()
-
-        def factory(s: Settings, reload: bool = False) -> Any:
-            options.echo("daemon: opening the HSM, the ledger and 47 secure sessions ...")
-            return _ObservedRunner(build_runner(s, reload=reload), summary, options, stop)
-
-        metrics = Metrics(
-            build_registry(process_metrics=False),
-            controllers=[e.intersection for e in settings.controllers.endpoints],
-        )
-        daemon: Daemon[Settings] = Daemon(
-            lambda: daemon_settings,
-            factory,
-            metrics,
-            NullNotifier(),
-            DaemonOptions(
-                install_signal_handlers=threading.current_thread() is threading.main_thread(),
-                align_to_clock=False,
-            ),
-            reload_factory=lambda s: factory(s, reload=True),
-        )
-        holder.append(daemon)
-        code = daemon.run()
-        if code not in (0, 1):
-            raise SignaltwinError(f"the daemon stopped with exit code {code}")
+    with contextlib.ExitStack() as stack:
+        observers: list[CycleObserver] = []
+        console = start_console(daemon_settings)
+        if console is not None:
+            stack.callback(console.close)
+            observers.append(console)
+            options.echo(f"operator console: {console.url} (live; read-only)")
+        stack.enter_context(controllers_process(settings_path, settings, options))
+        _run_daemon(settings, daemon_settings, summary, options, observers)
     _measured(summary)
     return summary
+
+
+def _run_daemon(
+    settings: Settings,
+    daemon_settings: Settings,
+    summary: DemoSummary,
+    options: DemoOptions,
+    observers: list[CycleObserver],
+) -> None:
+    """Run the daemon's real cycle against the controllers until told to stop."""
+    from controller.daemon import Daemon, DaemonOptions
+    from controller.metrics import Metrics, build_registry
+    from controller.notify import NullNotifier
+
+    holder: list[Daemon[Settings]] = []
+
+    def stop() -> None:
+        if holder:
+            holder[0].request_stop()
+
+    def factory(s: Settings, reload: bool = False) -> Any:
+        options.echo(opening_line(s))
+        return _ObservedRunner(build_runner(s, reload=reload), summary, options, stop)
+
+    metrics = Metrics(
+        build_registry(process_metrics=False),
+        controllers=[e.intersection for e in settings.controllers.endpoints],
+    )
+    daemon: Daemon[Settings] = Daemon(
+        lambda: daemon_settings,
+        factory,
+        metrics,
+        NullNotifier(),
+        DaemonOptions(
+            install_signal_handlers=threading.current_thread() is threading.main_thread(),
+            align_to_clock=False,
+        ),
+        reload_factory=lambda s: factory(s, reload=True),
+        observers=observers,
+    )
+    holder.append(daemon)
+    code = daemon.run()
+    if code not in (0, 1):
+        raise SignaltwinError(f"the daemon stopped with exit code {code}")
 
 
 def _measured(summary: DemoSummary) -> None:

@@ -14,7 +14,7 @@ the upper bound of the NOx change). A candidate whose simulation failed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -73,6 +73,44 @@ class GateDecision:
             "basis": self.basis,
             "verdicts": [asdict(v) | {"reasons": list(v.reasons)} for v in self.verdicts],
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateDecision:
+        """Inverse of :meth:`to_dict` (a recorded decision; extra keys such as ``held`` ignored).
+
+        Raises:
+            ValueError: not a recorded gate decision.
+        """
+        try:
+            verdicts = tuple(
+                GateVerdict(
+                    candidate=str(v["candidate"]),
+                    verdict=_verdict(v["verdict"]),
+                    reasons=tuple(str(r) for r in v["reasons"]),
+                    wait_reduction_used=float(v["wait_reduction_used"]),
+                    nox_increase_used=float(v["nox_increase_used"]),
+                )
+                for v in data.get("verdicts", ())
+            )
+            chosen = data.get("chosen")
+            return cls(
+                chosen=None if chosen is None else str(chosen),
+                decision=_verdict(data["decision"]),
+                verdicts=verdicts,
+                basis=str(data.get("basis", "point")),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a recorded gate decision: {type(e).__name__}: {e}") from e
+
+
+_VERDICTS: tuple[Verdict, ...] = ("pass", "refuse_wait", "refuse_nox", "refuse_failed")
+
+
+def _verdict(value: object) -> Verdict:
+    for verdict in _VERDICTS:
+        if value == verdict:
+            return verdict
+    raise ValueError(f"unknown gate verdict {value!r}; expected one of {', '.join(_VERDICTS)}")
 
 
 def _judge(outcome: CandidateOutcome, gate: GateSettings) -> GateVerdict:

@@ -14,8 +14,10 @@ Metric list (also in docs/operations.md):
 - ``signaltwin_cycle_running`` gauge: 1 while a cycle runs.
 - ``signaltwin_last_successful_cycle_timestamp_seconds`` gauge: Unix time of the
   end of the last cycle that completed without error.
-- ``signaltwin_deployments_total{result}`` counter, result in
+- ``signaltwin_cycles_total{result}`` counter, result in
   deployed|shadow|refused|failed|aborted: what each cycle ended in.
+- ``signaltwin_deployments_total{result}`` counter, result in deployed|shadow:
+  plans that passed the gate and were signed (pushed, or only recorded in shadow mode).
 - ``signaltwin_gate_decisions_total{decision}`` counter: pass, refuse_wait, ...
 - ``signaltwin_cycle_skipped_total{reason}`` counter, reason in overrun|missed|busy.
 - ``signaltwin_config_reload_total{result}`` counter, result in applied|rejected|unchanged.
@@ -29,6 +31,8 @@ Metric list (also in docs/operations.md):
 - ``signaltwin_whatif_workers{backend}`` gauge, backend in local|ray: what-if
   workers ready now (local processes, or Ray actors placed on the cluster; read
   at each scrape). The other backend's series reads 0.
+- ``signaltwin_whatif_workers_configured{backend}`` gauge: what-if workers the
+  settings ask for (``simulation.workers``) on the backend in force; 0 on the other.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 __all__ = [
     "COMPUTE_BACKENDS",
     "CYCLE_BUCKETS_S",
+    "CYCLE_RESULTS",
     "DEPLOYMENT_RESULTS",
     "GATE_DECISIONS",
     "RELOAD_RESULTS",
@@ -61,14 +66,17 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from configs.outcomes import DeploymentResult
-from controller.contracts import ComputeStatus
+from controller.contracts import STAGES, ComputeCapacity, ComputeStatus
 
 logger = logging.getLogger(__name__)
 
 SkipReasonLabel = Literal["overrun", "missed", "busy"]
 ReloadResultLabel = Literal["applied", "rejected", "unchanged"]
 
-DEPLOYMENT_RESULTS: Final = tuple(r.value for r in DeploymentResult)
+CYCLE_RESULTS: Final = tuple(r.value for r in DeploymentResult)
+"""Values of ``signaltwin_cycles_total{result}``: every cycle ends in one."""
+DEPLOYMENT_RESULTS: Final = (DeploymentResult.DEPLOYED.value, DeploymentResult.SHADOW.value)
+"""Values of ``signaltwin_deployments_total{result}``: the cycle results that sign a plan."""
 SKIP_REASONS: Final = ("overrun", "missed", "busy")
 RELOAD_RESULTS: Final = ("applied", "rejected", "unchanged")
 COMPUTE_BACKENDS: Final = ("local", "ray")
@@ -191,8 +199,7 @@ class Metrics:
         )
         self.stage_duration = Histogram(
             "signaltwin_cycle_stage_duration_seconds",
-            "Duration of one stage of a cycle (observe, demand, propose, screen, whatif, "
-            "gate, render, sign, push, record).",
+            f"Duration of one stage of a cycle ({', '.join(STAGES)}).",
             ["stage"],
             buckets=CYCLE_BUCKETS_S,
             registry=registry,
@@ -207,10 +214,17 @@ class Metrics:
             "Unix time at which the last cycle without error ended (0: none yet).",
             registry=registry,
         )
-        self.deployments = Counter(
-            "signaltwin_deployments",
+        self.cycles = Counter(
+            "signaltwin_cycles",
             "Cycles by outcome: deployed, shadow (passed the gate, not pushed: shadow "
             "mode), refused (by the gate), failed, aborted (by shutdown).",
+            ["result"],
+            registry=registry,
+        )
+        self.deployments = Counter(
+            "signaltwin_deployments",
+            "Plans that passed the gate and were signed: deployed (activated on every "
+            "controller), shadow (recorded, not pushed: shadow mode).",
             ["result"],
             registry=registry,
         )
@@ -269,8 +283,17 @@ class Metrics:
             ["backend"],
             registry=registry,
         )
+        self.whatif_workers_configured = Gauge(
+            "signaltwin_whatif_workers_configured",
+            "What-if workers the settings ask for (simulation.workers) on the backend in force.",
+            ["backend"],
+            registry=registry,
+        )
         for backend in COMPUTE_BACKENDS:
             self.whatif_workers.labels(backend=backend)
+            self.whatif_workers_configured.labels(backend=backend)
+        for result in CYCLE_RESULTS:
+            self.cycles.labels(result=result)
         for result in DEPLOYMENT_RESULTS:
             self.deployments.labels(result=result)
         for decision in GATE_DECISIONS:
@@ -303,9 +326,12 @@ class Metrics:
         """Record the Unix time at which a cycle ended without error."""
         self.last_success.set(timestamp_s)
 
-    def count_deployment(self, result: DeploymentResult) -> None:
-        """Count a cycle's outcome."""
-        self.deployments.labels(result=DeploymentResult(result).value).inc()
+    def count_cycle(self, result: DeploymentResult) -> None:
+        """Count a cycle's outcome, and its deployment when it signed a plan."""
+        value = DeploymentResult(result).value
+        self.cycles.labels(result=value).inc()
+        if value in DEPLOYMENT_RESULTS:
+            self.deployments.labels(result=value).inc()
 
     def count_gate_decision(self, decision: str) -> None:
         """Count a gate decision (unknown kinds beyond the cap count as ``other``)."""
@@ -338,13 +364,24 @@ class Metrics:
             self.opcua_errors.labels(controller=self._controller(controller)).inc(count)
 
     def watch_compute(self, status: ComputeStatus) -> None:
-        """Serve ``signaltwin_whatif_workers`` from ``status`` (the runner in force)."""
+        """Serve ``signaltwin_whatif_workers`` from ``status`` (the runner in force).
+
+        Also ``signaltwin_whatif_workers_configured`` when ``status`` says how many
+        workers it was configured for (:class:`~controller.contracts.ComputeCapacity`).
+        """
+        capacity = status if isinstance(status, ComputeCapacity) else None
         for backend in COMPUTE_BACKENDS:
-            gauge = self.whatif_workers.labels(backend=backend)
-            if backend == status.backend:
-                gauge.set_function(lambda: float(status.workers_alive))
+            alive = self.whatif_workers.labels(backend=backend)
+            configured = self.whatif_workers_configured.labels(backend=backend)
+            if backend != status.backend:
+                alive.set_function(lambda: 0.0)
+                configured.set_function(lambda: 0.0)
+                continue
+            alive.set_function(lambda: float(status.workers_alive))
+            if capacity is None:
+                configured.set_function(lambda: 0.0)
             else:
-                gauge.set_function(lambda: 0.0)
+                configured.set_function(lambda: float(capacity.workers_configured))
 
     def set_controller_up(self, controller: str, up: bool) -> None:
         """Record whether a controller answered."""

@@ -249,7 +249,7 @@ class SlotLog:
 
 
 def deployment_result(report: CycleReportLike, cancelled: bool = False) -> DeploymentResult:
-    """Classify a cycle's outcome for ``signaltwin_deployments_total{result}``.
+    """Classify a cycle's outcome for ``signaltwin_cycles_total{result}``.
 
     Args:
         report: the cycle's report.
@@ -299,7 +299,7 @@ def record_cycle_metrics(metrics: Metrics, run: CycleRun) -> None:
         metrics.observe_stage(stage, stage_s)
     if report.decision and report.decision != "none":
         metrics.count_gate_decision(report.decision)
-    metrics.count_deployment(run.result)
+    metrics.count_cycle(run.result)
     if isinstance(report, ComponentHealth):
         metrics.count_hsm_error(report.hsm_errors)
         for controller, errors in report.opcua_errors.items():

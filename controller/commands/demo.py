@@ -21,11 +21,16 @@ Everything it writes is under the state directory (default: signaltwin-demo/
 next to configs/, or --state-dir): the ledger, the videos, the token, the
 certificates, demo-settings.toml (the effective settings) and controllers.log.
 A second run reuses the token and the ledger.
+
+While it runs, the operator console shows the cycles live in a browser: its URL
+is printed at start-up (http://127.0.0.1:9110/ by default, --console-port).
+The metrics and console ports are checked before anything starts.
 """
 
 EPILOG = """\
 exit codes: 0 the demo ran and its ledger verifies; 1 the ledger does not verify;
-2 bad configuration; 3 a component (SUMO, OPC UA, HSM) failed; 130 interrupted.
+2 bad configuration, or the metrics or console port is taken (nothing was
+started); 3 a component (SUMO, OPC UA, HSM) failed; 130 interrupted.
 Afterwards: signaltwin audit verify --ledger STATE/ledger.sqlite --pubkey
 STATE/hsm/signing-key.pub.pem, and signaltwin audit report for an HTML report.
 """
@@ -67,6 +72,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "[metrics] port, 9108 in the shipped demo; 0: no metrics endpoint), e.g. when "
         "another demo or daemon already uses 9108",
     )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve the operator console (a live, read-only web page) on 127.0.0.1:PORT "
+        "(default: the settings' [console] port, 9110 in the shipped demo; 0: no console)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -94,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         video=not args.no_video,
         echo=_echo,
         metrics_port=args.metrics_port,
+        console_port=args.console_port,
     )
     summary = run_demo(options)
     _echo("")
@@ -101,9 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     _echo(f"cycles: {summary.cycles}, deployments: {summary.deployments}")
     decisions = ", ".join(f"{k}: {v}" for k, v in sorted(summary.decisions.items()))
     _echo(f"gate decisions: {decisions or 'none'}")
-    for sequence, predicted, measured in summary.predicted_vs_measured:
-        shown = "not measured yet" if measured is None else f"{measured:+.1%}"
-        _echo(f"plan {sequence}: predicted wait {predicted:+.1%}, measured {shown}")
+    for line in summary.plan_lines():
+        _echo(line)
     for failure in summary.failures:
         _echo(f"failure: {failure}")
     _echo(f"ledger: {summary.ledger}")

@@ -18,6 +18,7 @@ from configs.errors import SignaltwinError
 from configs.settings import Settings
 from configs.settings_file import load_settings
 from controller.exit_codes import ExitCode
+from controller.log_levels import set_library_levels
 from controller.notify import JournalFormatter, NullNotifier, SystemdNotifier, stderr_is_journal
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     # the daemon (APScheduler, prometheus-client) and the cycle it assembles (SUMO,
     # torch, asyncua, the HSM) are imported when the command runs, so that
     # registering it at every `signaltwin` start stays cheap.
+    from controller.console.service import ConsoleService
     from controller.contracts import RunsCycles
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ _DESCRIPTION = """\
 Run the signaltwin daemon in the foreground until SIGTERM or SIGINT: a cycle every
 schedule.interval_s seconds (observe, estimate demand, propose, screen, what-if,
 gate, render, sign, push, record), feedback collection every
-schedule.feedback_interval_s, Prometheus metrics on metrics.address:metrics.port.
+schedule.feedback_interval_s, Prometheus metrics on metrics.address:metrics.port,
+the operator console (a read-only web page) on console.address:console.port.
 
 Signals: SIGTERM/SIGINT stop after the running cycle finished or aborted (within
 schedule.shutdown_deadline_s); a second SIGINT forces the exit; SIGHUP reloads the
@@ -89,7 +92,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def configure_logging(level: str, log_format: Literal["auto", "journal", "plain"]) -> None:
-    """Send logs to stderr at ``level``, formatted for journald or a terminal."""
+    """Send logs to stderr at ``level``, formatted for journald or a terminal.
+
+    asyncua and APScheduler stay at WARNING unless ``level`` is ``debug``
+    (:func:`~controller.log_levels.set_library_levels`).
+    """
     journal = log_format == "journal" or (log_format == "auto" and stderr_is_journal())
     formatter: logging.Formatter = (
         JournalFormatter()
@@ -109,8 +116,7 @@ def configure_logging(level: str, log_format: Literal["auto", "journal", "plain"
     for handler in stderr_handlers:
         handler.setFormatter(formatter)
     root.setLevel(level.upper())
-    # APScheduler logs every job start at INFO; the daemon logs cycles itself.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    set_library_levels(root.level)
 
 
 def _cycle_factory() -> Callable[[Settings], RunsCycles[Settings]]:
@@ -160,15 +166,34 @@ def _run(args: argparse.Namespace) -> int:
         build_registry(process_metrics=True),
         controllers=[e.intersection for e in settings.controllers.endpoints],
     )
-    daemon: Daemon[Settings] = Daemon(
-        _settings_loader(args.config, settings),
-        factory,
-        metrics,
-        notifier,
-        DaemonOptions(),
-        reload_factory=_reload_factory,
-    )
-    return daemon.run()
+    console = _start_console(settings)
+    try:
+        daemon: Daemon[Settings] = Daemon(
+            _settings_loader(args.config, settings),
+            factory,
+            metrics,
+            notifier,
+            DaemonOptions(),
+            reload_factory=_reload_factory,
+            observers=() if console is None else (console,),
+        )
+        return daemon.run()
+    finally:
+        if console is not None:
+            console.close()
+
+
+def _start_console(settings: Settings) -> ConsoleService | None:
+    """The operator console (``[console]``), bound before the daemon starts.
+
+    Raises:
+        ConfigError: HTTPS or the users file missing off loopback, or unreadable.
+        SignaltwinError: its port cannot be bound.
+    """
+    from controller.console.service import start_console
+
+    # [console] is read at start-up only: a SIGHUP reload keeps the console as it is
+    return start_console(settings)
 
 
 def _run_once(

@@ -321,6 +321,7 @@ def test_metrics_scraped_over_http_after_cycles(start: Callable[..., DaemonProce
     daemon.wait_ready()
     daemon.wait_for("two cycles", lambda: len(daemon.events("cycle_end")) >= 2)
     samples = daemon.scrape()
+    assert samples['signaltwin_cycles_total{result="deployed"}'] >= 2
     assert samples['signaltwin_deployments_total{result="deployed"}'] >= 2
     assert samples['signaltwin_gate_decisions_total{decision="pass"}'] >= 2
     assert samples["signaltwin_cycle_duration_seconds_count"] >= 2

@@ -205,6 +205,7 @@ def test_cycles_run_on_slots_and_stop_cleanly(harnesses: list[Harness]) -> None:
     assert all(slot.tzinfo is not None for slot in slots)
     assert all(abs(t / 0.2 - round(t / 0.2)) < 1e-3 for t in (x.timestamp() for x in slots))
     assert runners[0].calls[-1] == ("close", None)
+    assert h.value("signaltwin_cycles_total", result="deployed") == len(slots)
     assert h.value("signaltwin_deployments_total", result="deployed") == len(slots)
     assert h.notifier.count("WATCHDOG=1") == len(slots)
     assert h.notifier.sent.count("STOPPING=1") == 1
@@ -221,7 +222,10 @@ def test_a_crashing_cycle_counts_as_failed_feeds_no_watchdog_and_the_daemon_goes
     h.start()
     h.wait_for("two cycles", lambda: h.daemon.cycles_completed >= 2)
     assert h.stop() == ExitCode.OK
-    assert h.value("signaltwin_deployments_total", result="failed") == h.daemon.cycles_completed
+    assert h.value("signaltwin_cycles_total", result="failed") == h.daemon.cycles_completed
+    # a failed cycle deployed nothing: the deployments counter has no such series
+    assert h.value("signaltwin_deployments_total", result="failed") is None
+    assert h.value("signaltwin_deployments_total", result="deployed") == 0
     assert h.notifier.count("WATCHDOG=1") == 0
     assert any(a.startswith("STATUS=cycle ") and "RuntimeError: bug" in a for a in h.notifier.sent)
     assert h.value("signaltwin_last_successful_cycle_timestamp_seconds") == 0

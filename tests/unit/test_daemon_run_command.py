@@ -12,6 +12,7 @@ import pytest
 
 from configs.settings import Settings
 from configs.settings_file import load_settings
+from controller.cli import _configure_logging
 from controller.cli import run as cli_run
 from controller.commands.run import _run_once, configure_logging
 from controller.daemon import BasicCycleReport, CycleReportLike, FeedbackReport
@@ -44,12 +45,14 @@ class OnceRunner:
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
-    scheduler_log = logging.getLogger("apscheduler")
-    level, handlers, scheduler_level = root.level, list(root.handlers), scheduler_log.level
+    libraries = [logging.getLogger(name) for name in ("apscheduler", "asyncua")]
+    level, handlers = root.level, list(root.handlers)
+    library_levels = [log.level for log in libraries]
     formatters = [h.formatter for h in handlers]
     yield
     root.setLevel(level)
-    scheduler_log.setLevel(scheduler_level)
+    for log, library_level in zip(libraries, library_levels, strict=True):
+        log.setLevel(library_level)
     for handler in root.handlers[:]:
         root.removeHandler(handler)
     for handler, formatter in zip(handlers, formatters, strict=True):
@@ -103,6 +106,37 @@ def test_journal_log_format(capsys: pytest.CaptureFixture[str], restore_logging:
     assert logging.getLogger("apscheduler").getEffectiveLevel() == logging.WARNING
 
 
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("warning", False), ("debug", True)])
+def test_asyncua_reads_are_logged_only_at_debug(
+    level: str, shown: bool, capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+    configure_logging(level, "plain")
+    # the names asyncua's client logs each read and session step under
+    logging.getLogger("asyncua.client.ua_client.UaClient").info("read 1 node")
+    logging.getLogger("asyncua.uaprotocol").debug("chunk received")
+    logging.getLogger("asyncua.client.client").warning("reconnecting")
+    err = capsys.readouterr().err
+    assert ("read 1 node" in err) is shown
+    assert ("chunk received" in err) is shown
+    assert "reconnecting" in err  # trouble is always shown
+    assert logging.getLogger("apscheduler").getEffectiveLevel() >= logging.WARNING
+
+
+def test_the_cli_verbosity_keeps_asyncua_quiet_until_debug(restore_logging: None) -> None:
+    # `signaltwin -v demo` runs the daemon's cycle in the CLI's process
+    root = logging.getLogger()
+    asyncua = logging.getLogger("asyncua.client.ua_client.UaClient")
+    for verbosity, asyncua_level in ((1, logging.WARNING), (2, logging.DEBUG)):
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)  # else basicConfig leaves the level alone
+        _configure_logging(verbosity)  # -v, -vv
+        assert root.level == (logging.INFO if verbosity == 1 else logging.DEBUG)
+        assert asyncua.getEffectiveLevel() == asyncua_level
+
+
 def test_an_unreachable_ray_cluster_stops_the_start_up_with_a_clear_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, restore_logging: None
 ) -> None:
@@ -114,12 +148,14 @@ def test_an_unreachable_ray_cluster_stops_the_start_up_with_a_clear_error(
     text = DEMO.read_text().replace('"district/', f'"{DEMO.parent}/district/')
     text = text.replace("[metrics]\nenabled = true", "[metrics]\nenabled = false")
     text = text.replace('state_dir = "../signaltwin-demo"', 'state_dir = "state"')
+    text = text.replace("[console]\nenabled = true", "[console]\nenabled = false")
     config = tmp_path / "ray.toml"
     config.write_text(
         text
         + f'\n[compute]\nbackend = "ray"\naddress = "127.0.0.1:{port}"\nconnect_timeout_s = 5\n'
     )
-    assert "enabled = false" in config.read_text() and 'state_dir = "state"' in config.read_text()
+    written = config.read_text()
+    assert written.count("enabled = false") == 2 and 'state_dir = "state"' in written
     with caplog.at_level(logging.ERROR):
         assert cli_run(["run", "--config", str(config)]) == 2
     message = caplog.text

@@ -10,6 +10,8 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from configs.outcomes import DeploymentResult
+from controller.contracts import STAGES
 from controller.metrics import (
     CYCLE_BUCKETS_S,
     BoundedLabel,
@@ -50,7 +52,8 @@ def test_every_metric_is_scraped_and_parsed(
     metrics.observe_cycle(83.2)
     metrics.observe_stage("whatif", 61.0)
     metrics.count_gate_decision("refuse_nox")
-    metrics.count_deployment("refused")
+    metrics.count_cycle(DeploymentResult.REFUSED)
+    metrics.count_cycle(DeploymentResult.SHADOW)
     metrics.count_skip("overrun")
     metrics.count_reload("rejected")
     metrics.observe_prediction_error(-0.07)
@@ -70,8 +73,11 @@ def test_every_metric_is_scraped_and_parsed(
     assert s['signaltwin_cycle_stage_duration_seconds_count{stage="whatif"}'] == 1
     assert s['signaltwin_gate_decisions_total{decision="refuse_nox"}'] == 1
     assert s['signaltwin_gate_decisions_total{decision="pass"}'] == 0  # shown from start-up
-    assert s['signaltwin_deployments_total{result="refused"}'] == 1
-    assert s['signaltwin_deployments_total{result="aborted"}'] == 0
+    assert s['signaltwin_cycles_total{result="refused"}'] == 1
+    assert s['signaltwin_cycles_total{result="shadow"}'] == 1
+    assert s['signaltwin_cycles_total{result="aborted"}'] == 0  # shown from start-up
+    assert s['signaltwin_deployments_total{result="shadow"}'] == 1
+    assert s['signaltwin_deployments_total{result="deployed"}'] == 0
     assert s['signaltwin_cycle_skipped_total{reason="overrun"}'] == 1
     assert s['signaltwin_config_reload_total{result="rejected"}'] == 1
     assert s["signaltwin_prediction_error_ratio_count"] == 1
@@ -84,6 +90,36 @@ def test_every_metric_is_scraped_and_parsed(
     assert s['signaltwin_controller_up{controller="J1"}'] == 1
     assert s["signaltwin_last_successful_cycle_timestamp_seconds"] == 1_700_000_000.0
     assert s["signaltwin_cycle_running"] == 0
+
+
+def test_only_cycles_that_signed_a_plan_count_as_deployments(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = Metrics(registry)
+    for result in DeploymentResult:
+        metrics.count_cycle(result)
+    value = registry.get_sample_value
+    for result in DeploymentResult:
+        assert value("signaltwin_cycles_total", {"result": result.value}) == 1
+    deployments = {
+        s.labels["result"]: s.value
+        for f in registry.collect()
+        if f.name == "signaltwin_deployments"
+        for s in f.samples
+        if s.name == "signaltwin_deployments_total"
+    }
+    assert deployments == {"deployed": 1, "shadow": 1}
+
+
+def test_stage_help_names_the_cycle_stages(registry: CollectorRegistry) -> None:
+    Metrics(registry)
+    (family,) = (
+        f for f in registry.collect() if f.name == "signaltwin_cycle_stage_duration_seconds"
+    )
+    listed = family.documentation[
+        family.documentation.index("(") + 1 : family.documentation.index(")")
+    ]
+    assert tuple(listed.split(", ")) == STAGES
 
 
 def test_metrics_never_touch_the_global_registry(registry: CollectorRegistry) -> None:
@@ -172,3 +208,22 @@ def test_whatif_workers_are_read_from_the_runner_at_each_scrape(
     samples = scrape(url)
     assert samples['signaltwin_whatif_workers{backend="local"}'] == 2.0
     assert samples['signaltwin_whatif_workers{backend="ray"}'] == 0.0
+    # a runner that does not say what it was configured for reads 0 (no alert)
+    assert samples['signaltwin_whatif_workers_configured{backend="local"}'] == 0.0
+
+
+class _ConfiguredCompute(_Compute):
+    def __init__(self, backend: str, alive: int, configured: int) -> None:
+        super().__init__(backend, alive)
+        self.workers_configured = configured
+
+
+def test_configured_whatif_workers_are_served_next_to_the_ready_ones(
+    registry: CollectorRegistry,
+) -> None:
+    metrics = Metrics(registry)
+    metrics.watch_compute(_ConfiguredCompute("ray", 3, 4))
+    value = registry.get_sample_value
+    assert value("signaltwin_whatif_workers", {"backend": "ray"}) == 3.0
+    assert value("signaltwin_whatif_workers_configured", {"backend": "ray"}) == 4.0
+    assert value("signaltwin_whatif_workers_configured", {"backend": "local"}) == 0.0
