@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from configs.errors import ActuationError, ConfigError, SignaltwinError
 from configs.settings import ConsoleSettings, ControllerEndpoint, MetricsSettings, Settings
@@ -110,19 +110,27 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
+_Served = TypeVar("_Served", MetricsSettings, ConsoleSettings)
+
+
+def _on_port(section: _Served, port: int | None, option: str) -> _Served:
+    """``section`` on ``port`` when given, off for port 0, unchanged for None."""
+    if port is None:
+        return section
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{option} {port}: give a TCP port 1..65535, or 0 for none")
+    if port == 0:
+        return section.model_copy(update={"enabled": False})
+    return section.model_copy(update={"enabled": True, "port": port})
+
+
 def metrics_settings(settings: Settings, port: int | None) -> MetricsSettings:
     """The demo's ``[metrics]``: the settings', on ``port`` when given, off for port 0.
 
     Raises:
         ConfigError: a port outside 0..65535.
     """
-    if port is None:
-        return settings.metrics
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--metrics-port {port}: give a TCP port 1..65535, or 0 for none")
-    if port == 0:
-        return settings.metrics.model_copy(update={"enabled": False})
-    return settings.metrics.model_copy(update={"enabled": True, "port": port})
+    return _on_port(settings.metrics, port, "--metrics-port")
 
 
 def console_settings(settings: Settings, port: int | None) -> ConsoleSettings:
@@ -131,13 +139,7 @@ def console_settings(settings: Settings, port: int | None) -> ConsoleSettings:
     Raises:
         ConfigError: a port outside 0..65535.
     """
-    if port is None:
-        return settings.console
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--console-port {port}: give a TCP port 1..65535, or 0 for none")
-    if port == 0:
-        return settings.console.model_copy(update={"enabled": False})
-    return settings.console.model_copy(update={"enabled": True, "port": port})
+    return _on_port(settings.console, port, "--console-port")
 
 
 def check_ports_free(settings: Settings) -> None:
