@@ -45,6 +45,7 @@ from configs.settings_file import load_settings
 from configs.timing import IntersectionTiming
 from simulators.network import load_network
 from simulators.twin import (
+    RECORDING_ARRAYS,
     LibsumoWhatIfEngine,
     RayWhatIfEngine,
     WhatIfRequest,
@@ -92,7 +93,10 @@ def same(a: WhatIfResult, b: WhatIfResult) -> bool:
         return False
     for name, rec in a.recordings.items():
         other = b.recordings[name]
-        for field in ("frame_times_s", "occupancy", "queue_veh", "mean_wait_s", "nox_mg"):
+        if (rec.edge_ids, rec.signal_ids) != (other.edge_ids, other.signal_ids):
+            return False
+        # every array: edges, vehicles (positions, headings, speeds, waits, counts), signals
+        for field in RECORDING_ARRAYS:
             if not np.array_equal(getattr(rec, field), getattr(other, field)):
                 return False
     return True

@@ -365,7 +365,12 @@ class ProposerAdapter:
 
 
 class RendererAdapter:
-    """Draws the what-if video of the chosen candidate next to the current plan."""
+    """Draws the what-if video of the chosen candidate next to the current plan.
+
+    The picture is the recorded seed's run (vehicles, signal states, edges); the
+    numbers quoted in it are the what-if's paired multi-seed estimate, the ones
+    the gate decided on, with the gate's verdict on them.
+    """
 
     def __init__(self, settings: Settings, network: NetworkModel) -> None:
         from edge_accel.device import select_device
@@ -381,11 +386,10 @@ class RendererAdapter:
     def render(
         self, summary: WhatIfSummary, candidate: str, attribution: Mapping[str, Any], out: Path
     ) -> tuple[Path, str]:
-        """Render current | candidate and return (video path, sha256)."""
+        """Render current | candidate | difference and return (video path, sha256)."""
         from configs.timing import canonical_json, sha256_hex
         from edge_accel.encode import Attribution
         from edge_accel.render import render_whatif
-        from edge_accel.scene import WhatIfFrames
         from simulators.sumo import SUMO_VERSION
 
         recordings = summary.recording or {}
@@ -396,31 +400,19 @@ class RendererAdapter:
             )
         request = summary.document.get("request", {})
 
-        def side(name: str, label: str) -> WhatIfFrames:
-            rec = recordings[name]
-            return WhatIfFrames.from_arrays(
-                label,
-                rec.edge_ids,
-                rec.frame_times_s,
-                rec.occupancy,
-                rec.queue_veh,
-                getattr(rec, "mean_wait_s", None),
-                getattr(rec, "nox_mg", None),
-            )
-
         def plan_digest(plans: Any) -> str:
             return sha256_hex(canonical_json(plans)) if plans else "0" * 64
 
         video = self.settings.video
         out.parent.mkdir(parents=True, exist_ok=True)
         if self._scene is None:
-            from edge_accel.render import WhatIfScene
+            from edge_accel.whatif_scene import WhatIfScene
 
             self._scene = WhatIfScene(self.geometry, video.width, video.height, self.device)
         artifact = render_whatif(
             self.geometry,
-            side("current", "CURRENT PLAN"),
-            side(candidate, f"CANDIDATE ({candidate})"),
+            _frames("CURRENT PLAN", recordings["current"]),
+            _frames(f"CANDIDATE ({candidate})", recordings[candidate]),
             Attribution(
                 network_sha256=str(attribution.get("network_sha256", "")),
                 demand_sha256=str(attribution.get("demand_sha256", "")),
@@ -436,8 +428,98 @@ class RendererAdapter:
             device=self.device,
             duration_s=video.duration_s,
             scene=self._scene,
+            # the on-screen clock is the field's (the twin's time 0 is field_time_s)
+            clock_offset_s=float(request.get("field_time_s", 0)),
+            estimate=self.estimate(summary, candidate),
+            title=f"signaltwin what-if: candidate \u201c{candidate}\u201d against the current plan",
         )
         return artifact.path, artifact.sha256
+
+    def estimate(self, summary: WhatIfSummary, candidate: str) -> Any:
+        """The paired estimate the gate decided on, with its verdict (an ``edge_accel`` value)."""
+        from controller.gate import decide
+        from edge_accel.scene import PairedEstimate
+
+        outcome = next((o for o in summary.outcomes if o.name == candidate), None)
+        if outcome is None or outcome.failed is not None:
+            return None
+        gate = self.settings.gate
+        verdict = next(
+            (v for v in decide(summary.outcomes, gate).verdicts if v.candidate == candidate), None
+        )
+        basis = (
+            f"upper {gate.confidence_level * 100:g} % bounds"
+            if gate.decide_on == "confidence_bound"
+            else "point estimates"
+        )
+        thresholds = (
+            f"wait \u2264 \u2212{gate.min_wait_reduction * 100:g} %, "
+            f"NOx < +{gate.max_nox_increase * 100:g} %"
+        )
+        passed = verdict.passed if verdict is not None else None
+        line = f"Gate {'passed' if passed else 'refused'} on the {basis}: {thresholds}"
+        return PairedEstimate(
+            wait_change=outcome.wait_change,
+            wait_ci=outcome.wait_change_ci,
+            nox_change=outcome.nox_change,
+            nox_ci=outcome.nox_change_ci,
+            seeds=tuple(summary.seeds),
+            confidence_level=gate.confidence_level,
+            verdict=line if verdict is not None else "",
+            passed=passed,
+            intersection_wait_change=_approach_wait_changes(summary, candidate),
+        )
+
+
+def _frames(label: str, rec: Any) -> Any:
+    """A recording of the twin (:class:`simulators.twin.Recording`) as one side of the video."""
+    from edge_accel.scene import SignalSamples, VehicleSamples, WhatIfFrames
+
+    samples = len(rec.frame_times_s)
+    vehicles = (
+        VehicleSamples.from_arrays(
+            rec.vehicle_offsets, rec.vehicle_x_m, rec.vehicle_y_m, rec.vehicle_angle_deg,
+            rec.vehicle_speed_mps, rec.vehicle_count, samples=samples,
+        )
+        if rec.has_vehicles
+        else None
+    )  # fmt: skip
+    signals = (
+        SignalSamples.from_arrays(
+            rec.signal_ids, rec.signal_offsets, rec.signal_states, samples=samples
+        )
+        if rec.signal_ids
+        else None
+    )
+    return WhatIfFrames.from_arrays(
+        label,
+        rec.edge_ids,
+        rec.frame_times_s,
+        rec.occupancy,
+        rec.queue_veh,
+        rec.mean_wait_s,
+        rec.nox_mg,
+        vehicles=vehicles,
+        signals=signals,
+    )
+
+
+def _approach_wait_changes(summary: WhatIfSummary, candidate: str) -> dict[str, float]:
+    """Per light, the relative change of its approaches' halting time (means over the seeds)."""
+    result_data = summary.document.get("result")
+    if not isinstance(result_data, Mapping):
+        return {}
+    try:
+        result = WhatIfResult.from_dict(result_data)
+        current, chosen = result.current, result.outcome(candidate)
+    except (ConfigError, KeyError):
+        return {}
+    out: dict[str, float] = {}
+    for tls, now in sorted(current.intersections.items()):
+        new = chosen.intersections.get(tls)
+        if new is not None and now.wait_veh_s > 0:
+            out[tls] = new.wait_veh_s / now.wait_veh_s - 1.0
+    return out
 
 
 # --------------------------------------------------------------------------- field over OPC UA

@@ -16,8 +16,15 @@ from edge_accel.encode import (
     VideoProbe,
     probe_video,
 )
-from edge_accel.render import WhatIfScene, render_whatif
-from edge_accel.scene import SceneGeometry, WhatIfFrames, grid_geometry
+from edge_accel.render import render_whatif
+from edge_accel.scene import (
+    PairedEstimate,
+    SceneGeometry,
+    SignalSamples,
+    VehicleSamples,
+    WhatIfFrames,
+    grid_geometry,
+)
 from edge_accel.surrogate import (
     PlanArrays,
     ScreenResult,
@@ -33,18 +40,22 @@ from edge_accel.surrogate import (
     spearman,
     train_surrogate,
 )
+from edge_accel.whatif_scene import WhatIfScene
 
 __all__ = [
     "Attribution",
     "DevicePreference",
     "EncodeError",
     "H264Writer",
+    "PairedEstimate",
     "PlanArrays",
     "SceneGeometry",
     "ScreenResult",
+    "SignalSamples",
     "SurrogateMetrics",
     "SurrogateModel",
     "SurrogateRow",
+    "VehicleSamples",
     "VideoArtifact",
     "VideoProbe",
     "WhatIfFrames",

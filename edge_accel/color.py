@@ -1,9 +1,19 @@
-"""Colour: colour-blind-safe colormap LUTs and RGB -> YUV 4:2:0 on the device.
+"""Colour: colour-blind-safe colormap LUTs, the video's palette, RGB -> YUV 4:2:0 on the device.
 
-The colormaps are computed in code from published anchor colours of
-matplotlib's *viridis* and *cividis* (perceptually uniform, readable with the
-common colour-vision deficiencies and in greyscale), interpolated linearly to a
-256-entry LUT, so no plotting library is needed at run time.
+The colormaps are computed in code from anchor colours, interpolated linearly
+to a 256-entry LUT, so no plotting library is needed at run time:
+
+* ``greys`` (road occupancy, the default), ``viridis`` and ``cividis``
+  (matplotlib's, perceptually uniform): the roads' colour, selectable;
+* ``speed``: vehicles, the upper two thirds of matplotlib's *plasma* (stopped
+  = magenta, free flow = yellow), lightness increasing with speed, bright on
+  the dark map;
+* ``blue-orange``: the difference view, diverging through a dark grey (no
+  change); blue = better under the candidate, orange = worse. Blue and orange
+  stay apart with the common colour-vision deficiencies.
+
+Signal heads use the conventional red, amber and a bluish green (as signal
+lenses do, for red-green colour-blind drivers).
 
 YUV uses ITU-R BT.709 coefficients with limited ("tv") range, which is what the
 encoder declares in the H.264 stream (see :mod:`edge_accel.encode`).
@@ -17,9 +27,17 @@ import torch
 
 from configs.errors import ConfigError
 
-__all__ = ["ColormapName", "colormap_lut", "rgb_to_yuv", "rgb_to_yuv420"]
+__all__ = [
+    "ColormapName",
+    "Palette",
+    "colormap_lut",
+    "hex_rgb",
+    "rgb_to_yuv",
+    "rgb_to_yuv420",
+]
 
-ColormapName = Literal["viridis", "cividis"]
+ColormapName = Literal["greys", "viridis", "cividis"]
+"""The colormaps a user may choose for the roads' occupancy."""
 
 # Ten evenly spaced samples (0, 1/9, ..., 1) of each matplotlib colormap.
 _ANCHORS: dict[str, tuple[str, ...]] = {
@@ -31,7 +49,39 @@ _ANCHORS: dict[str, tuple[str, ...]] = {
         "00224e", "123570", "3b496c", "575d6d", "707173",
         "8a8779", "a69d75", "c4b56c", "e4cf5b", "fee838",
     ),
+    "greys": ("343434", "9c9c9c"),
+    "speed": ("a01b9a", "b12a90", "cc4778", "e16462", "f2844b", "fca636", "fcce25", "f0f921"),
+    "blue-orange": (
+        "9ad8ff", "56b4e9", "2f7fbf", "1f4f75", "383838",
+        "7d4a1c", "b9661a", "e69f00", "ffd47e",
+    ),
 }  # fmt: skip
+
+
+def hex_rgb(value: str) -> tuple[int, int, int]:
+    """``"rrggbb"`` -> ``(r, g, b)``."""
+    return (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
+
+
+class Palette:
+    """The video's fixed colours (RGB), in one place."""
+
+    BACKGROUND = hex_rgb("121212")
+    MAP = hex_rgb("1a1a1a")
+    PANEL_EDGE = hex_rgb("3a3a3a")
+    TEXT = hex_rgb("ececec")
+    TEXT_DIM = hex_rgb("a0a0a0")
+    NO_DATA = hex_rgb("2c2c2c")  # neutral, like the greys: the maps' chroma stays put
+    JUNCTION = hex_rgb("5a5a5a")
+    CURRENT = hex_rgb("cfcfcf")
+    CANDIDATE = hex_rgb("56b4e9")
+    SIGNAL_RED = hex_rgb("ff3b30")
+    SIGNAL_AMBER = hex_rgb("ffb000")
+    SIGNAL_GREEN = hex_rgb("14e09a")
+    SIGNAL_OFF = hex_rgb("6e6e6e")
+    OUTLINE = hex_rgb("000000")
+    PASS = hex_rgb("14e09a")
+    FAIL = hex_rgb("ff6b5e")
 
 
 def colormap_lut(
@@ -46,9 +96,7 @@ def colormap_lut(
         raise ConfigError(f"colormap {name!r} is unknown; use one of {sorted(_ANCHORS)}")
     if size < 2:
         raise ConfigError(f"colormap size must be >= 2, got {size}")
-    anchors = torch.tensor(
-        [[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name]], dtype=torch.float64
-    )
+    anchors = torch.tensor([hex_rgb(h) for h in _ANCHORS[name]], dtype=torch.float64)
     pos = torch.linspace(0.0, anchors.shape[0] - 1.0, size, dtype=torch.float64)
     lo = pos.floor().long().clamp(max=anchors.shape[0] - 2)
     frac = (pos - lo).unsqueeze(1)

@@ -1,142 +1,190 @@
-"""A tiny built-in 5x7 bitmap font, pre-rendered once into a device tensor.
+"""Video text: a TrueType font (DejaVu Sans) rasterised once into a glyph atlas on the device.
 
-Video text (titles, the field clock, running means) is stamped from a glyph
-atlas on the device instead of being drawn by a font library, so rendering
-needs neither matplotlib nor PIL and no per-frame host round trip. The font is
-fixed-width, which lets a batch of frames write a whole text field with one
-tensor assignment (see :mod:`edge_accel.render`). Lower-case letters are drawn
-as capitals; characters outside the set are drawn as ``?``.
+Each :class:`GlyphAtlas` is one font at one pixel size: every glyph it can draw
+is rasterised once (:mod:`edge_accel.truetype`, anti-aliased) into a tile of a
+``uint8`` coverage tensor, with its advance width. Text is then laid out
+proportionally (the font's advances; no kerning) and composed on the device:
+one string for the static background, or a whole batch of strings for a text
+field that changes every frame (the clock, the running values), with one
+scatter per batch. Characters the atlas lacks are drawn as ``?``.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
 import torch
 
-__all__ = ["GLYPH_COLS", "GLYPH_ROWS", "GlyphAtlas"]
+from edge_accel.truetype import TrueTypeFont, find_font
 
-GLYPH_COLS = 5
-GLYPH_ROWS = 7
+__all__ = ["Align", "GlyphAtlas", "load_font"]
 
-# Each glyph: seven rows of five bits, most significant (leftmost) pixel first.
-_GLYPHS: dict[str, str] = {
-    " ": "00000 00000 00000 00000 00000 00000 00000",
-    "0": "01110 10001 10011 10101 11001 10001 01110",
-    "1": "00100 01100 00100 00100 00100 00100 01110",
-    "2": "01110 10001 00001 00010 00100 01000 11111",
-    "3": "11111 00010 00100 00010 00001 10001 01110",
-    "4": "00010 00110 01010 10010 11111 00010 00010",
-    "5": "11111 10000 11110 00001 00001 10001 01110",
-    "6": "00110 01000 10000 11110 10001 10001 01110",
-    "7": "11111 00001 00010 00100 01000 01000 01000",
-    "8": "01110 10001 10001 01110 10001 10001 01110",
-    "9": "01110 10001 10001 01111 00001 00010 01100",
-    "A": "01110 10001 10001 11111 10001 10001 10001",
-    "B": "11110 10001 10001 11110 10001 10001 11110",
-    "C": "01110 10001 10000 10000 10000 10001 01110",
-    "D": "11100 10010 10001 10001 10001 10010 11100",
-    "E": "11111 10000 10000 11110 10000 10000 11111",
-    "F": "11111 10000 10000 11110 10000 10000 10000",
-    "G": "01110 10001 10000 10111 10001 10001 01111",
-    "H": "10001 10001 10001 11111 10001 10001 10001",
-    "I": "01110 00100 00100 00100 00100 00100 01110",
-    "J": "00111 00010 00010 00010 00010 10010 01100",
-    "K": "10001 10010 10100 11000 10100 10010 10001",
-    "L": "10000 10000 10000 10000 10000 10000 11111",
-    "M": "10001 11011 10101 10101 10001 10001 10001",
-    "N": "10001 10001 11001 10101 10011 10001 10001",
-    "O": "01110 10001 10001 10001 10001 10001 01110",
-    "P": "11110 10001 10001 11110 10000 10000 10000",
-    "Q": "01110 10001 10001 10001 10101 10010 01101",
-    "R": "11110 10001 10001 11110 10100 10010 10001",
-    "S": "01111 10000 10000 01110 00001 00001 11110",
-    "T": "11111 00100 00100 00100 00100 00100 00100",
-    "U": "10001 10001 10001 10001 10001 10001 01110",
-    "V": "10001 10001 10001 10001 10001 01010 00100",
-    "W": "10001 10001 10001 10101 10101 10101 01010",
-    "X": "10001 10001 01010 00100 01010 10001 10001",
-    "Y": "10001 10001 10001 01010 00100 00100 00100",
-    "Z": "11111 00001 00010 00100 01000 10000 11111",
-    ".": "00000 00000 00000 00000 00000 01100 01100",
-    ",": "00000 00000 00000 00000 01100 00100 01000",
-    ":": "00000 01100 01100 00000 01100 01100 00000",
-    ";": "00000 01100 01100 00000 01100 00100 01000",
-    "-": "00000 00000 00000 11111 00000 00000 00000",
-    "+": "00000 00100 00100 11111 00100 00100 00000",
-    "%": "11000 11001 00010 00100 01000 10011 00011",
-    "/": "00000 00001 00010 00100 01000 10000 00000",
-    "(": "00010 00100 01000 01000 01000 00100 00010",
-    ")": "01000 00100 00010 00010 00010 00100 01000",
-    "[": "01110 01000 01000 01000 01000 01000 01110",
-    "]": "01110 00010 00010 00010 00010 00010 01110",
-    "=": "00000 00000 11111 00000 11111 00000 00000",
-    "_": "00000 00000 00000 00000 00000 00000 11111",
-    "|": "00100 00100 00100 00100 00100 00100 00100",
-    "<": "00010 00100 01000 10000 01000 00100 00010",
-    ">": "01000 00100 00010 00001 00010 00100 01000",
-    "'": "01100 00100 01000 00000 00000 00000 00000",
-    "!": "00100 00100 00100 00100 00100 00000 00100",
-    "?": "01110 10001 00001 00010 00100 00000 00100",
-    "#": "01010 01010 11111 01010 11111 01010 01010",
-    "*": "00000 00100 10101 01110 10101 00100 00000",
-}
+Align = Literal["left", "right"]
 
-_CHARS = "".join(_GLYPHS)
-_INDEX = {c: i for i, c in enumerate(_CHARS)}
-_UNKNOWN = _INDEX["?"]
+# Printable ASCII and the few symbols the video uses (minus sign, arrows, ...).
+_CHARSET = "".join(chr(c) for c in range(32, 127)) + (
+    "\u2212\u2013\u2014\u2026\u00b0\u00b1\u00d7\u00b7\u2264\u2265\u0394\u2192"
+    "\u2018\u2019\u201c\u201d\u2009\u00a0\u25a0\u25cf"
+)
 
 
-def _bitmap() -> torch.Tensor:
-    rows = [[[bit == "1" for bit in row] for row in _GLYPHS[c].split()] for c in _CHARS]
-    return torch.tensor(rows, dtype=torch.bool)  # [n, 7, 5]
+@functools.lru_cache(maxsize=4)
+def load_font(path: Path | None = None) -> TrueTypeFont:
+    """The font at ``path`` (None: DejaVu Sans from the system), read once per process.
+
+    Raises:
+        ConfigError: No such font, or not a TrueType font.
+    """
+    return TrueTypeFont(find_font(path))
+
+
+@functools.lru_cache(maxsize=32)
+def _tiles(path: Path | None, size_px: int) -> tuple[np.ndarray, np.ndarray, int, int, str]:
+    font = load_font(path)
+    chars = "".join(c for c in _CHARSET if font.has(c) or c == " ")
+    scale = size_px / font.units_per_em
+    baseline = int(np.ceil(font.ascender * scale))
+    line_h = baseline + int(np.ceil(-font.descender * scale)) + 1
+    glyphs = [font.rasterise(c, size_px) for c in chars]
+    pad = max([0] + [-g.left_px for g in glyphs])
+    width = max(1, max(pad + g.left_px + g.coverage.shape[1] for g in glyphs))
+    tiles = np.zeros((len(chars), line_h, width), dtype=np.uint8)
+    for i, g in enumerate(glyphs):
+        h, w = g.coverage.shape
+        if not h or not w:
+            continue
+        y0, x0 = baseline + g.top_px, pad + g.left_px
+        ys, ye = max(0, y0), min(line_h, y0 + h)
+        if ye > ys:
+            tiles[i, ys:ye, x0 : x0 + w] = g.coverage[ys - y0 : ye - y0]
+    advances = np.array([g.advance_px for g in glyphs], dtype=np.float64)
+    return tiles, advances, pad, baseline, chars
 
 
 class GlyphAtlas:
-    """The font scaled to whole pixels and held on a device.
-
-    A character cell is ``(GLYPH_COLS + 1) * scale`` wide and
-    ``(GLYPH_ROWS + 2) * scale`` tall: one column and two rows of spacing.
+    """One font at one pixel size, rasterised and held on a device.
 
     Attributes:
-        scale: Pixels per font pixel.
-        cell_w: Cell width in pixels.
-        cell_h: Cell height in pixels.
-        cells: ``bool`` tensor ``[n_chars, cell_h, cell_w]``, True where ink is.
+        size_px: Pixels per em.
+        line_h: Height of a line of text (ascender to descender), pixels.
+        baseline: Baseline's row within a line.
+        tiles: ``uint8 [n_chars, line_h, tile_w]`` coverage of each glyph, placed
+            ``pad`` pixels right of its pen position.
+        advances: ``float64 [n_chars]`` advance widths, pixels.
     """
 
-    def __init__(self, scale: int, device: torch.device) -> None:
-        """Pre-render every glyph at ``scale`` on ``device``."""
-        self.scale = max(1, int(scale))
-        s = self.scale
-        cells = torch.zeros(len(_CHARS), GLYPH_ROWS + 2, GLYPH_COLS + 1, dtype=torch.bool)
-        cells[:, 1 : GLYPH_ROWS + 1, 0:GLYPH_COLS] = _bitmap()
-        cells = cells.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
-        self.cells = cells.to(device)
-        self.cell_w = (GLYPH_COLS + 1) * s
-        self.cell_h = (GLYPH_ROWS + 2) * s
+    def __init__(self, size_px: int, device: torch.device, font: Path | None = None) -> None:
+        """Rasterise (or take from the per-process cache) every glyph at ``size_px``.
 
-    @staticmethod
-    def codes(text: str) -> list[int]:
+        Raises:
+            ConfigError: The font is missing or unreadable.
+        """
+        self.size_px = max(6, int(size_px))
+        tiles, advances, pad, baseline, chars = _tiles(font, self.size_px)
+        self.tiles = torch.from_numpy(tiles).to(device)
+        self.advances = advances
+        self._advances_t = torch.from_numpy(advances).to(device)
+        self.pad = pad
+        self.baseline = baseline
+        self.line_h = int(tiles.shape[1])
+        self.tile_w = int(tiles.shape[2])
+        self.device = device
+        self._index = {c: i for i, c in enumerate(chars)}
+        self._unknown = self._index.get("?", 0)
+        self._space = self._index.get(" ", 0)
+        self._rendered: dict[tuple[str, int, str], torch.Tensor] = {}
+
+    def codes(self, text: str) -> list[int]:
         """Return the glyph index of each character (unknown ones map to ``?``)."""
-        return [_INDEX.get(c, _INDEX.get(c.upper(), _UNKNOWN)) for c in text]
+        return [self._index.get(c, self._unknown) for c in text]
 
-    def width(self, n_chars: int) -> int:
-        """Return the pixel width of ``n_chars`` characters."""
-        return n_chars * self.cell_w
+    def width(self, text: str) -> int:
+        """Pixel width of ``text`` set in this font."""
+        return int(round(float(sum(self.advances[i] for i in self.codes(text)))))
 
-    def render_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Render a batch of fixed-length strings given as glyph indices.
+    def fit(self, text: str, width_px: int) -> str:
+        """``text``, shortened with an ellipsis until it fits ``width_px``."""
+        if self.width(text) <= width_px:
+            return text
+        while text and self.width(text + "\u2026") > width_px:
+            text = text[:-1]
+        return text.rstrip() + "\u2026" if text else ""
+
+    def wrap(self, text: str, width_px: int) -> list[str]:
+        """``text`` broken at spaces into lines no wider than ``width_px`` (long words cut)."""
+        lines: list[str] = []
+        line = ""
+        for word in text.split(" "):
+            trial = f"{line} {word}" if line else word
+            if self.width(trial) <= width_px or not line:
+                line = trial
+            else:
+                lines.append(line)
+                line = word
+        lines.append(line)
+        return [self.fit(x, width_px) for x in lines]
+
+    def encode(self, lines: Sequence[str], n_chars: int | None = None) -> torch.Tensor:
+        """Glyph codes ``[len(lines), n]`` (padded with spaces) on the device."""
+        n = n_chars if n_chars is not None else max([1] + [len(s) for s in lines])
+        rows = [self.codes(s[:n]) + [self._space] * (n - len(s[:n])) for s in lines]
+        return torch.tensor(rows, dtype=torch.long).to(self.device)
+
+    def render_codes(
+        self, codes: torch.Tensor, width_px: int, align: Align = "left"
+    ) -> torch.Tensor:
+        """Compose a batch of strings into coverage masks.
 
         Args:
-            codes: ``long`` tensor ``[B, n]`` of glyph indices on the atlas' device.
+            codes: ``long [B, n]`` glyph indices (spaces pad the end).
+            width_px: Width of the masks; glyphs beyond it are cut.
+            align: ``"right"`` aligns each string's end (trailing spaces ignored).
 
         Returns:
-            ``bool`` tensor ``[B, cell_h, n * cell_w]``, True where ink is.
+            ``uint8 [B, line_h, width_px]`` coverage (0..255).
         """
         batch, n = codes.shape
-        ink = self.cells[codes]  # [B, n, h, w]
-        return ink.permute(0, 2, 1, 3).reshape(batch, self.cell_h, n * self.cell_w)
+        adv = self._advances_t[codes]  # [B, n]
+        pen = torch.cumsum(adv, dim=1) - adv
+        if align == "right":
+            ink = codes != self._space
+            last = torch.where(ink, torch.arange(n, device=codes.device), -1).amax(dim=1)
+            end = torch.where(
+                last >= 0,
+                (pen + adv).gather(1, last.clamp(min=0).unsqueeze(1)).squeeze(1),
+                torch.zeros_like(last, dtype=adv.dtype),
+            )
+            pen = pen + (width_px - end).unsqueeze(1)
+        h, tw = self.line_h, self.tile_w
+        padded_w = width_px + 2 * tw
+        # tile origin per glyph, in the padded mask (glyphs wholly outside land in the pads)
+        x0 = (torch.round(pen).long() - self.pad + tw).clamp(0, width_px + tw)
+        dev = codes.device
+        rows = (
+            torch.arange(batch, device=dev).view(batch, 1, 1) * h
+            + torch.arange(h, device=dev).view(1, h, 1)
+        ) * padded_w  # noqa: E501
+        base = (rows + torch.arange(tw, device=dev).view(1, 1, tw)).unsqueeze(1)  # [B, 1, h, tw]
+        flat = base + x0.view(batch, n, 1, 1)
+        out = torch.zeros(batch * h * padded_w, dtype=torch.uint8, device=dev)
+        out.scatter_reduce_(0, flat.reshape(-1), self.tiles[codes].reshape(-1), reduce="amax")
+        return out.view(batch, h, padded_w)[:, :, tw : tw + width_px]
 
-    def render(self, text: str) -> torch.Tensor:
-        """Render one string to a ``bool`` mask ``[cell_h, len(text) * cell_w]``."""
-        codes = torch.tensor([self.codes(text)], dtype=torch.long, device=self.cells.device)
-        return self.render_codes(codes)[0]
+    def render(self, text: str, width_px: int | None = None, align: Align = "left") -> torch.Tensor:
+        """Render one string to ``uint8 [line_h, width]`` coverage (its own width by default).
+
+        The last few hundred strings are kept: a daemon's videos repeat their labels.
+        """
+        width = self.width(text) + self.tile_w if width_px is None else width_px
+        key = (text, width, align)
+        cached = self._rendered.get(key)
+        if cached is None:
+            cached = self.render_codes(self.encode([text]), max(1, width), align)[0]
+            if len(self._rendered) >= 512:
+                self._rendered.pop(next(iter(self._rendered)))
+            self._rendered[key] = cached
+        return cached

@@ -1,19 +1,26 @@
-"""Render a what-if video (current plan | candidate) on the device and encode it.
+"""Render a what-if video (current plan | candidate | difference) on the device and encode it.
 
-The scene is laid out and rasterised once: a static background (panels,
-intersection markers, legend, titles, attribution line) converted to YUV 4:2:0,
-and flat pixel tables of every edge for the luma and the chroma planes of both
-panels. Each batch of frames is then drawn with three tensor operations per
-plane group -- gather per-edge colours from a colormap LUT (already in YUV),
-scatter them into copies of the background, overwrite queued core pixels with a
-contrasting stripe -- plus text stamped from a pre-rendered glyph atlas. Frames
-never leave the device until a whole batch is copied (through pinned memory on
-CUDA) to the encoder, which works on the previous batch meanwhile.
+The scene (:class:`~edge_accel.whatif_scene.WhatIfScene`) is laid out and
+rasterised once per network; each video then draws its static picture once
+(titles, legends with the scales ranged to this recording, the strip charts,
+the paired estimate; :mod:`edge_accel.picture`), converts it to YUV once, and
+draws every batch of frames on the device (:meth:`WhatIfScene.draw`). A batch
+crosses to the host once (through pinned memory on CUDA) and is handed to
+libx264 while the next batch is drawn.
 
-Time: the video spans the recorded simulated horizon; frame ``k`` of ``N``
-shows simulated time ``t0 + (t1 - t0) * k / (N - 1)``. Series are linearly
-interpolated between recorded samples (and held beyond a side's last sample),
-so a short recording still fills the configured duration.
+Time: the video spans the recorded simulated window; frame ``k`` of ``N``
+shows simulated time ``t0 + (t1 - t0) * k / (N - 1)``. Edge series and the
+running means are linearly interpolated between recorded samples (held beyond
+a side's last sample); vehicles and signal states are shown as recorded at the
+sample nearest the frame's time (the twin records one sample per frame, so
+that is the frame's own sample).
+
+Scales: roads by occupancy from 0 to the recording's 99th percentile (rounded
+up to 1, 2, 2.5 or 5 x 10^k); vehicles by speed from 0 to the recording's 99th
+percentile (rounded up to 10 km/h); the difference map by the change of each
+edge's mean queue so far, candidate minus current, symmetric around 0 up to
+the 98th percentile of its magnitude (at least 0.5 vehicles). The legend
+states each.
 """
 
 from __future__ import annotations
@@ -31,36 +38,28 @@ import torch
 
 from configs.digests import sha256_file
 from configs.errors import ConfigError
-from edge_accel.color import colormap_lut, rgb_to_yuv, rgb_to_yuv420
+from edge_accel.chart import ChartSeries, StripChart, nice_ceiling
 from edge_accel.device import select_device
 from edge_accel.encode import Attribution, H264Writer, VideoArtifact, write_sidecar
-from edge_accel.font import GlyphAtlas
-from edge_accel.raster import PixelTable, WorldToPixel, rasterise_polylines
-from edge_accel.scene import SceneGeometry, WhatIfFrames
+from edge_accel.layout import Canvas
+from edge_accel.marks import signal_class_table
+from edge_accel.picture import PictureText, draw_picture, signed_pct
+from edge_accel.scene import PairedEstimate, SceneGeometry, WhatIfFrames
+from edge_accel.whatif_scene import (
+    DIFF,
+    ROAD,
+    FrameBatch,
+    TextField,
+    VehicleBatch,
+    WhatIfScene,
+    lut_rows,
+)
 
 __all__ = ["FrameTimeline", "WhatIfScene", "render_whatif"]
 
 logger = logging.getLogger(__name__)
 
-_BACKGROUND = (20, 20, 20)
-_MAP_BACKGROUND = (34, 34, 34)
-_DIVIDER = (90, 90, 90)
-_TEXT = (235, 235, 235)
-_MARKER = (245, 245, 245)
-_NO_DATA = (95, 95, 95)
-_Y_WHITE = 235
-_Y_DIM = 158
-_NO_DATA_INDEX = 256
-_VEHICLE_SPACING_M = 7.5
-
-
-@dataclass(frozen=True)
-class _TextField:
-    x: int
-    y: int
-    width_chars: int
-    atlas: GlyphAtlas
-    luma: int = _Y_WHITE
+SIDES = ("current", "candidate")
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,10 @@ class FrameTimeline:
         ).astype(np.float32)
         return out
 
+    def nearest(self, side: str) -> npt.NDArray[np.int64]:
+        """The recorded sample nearest each frame's time, per frame."""
+        return np.where(self.weight[side] < 0.5, self.lo[side], self.hi[side])
+
 
 def _clock(t_s: float) -> str:
     if not math.isfinite(t_s):
@@ -121,318 +124,8 @@ def _clock(t_s: float) -> str:
     return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
-def _num(value: float, width: int, digits: int = 1) -> str:
-    if not math.isfinite(value):
-        return "N/A".rjust(width)
-    text = f"{value:{width}.{digits}f}"
-    return text if len(text) <= width else f"{value:{width}.0f}"[-width:]
-
-
-def _pct(value: float) -> str:
-    if not math.isfinite(value):
-        return "    N/A"
-    return f"{max(-999.9, min(999.9, value)):+6.1f}%"
-
-
-class WhatIfScene:
-    """A laid-out, rasterised side-by-side what-if scene on one device."""
-
-    def __init__(
-        self,
-        geometry: SceneGeometry,
-        width: int,
-        height: int,
-        device: torch.device,
-        *,
-        colormap: str = "viridis",
-    ) -> None:
-        """Lay out the frame, draw the static background and rasterise every edge.
-
-        The scene depends only on the geometry, the frame size and the colormap,
-        so a daemon can build it once per network and reuse it every cycle;
-        plan labels and the attribution line are per-video text fields.
-
-        Raises:
-            ConfigError: The frame is too small or odd-sized, or the geometry is invalid.
-        """
-        if width % 2 or height % 2 or width < 320 or height < 180:
-            raise ConfigError(
-                f"[video] size {width}x{height}: need even width >= 320 and height >= 180"
-            )
-        self.geometry = geometry.validated()
-        self.width = width
-        self.height = height
-        self.device = device
-        self.n_edges = len(self.geometry.edge_ids)
-        self.big = GlyphAtlas(max(1, round(height / 360)), device)
-        self.small = GlyphAtlas(max(1, round(height / 540)), device)
-        self._layout()
-        self._build_luts(colormap)
-        self._rasterise()
-
-    # -- layout and static background -------------------------------------------------
-
-    def _layout(self) -> None:
-        w, h = self.width, self.height
-        big, small = self.big, self.small
-        m = max(4, round(h * 0.02))
-        self.margin = m
-        rgb = torch.tensor(_BACKGROUND, dtype=torch.uint8, device=self.device)
-        self._bg_rgb = rgb.expand(h, w, 3).clone()
-
-        header_y = m
-        self._stamp_static("SIGNALTWIN WHAT-IF", m, header_y, big, _TEXT)
-        clock_chars = len("SIM TIME 00:00:00")
-        self.clock_field = _TextField(w - m - big.width(clock_chars), header_y, clock_chars, big)
-
-        label_y = header_y + big.cell_h + m // 2
-        panel_w = ((w - 3 * m) // 2) // 2 * 2
-        self.panel_x = (m, 2 * m + panel_w)
-        self.label_fields = tuple(
-            _TextField(x, label_y, panel_w // big.cell_w, big) for x in self.panel_x
-        )
-
-        map_y0 = label_y + big.cell_h + m // 3
-        attrib_y = h - m - small.cell_h
-        legend_y = attrib_y - m // 2 - small.cell_h
-        stats_y = legend_y - m // 2 - 2 * big.cell_h
-        map_y1 = stats_y - m // 2
-        if map_y1 - map_y0 < 40:
-            raise ConfigError(f"[video] height {h} leaves no room for the map; use >= 360")
-        self.map_rect = (self.panel_x[0], map_y0, self.panel_x[0] + panel_w, map_y1)
-        self.panel_dx = self.panel_x[1] - self.panel_x[0]
-        for x in self.panel_x:
-            self._bg_rgb[map_y0:map_y1, x : x + panel_w] = torch.tensor(
-                _MAP_BACKGROUND, dtype=torch.uint8, device=self.device
-            )
-        div_x = self.panel_x[0] + panel_w + m // 2
-        self._bg_rgb[map_y0:map_y1, div_x - max(1, m // 8) // 2 : div_x + max(1, m // 8)] = (
-            torch.tensor(_DIVIDER, dtype=torch.uint8, device=self.device)
-        )
-
-        # Running statistics: two rows of text under each map.
-        stat_chars = min(panel_w // big.cell_w, 26)
-        self.stat_fields = {
-            (side, row): _TextField(self.panel_x[i], stats_y + row * big.cell_h, stat_chars, big)
-            for i, side in enumerate(("current", "candidate"))
-            for row in (0, 1)
-        }
-        self._legend(legend_y)
-        self.attribution_field = _TextField(m, attrib_y, (w - 2 * m) // small.cell_w, small, _Y_DIM)
-
-    def _legend(self, y: int) -> None:
-        small, m = self.small, self.margin
-        x = m
-        x = self._stamp_static("OCCUPANCY 0%", x, y, small, _TEXT) + small.cell_w // 2
-        bar_w = max(64, self.width // 5)
-        self._legend_bar = (
-            x,
-            y + small.scale,
-            bar_w,
-            small.cell_h - 2 * small.scale,
-        )  # see _build_luts
-        x += bar_w + small.cell_w // 2
-        x = self._stamp_static("100%", x, y, small, _TEXT) + 2 * small.cell_w
-        swatch = (x, y + small.scale, 2 * small.cell_w, small.cell_h - 2 * small.scale)
-        self._bg_rgb[swatch[1] : swatch[1] + swatch[3], swatch[0] : swatch[0] + swatch[2]] = (
-            torch.tensor(_NO_DATA, dtype=torch.uint8, device=self.device)
-        )
-        x = self._stamp_static("NO DATA", x + swatch[2] + small.cell_w // 2, y, small, _TEXT)
-        x += 2 * small.cell_w
-        stripe_y = y + small.cell_h // 2 - small.scale
-        self._bg_rgb[stripe_y : stripe_y + 2 * small.scale, x : x + 2 * small.cell_w] = (
-            torch.tensor(_TEXT, dtype=torch.uint8, device=self.device)
-        )
-        x = self._stamp_static("QUEUE", x + 2 * small.cell_w + small.cell_w // 2, y, small, _TEXT)
-        x += 2 * small.cell_w
-        half = max(2, small.cell_h // 4)
-        cy = y + small.cell_h // 2
-        self._bg_rgb[cy - half : cy + half, x : x + 2 * half] = torch.tensor(
-            _MARKER, dtype=torch.uint8, device=self.device
-        )
-        self._stamp_static("SIGNAL", x + 2 * half + small.cell_w // 2, y, small, _TEXT)
-
-    def _stamp_static(
-        self, text: str, x: int, y: int, atlas: GlyphAtlas, colour: tuple[int, int, int]
-    ) -> int:
-        """Draw ``text`` into the RGB background; return the x just past it."""
-        mask = atlas.render(text)
-        h = min(mask.shape[0], self.height - y)
-        w = min(mask.shape[1], self.width - x)
-        if h > 0 and w > 0:
-            region = self._bg_rgb[y : y + h, x : x + w]
-            region[mask[:h, :w]] = torch.tensor(colour, dtype=torch.uint8, device=self.device)
-        return x + mask.shape[1]
-
-    def _build_luts(self, colormap: str) -> None:
-        lut = colormap_lut(colormap, 256, self.device)
-        x, y, bw, bh = self._legend_bar
-        ramp = lut[torch.linspace(0, 255, bw, device=self.device).round().long()]
-        self._bg_rgb[y : y + bh, x : x + bw] = ramp.unsqueeze(0).expand(bh, bw, 3)
-        no_data = torch.tensor([_NO_DATA], dtype=torch.uint8, device=self.device)
-        lut_yuv = rgb_to_yuv(torch.cat((lut, no_data)))  # [257, 3]
-        white = torch.tensor([235, 128, 128], dtype=torch.uint8, device=self.device)
-        black = torch.tensor([16, 128, 128], dtype=torch.uint8, device=self.device)
-        light = (lut_yuv[:, 0] > 140).unsqueeze(1)
-        self.lut_yuv = lut_yuv
-        self.contrast_yuv = torch.where(light, black, white)
-
-    # -- rasterisation ----------------------------------------------------------------
-
-    def _rasterise(self) -> None:
-        geo = self.geometry
-        if geo.bounds is None:  # validated() always fills them
-            raise ConfigError("scene geometry has no bounds")
-        x0, y0, x1, y1 = self.map_rect
-        pad = self.margin
-        bx0, by0, bx1, by1 = geo.bounds
-        span_x = max(bx1 - bx0, 1e-6)
-        span_y = max(by1 - by0, 1e-6)
-        scale = min((x1 - x0 - 2 * pad) / span_x, (y1 - y0 - 2 * pad) / span_y)
-        ox = x0 + (x1 - x0 - scale * span_x) / 2 - scale * bx0
-        oy = y1 - (y1 - y0 - scale * span_y) / 2 + scale * by0
-        to_px = WorldToPixel(scale, ox, oy)
-        min_band = max(2.0, self.height / 160)
-        band_px = [
-            max(min_band, geo.widths_m.get(e, geo.default_width_m) * scale) for e in geo.edge_ids
-        ]
-        polylines = [np.asarray(geo.polylines[e], dtype=np.float64) for e in geo.edge_ids]
-
-        # Intersection markers: drawn into the background, excluded from edges.
-        markers = torch.zeros(self.height, self.width, dtype=torch.bool, device=self.device)
-        half = max(2, round(max(band_px) * 1.1))
-        if geo.intersections:
-            pts = to_px.apply(np.asarray(list(geo.intersections.values()), dtype=np.float64))
-            for px, py in np.round(pts).astype(int):
-                for dx in (0, self.panel_dx):
-                    markers[
-                        max(y0, py - half) : min(y1, py + half),
-                        max(x0, px + dx - half) : min(x1 + dx, px + dx + half),
-                    ] = True
-        self._bg_rgb[markers] = torch.tensor(_MARKER, dtype=torch.uint8, device=self.device)
-        exclude_y = markers.reshape(-1)
-        exclude_c = (
-            markers.reshape(self.height // 2, 2, self.width // 2, 2).any(dim=3).any(dim=1)
-        ).reshape(-1)
-
-        luma = rasterise_polylines(
-            polylines, band_px, to_px, self.map_rect, self.width, self.device, exclude_y
-        )
-        half_rect = (x0 // 2, y0 // 2, (x1 + 1) // 2, (y1 + 1) // 2)
-        chroma = rasterise_polylines(
-            polylines,
-            [b / 2 for b in band_px],
-            to_px.scaled(0.5),
-            half_rect,
-            self.width // 2,
-            self.device,
-            exclude_c,
-        )
-        self.luma_pixels = len(luma)
-        self.chroma_pixels = len(chroma)
-
-        plane = self.width * self.height
-        quarter = plane // 4
-        dx_c = self.panel_dx // 2
-        e = self.n_edges
-        parts: list[tuple[torch.Tensor, torch.Tensor, int, PixelTable]] = []
-        for table, dx, base, chan in (
-            (luma, self.panel_dx, 0, 0),
-            (chroma, dx_c, plane, 1),
-            (chroma, dx_c, plane + quarter, 2),
-        ):
-            parts.append((table.flat + base, table.edge, chan, table))
-            parts.append((table.flat + dx + base, table.edge + e, chan, table))
-        self.pix_flat = torch.cat([p[0] for p in parts])
-        self.pix_key = torch.cat([p[1] * 3 + p[2] for p in parts])
-        cores = [
-            (p[0][p[3].core], p[1][p[3].core], p[2], p[3].dist_to_end_m[p[3].core]) for p in parts
-        ]
-        self.core_flat = torch.cat([c[0] for c in cores])
-        self.core_col = torch.cat([c[1] for c in cores])
-        self.core_key = torch.cat([c[1] * 3 + c[2] for c in cores])
-        self.core_dist_m = torch.cat([c[3] for c in cores])
-        self.background = rgb_to_yuv420(self._bg_rgb).reshape(-1)
-        logger.debug(
-            "scene %dx%d: %d edges, %d luma + %d chroma pixels per panel",
-            self.width, self.height, e, len(luma), len(chroma),
-        )  # fmt: skip
-
-    # -- per-frame drawing ------------------------------------------------------------
-
-    def new_buffer(self, batch: int, *, pin: bool = False) -> torch.Tensor:
-        """Return ``[batch, H * 3 // 2, W]`` frames holding the background.
-
-        Passing such a buffer to :meth:`draw` as ``out`` reuses it: only edge
-        pixels and text fields are rewritten, so a batch never copies whole frames.
-        With ``pin`` the buffer is in page-locked host memory (for CUDA transfers).
-        """
-        shape = (batch, self.height * 3 // 2, self.width)
-        frames = self.background.view(1, *shape[1:]).expand(shape)
-        if pin:
-            return frames.cpu().clone(memory_format=torch.contiguous_format).pin_memory()
-        return frames.clone(memory_format=torch.contiguous_format)
-
-    def draw(
-        self,
-        occupancy: torch.Tensor,
-        queue_m: torch.Tensor,
-        text: dict[_TextField, torch.Tensor] | None = None,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Draw a batch of frames.
-
-        Args:
-            occupancy: ``[B, 2E]`` float occupancy (current edges, then candidate);
-                NaN draws the no-data grey.
-            queue_m: ``[B, 2E]`` queue length in metres from each edge's end.
-            text: Text fields to stamp, each with ``[B, n]`` glyph codes.
-            out: A buffer from :meth:`new_buffer` (at least ``B`` frames) to draw
-                into; a new one is made when None.
-
-        Returns:
-            ``uint8 [B, H * 3 // 2, W]`` packed YUV 4:2:0 frames on the device.
-        """
-        batch = occupancy.shape[0]
-        frames = self.new_buffer(batch) if out is None else out[:batch]
-        index = (occupancy.clamp(0.0, 1.0) * 255.0).round().long()
-        index = torch.where(torch.isnan(occupancy), _NO_DATA_INDEX, index)
-        colour = self.lut_yuv[index].reshape(batch, -1)  # [B, 2E*3]
-        contrast = self.contrast_yuv[index].reshape(batch, -1)
-        flat = frames.view(batch, -1)
-        flat.index_copy_(1, self.pix_flat, colour.index_select(1, self.pix_key))
-        # Queue stripes: only the queued core pixels are rewritten (usually few).
-        queued = queue_m.index_select(1, self.core_col) > self.core_dist_m
-        frame_of, pixel = queued.nonzero(as_tuple=True)
-        if frame_of.numel():
-            frames_flat = flat.view(-1)
-            target = frame_of * flat.shape[1] + self.core_flat[pixel]
-            source = frame_of * contrast.shape[1] + self.core_key[pixel]
-            frames_flat.index_copy_(0, target, contrast.reshape(-1).index_select(0, source))
-        background = self.background.view(self.height * 3 // 2, self.width)
-        for field, codes in (text or {}).items():
-            mask = field.atlas.render_codes(codes)
-            h = min(mask.shape[1], self.height - field.y)
-            w = min(mask.shape[2], self.width - field.x)
-            ys, xs = slice(field.y, field.y + h), slice(field.x, field.x + w)
-            region = frames[:, ys, xs]
-            region.copy_(background[ys, xs].expand_as(region))
-            region.masked_fill_(mask[:, :h, :w], field.luma)
-        return frames
-
-    def text_codes(self, field: _TextField, lines: list[str]) -> torch.Tensor:
-        """Encode one fixed-width text field for every frame as ``[N, n]`` glyph codes."""
-        n = field.width_chars
-        codes = [GlyphAtlas.codes(line[:n].ljust(n)) for line in lines]
-        return torch.tensor(codes, dtype=torch.long).to(self.device)
-
-    def constant_codes(self, field: _TextField, line: str, n_frames: int) -> torch.Tensor:
-        """Encode one text for all ``n_frames`` frames (an expanded view, no copies)."""
-        return self.text_codes(field, [line]).expand(n_frames, -1)
-
-
 def _align(side: WhatIfFrames, edge_ids: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder a side's columns to the geometry's edges (missing -> NaN)."""
+    """Reorder a side's columns to the geometry's edges (missing -> NaN occupancy, no queue)."""
     column = {e: i for i, e in enumerate(side.edge_ids)}
     idx = np.array([column.get(e, -1) for e in edge_ids], dtype=np.int64)
     missing = idx < 0
@@ -444,7 +137,7 @@ def _align(side: WhatIfFrames, edge_ids: tuple[str, ...]) -> tuple[np.ndarray, n
     occ = side.occupancy[:, np.where(missing, 0, idx)].astype(np.float32)
     queue = side.queue_veh[:, np.where(missing, 0, idx)].astype(np.float32)
     occ[:, missing] = np.nan
-    queue[:, missing] = 0.0
+    queue[:, missing] = np.nan
     finite = occ[np.isfinite(occ)]
     if finite.size and float(finite.max()) > 1.5:
         logger.warning(
@@ -452,12 +145,50 @@ def _align(side: WhatIfFrames, edge_ids: tuple[str, ...]) -> tuple[np.ndarray, n
             side.label, float(finite.max()),
         )  # fmt: skip
         occ = occ / 100.0
-    return occ, np.nan_to_num(queue, nan=0.0) * _VEHICLE_SPACING_M
+    return occ, queue
 
 
-def _default_batch(width: int, height: int) -> int:
-    frame_bytes = width * height * 3 // 2
-    return int(max(1, min(32, (128 << 20) // frame_bytes)))
+def _running_mean(queue: np.ndarray) -> np.ndarray:
+    """Per edge, the mean queue from the first sample up to each sample (NaN stays NaN)."""
+    counts = np.arange(1, queue.shape[0] + 1, dtype=np.float64)[:, None]
+    out: np.ndarray = (np.cumsum(queue.astype(np.float64), axis=0) / counts).astype(np.float32)
+    return out
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.percentile(finite, q)) if finite.size else float("nan")
+
+
+class _Side:
+    """One side's series, on the device where frames need them."""
+
+    def __init__(self, scene: WhatIfScene, frames: WhatIfFrames, table: np.ndarray) -> None:
+        dev = scene.device
+        occ, queue = _align(frames, scene.geometry.edge_ids)
+        self.occ_host = occ
+        self.occ = torch.from_numpy(occ).to(dev)
+        self.queue_mean_host = _running_mean(queue)
+        self.queue_mean = torch.from_numpy(self.queue_mean_host).to(dev)
+        self.vehicles = frames.vehicles
+        if frames.vehicles is not None:
+            v = frames.vehicles
+            self.v_xy_angle = torch.from_numpy(np.stack((v.x_m, v.y_m, v.angle_deg))).to(dev)
+            self.v_speed = torch.from_numpy(v.speed_mps).to(dev)
+        samples = len(frames.times_s)
+        self.heads = np.zeros((samples, scene.n_heads), dtype=np.int64)
+        if frames.signals is not None and scene.n_heads:
+            sig = frames.signals
+            classes = table[sig.states]  # [T, links]
+            where = {t: i for i, t in enumerate(sig.ids)}
+            for h, (tls, _, links) in enumerate(scene.heads):
+                i = where.get(tls)
+                if i is None:
+                    continue
+                lo, hi = int(sig.offsets[i]), int(sig.offsets[i + 1])
+                cols = [lo + k for k in links if lo + k < hi]
+                if cols:
+                    self.heads[:, h] = classes[:, cols].max(axis=1)
 
 
 def render_whatif(
@@ -475,16 +206,18 @@ def render_whatif(
     preset: str = "veryfast",
     crf: int = 23,
     batch_frames: int | None = None,
-    colormap: str = "viridis",
+    colormap: str = "greys",
     clock_offset_s: float = 0.0,
     scene: WhatIfScene | None = None,
+    estimate: PairedEstimate | None = None,
+    title: str | None = None,
 ) -> VideoArtifact:
-    """Render the side-by-side what-if video and its attribution sidecar.
+    """Render the what-if video and its attribution sidecar.
 
     Args:
         geometry: The network as drawn.
         frames_current: The current plan's series (left panel).
-        frames_candidate: The candidate's series (right panel).
+        frames_candidate: The candidate's series (middle panel).
         attribution: Digests and seed stamped on every frame.
         out_path: The .mp4 to write; the sidecar goes next to it as ``<name>.json``.
         width: Frame width (even), 1920 by default; 3840 for 4K.
@@ -495,11 +228,14 @@ def render_whatif(
         preset: libx264 preset.
         crf: libx264 constant rate factor.
         batch_frames: Frames drawn per device batch (default from frame size).
-        colormap: ``"viridis"`` or ``"cividis"``.
+        colormap: The roads' colormap: ``"greys"``, ``"viridis"`` or ``"cividis"``.
         clock_offset_s: Added to simulated time for the on-screen clock
             (seconds since midnight of the simulated start).
         scene: A scene built earlier for this geometry, size and device (reused
             across cycles to skip rasterisation); built here when None.
+        estimate: The what-if's paired multi-seed estimate for the candidate
+            (quoted in the picture); None says the numbers are one run's.
+        title: The header (default: the two sides' labels).
 
     Returns:
         The written video with the sha256 of the MP4 and of the sidecar.
@@ -519,80 +255,29 @@ def render_whatif(
             f"the reused scene is {scene.width}x{scene.height} on {scene.device}, "
             f"not {width}x{height} on {dev}"
         )
-    edge_ids = scene.geometry.edge_ids
     timeline = FrameTimeline.build(
         n_frames, {"current": frames_current.times_s, "candidate": frames_candidate.times_s}
     )
-    series: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, side in (("current", frames_current), ("candidate", frames_candidate)):
-        occ, queue_m = _align(side, edge_ids)
-        series[name] = (torch.from_numpy(occ).to(dev), torch.from_numpy(queue_m).to(dev))
-
-    # Text for every frame, encoded once on the host and moved once.
-    wait = {
-        n: timeline.sample(n, s.mean_wait_s)
-        for n, s in (("current", frames_current), ("candidate", frames_candidate))
-    }
-    nox = {
-        n: timeline.sample(n, s.nox_mg)
-        for n, s in (("current", frames_current), ("candidate", frames_candidate))
-    }
-    with np.errstate(divide="ignore", invalid="ignore"):
-        wait_rel = (wait["candidate"] / wait["current"] - 1.0) * 100.0
-        nox_rel = (nox["candidate"] / nox["current"] - 1.0) * 100.0
-    lines: dict[_TextField, list[str]] = {
-        scene.clock_field: [f"SIM TIME {_clock(t + clock_offset_s)}" for t in timeline.sim_time_s]
-    }
-    for side_name in ("current", "candidate"):
-        rows: tuple[list[str], list[str]] = ([], [])
-        for k in range(n_frames):
-            w_txt = f"MEAN WAIT {_num(float(wait[side_name][k]), 6)} S"
-            n_txt = f"NOX  {_num(float(nox[side_name][k]) / 1000.0, 10)} G"
-            if side_name == "candidate":
-                w_txt += f" {_pct(float(wait_rel[k]))}"
-                n_txt += f" {_pct(float(nox_rel[k]))}"
-            rows[0].append(w_txt)
-            rows[1].append(n_txt)
-        lines[scene.stat_fields[(side_name, 0)]] = rows[0]
-        lines[scene.stat_fields[(side_name, 1)]] = rows[1]
-    codes = {field: scene.text_codes(field, text) for field, text in lines.items()}
-    for field, label in zip(
-        scene.label_fields, (frames_current.label, frames_candidate.label), strict=True
-    ):
-        codes[field] = scene.constant_codes(field, label, n_frames)
-    attribution_line = (
-        f"NET {attribution.network_sha256[:12]}  DEMAND {attribution.demand_sha256[:12]}  "
-        f"PLAN {attribution.plan_current_sha256[:12]} | {attribution.plan_candidate_sha256[:12]}  "
-        f"{attribution.simulator_version}  SEED {attribution.seed}"
-    )
-    codes[scene.attribution_field] = scene.constant_codes(
-        scene.attribution_field, attribution_line, n_frames
-    )
-
-    def frame_values(lo_k: int, hi_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        occs, queues = [], []
-        for name in ("current", "candidate"):
-            occ, queue_m = series[name]
-            lo = torch.from_numpy(timeline.lo[name][lo_k:hi_k]).to(dev)
-            hi = torch.from_numpy(timeline.hi[name][lo_k:hi_k]).to(dev)
-            w = torch.from_numpy(timeline.weight[name][lo_k:hi_k]).to(dev).unsqueeze(1)
-            occs.append(occ[lo] * (1 - w) + occ[hi] * w)
-            queues.append(queue_m[lo] * (1 - w) + queue_m[hi] * w)
-        return torch.cat(occs, dim=1), torch.cat(queues, dim=1)
+    table = signal_class_table()
+    inputs = dict(zip(SIDES, (frames_current, frames_candidate), strict=True))
+    sides = {name: _Side(scene, frames, table) for name, frames in inputs.items()}
+    video = _Video(scene, timeline, inputs, sides, attribution, estimate, duration_s, title,
+                   clock_offset_s)  # fmt: skip
 
     batch = batch_frames or _default_batch(width, height)
     # Two frame buffers: one is drawn while the encoder reads the other.
-    buffers = [scene.new_buffer(batch) for _ in range(2 if dev.type == "cpu" else 1)]
+    buffers = [
+        scene.new_buffer(batch, background=video.background)
+        for _ in range(2 if dev.type == "cpu" else 1)
+    ]
     pinned = [scene.new_buffer(batch, pin=True) for _ in range(2)] if dev.type == "cuda" else []
 
     def render_batch(number: int) -> np.ndarray:
         lo_k = number * batch
         hi_k = min(n_frames, lo_k + batch)
-        occ, queue_m = frame_values(lo_k, hi_k)
-        text = {field: c[lo_k:hi_k] for field, c in codes.items()}
-        frames = scene.draw(occ, queue_m, text, out=buffers[number % len(buffers)])
+        frames = scene.draw(video.batch(lo_k, hi_k), buffers[number % len(buffers)], video.charts)
         if dev.type == "cuda":
-            host = pinned[number % 2][: hi_k - lo_k]
+            host = pinned[number % 2].frames[: hi_k - lo_k]
             host.copy_(frames, non_blocking=True)
             torch.cuda.current_stream(dev).synchronize()
             return host.numpy()
@@ -600,7 +285,7 @@ def render_whatif(
 
     out_path = Path(out_path)
     metadata = {
-        "title": "signaltwin what-if: current plan | candidate",
+        "title": "signaltwin what-if: current plan | candidate | difference",
         "comment": attribution.summary(),
         "description": attribution.summary(),
     }
@@ -627,7 +312,8 @@ def render_whatif(
         attribution,
         tags,
         {"width": width, "height": height, "fps": fps, "frames": n_frames, "codec": "h264",
-         "preset": preset, "crf": crf, "time_mapping": "linear interpolation, ends held"},
+         "preset": preset, "crf": crf, "time_mapping": "linear interpolation, ends held",
+         "picture": video.summary()},
     )  # fmt: skip
     logger.info("what-if video %s: %d frames, sha256 %s", out_path, n_frames, video_sha)
     return VideoArtifact(
@@ -641,6 +327,212 @@ def render_whatif(
         height=height,
         fps=fps,
     )
+
+
+class _Video:
+    """One video's static picture (background, charts, scales) and its per-batch values."""
+
+    def __init__(
+        self,
+        scene: WhatIfScene,
+        timeline: FrameTimeline,
+        inputs: dict[str, WhatIfFrames],
+        sides: dict[str, _Side],
+        attribution: Attribution,
+        estimate: PairedEstimate | None,
+        duration_s: float,
+        title: str | None,
+        clock_offset_s: float,
+    ) -> None:
+        self.scene, self.timeline, self.sides = scene, timeline, sides
+        self.n_frames = len(timeline.sim_time_s)
+        occ = np.concatenate([s.occ_host.reshape(-1) for s in sides.values()])
+        self.occupancy_max = min(1.0, nice_ceiling(_percentile(occ, 99.0), 0.01))
+        diff = self._diff_host()
+        self.diff_max = nice_ceiling(_percentile(np.abs(diff), 98.0), 0.5)
+        speeds = [s.vehicles.speed_mps for s in sides.values() if s.vehicles is not None]
+        top_kmh = _percentile(np.concatenate(speeds), 99.0) * 3.6 if speeds else float("nan")
+        self.speed_max_mps = (max(10.0, math.ceil(top_kmh / 10.0) * 10.0) if math.isfinite(
+            top_kmh) else 50.0) / 3.6  # fmt: skip
+        t0, t1 = float(timeline.sim_time_s[0]), float(timeline.sim_time_s[-1])
+        clock0, clock1 = _clock(t0 + clock_offset_s), _clock(t1 + clock_offset_s)
+        wait = {n: timeline.sample(n, f.mean_wait_s).astype(np.float64) for n, f in inputs.items()}
+        nox = {
+            n: timeline.sample(n, f.nox_mg).astype(np.float64) / 1000.0 for n, f in inputs.items()
+        }
+        fonts, lay = scene.fonts, scene.layout
+        self.charts = (
+            StripChart(lay.charts[0], ChartSeries("Mean wait so far", "s", wait["current"],
+                       wait["candidate"]), timeline.sim_time_s, fonts, clock0, clock1),
+            StripChart(lay.charts[1], ChartSeries("NOx so far", "g", nox["current"],
+                       nox["candidate"]), timeline.sim_time_s, fonts, clock0, clock1),
+        )  # fmt: skip
+        seed = attribution.seed
+        self.text = PictureText(
+            title=title
+            or f"signaltwin what-if: {inputs['candidate'].label} against "
+            f"{inputs['current'].label.lower()}",
+            subtitle=self._subtitle(seed, estimate, clock0, clock1, t1 - t0, duration_s),
+            labels=(
+                inputs["current"].label,
+                inputs["candidate"].label,
+                "DIFFERENCE: candidate \u2212 current",
+            ),  # fmt: skip
+            attribution=(
+                f"network {attribution.network_sha256[:12]} \u00b7 demand "
+                f"{attribution.demand_sha256[:12]} \u00b7 plans "
+                f"{attribution.plan_current_sha256[:12]} | {attribution.plan_candidate_sha256[:12]}"
+                f" \u00b7 {attribution.simulator_version} \u00b7 seed {seed}"
+            ),
+            occupancy_max=self.occupancy_max,
+            speed_max_kmh=round(self.speed_max_mps * 3.6),
+            diff_max_veh=self.diff_max,
+            vehicles_note=self._vehicles_note(),
+            estimate=estimate,
+            seed=seed,
+        )
+        canvas = Canvas(scene.background_rgb.clone())
+        draw_picture(scene, canvas, self.text)
+        for chart in self.charts:
+            chart.draw(canvas)
+        self.background = canvas.to_yuv420(scene.background)
+        # the text that changes every frame
+        clock = TextField(lay.clock, fonts.title, "right")
+        lines: dict[TextField, list[str]] = {
+            clock: [f"simulated {_clock(t + clock_offset_s)}" for t in timeline.sim_time_s]
+        }
+        for chart, series, digits in zip(self.charts, (wait, nox), (1, 0), strict=True):
+            field = TextField(chart.values, fonts.small, "right", 200)
+            lines[field] = [
+                f"current {_value(a, digits)} \u00b7 candidate {_value(b, digits)} \u00b7 "
+                f"{signed_pct(b / a - 1.0) if a else 'n/a'}"
+                for a, b in zip(series["current"], series["candidate"], strict=True)
+            ]
+        self.codes = {f: f.atlas.encode(text) for f, text in lines.items()}
+        cursors = np.stack([c.cursor for c in self.charts], axis=1)
+        self.cursor = torch.from_numpy(cursors).to(scene.device)
+
+    def _diff_host(self) -> np.ndarray:
+        tl = self.timeline
+        at = {}
+        for name, side in self.sides.items():
+            q = side.queue_mean_host
+            w = tl.weight[name][:, None]
+            at[name] = q[tl.lo[name]] * (1 - w) + q[tl.hi[name]] * w
+        out: np.ndarray = at["candidate"] - at["current"]
+        return out
+
+    def _subtitle(
+        self,
+        seed: int,
+        estimate: PairedEstimate | None,
+        clock0: str,
+        clock1: str,
+        span_s: float,
+        duration_s: float,
+    ) -> str:
+        which = f"Picture and strip charts: the twin's run with seed {seed}"
+        if estimate is not None:
+            which += f", one of the {len(estimate.seeds)} paired seeds of the estimate (right)"
+        speed = span_s / duration_s if duration_s > 0 else float("nan")
+        return (
+            f"{which}; simulated {clock0} \u2013 {clock1} shown in {duration_s:g} s "
+            f"({speed:.0f}\u00d7 real time)"
+        )
+
+    def _vehicles_note(self) -> str:
+        recorded = [s.vehicles for s in self.sides.values() if s.vehicles is not None]
+        if not recorded:
+            return "No vehicle positions recorded."
+        peak = max(int(v.count.max()) if v.count.size else 0 for v in recorded)
+        stride = max(v.stride for v in recorded)
+        if stride == 1:
+            return f"All vehicles drawn (up to {peak} at once)."
+        return f"1 vehicle in {stride} drawn (capped per sample; up to {peak} in the network)."
+
+    def summary(self) -> dict[str, object]:
+        """What the sidecar says about the picture (its scales and what it shows)."""
+        return {
+            "panels": ["current", "candidate", "difference"],
+            "seed_shown": self.text.seed,
+            "occupancy_max": self.occupancy_max,
+            "speed_max_kmh": self.text.speed_max_kmh,
+            "difference_max_queue_veh": self.diff_max,
+            "vehicles": self.text.vehicles_note,
+            "estimate": None
+            if self.text.estimate is None
+            else {
+                "wait_change": self.text.estimate.wait_change,
+                "wait_ci": list(self.text.estimate.wait_ci),
+                "nox_change": self.text.estimate.nox_change,
+                "nox_ci": list(self.text.estimate.nox_ci),
+                "seeds": list(self.text.estimate.seeds),
+                "confidence_level": self.text.estimate.confidence_level,
+            },
+        }
+
+    def batch(self, lo_k: int, hi_k: int) -> FrameBatch:
+        """Everything that changes in frames ``lo_k:hi_k``."""
+        tl, dev = self.timeline, self.scene.device
+        road, mean_queue = [], {}
+        for name, side in self.sides.items():
+            lo = torch.from_numpy(tl.lo[name][lo_k:hi_k]).to(dev)
+            hi = torch.from_numpy(tl.hi[name][lo_k:hi_k]).to(dev)
+            w = torch.from_numpy(tl.weight[name][lo_k:hi_k]).to(dev).unsqueeze(1)
+            occ = side.occ[lo] * (1 - w) + side.occ[hi] * w
+            road.append(lut_rows(occ, 0.0, self.occupancy_max, ROAD))
+            mean_queue[name] = side.queue_mean[lo] * (1 - w) + side.queue_mean[hi] * w
+        diff = lut_rows(mean_queue["candidate"] - mean_queue["current"], -self.diff_max,
+                        self.diff_max, DIFF)  # fmt: skip
+        heads = torch.from_numpy(
+            np.concatenate(
+                [s.heads[tl.nearest(n)[lo_k:hi_k]] for n, s in self.sides.items()], axis=1
+            )
+        ).to(dev)
+        return FrameBatch(
+            road=torch.cat(road, dim=1),
+            diff=diff,
+            heads=heads,
+            vehicles=self._vehicles(lo_k, hi_k),
+            text={f: c[lo_k:hi_k] for f, c in self.codes.items()},
+            cursor=self.cursor[lo_k:hi_k],
+        )
+
+    def _vehicles(self, lo_k: int, hi_k: int) -> VehicleBatch | None:
+        scene, dev = self.scene, self.scene.device
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for panel, (name, side) in enumerate(self.sides.items()):
+            if side.vehicles is None:
+                continue
+            offsets = side.vehicles.offsets
+            near = self.timeline.nearest(name)[lo_k:hi_k]
+            starts, ends = offsets[near], offsets[near + 1]
+            counts = ends - starts
+            if not counts.sum():
+                continue
+            frame = np.repeat(np.arange(hi_k - lo_k), counts)
+            rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            idx = torch.from_numpy(rows).to(dev)
+            xya = side.v_xy_angle[:, idx]
+            x, y, ux, uy = scene.vehicle_pixels(xya[0], xya[1], xya[2], panel)
+            colour = (side.v_speed[idx] / self.speed_max_mps).clamp(0, 1).mul(255).round().long()
+            f = torch.from_numpy(frame).to(dev)
+            parts.append((x, y, ux, uy, colour, f, torch.full_like(f, panel)))
+        if not parts:
+            return None
+        cat = [torch.cat(p) for p in zip(*parts, strict=True)]
+        return VehicleBatch(*cat)
+
+
+def _value(value: float, digits: int) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.{digits}f}".replace(",", "\u2009")
+
+
+def _default_batch(width: int, height: int) -> int:
+    frame_bytes = width * height * 3 // 2
+    return int(max(1, min(32, (128 << 20) // frame_bytes)))
 
 
 def _rows(batch: np.ndarray) -> Iterator[np.ndarray]:

@@ -15,7 +15,8 @@ if [ "${1:-}" = "--dev" ]; then dev=1; fi
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- system packages ------------------------------------------------------
-packages=(softhsm2)
+# fonts-dejavu-core: DejaVu Sans, the what-if video's text (edge_accel/font.py)
+packages=(softhsm2 fonts-dejavu-core)
 # Debian's python3 needs python3-venv for `python3 -m venv`; other Pythons have it built in
 "${PYTHON:-python3}" -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 if [ "$dev" = 1 ]; then

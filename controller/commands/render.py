@@ -23,13 +23,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = """\
-Render the what-if video of a simulate run: the current plan on the left, the
-candidate on the right, edges coloured by occupancy (viridis, colour-blind
-safe), queues as a contrasting stripe from each edge's downstream end,
-intersection markers, the simulated clock, and each side's running mean wait
-and NOx. Encoded as H.264 MP4 on the best device present (CUDA, else CPU),
-with a JSON sidecar (FILE.mp4.json) holding one attribution tag set per frame
-(network, demand and plan digests, simulator version, seed, simulated time).
+Render the what-if video of a simulate run in three panels: the current plan,
+the candidate, and their difference. Roads are coloured by occupancy (scaled
+to the recording, stated in the legend), vehicles drawn as oriented marks
+coloured by speed and signal heads by their state, where the recording has
+them; the difference panel colours each edge by the change of its mean queue
+so far. Strip charts show both sides' running mean wait and NOx; a box quotes
+the paired multi-seed estimate when the input has the what-if's outcomes.
+Encoded as H.264 MP4 on the best device present (CUDA, else CPU), with a JSON
+sidecar (FILE.mp4.json) holding one attribution tag set per frame (network,
+demand and plan digests, simulator version, seed, simulated time).
 
 --input is the JSON of 'signaltwin simulate --json' (or any JSON of that
 shape) carrying a recording:
@@ -38,11 +41,13 @@ shape) carrying a recording:
                  "plans": {"current": {"occupancy": [[...]], "queue": [[...]],
                                         "mean_wait_s": [...], "nox_mg": [...]},
                            "<candidate>": {...}}}}
-"mean_wait_s"/"nox_mg" (running values per sample) are optional. Digests are
-read from "network_sha256", "demand_sha256", recording.plans.<name>.plan_sha256
-and "simulator" when present, computed from the files when possible, and
-otherwise recorded as "unknown". Geometry comes from "geometry" in the JSON or
-from the network file (--network overrides).
+"mean_wait_s"/"nox_mg" (running values per sample) are optional. With
+"outcomes" and "seeds" (simulate --json has them) the candidate's paired
+change of wait and NOx is quoted. Digests are read from "network_sha256",
+"demand_sha256", recording.plans.<name>.plan_sha256 and "simulator" when
+present, computed from the files when possible, and otherwise recorded as
+"unknown". Geometry comes from "geometry" in the JSON or from the network file
+(--network overrides).
 
 The video spans the recorded simulated time; samples are linearly
 interpolated between recorded times (ends held) to fill --duration-s.
@@ -75,7 +80,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--preset", default="veryfast", help="libx264 preset (default veryfast; ultrafast for 4K)"
     )
-    parser.add_argument("--colormap", choices=("viridis", "cividis"), default="viridis")
+    parser.add_argument(
+        "--colormap",
+        choices=("greys", "viridis", "cividis"),
+        default="greys",
+        help="the roads' occupancy colours (default greys, under the coloured vehicles)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -123,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         duration_s=duration_s,
         preset=args.preset,
         colormap=args.colormap,
+        estimate=job["estimate"],
     )
     wall_s = time.perf_counter() - started
     probe = probe_video(artifact.path)
@@ -208,7 +219,8 @@ def whatif_from_document(
     """Turn a simulate JSON document into the inputs of :func:`render_whatif`.
 
     Returns:
-        ``{"geometry", "current", "candidate", "attribution"}``.
+        ``{"geometry", "current", "candidate", "attribution", "estimate"}``
+        (``estimate``: the candidate's paired change from ``outcomes``, or None).
 
     Raises:
         ConfigError: Something needed is missing; the message names the key.
@@ -325,4 +337,34 @@ def whatif_from_document(
         "current": frames_current,
         "candidate": frames_candidate,
         "attribution": attribution,
+        "estimate": _estimate(document, candidate_name),
     }
+
+
+def _estimate(document: Mapping[str, Any], candidate: str) -> Any:
+    """The candidate's paired change of wait and NOx from a what-if result, if it has one."""
+    from edge_accel import PairedEstimate
+
+    outcomes = document.get("outcomes")
+    if not isinstance(outcomes, list):
+        return None
+    for outcome in outcomes:
+        if not isinstance(outcome, Mapping) or outcome.get("name") != candidate:
+            continue
+        changes = outcome.get("changes") or {}
+        try:
+            wait, nox = changes["wait"], changes["nox"]
+            return PairedEstimate(
+                wait_change=float(wait["mean"]),
+                wait_ci=(float(wait["ci"][0]), float(wait["ci"][1])),
+                nox_change=float(nox["mean"]),
+                nox_ci=(float(nox["ci"][0]), float(nox["ci"][1])),
+                seeds=tuple(int(s) for s in document.get("seeds") or ()),
+                confidence_level=float(document.get("confidence_level", 0.95)),
+            )
+        except (KeyError, TypeError, ValueError, IndexError):
+            logger.warning(
+                "outcome of %r has no paired wait and NOx change; none quoted", candidate
+            )
+            return None
+    return None

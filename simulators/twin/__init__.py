@@ -33,6 +33,7 @@ from simulators.twin.request import (
 )
 from simulators.twin.results import (
     METRICS,
+    RECORDING_ARRAYS,
     Change,
     IntersectionOutcome,
     PlanOutcome,
@@ -50,6 +51,7 @@ __all__ = [
     "EVALUATED_PROGRAM_ID",
     "METRICS",
     "PROGRAM_ID",
+    "RECORDING_ARRAYS",
     "Change",
     "CounterfactualEstimate",
     "DemandSource",

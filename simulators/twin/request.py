@@ -23,25 +23,33 @@ from simulators.twin.plans import CURRENT
 
 @dataclass(frozen=True)
 class RecordSpec:
-    """What to record for rendering: per-edge occupancy and queues at a frame rate.
+    """What to record for rendering, at a frame rate: edges, vehicles, signal states.
 
     Up to ``fps * duration_s`` samples are spread evenly over the recorded window
     of the horizon: its last ``window_s`` seconds, or the whole horizon when
     ``window_s`` is None (subsampled). Sample times are rounded to simulation
     steps and distinct, so a window shorter than the frame count gives one sample
-    per step; the renderer maps samples to video frames.
+    per step; the renderer maps samples to video frames. Each sample holds every
+    edge's occupancy and queue, every vehicle's position, heading, speed and
+    waiting time, and every traffic light's signal state
+    (:class:`~simulators.twin.results.Recording`).
 
     Attributes:
         fps: video frame rate.
         duration_s: video duration (s).
         window_s: simulated seconds the video covers (from the horizon's end).
         seed_index: which of the request's seeds is recorded.
+        max_vehicles: most vehicles recorded per sample. A network holding ``n``
+            more than that records every ``ceil(n / max_vehicles)``-th vehicle of
+            SUMO's vehicle list (the video says so); the demo district never
+            comes near it.
     """
 
     fps: float = 30.0
     duration_s: float = 20.0
     window_s: float | None = None
     seed_index: int = 0
+    max_vehicles: int = 4000
 
     @property
     def frames(self) -> int:
@@ -55,6 +63,7 @@ class RecordSpec:
             "duration_s": self.duration_s,
             "window_s": self.window_s,
             "seed_index": self.seed_index,
+            "max_vehicles": self.max_vehicles,
         }
 
     @classmethod
@@ -65,6 +74,7 @@ class RecordSpec:
             duration_s=float(data["duration_s"]),
             window_s=None if data.get("window_s") is None else float(data["window_s"]),
             seed_index=int(data.get("seed_index", 0)),
+            max_vehicles=int(data.get("max_vehicles", 4000)),
         )
 
 
@@ -153,6 +163,8 @@ class WhatIfRequest:
             raise ConfigError(
                 f"record.seed_index {self.record.seed_index} is not an index into seeds"
             )
+        if self.record is not None and self.record.max_vehicles < 1:
+            raise ConfigError(f"record.max_vehicles must be >= 1 (got {self.record.max_vehicles})")
 
     def plan_names(self) -> tuple[str, ...]:
         """The current plan's name followed by the candidates' names, sorted."""

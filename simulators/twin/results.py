@@ -13,6 +13,7 @@ __all__ = [
     "Change",
     "IntersectionOutcome",
     "PlanOutcome",
+    "RECORDING_ARRAYS",
     "Recording",
     "RunMetrics",
     "WhatIfResult",
@@ -47,9 +48,21 @@ approach metrics existed read back without them.
 """
 
 
+def _no_rows(dtype: type[np.generic]) -> np.ndarray:
+    return np.zeros(0, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class Recording:
-    """Per-edge time series of one run, for rendering.
+    """What one run looked like, sample by sample, for the what-if video.
+
+    Per edge (columns ``edge_ids``): occupancy and halting vehicles. Per vehicle
+    (ragged: the rows of sample ``k`` are ``vehicle_offsets[k]:vehicle_offsets[k + 1]``):
+    position, heading, speed and waiting time. Per signalised intersection
+    (``signal_ids``): the signal state string SUMO reports
+    (``trafficlight.getRedYellowGreenState``), one ASCII character per link,
+    packed side by side (the columns of ``signal_ids[i]`` are
+    ``signal_offsets[i]:signal_offsets[i + 1]``).
 
     Attributes:
         plan: plan name.
@@ -62,6 +75,20 @@ class Recording:
             recorded window began (integrated from the samples; for display).
         nox_mg: float32 ``[T]``: running NOx on the recorded edges since the window
             began (integrated from the samples; for display).
+        vehicle_offsets: int64 ``[T + 1]``: where each sample's vehicle rows start.
+        vehicle_x_m: float32 ``[V]``: x of each vehicle's front (SUMO coordinates, m).
+        vehicle_y_m: float32 ``[V]``: y of each vehicle's front (m).
+        vehicle_angle_deg: float32 ``[V]``: heading (SUMO: 0 = north, clockwise).
+        vehicle_speed_mps: float32 ``[V]``: speed (m/s).
+        vehicle_wait_s: float32 ``[V]``: time the vehicle has been halting (s).
+        vehicle_count: int32 ``[T]``: vehicles in the network at each sample; more
+            than the sample's rows when the network held more than
+            :attr:`RecordSpec.max_vehicles <simulators.twin.request.RecordSpec>`
+            (then every k-th vehicle of SUMO's list is recorded).
+        signal_ids: signalised intersections (traffic-light ids, sorted).
+        signal_offsets: int64 ``[len(signal_ids) + 1]``: column ranges in ``signal_states``.
+        signal_states: uint8 ``[T, links]``: ASCII codes of the state characters
+            (``G g y r`` ..., SUMO's meaning).
     """
 
     plan: str
@@ -72,9 +99,30 @@ class Recording:
     queue_veh: np.ndarray
     mean_wait_s: np.ndarray
     nox_mg: np.ndarray
+    vehicle_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    vehicle_x_m: np.ndarray = field(default_factory=lambda: _no_rows(np.float32))
+    vehicle_y_m: np.ndarray = field(default_factory=lambda: _no_rows(np.float32))
+    vehicle_angle_deg: np.ndarray = field(default_factory=lambda: _no_rows(np.float32))
+    vehicle_speed_mps: np.ndarray = field(default_factory=lambda: _no_rows(np.float32))
+    vehicle_wait_s: np.ndarray = field(default_factory=lambda: _no_rows(np.float32))
+    vehicle_count: np.ndarray = field(default_factory=lambda: _no_rows(np.int32))
+    signal_ids: tuple[str, ...] = ()
+    signal_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    signal_states: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+
+    @property
+    def has_vehicles(self) -> bool:
+        """Whether vehicle rows were recorded for every sample."""
+        return len(self.vehicle_offsets) == len(self.frame_times_s) + 1
+
+    def signal_state(self, sample: int, tls_id: str) -> str:
+        """The state string of ``tls_id`` at sample ``sample`` (as SUMO reported it)."""
+        i = self.signal_ids.index(tls_id)
+        lo, hi = int(self.signal_offsets[i]), int(self.signal_offsets[i + 1])
+        return bytes(self.signal_states[sample, lo:hi]).decode("ascii")
 
     def save_npz(self, path: Path) -> Path:
-        """Save the arrays (and edge ids) to a compressed ``.npz`` file."""
+        """Save the arrays (and edge and signal ids) to a compressed ``.npz`` file."""
         np.savez_compressed(
             path,
             edge_ids=np.array(self.edge_ids),
@@ -83,8 +131,37 @@ class Recording:
             queue_veh=self.queue_veh,
             mean_wait_s=self.mean_wait_s,
             nox_mg=self.nox_mg,
+            vehicle_offsets=self.vehicle_offsets,
+            vehicle_x_m=self.vehicle_x_m,
+            vehicle_y_m=self.vehicle_y_m,
+            vehicle_angle_deg=self.vehicle_angle_deg,
+            vehicle_speed_mps=self.vehicle_speed_mps,
+            vehicle_wait_s=self.vehicle_wait_s,
+            vehicle_count=self.vehicle_count,
+            signal_ids=np.array(self.signal_ids),
+            signal_offsets=self.signal_offsets,
+            signal_states=self.signal_states,
         )
         return Path(path)
+
+
+RECORDING_ARRAYS: Final = (
+    "frame_times_s",
+    "occupancy",
+    "queue_veh",
+    "mean_wait_s",
+    "nox_mg",
+    "vehicle_offsets",
+    "vehicle_x_m",
+    "vehicle_y_m",
+    "vehicle_angle_deg",
+    "vehicle_speed_mps",
+    "vehicle_wait_s",
+    "vehicle_count",
+    "signal_offsets",
+    "signal_states",
+)
+"""Every array field of :class:`Recording` (what a comparison of two recordings checks)."""
 
 
 @dataclass(frozen=True)

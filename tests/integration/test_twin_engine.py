@@ -8,7 +8,13 @@ import pytest
 from configs.errors import SimulationError
 from configs.timing import IntersectionTiming, PhasePlan, classify_state
 from simulators.network import load_network
-from simulators.twin import CURRENT, LibsumoWhatIfEngine, RecordSpec, WhatIfRequest
+from simulators.twin import (
+    CURRENT,
+    RECORDING_ARRAYS,
+    LibsumoWhatIfEngine,
+    RecordSpec,
+    WhatIfRequest,
+)
 from tests.support.twin_scenarios import GridScenario, build_grid
 
 pytestmark = pytest.mark.integration
@@ -101,6 +107,22 @@ def test_same_inputs_and_seeds_give_identical_numbers(
     assert (np.diff(rec.nox_mg) >= 0).all() and rec.nox_mg[-1] > 0
     assert (rec.mean_wait_s >= 0).all()
     assert set(first.recordings) == {CURRENT, "same", "short"}
+
+    # vehicles and signal states per sample, identical run to run (pool and serial)
+    assert rec.has_vehicles and rec.vehicle_offsets[-1] == len(rec.vehicle_x_m) > 0
+    assert (np.diff(rec.vehicle_offsets) == rec.vehicle_count).all()  # under the cap
+    for field in ("vehicle_x_m", "vehicle_y_m", "vehicle_angle_deg", "vehicle_speed_mps"):
+        assert getattr(rec, field).dtype == np.float32
+    assert rec.signal_ids == tuple(sorted(arterial.tls_ids))
+    assert rec.signal_states.shape == (20, int(rec.signal_offsets[-1]))
+    assert set(bytes(rec.signal_states.ravel()).decode()) <= set("GgyYrRsuoO")
+    assert "G" in rec.signal_state(10, rec.signal_ids[0]).upper()
+    for other in (second, third):
+        for name, recording in first.recordings.items():
+            theirs = other.recordings[name]
+            assert recording.signal_ids == theirs.signal_ids
+            for field in RECORDING_ARRAYS:
+                np.testing.assert_array_equal(getattr(recording, field), getattr(theirs, field))
 
 
 def test_much_shorter_greens_on_a_loaded_arterial_are_worse(

@@ -13,6 +13,10 @@ from configs.digests import sha256_file
 from controller.cli import run
 from edge_accel import (
     Attribution,
+    PairedEstimate,
+    SceneGeometry,
+    SignalSamples,
+    VehicleSamples,
     WhatIfFrames,
     grid_geometry,
     probe_video,
@@ -155,3 +159,67 @@ def test_cli_explains_a_missing_recording(
     assert code == 2
     assert 'no "recording"' in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def _full_sides(geometry: SceneGeometry, samples: int = 6):  # type: ignore[no-untyped-def]
+    """Sides with vehicles (every other one recorded on the candidate) and signal states."""
+    rng = np.random.default_rng(3)
+    t = np.linspace(300.0, 600.0, samples)
+    edges = geometry.edge_ids
+    ids = sorted({tls for tls, _, _ in geometry.signal_heads})
+    width = {i: 1 + max(k for tls, _, links in geometry.signal_heads if tls == i for k in links)
+             for i in ids}  # fmt: skip
+    offsets = np.concatenate(([0], np.cumsum([width[i] for i in ids])))
+    states = np.frombuffer(
+        b"".join(
+            b"".join((b"Gr" * 8)[k % 2 : k % 2 + width[i]] for i in ids) for k in range(samples)
+        ),
+        dtype=np.uint8,
+    ).reshape(samples, -1)
+    signals = SignalSamples.from_arrays(ids, offsets, states, samples=samples)
+    n = min(40, len(edges)) // 2 * 2
+    starts = np.array([geometry.polylines[e][0] for e in edges[:n]])
+    x = np.tile(starts[:, 0] + 30.0, samples)
+    y = np.tile(starts[:, 1] + 1.0, samples)
+    vehicles = VehicleSamples.from_arrays(
+        np.arange(samples + 1) * n, x, y, np.full(x.size, 90.0), rng.uniform(0, 14, x.size),
+        samples=samples,
+    )  # fmt: skip
+    halved = VehicleSamples.from_arrays(
+        np.arange(samples + 1) * (n // 2), x.reshape(samples, n)[:, ::2].ravel(),
+        y.reshape(samples, n)[:, ::2].ravel(), np.full(x.size // 2, 90.0),
+        np.full(x.size // 2, 3.0), np.full(samples, n), samples=samples,
+    )  # fmt: skip
+    occ = rng.uniform(0.0, 0.08, size=(samples, len(edges))).astype(np.float32)
+    wait, nox = np.linspace(5, 40, samples), np.cumsum(np.full(samples, 4000.0))
+    current = WhatIfFrames.from_arrays("CURRENT PLAN", edges, t, occ, occ * 40, wait, nox,
+                                       vehicles=vehicles, signals=signals)  # fmt: skip
+    candidate = WhatIfFrames.from_arrays(
+        "CANDIDATE (x)", edges, t, occ * 0.5, occ * 10, wait * 0.7, nox,
+        vehicles=halved, signals=signals,
+    )  # fmt: skip
+    return current, candidate
+
+
+def test_the_full_picture_is_deterministic_and_its_sidecar_states_its_scales(
+    tmp_path: Path,
+) -> None:
+    geometry = grid_geometry(4, 3, 150.0)
+    current, candidate = _full_sides(geometry)
+    estimate = PairedEstimate(-0.25, (-0.3, -0.2), 0.001, (-0.004, 0.006), (11, 12, 13), 0.95,
+                              verdict="passed", passed=True,
+                              intersection_wait_change={"J1_1": -0.4})  # fmt: skip
+    arts = [
+        render_whatif(geometry, current, candidate, ATTRIBUTION, tmp_path / f"{k}.mp4", 640, 360,
+                      10, "cpu", duration_s=1.0, estimate=estimate)
+        for k in range(2)
+    ]  # fmt: skip
+    assert arts[0].sha256 == arts[1].sha256
+    picture = json.loads(arts[0].sidecar_path.read_text())["video"]["picture"]
+    assert picture["panels"] == ["current", "candidate", "difference"]
+    assert picture["seed_shown"] == 11
+    assert picture["occupancy_max"] == 0.1  # the 99th percentile, rounded up
+    assert picture["estimate"]["wait_ci"] == [-0.3, -0.2]
+    assert picture["vehicles"].startswith("1 vehicle in 2 drawn")
+    probe = probe_video(arts[0].path)
+    assert (probe.codec, probe.frames, probe.width) == ("h264", 10, 640)

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from configs.errors import ConfigError
+from edge_accel.marks import SIGNAL_GREEN, SIGNAL_RED
 from edge_accel.raster import WorldToPixel, rasterise_polylines
 from edge_accel.render import FrameTimeline, WhatIfScene
 from edge_accel.scene import SceneGeometry, WhatIfFrames, grid_geometry
+from edge_accel.whatif_scene import DIFF, NO_DATA, ROAD, SIGNAL, TextField, VehicleBatch
 
 CPU = torch.device("cpu")
 W, H = 640, 360
@@ -65,66 +67,126 @@ def test_clip_rectangle_bounds_the_pixels() -> None:
     assert int(xs.min()) >= 0 and int(xs.max()) <= 99
 
 
-def _scene() -> WhatIfScene:
-    return WhatIfScene(grid_geometry(3, 3, 100.0), W, H, CPU)
+def _scene(colormap: str = "greys") -> WhatIfScene:
+    return WhatIfScene(grid_geometry(3, 3, 100.0), W, H, CPU, colormap=colormap)
 
 
 def _y(frames: torch.Tensor) -> torch.Tensor:
     return frames[:, :H, :].reshape(frames.shape[0], -1)
 
 
-def test_edges_take_the_lut_colour_of_their_occupancy() -> None:
-    scene = _scene()
+def test_edges_take_the_lut_colour_of_their_value_on_all_three_panels() -> None:
+    scene = _scene("viridis")
     e = scene.n_edges
-    occ = torch.zeros(2, 2 * e)
-    occ[1] = 1.0
-    occ[1, 0] = float("nan")
-    frames = scene.draw(occ, torch.zeros(2, 2 * e))
+    batch = scene.empty_batch(2)
+    batch.road[0] = ROAD  # lowest occupancy
+    batch.road[1] = ROAD + 255
+    batch.road[1, 0] = NO_DATA
+    batch.diff[:] = DIFF + 128
+    frames = scene.draw(batch)
     assert frames.shape == (2, H * 3 // 2, W) and frames.dtype == torch.uint8
-    luma = scene.pix_flat < W * H
-    key = scene.pix_key[luma]
-    flat = scene.pix_flat[luma]
+    # edge pixels that no signal head covers (heads are drawn over the roads)
+    heads = torch.cat((scene.head_flat, scene.rim_flat))
+    luma = (scene.pix_flat < W * H) & ~torch.isin(scene.pix_flat, heads)
+    key, flat = scene.pix_key[luma], scene.pix_flat[luma]
+    panel = key // 3 // e
     y = _y(frames)
-    assert bool((y[0, flat] == scene.lut_yuv[0, 0]).all())
+    assert set(panel.tolist()) == {0, 1, 2}
+    roads = panel < 2
+    assert bool((y[0, flat[roads]] == scene.lut_yuv[ROAD, 0]).all())
     nodata = key // 3 == 0
-    assert bool((y[1, flat[~nodata]] == scene.lut_yuv[255, 0]).all())
-    assert bool((y[1, flat[nodata]] == scene.lut_yuv[256, 0]).all())
-    # Pixels that are not edges keep the background.
+    assert bool((y[1, flat[roads & ~nodata]] == scene.lut_yuv[ROAD + 255, 0]).all())
+    assert bool((y[1, flat[nodata]] == scene.lut_yuv[NO_DATA, 0]).all())
+    assert bool((y[:, flat[~roads]] == scene.lut_yuv[DIFF + 128, 0]).all())
+    # pixels that are neither edges nor signal heads keep the background
     mask = torch.ones(W * H, dtype=torch.bool)
     mask[flat] = False
+    mask[scene.head_flat[scene.head_flat < W * H]] = False
+    mask[scene.rim_flat[scene.rim_flat < W * H]] = False
     assert torch.equal(y[0, mask], scene.background[: W * H][mask])
 
 
-def test_queue_stripe_grows_from_the_downstream_end() -> None:
-    scene = _scene()
-    e = scene.n_edges
-    occ = torch.full((3, 2 * e), 0.1)
-    queue = torch.zeros(3, 2 * e)
-    queue[1] = 30.0
-    queue[2] = 1e6
-    frames = scene.draw(occ, queue)
-    core = scene.core_flat[scene.core_flat < W * H]
-    changed = [int((_y(frames)[k, core] != _y(frames)[0, core]).sum()) for k in (1, 2)]
-    assert 0 < changed[0] < changed[1] == len(core)
+def test_a_neutral_road_colormap_leaves_the_maps_chroma_alone() -> None:
+    grey, colour = _scene("greys"), _scene("viridis")
+    assert grey.pix_flat.numel() < colour.pix_flat.numel()
+    assert bool((grey.lut_yuv[: NO_DATA + 1, 1:] == 128).all())
 
 
-def test_reused_buffer_matches_a_fresh_draw() -> None:
+def test_signal_heads_show_the_recorded_state() -> None:
     scene = _scene()
-    e = scene.n_edges
-    f0, f1 = scene.text_codes(scene.clock_field, ["SIM TIME 00:00:01", "SIM TIME 11:11:11"])[[0, 1]]
+    assert scene.n_heads == len(scene.heads) > 0
+    batch = scene.empty_batch(2)
+    batch.heads[0] = SIGNAL_RED
+    batch.heads[1] = SIGNAL_GREEN
+    frames = scene.draw(batch).reshape(2, -1)
+    luma = scene.head_flat < W * H
+    flat = scene.head_flat[luma]
+    assert bool((frames[0, flat] == scene.lut_yuv[SIGNAL + SIGNAL_RED, 0]).all())
+    assert bool((frames[1, flat] == scene.lut_yuv[SIGNAL + SIGNAL_GREEN, 0]).all())
+    assert bool((frames[:, scene.rim_flat] == scene.rim_value).all())
+
+
+def _vehicles(scene: WhatIfScene, n: int, heading_deg: float, speed_index: int) -> VehicleBatch:
+    # n vehicles on the middle of the map of panel 0, in frame 0
+    m = scene.layout.maps[0]
+    x = torch.full((n,), m.x + m.w / 2.0)
+    y = torch.full((n,), m.y + m.h / 2.0)
+    rad = torch.deg2rad(torch.full((n,), heading_deg))
+    return VehicleBatch(
+        x, y, torch.sin(rad), -torch.cos(rad), torch.full((n,), speed_index),
+        torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long),
+    )  # fmt: skip
+
+
+def test_vehicles_are_oriented_marks_and_the_slowest_shows_where_they_overlap() -> None:
+    scene = _scene()
+    for heading, long_axis in ((90.0, 1), (0.0, 0)):  # east: wide; north: tall
+        batch = scene.empty_batch(1)
+        batch.vehicles = _vehicles(scene, 1, heading, 200)
+        y = _y(scene.draw(batch))[0].reshape(H, W)
+        drawn = (y == scene.speed_yuv[200, 0]).nonzero()
+        extent = drawn.max(dim=0).values - drawn.min(dim=0).values + 1
+        assert int(extent[long_axis]) > int(extent[1 - long_axis]) >= 2
+    fast = _vehicles(scene, 1, 90.0, 250)
+    slow = _vehicles(scene, 1, 90.0, 10)
+    both = VehicleBatch(*(torch.cat((a, b)) for a, b in zip(
+        vars(slow).values(), vars(fast).values(), strict=True)))  # fmt: skip
+    reverse = VehicleBatch(*(torch.cat((b, a)) for a, b in zip(
+        vars(slow).values(), vars(fast).values(), strict=True)))  # fmt: skip
+    frames = []
+    for vehicles in (both, reverse):
+        batch = scene.empty_batch(1)
+        batch.vehicles = vehicles
+        frames.append(scene.draw(batch).clone())
+    assert torch.equal(frames[0], frames[1])  # the order does not matter
+    assert bool((_y(frames[0]) == scene.speed_yuv[10, 0]).any())
+    assert not bool((_y(frames[0]) == scene.speed_yuv[250, 0]).any())
+
+
+def test_a_reused_buffer_matches_a_fresh_draw() -> None:
+    scene = _scene()
+    field = TextField(scene.layout.clock, scene.fonts.title, "right")
+    codes = field.atlas.encode(["simulated 00:00:01", "simulated 11:11:11"])
     buf = scene.new_buffer(1)
-    occ = torch.rand(1, 2 * e)
-    scene.draw(torch.rand(1, 2 * e), torch.rand(1, 2 * e) * 50, {scene.clock_field: f1[None]}, buf)
-    reused = scene.draw(occ, torch.zeros(1, 2 * e), {scene.clock_field: f0[None]}, buf).clone()
-    fresh = scene.draw(occ, torch.zeros(1, 2 * e), {scene.clock_field: f0[None]})
-    assert torch.equal(reused, fresh)
-    blank = scene.draw(occ, torch.zeros(1, 2 * e))
-    assert not torch.equal(fresh, blank)  # the clock text was stamped
+    first = scene.empty_batch(1)
+    first.vehicles = _vehicles(scene, 3, 45.0, 100)
+    first.text = {field: codes[1:]}
+    scene.draw(first, buf)
+    second = scene.empty_batch(1)
+    second.road[:] = ROAD + 30
+    second.text = {field: codes[:1]}
+    reused = scene.draw(second, buf).clone()
+    fresh = scene.draw(second)
+    assert torch.equal(reused, fresh)  # no vehicle and no old text left behind
+    second.text = {}
+    assert not torch.equal(fresh, scene.draw(second))  # the clock text was stamped
 
 
 def test_too_small_frames_are_rejected() -> None:
     with pytest.raises(ConfigError, match="even width"):
         WhatIfScene(grid_geometry(2, 2), 321, 200, CPU)
+    with pytest.raises(ConfigError, match="greys"):
+        WhatIfScene(grid_geometry(2, 2), 640, 360, CPU, colormap="jet")
 
 
 def test_timeline_interpolates_linearly_and_holds_the_ends() -> None:
