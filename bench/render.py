@@ -15,8 +15,12 @@ Prints one JSON line per figure:
 - pyav_encode_premade_1080p_fps and render_1080p_fps: the same at 1920x1080
   over --frames-1080p frames; ratio = ours / PyAV alone (1.0 = rendering free).
 
+Both sides encode with the preset and crf of the shipped settings
+(configs/production.example.toml [video], which the daemon uses); --preset and
+--crf measure another choice.
+
 Usage: .venv/bin/python bench/render.py [--device auto|cpu|cuda]
-       [--preset-4k ultrafast] [--preset-1080p veryfast] [--frames-1080p 90]
+       [--preset PRESET] [--crf N] [--frames-1080p 90]
 """
 
 from __future__ import annotations
@@ -27,11 +31,14 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import get_args
 
 import av
 import numpy as np
 import torch
 
+from configs.settings import X264Preset
+from configs.settings_file import load_settings
 from edge_accel import (
     Attribution,
     PairedEstimate,
@@ -46,6 +53,7 @@ from edge_accel import (
     select_device,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 ATTRIBUTION = Attribution("a" * 64, "b" * 64, "c" * 64, "d" * 64, "sumo 1.28.0", 1)
 ESTIMATE = PairedEstimate(-0.2, (-0.26, -0.14), 0.002, (-0.003, 0.007), (1, 2, 3), 0.95,
                           verdict="Gate passed on the upper 95 % bounds", passed=True)  # fmt: skip
@@ -126,13 +134,13 @@ def premade(video: Path) -> list[np.ndarray]:
 
 
 def pyav_encode(
-    frames: list[np.ndarray], width: int, height: int, preset: str, path: Path
+    frames: list[np.ndarray], width: int, height: int, preset: str, crf: int, path: Path
 ) -> float:
     started = time.perf_counter()
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(30))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": preset, "crf": "23"}
+        stream.options = {"preset": preset, "crf": str(crf)}
         stream.codec_context.thread_count = 0
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="yuv420p")):
@@ -145,11 +153,16 @@ def pyav_encode(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--preset-4k", default="ultrafast")
-    parser.add_argument("--preset-1080p", default="veryfast")
+    parser.add_argument(
+        "--preset", choices=get_args(X264Preset), help="default: the shipped settings' preset"
+    )
+    parser.add_argument("--crf", type=int, help="default: the shipped settings' crf")
     parser.add_argument("--frames-1080p", type=int, default=90)
     parser.add_argument("--grid", type=int, default=10, help="grid columns (rows = 3/4 of it)")
     args = parser.parse_args()
+    shipped = load_settings(ROOT / "configs" / "production.example.toml").video
+    preset = args.preset or shipped.preset
+    crf = shipped.crf if args.crf is None else args.crf
     device = select_device(args.device)
     where = describe_device(device)
     geometry = grid_geometry(args.grid, max(2, args.grid * 3 // 4), 150.0)
@@ -169,39 +182,39 @@ def main() -> None:
         emit("render_4k_scene_build_s", time.perf_counter() - started, "s", None, None,
              device=where, edges=scene4k.n_edges)  # fmt: skip
         render_whatif(geometry, current, candidate, ATTRIBUTION, out / "ref4k.mp4", 3840, 2160,
-                      30, device, duration_s=1.0, preset="ultrafast", scene=scene4k,
+                      30, device, duration_s=1.0, crf=12, scene=scene4k,
                       estimate=ESTIMATE)  # fmt: skip
         frames = premade(out / "ref4k.mp4")
-        raw_4k = pyav_encode(frames, 3840, 2160, args.preset_4k, out / "raw4k.mp4")
-        emit("pyav_encode_premade_4k_block_s", raw_4k, "s", None, None, preset=args.preset_4k)
+        raw_4k = pyav_encode(frames, 3840, 2160, preset, crf, out / "raw4k.mp4")
+        emit("pyav_encode_premade_4k_block_s", raw_4k, "s", None, None, preset=preset, crf=crf)
         del frames
         started = time.perf_counter()
         render_whatif(geometry, current, candidate, ATTRIBUTION, out / "ours4k.mp4", 3840, 2160,
-                      30, device, duration_s=1.0, preset=args.preset_4k, scene=scene4k,
+                      30, device, duration_s=1.0, preset=preset, crf=crf, scene=scene4k,
                       estimate=ESTIMATE)  # fmt: skip
         ours_4k = time.perf_counter() - started
         emit("render_4k_block_latency_s", ours_4k, "s", ours_4k / raw_4k,
-             "pyav_encode_premade_4k_block_s", preset=args.preset_4k, device=where,
+             "pyav_encode_premade_4k_block_s", preset=preset, crf=crf, device=where,
              target_s=0.8)  # fmt: skip
         del scene4k
 
         n = args.frames_1080p
         scene_hd = WhatIfScene(geometry, 1920, 1080, device)
         render_whatif(geometry, current, candidate, ATTRIBUTION, out / "refhd.mp4", 1920, 1080,
-                      30, device, duration_s=n / 30, preset="ultrafast", scene=scene_hd,
+                      30, device, duration_s=n / 30, crf=12, scene=scene_hd,
                       estimate=ESTIMATE)  # fmt: skip
         frames = premade(out / "refhd.mp4")
-        raw_hd = pyav_encode(frames, 1920, 1080, args.preset_1080p, out / "rawhd.mp4")
+        raw_hd = pyav_encode(frames, 1920, 1080, preset, crf, out / "rawhd.mp4")
         emit("pyav_encode_premade_1080p_fps", n / raw_hd, "frames/s", None, None,
-             preset=args.preset_1080p)  # fmt: skip
+             preset=preset, crf=crf)  # fmt: skip
         del frames
         started = time.perf_counter()
         render_whatif(geometry, current, candidate, ATTRIBUTION, out / "ourshd.mp4", 1920, 1080,
-                      30, device, duration_s=n / 30, preset=args.preset_1080p,
+                      30, device, duration_s=n / 30, preset=preset, crf=crf,
                       scene=scene_hd, estimate=ESTIMATE)  # fmt: skip
         ours_hd = time.perf_counter() - started
         emit("render_1080p_fps", n / ours_hd, "frames/s", (n / ours_hd) / (n / raw_hd),
-             "pyav_encode_premade_1080p_fps", preset=args.preset_1080p, device=where)  # fmt: skip
+             "pyav_encode_premade_1080p_fps", preset=preset, crf=crf, device=where)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -427,6 +427,8 @@ class RendererAdapter:
             fps=video.fps,
             device=self.device,
             duration_s=video.duration_s,
+            preset=video.preset,
+            crf=video.crf,
             scene=self._scene,
             # the on-screen clock is the field's (the twin's time 0 is field_time_s)
             clock_offset_s=float(request.get("field_time_s", 0)),

@@ -122,8 +122,8 @@ class H264Writer:
         height: int,
         fps: int,
         *,
-        preset: str = "veryfast",
-        crf: int = 23,
+        preset: str = "ultrafast",
+        crf: int = 26,
         threads: int = 0,
         metadata: dict[str, str] | None = None,
     ) -> None:

@@ -9,9 +9,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from configs.errors import ConfigError
+from configs.settings import VideoSettings, X264Preset
 from configs.timing import canonical_json, sha256_hex
 from controller.exit_codes import ExitCode
 
@@ -78,7 +79,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--duration-s", type=float, help="video length in seconds (default 20)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides [edge] device")
     parser.add_argument(
-        "--preset", default="veryfast", help="libx264 preset (default veryfast; ultrafast for 4K)"
+        "--preset",
+        choices=get_args(X264Preset),
+        help="libx264 preset (default: [video] preset, ultrafast; see docs/video.md)",
+    )
+    parser.add_argument(
+        "--crf", type=int, help="libx264 constant rate factor 0-51 (default: [video] crf, 26)"
     )
     parser.add_argument(
         "--colormap",
@@ -92,14 +98,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run(args: argparse.Namespace) -> int:
     from edge_accel import describe_device, probe_video, render_whatif, select_device
 
-    width, height, fps, duration_s, device_pref = 1920, 1080, 30, 20.0, "auto"
+    video = VideoSettings()
+    device_pref = "auto"
     if args.config is not None:
         from configs.settings_file import load_settings
 
         settings = load_settings(args.config)
         video = settings.video
-        width, height, fps, duration_s = video.width, video.height, video.fps, video.duration_s
         device_pref = settings.edge.device
+    width, height, fps, duration_s = video.width, video.height, video.fps, video.duration_s
+    preset = args.preset or video.preset
+    crf = video.crf if args.crf is None else args.crf
+    if not 0 <= crf <= 51:
+        raise ConfigError(f"--crf must be 0..51, got {crf}")
     width = args.width or width
     height = args.height or height
     fps = args.fps or fps
@@ -131,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
         fps,
         device,
         duration_s=duration_s,
-        preset=args.preset,
+        preset=preset,
+        crf=crf,
         colormap=args.colormap,
         estimate=job["estimate"],
     )

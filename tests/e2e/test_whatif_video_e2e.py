@@ -34,11 +34,13 @@ from tests.support.starved_district import cycle_settings, one_cycle
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 WIDTH, HEIGHT, FPS, DURATION_S = 960, 540, 10, 6.0
+PRESET, CRF = "superfast", 30  # not the defaults: the adapter must pass [video]'s own
 
 
 @pytest.fixture
 def deployed(tmp_path: Path) -> Iterator[tuple[Settings, Any]]:
-    video = {"width": WIDTH, "height": HEIGHT, "fps": FPS, "duration_s": DURATION_S}
+    video = {"width": WIDTH, "height": HEIGHT, "fps": FPS, "duration_s": DURATION_S,
+             "preset": PRESET, "crf": CRF}  # fmt: skip
     settings = cycle_settings(
         tmp_path / "state", video, horizon_s=300, warmup_s=120, seeds=3, candidates=2
     )
@@ -81,6 +83,7 @@ def test_a_deployment_carries_a_video_of_the_twins_recording(
     sidecar = json.loads(video.with_name(video.name + ".json").read_text())
     assert sidecar["video"]["sha256"] == recorded["sha256"]
     assert sidecar["video"]["frames"] == frames == len(sidecar["frames"])
+    assert (sidecar["video"]["preset"], sidecar["video"]["crf"]) == (PRESET, CRF)
     chosen = cycle["gate"]["chosen"]
     request = cycle["whatif"]["request"]
     recorded_seed = request["seeds"][request["record"]["seed_index"]]

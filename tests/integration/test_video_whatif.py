@@ -148,6 +148,32 @@ def test_cli_renders_the_district_from_simulate_json(
     assert tags["plan_candidate_sha256"] == "w" * 64
     assert tags["demand_sha256"] == "d" * 64 and tags["seed"] == 3
     assert tags["sim_time_s"] == 300.0 and sidecar["frames"][-1]["sim_time_s"] == 500.0
+    # without --config or --preset: the shipped [video] defaults
+    assert (sidecar["video"]["preset"], sidecar["video"]["crf"]) == ("ultrafast", 26)
+
+
+def test_cli_encoder_options_come_from_the_command_line_or_the_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulators.network import load_network
+
+    source = tmp_path / "sim.json"
+    source.write_text(json.dumps(_document(sorted(load_network(DISTRICT).edges)[:10])))
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
+    text = demo.read_text().replace('"district/', f'"{demo.parent}/district/')
+    video = 'width = 320\nheight = 180\nfps = 5\nduration_s = 1.0\npreset = "superfast"\ncrf = 30'
+    config = tmp_path / "video.toml"
+    config.write_text(text.replace("width = 1280\nheight = 720\nfps = 30\nduration_s = 8.0", video))
+    out = tmp_path / "v.mp4"
+    base = ["render", "--input", str(source), "--out", str(out), "--device", "cpu"]
+    assert run([*base, "--config", str(config)]) == 0
+    video = json.loads(Path(json.loads(capsys.readouterr().out)["sidecar"]).read_text())["video"]
+    assert (video["width"], video["preset"], video["crf"]) == (320, "superfast", 30)
+    assert run([*base, "--config", str(config), "--preset", "veryfast", "--crf", "20"]) == 0
+    video = json.loads(Path(json.loads(capsys.readouterr().out)["sidecar"]).read_text())["video"]
+    assert (video["preset"], video["crf"]) == ("veryfast", 20)
+    assert run([*base, "--crf", "52"]) == 2
+    assert "--crf must be 0..51" in capsys.readouterr().err
 
 
 def test_cli_explains_a_missing_recording(

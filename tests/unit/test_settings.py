@@ -63,6 +63,12 @@ def test_demo_settings_load_with_documented_defaults() -> None:
         ((r'^mode = "auto"', 'mode = "yolo"'), "mode", "'auto' or 'shadow'"),
         ((r"^share = 0.42", "share = 0.5"), "simulation.fleet", "sum to 1.0"),
         ((r"^max_cycle_s = 150", "max_cycle_s = 30"), "safety", "must not exceed max_cycle_s"),
+        (
+            (r"^duration_s = 8.0", 'duration_s = 8.0\npreset = "fastest"'),
+            "video.preset",
+            "'ultrafast', 'superfast'",
+        ),
+        ((r"^duration_s = 8.0", "duration_s = 8.0\ncrf = 60"), "video.crf", "less than or equal"),
     ],
 )
 def test_invalid_settings_name_the_key_value_and_expectation(
