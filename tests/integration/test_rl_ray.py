@@ -22,7 +22,7 @@ from rl.policy import TorchPolicy
 from rl.train import TrainProgress, train
 from rl.train_manifest import manifest_path
 from tests.support.ray_cluster import RayCluster
-from tests.support.twin_scenarios import GridScenario, build_grid
+from tests.support.twin_scenarios import GridScenario, build_grid, training_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
 
@@ -128,37 +128,26 @@ def test_train_with_backend_ray_writes_the_files_and_policy_of_a_local_run(
     assert ours == theirs
 
 
-def _grid_config(grid: GridScenario) -> EnvConfig:
-    return EnvConfig(
-        net_file=grid.net,
-        detectors_file=grid.detectors,
-        route_files=(grid.routes,),
-        interval_s=120.0,
-        episode_steps=2,
-        warmup_s=120.0,
-        begin_range_s=(0.0, 300.0),
-        mode="fixed",
-    )
-
-
 def test_more_simulations_than_the_cluster_has_room_for_are_a_config_error(
     cluster: RayCluster, grid: GridScenario
 ) -> None:
     compute = ComputeSettings(backend="ray", address=cluster.address, connect_timeout_s=3)
     with pytest.raises(ConfigError, match=r"of 3 training simulations did not start") as e:
-        IntersectionVecEnv(_grid_config(grid), n_sims=3, backend="ray", compute=compute)
+        IntersectionVecEnv(training_config(grid), n_sims=3, backend="ray", compute=compute)
     message = str(e.value)
     assert "ask for 3 x 1 CPUs, the cluster has 2 CPUs" in message
     assert "use fewer simulations (--envs)" in message
     # the actors that were placed are gone again: a run that fits starts
-    env = IntersectionVecEnv(_grid_config(grid), n_sims=2, backend="ray", compute=_compute(cluster))
+    env = IntersectionVecEnv(
+        training_config(grid), n_sims=2, backend="ray", compute=_compute(cluster)
+    )
     env.close()
 
 
 def test_a_lost_node_stops_training_with_a_resumable_checkpoint(
     cluster: RayCluster, grid: GridScenario, tmp_path: Path
 ) -> None:
-    config = _grid_config(grid)
+    config = training_config(grid)
     out = tmp_path / "p.pt"
     rollout = 32  # 2 simulations x 4 lights x 4 steps
 

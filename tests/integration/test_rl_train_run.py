@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from configs.errors import ConfigError
-from rl.env import EnvConfig
 from rl.policy import ActorNet, TorchPolicy, save_weights
 from rl.train import TrainProgress, train
 from rl.train_manifest import manifest_path
-from tests.support.twin_scenarios import GridScenario, build_grid
+from tests.support.twin_scenarios import GridScenario, build_grid, training_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,19 +20,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> GridScenario:
     return build_grid(tmp_path_factory.mktemp("traingrid"), size=2, end_s=1500.0, period_s=3.0)
-
-
-def _config(grid: GridScenario) -> EnvConfig:
-    return EnvConfig(
-        net_file=grid.net,
-        detectors_file=grid.detectors,
-        route_files=(grid.routes,),
-        interval_s=120.0,
-        episode_steps=2,
-        warmup_s=120.0,
-        begin_range_s=(0.0, 300.0),
-        mode="fixed",
-    )
 
 
 def test_a_tiny_budget_stops_cleanly_and_saves_the_initial_actor(
@@ -44,7 +30,7 @@ def test_a_tiny_budget_stops_cleanly_and_saves_the_initial_actor(
     save_weights(ActorNet(), init, "fixed")
     out = tmp_path / "run" / "tuned.pt"
     result = train(
-        _config(grid),
+        training_config(grid),
         out,
         timesteps=10_000,
         seed=1,
@@ -71,7 +57,7 @@ def test_resume_continues_the_sample_count_and_refuses_other_arguments(
     lines: list[TrainProgress] = []
     # 4 lights x 4 steps: 16 samples per rollout
     first = train(
-        _config(grid),
+        training_config(grid),
         out,
         timesteps=32,
         seed=2,
@@ -86,13 +72,13 @@ def test_resume_continues_the_sample_count_and_refuses_other_arguments(
     assert checkpoints == ["p-000000016.zip", "p-000000032.zip"]
 
     with pytest.raises(ConfigError, match=r"arguments differ.*seed: was 2, now 3"):
-        train(_config(grid), out, timesteps=48, seed=3, progress_bar=False, resume=True)
+        train(training_config(grid), out, timesteps=48, seed=3, progress_bar=False, resume=True)
     with pytest.raises(ConfigError, match="nothing to resume"):
-        train(_config(grid), tmp_path / "other.pt", timesteps=48, seed=2, resume=True)
+        train(training_config(grid), tmp_path / "other.pt", timesteps=48, seed=2, resume=True)
 
     lines.clear()
     second = train(
-        _config(grid),
+        training_config(grid),
         out,
         timesteps=48,
         seed=2,
@@ -168,7 +154,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint_of_what_was_trained(
 
     with pytest.raises(KeyboardInterrupt):
         train(
-            _config(grid),
+            training_config(grid),
             out,
             timesteps=64,
             seed=2,
@@ -178,7 +164,9 @@ def test_ctrl_c_leaves_a_resumable_checkpoint_of_what_was_trained(
     # the second rollout was collected but never trained on: 16 samples count
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["samples"] == 16 and manifest["checkpoint"] == "p-000000016.zip"
-    resumed = train(_config(grid), out, timesteps=32, seed=2, progress_bar=False, resume=True)
+    resumed = train(
+        training_config(grid), out, timesteps=32, seed=2, progress_bar=False, resume=True
+    )
     assert resumed.resumed_from == 16 and resumed.timesteps == 32
 
 

@@ -7,6 +7,7 @@ import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from simulators.sumo import sumo_home, tool_binary
 
@@ -118,6 +119,22 @@ def build_grid(
         text = text[:idx] + "\n" + flow + text[idx:]
         routes.write_text(text)
     return GridScenario(net=net, detectors=detectors, routes=routes, tls_ids=tuple(tls))
+
+
+def training_config(grid: GridScenario) -> Any:
+    """The small fixed-time training set-up the training tests share (an ``rl.env.EnvConfig``)."""
+    from rl.env import EnvConfig  # torch and gymnasium: only for the training tests
+
+    return EnvConfig(
+        net_file=grid.net,
+        detectors_file=grid.detectors,
+        route_files=(grid.routes,),
+        interval_s=120.0,
+        episode_steps=2,
+        warmup_s=120.0,
+        begin_range_s=(0.0, 300.0),
+        mode="fixed",
+    )
 
 
 @dataclass(frozen=True)
