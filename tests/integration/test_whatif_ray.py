@@ -128,7 +128,8 @@ def test_cancel_stops_the_whatif_on_the_cluster(
     cancel = threading.Event()
     with RayWhatIfEngine(_compute(cluster), workers=2) as engine:
         engine.connect()
-        with pytest.raises(WhatIfCancelled, match=r"cancelled with 1 of 6 runs done"):
+        # cancelled at the first report: the other worker's run may finish in the same wait
+        with pytest.raises(WhatIfCancelled, match=r"cancelled with [12] of 6 runs done"):
             engine.evaluate(request, cancel=cancel, progress=lambda d, t: cancel.set())
         assert engine.workers_alive < 2  # the busy actor was killed, not waited for
         # the pool is rebuilt for the next what-if
