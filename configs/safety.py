@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Proposal",
+    "SafeBounds",
+    "build_plan",
+    "safe_bounds",
     "admissible_successors",
     "intergreen_after",
     "successor_paths",
@@ -376,6 +379,55 @@ def project(
         )
     if not all(math.isfinite(g) for g in proposal.green_s):
         raise ConfigError(f"{tls_id}: proposal greens must be finite numbers")
+    bounds = safe_bounds(tls_id, base, limits, previous)
+    wanted = [max(0.0, float(g)) for g in proposal.green_s]
+    target = proposal.cycle_s if proposal.cycle_s is not None else bounds.fixed_total + sum(wanted)
+    if not math.isfinite(target):
+        raise ConfigError(f"{tls_id}: proposal cycle must be a finite number")
+    cycle = min(max(round(target), bounds.cycle_lo), bounds.cycle_hi)
+    total = cycle - bounds.fixed_total
+    split = _water_fill(wanted, [float(v) for v in bounds.lo], [float(v) for v in bounds.hi], total)
+    green_s = _round_preserving_sum(split, list(bounds.lo), list(bounds.hi), total)
+    return build_plan(
+        tls_id, base, limits, bounds, cycle, green_s, proposal.offset_s, proposal.adaptive
+    )
+
+
+@dataclass(frozen=True)
+class SafeBounds:
+    """What the safe set of one intersection allows, whatever is proposed.
+
+    Attributes:
+        fixed: phase index -> duration of each yellow and red clearance interval.
+        fixed_total: their sum (s).
+        lo: per green phase, the shortest green allowed (s).
+        hi: per green phase, the longest green allowed (s).
+        cycle_lo: the shortest cycle allowed (s).
+        cycle_hi: the longest cycle allowed (s).
+        prior: the plan in force when it bounds the change (same phase states), else None.
+    """
+
+    fixed: Mapping[int, int]
+    fixed_total: int
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+    cycle_lo: int
+    cycle_hi: int
+    prior: IntersectionTiming | None
+
+
+def safe_bounds(
+    tls_id: str,
+    base: BaseProgram,
+    limits: SafetyLimits,
+    previous: IntersectionTiming | None = None,
+) -> SafeBounds:
+    """The bounds :func:`project` projects onto (they depend on no proposal).
+
+    Raises:
+        SafetyViolation: the limits themselves leave no safe plan.
+    """
+    greens = base.green_indices
     prior = previous
     if prior is not None and [p.state for p in prior.phases] != [p.state for p in base.phases]:
         prior = None
@@ -419,16 +471,29 @@ def project(
             ]
         )
 
-    wanted = [max(0.0, float(g)) for g in proposal.green_s]
-    target = proposal.cycle_s if proposal.cycle_s is not None else fixed_total + sum(wanted)
-    if not math.isfinite(target):
-        raise ConfigError(f"{tls_id}: proposal cycle must be a finite number")
-    cycle = min(max(round(target), cycle_lo), cycle_hi)
-    split = _water_fill(wanted, [float(v) for v in lo], [float(v) for v in hi], cycle - fixed_total)
-    green_s = _round_preserving_sum(split, lo, hi, cycle - fixed_total)
+    return SafeBounds(fixed, fixed_total, tuple(lo), tuple(hi), cycle_lo, cycle_hi, prior)
 
-    if proposal.offset_s is not None and math.isfinite(proposal.offset_s):
-        offset = round(proposal.offset_s) % cycle
+
+def build_plan(
+    tls_id: str,
+    base: BaseProgram,
+    limits: SafetyLimits,
+    bounds: SafeBounds,
+    cycle: int,
+    green_s: Sequence[int],
+    offset_s: float | None,
+    adaptive: AdaptiveLogic | None = None,
+) -> IntersectionTiming:
+    """The plan of a projected cycle and greens, checked against every invariant.
+
+    Raises:
+        SafetyViolation: the plan breaks an invariant (a bug in the projection).
+    """
+    greens = base.green_indices
+    prior = bounds.prior
+    fixed = bounds.fixed
+    if offset_s is not None and math.isfinite(offset_s):
+        offset = round(offset_s) % cycle
     else:
         offset = (prior.offset_s if prior is not None else base.offset_s) % cycle
 
@@ -457,7 +522,7 @@ def project(
             phases.append(PhasePlan(state=phase.state, duration_s=fixed[index]))
     logic = None
     if base.mode == "adaptive":
-        logic = proposal.adaptive or AdaptiveLogic.default(len(greens))
+        logic = adaptive or AdaptiveLogic.default(len(greens))
         if len(logic.green_weights) != len(greens):
             raise ConfigError(
                 f"{tls_id}: proposal has {len(logic.green_weights)} green weights, "
