@@ -52,6 +52,7 @@ from edge_accel.surrogate import (  # noqa: E402
     candidate_features,
     load_rows_jsonl,
     load_surrogate,
+    plan_arrays,
     screen,
     spearman,
 )
@@ -99,8 +100,6 @@ def batched(proposer: ProposerAdapter, candidates: dict, projector: BatchProject
     greens[..., :width] = batch.green_s[..., :width].to(torch.float32)
     arrays = PlanArrays(greens.numpy(), cyc.numpy(), offs.numpy())
     current = proposer._current  # noqa: SLF001 - the bench drives the proposer's own state
-    from edge_accel.surrogate import plan_arrays
-
     features = candidate_features(
         proposer.demand_features, arrays, plan_arrays([current], list(order)),
         proposer.surrogate_device,
