@@ -8,14 +8,13 @@ emulator, the proposer proposes (Webster and the policy), and
 safe set, builds the features, scores them and keeps the best. Prints JSON lines:
 
 * ``screen_candidates_per_s``: the daemon's path, pool size / median wall time
-  of ``ProposerAdapter.screen`` (target >= 10 000); ``ratio`` = ours / the
-  batched prototype below doing the same amount of work.
-* ``screen_batch_candidates_per_s``: the batched prototype (not yet used by the
-  daemon): the same number of seeded perturbations drawn as arrays, projected
-  with :class:`edge_accel.projection.BatchProjector` (the same whole-second
-  plans as ``configs.safety.project``; tests/unit/test_batch_projection.py),
-  features, surrogate scores and top-k, and only the kept candidates built
-  as plans.
+  of ``ProposerAdapter.screen`` (target >= 10 000): the seeded perturbations
+  drawn as arrays and projected as tensors
+  (:class:`edge_accel.screening.PerturbationPool`), features, surrogate scores
+  and top-k, and only the kept candidates built as plans. ``ratio`` = ours /
+  the previous design doing the same work (tests/support/reference_screening.py:
+  each perturbation projected by ``configs.safety.project_plans`` and built
+  as models, the same pool); ``same_kept`` says both kept the same candidates.
 * ``surrogate_spearman_wait_within_snapshot``: the shipped surrogate's Spearman
   rank correlation with the twin's measured wait change among the candidates of
   one demand snapshot, median over the held-out snapshots of the shipped rows
@@ -37,7 +36,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configs.settings_file import load_settings  # noqa: E402
@@ -45,9 +43,7 @@ from configs.timing import IntersectionTiming  # noqa: E402
 from controller.commands.surrogate import probe_counts  # noqa: E402
 from controller.contracts import Observation  # noqa: E402
 from controller.wiring import ProposerAdapter, load_policy, load_screening_surrogate  # noqa: E402
-from edge_accel.projection import BatchProjector  # noqa: E402
 from edge_accel.surrogate import (  # noqa: E402
-    PlanArrays,
     _holdout_mask,
     candidate_features,
     load_rows_jsonl,
@@ -57,6 +53,7 @@ from edge_accel.surrogate import (  # noqa: E402
     spearman,
 )
 from simulators.network import load_network  # noqa: E402
+from tests.support.reference_screening import reference_pool  # noqa: E402
 
 CONFIG = ROOT / "configs" / "demo.toml"
 ROWS = ROOT / "configs" / "district" / "surrogate.rows.jsonl"
@@ -69,48 +66,25 @@ def emit(figure: str, value: float, unit: str, ratio: float | None, against: str
                       **extra}), flush=True)  # fmt: skip
 
 
-def batched(proposer: ProposerAdapter, candidates: dict, projector: BatchProjector, n: int,
-            keep: int, seed: int) -> dict[str, dict[str, IntersectionTiming]]:  # fmt: skip
-    """The prototype: draw, project, featurise, score and build only what is kept."""
-    order = projector.order
-    g = max(projector.greens)
-    names = sorted(candidates)
-    rng = np.random.default_rng(seed)
-    green = np.zeros((n, len(order), g))
-    cycle = np.zeros((n, len(order)))
-    offset = np.zeros((n, len(order)))
-    origin = np.arange(n) % len(names)
-    for o, name in enumerate(names):
-        rows = origin == o
-        for k, t in enumerate(order):
-            plan = candidates[name][t]
-            base = proposer.layouts[t].base
-            green[rows, k, : projector.greens[k]] = [
-                plan.phases[i].duration_s for i in base.green_indices
-            ]
-            cycle[rows, k] = plan.cycle_s
-            offset[rows, k] = plan.offset_s
-    green *= rng.uniform(0.8, 1.2, size=green.shape)
-    cycle *= rng.uniform(0.85, 1.15, size=(n, 1))
-    batch = projector.project(torch.from_numpy(green), torch.from_numpy(cycle))
-    cyc = batch.cycle_s.to(torch.float32)
-    offs = torch.remainder(torch.from_numpy(offset).round(), batch.cycle_s).to(torch.float32)
-    greens = torch.zeros((n, len(order), 4), dtype=torch.float32)
-    width = min(4, g)
-    greens[..., :width] = batch.green_s[..., :width].to(torch.float32)
-    arrays = PlanArrays(greens.numpy(), cyc.numpy(), offs.numpy())
+def previous_design(proposer: ProposerAdapter, candidates: dict, n: int, keep: int,
+                    seed: int) -> list[str]:  # fmt: skip
+    """Screening before it was batched: each perturbation projected and built as models."""
     current = proposer._current  # noqa: SLF001 - the bench drives the proposer's own state
+    bases = {t: layout.base for t, layout in proposer.layouts.items()}
+    pool = reference_pool(candidates, current, bases, proposer.settings.safety, seed, n)
+    order = sorted(current)
     features = candidate_features(
-        proposer.demand_features, arrays, plan_arrays([current], list(order)),
-        proposer.surrogate_device,
+        proposer.demand_features, plan_arrays([p for _, p in pool], order),
+        plan_arrays([current], order), proposer.surrogate_device,
     )  # fmt: skip
-    result = screen(proposer.surrogate, features, top_k=keep,
+    result = screen(proposer.surrogate, features, top_k=keep + len(candidates),
                     max_nox_change=proposer.settings.gate.max_nox_increase)  # fmt: skip
-    kept = {}
+    kept = dict(sorted(candidates.items())[:keep])
     for i in result.selected:
-        wanted = {t: float(offset[i, k]) for k, t in enumerate(order)}
-        kept[f"{names[origin[i]]}~{i}"] = projector.plans(batch, int(i), wanted)
-    return kept
+        if len(kept) >= keep:
+            break
+        kept.setdefault(pool[int(i)][0], pool[int(i)][1])
+    return sorted(kept)
 
 
 def within_snapshot_spearman() -> tuple[float, int]:
@@ -145,26 +119,22 @@ def main() -> None:
     observation = Observation(field_time_s, counts, interval_s, {}, {})
     candidates, _ = proposer.propose(observation, {}, current)
     n, keep = sim.screen_candidates, sim.candidates
-    ours, proto = [], []
+    ours, before = [], []
+    same = True
     for _ in range(args.repeats):
         started = time.perf_counter()
-        proposer.screen(candidates, keep)
+        kept = proposer.screen(candidates, keep)
         ours.append(time.perf_counter() - started)
         started = time.perf_counter()
-        projector = BatchProjector(
-            {t: layout.base for t, layout in proposer.layouts.items()}, settings.safety, current,
-            sorted(current),
-        )  # fmt: skip
-        batched(proposer, candidates, projector, n, keep, sim.base_seed)
-        proto.append(time.perf_counter() - started)
+        same &= previous_design(proposer, candidates, n, keep, sim.base_seed) == sorted(kept)
+        before.append(time.perf_counter() - started)
     pool = n + len(candidates)
     ours_rate = pool / statistics.median(ours)
-    proto_rate = n / statistics.median(proto)
+    before_rate = pool / statistics.median(before)
     common = {"candidates": n, "kept": keep, "intersections": len(current)}
-    emit("screen_candidates_per_s", ours_rate, "candidates/s", ours_rate / proto_rate,
-         "screen_batch_candidates_per_s (the batched prototype, same pool size)",
-         target=10_000, **common)  # fmt: skip
-    emit("screen_batch_candidates_per_s", proto_rate, "candidates/s", None, None, **common)
+    emit("screen_candidates_per_s", ours_rate, "candidates/s", ours_rate / before_rate,
+         f"the previous design: each perturbation projected and built as plans "
+         f"({before_rate:.0f} candidates/s)", target=10_000, same_kept=same, **common)  # fmt: skip
     rho, snapshots = within_snapshot_spearman()
     emit("surrogate_spearman_wait_within_snapshot", rho, "rho", None, None,
          snapshots=snapshots, rows=str(ROWS.relative_to(ROOT)))  # fmt: skip

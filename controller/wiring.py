@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs.errors import (
     ActuationError,
@@ -70,6 +70,9 @@ __all__ = [
     "build_runner",
     "outcomes_of",
 ]
+
+if TYPE_CHECKING:
+    from edge_accel.screening import PerturbationPool
 
 logger = logging.getLogger(__name__)
 
@@ -308,20 +311,23 @@ class ProposerAdapter:
 
     def perturbation_pool(
         self, candidates: Mapping[str, Mapping[str, IntersectionTiming]], n: int
-    ) -> list[tuple[str, dict[str, IntersectionTiming]]]:
+    ) -> PerturbationPool:
         """The proposals and ``n`` safe perturbations of them (what :meth:`screen` scores).
 
-        Call after :meth:`propose` (it bounds the perturbations by the plans in force).
+        Projected as tensors on the surrogate's device; a perturbation becomes plans
+        only when taken from the pool. Call after :meth:`propose` (it bounds the
+        perturbations by the plans in force).
         """
-        from edge_accel.screening import perturbations
+        from edge_accel.screening import PerturbationPool
 
-        return perturbations(
+        return PerturbationPool(
             candidates,
             self._current,
             {t: layout.base for t, layout in self.layouts.items()},
             self.settings.safety,
             seed=self.settings.simulation.base_seed,
             n=n,
+            device=self.surrogate_device,
         )
 
     def screen(
@@ -330,7 +336,8 @@ class ProposerAdapter:
         """The proposals, and in the remaining slots the surrogate's best perturbations.
 
         The proposals themselves (policy, Webster) always reach the twin, so the
-        ledger shows how each proposer fared; ``keep`` bounds the total.
+        ledger shows how each proposer fared; ``keep`` bounds the total. Only the
+        perturbations kept are built as plans.
         """
         kept = dict(sorted(candidates.items())[:keep])
         n = self.settings.simulation.screen_candidates
@@ -342,7 +349,7 @@ class ProposerAdapter:
         order = sorted(self._current)
         features = candidate_features(
             self.demand_features,
-            plan_arrays([p for _, p in pool], order),
+            pool.arrays(order),
             plan_arrays([self._current], order),
             self.surrogate_device,
         )
@@ -353,9 +360,9 @@ class ProposerAdapter:
             max_nox_change=self.settings.gate.max_nox_increase,
         )
         for i in result.selected:
-            name, plans = pool[int(i)]
             if len(kept) >= keep:
                 break
+            name, plans = pool[int(i)]
             kept.setdefault(name, plans)
         logger.info("screened %d candidates, kept %s", len(pool), sorted(kept))
         return kept

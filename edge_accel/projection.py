@@ -15,8 +15,8 @@ property. Only the candidates kept become :class:`~configs.timing.IntersectionTi
 models (:meth:`BatchProjector.plans`), built and checked by
 :func:`configs.safety.build_plan` like every other plan.
 
-Not yet used by the daemon's screening (``controller.wiring.ProposerAdapter``),
-which still projects each perturbation with :func:`configs.safety.project_plans`.
+The daemon's screening pool (:class:`edge_accel.screening.PerturbationPool`)
+projects its perturbations with it.
 """
 
 from __future__ import annotations

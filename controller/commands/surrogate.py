@@ -288,12 +288,13 @@ def collect_rows(
             proposer = ProposerAdapter(snap_settings, network, policy=policy)
             proposals, _ = proposer.propose(observation, demand, current)
             take = min(per_snapshot, remaining)
-            pool = proposer.perturbation_pool(proposals, max(0, take - len(proposals)))[:take]
+            drawn = proposer.perturbation_pool(proposals, max(0, take - len(proposals)))
+            pool = drawn[:take]
             features = candidate_features(
                 proposer.demand_features,
-                plan_arrays([p for _, p in pool], order),
+                drawn.arrays(order),
                 plan_arrays([current], order),
-            ).numpy()
+            ).numpy()[: len(pool)]
             counted_vph = sum(counts.values()) * 3600.0 / interval_s
             say(
                 f"snapshot {snap + 1}/{spec.snapshots}: demand x{scale:g} at +{offset_s} s, "

@@ -93,7 +93,7 @@ def test_shipped_model_screens_like_its_predictions() -> None:
     order = sorted(current)
     features = candidate_features(
         proposer.demand_features,
-        plan_arrays([p for _, p in pool], order),
+        pool.arrays(order),
         plan_arrays([current], order),
     )
     assert features.shape == (len(pool), model.input_dim)
