@@ -7,9 +7,11 @@ against the budget of 10 % of the 240 s interval (24 s): ratio < 1 meets it.
 
     .venv/bin/python bench/cycle.py [--cycles 6] [--speed 8] [--no-video] [--production]
 
-``--production`` sizes the what-if and the video like production.example.toml
-(5 paired seeds x 15 min after 5 min warm-up, 1920x1080 30 fps 20 s video)
-instead of the demo's 3 x 10 min and 720p 8 s.
+``--production`` sizes the what-if and the video as configs/production.example.toml
+does (its [simulation] seeds, horizon, warm-up, candidates and sequential
+elimination; its [video] size, rate, length and encoder: 4 candidates, 5
+paired seeds x 15 min after 5 min warm-up, elimination after 2 seeds, a
+1920x1080 30 fps 20 s video) instead of the demo's 3 x 10 min and 720p 8 s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +31,18 @@ from controller.demo import DemoOptions, default_demo_config, run_demo  # noqa: 
 from controller.ledger import Ledger  # noqa: E402
 
 BUDGET_S = 24.0
+PRODUCTION = ROOT / "configs" / "production.example.toml"
+#: what --production takes from production.example.toml (the rest is the demo's)
+SIM_KEYS = ("seeds", "horizon_s", "warmup_s", "candidates", "elimination_seeds", "finalists")
+VIDEO_KEYS = ("width", "height", "fps", "duration_s", "preset", "crf")
+
+
+def production_sizes() -> tuple[dict[str, object], dict[str, object]]:
+    """The what-if and video sizes of configs/production.example.toml."""
+    data = tomllib.loads(PRODUCTION.read_text(encoding="utf-8"))
+    sim = {k: data["simulation"][k] for k in SIM_KEYS if k in data["simulation"]}
+    video = {k: data["video"][k] for k in VIDEO_KEYS if k in data["video"]}
+    return sim, video
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -49,14 +64,11 @@ def main() -> int:
         config = default_demo_config()
         if args.production:
             settings = load_settings(config)
+            sim, video = production_sizes()
             settings = settings.model_copy(
                 update={
-                    "simulation": settings.simulation.model_copy(
-                        update={"seeds": 5, "horizon_s": 900, "warmup_s": 300}
-                    ),
-                    "video": settings.video.model_copy(
-                        update={"width": 1920, "height": 1080, "fps": 30, "duration_s": 20.0}
-                    ),
+                    "simulation": settings.simulation.model_copy(update=sim),
+                    "video": settings.video.model_copy(update=video),
                 }
             )
             config = Path(tmp) / "production-size.toml"

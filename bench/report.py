@@ -105,7 +105,12 @@ ROWS = (
         "whatif_sim_throughput_vs_measured",
         ("ratio", ">=", 0.95),
     ),  # fmt: skip
-    Row("what-if, 5 plans x 5 seeds x 15 min, 2 workers", "whatif", "whatif_wall_5x5"),
+    Row("what-if, 5 plans x 5 seeds x 15 min, 2 workers", "whatif", "whatif_wall_5x5_micro"),
+    Row(
+        "the same what-if with sequential elimination (2 seeds, 1 finalist)",
+        "whatif",
+        "whatif_wall_5x5_micro_elimination",
+    ),
     Row("demand estimation: edges within GEH 5", "whatif", "demand_geh_lt5_share"),
     Row(
         "4K block: 30 frames rendered and encoded",

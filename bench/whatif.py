@@ -7,6 +7,10 @@ Prints one JSON line per figure:
   ``ratio`` against raw libsumo stepping of the same scenario in the same process.
 * ``whatif_wall_5x5``: wall time of a 5 plans x 5 seeds x 900 s (+300 s warm-up)
   what-if with the configured 2 workers (pool start-up included).
+* ``whatif_wall_5x5_micro_elimination``: the same microscopic what-if with
+  sequential elimination (every plan 2 seeds, then the best candidate and the
+  current plan the other 3), ``ratio`` against the full one; it also says
+  whether the finalist's outcome is identical to the full what-if's.
 * ``demand_estimate_s`` / ``demand_geh_lt5_share``: demand estimation from one
   interval of detector counts, and the share of network edges whose estimated
   flow is within GEH 5 of the field's true flow.
@@ -130,6 +134,12 @@ def main() -> None:
     parser.add_argument(
         "--mesoscopic", action="store_true", help="only the meso 5x5 what-if (skip the micro one)"
     )
+    parser.add_argument(
+        "--elimination-seeds", type=int, default=2,
+        help="seeds before elimination in the extra micro what-if (2, as production.example.toml; "
+        "0 skips it)",
+    )  # fmt: skip
+    parser.add_argument("--finalists", type=int, default=1, help="finalists (1)")
     args = parser.parse_args()
     net = DISTRICT / "district.net.xml"
     detectors = DISTRICT / "district.det.add.xml"
@@ -225,6 +235,26 @@ def main() -> None:
                  f"24 s cycle budget; {args.plans} plans x {args.seeds} seeds x {args.horizon_s} s "
                  f"+ 300 s warm-up, {args.workers} workers, {label}; "
                  f"sum of run walls {sum(r.wall_s for r in runs):.1f} s")  # fmt: skip
+
+        if not args.mesoscopic and args.elimination_seeds:
+            # the same micro what-if with sequential elimination (production.example.toml)
+            staged = replace(
+                request, elimination_seeds=args.elimination_seeds, finalists=args.finalists
+            )
+            started = time.perf_counter()
+            with LibsumoWhatIfEngine(workers=args.workers) as engine:
+                eliminated = engine.evaluate(staged)
+            staged_wall = time.perf_counter() - started
+            kept = [o for o in eliminated.outcomes if o.eliminated is None and o.name != "current"]
+            same = all(o == result.outcome(o.name) for o in kept)
+            emit(f"whatif_wall_{args.plans}x{args.seeds}_micro_elimination", staged_wall, "s",
+                 round(staged_wall / wall, 2),
+                 f"the full micro what-if above ({wall:.1f} s); every plan "
+                 f"{args.elimination_seeds} seeds, then {args.finalists} finalist(s) and the "
+                 "current plan the rest: "
+                 f"{sum(len(o.runs) for o in eliminated.outcomes)} runs, finalists "
+                 f"{[o.name for o in kept]} identical to the full what-if: {same}; "
+                 f"{staged_wall / 24.0:.2f} x the 24 s budget")  # fmt: skip
 
         if len(changes) == 2:
             meso_c, micro_c = changes[True], changes[False]

@@ -199,7 +199,24 @@ class SimulationSettings(BaseModel):
         description="Screening surrogate weights (signaltwin surrogate train); "
         "None: no screening, the proposals go to the twin directly.",
     )
+    elimination_seeds: Annotated[int, Field(ge=0, le=63)] = Field(
+        0,
+        description="Sequential elimination: every candidate first runs on this many seeds; "
+        "only the `finalists` best by paired wait change run the rest (0: all run every seed).",
+    )
+    finalists: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="Candidates that go on to every seed after elimination."
+    )
     fleet: list[FleetShare] = Field(default_factory=default_fleet)
+
+    @model_validator(mode="after")
+    def _elimination_leaves_seeds(self) -> SimulationSettings:
+        if self.elimination_seeds >= self.seeds:
+            raise ValueError(
+                f"elimination_seeds ({self.elimination_seeds}) must be fewer than seeds "
+                f"({self.seeds}), or 0 to run every candidate on every seed"
+            )
+        return self
 
     @field_validator("fleet")
     @classmethod

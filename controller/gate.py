@@ -38,6 +38,8 @@ class CandidateOutcome:
     nox_change: float
     nox_change_ci: tuple[float, float]
     failed: str | None = None
+    #: why the twin ran it on the first seeds only (sequential elimination), else None
+    eliminated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,15 @@ def _judge(outcome: CandidateOutcome, gate: GateSettings) -> GateVerdict:
             outcome.name,
             "refuse_failed",
             (f"simulation failed: {outcome.failed}",),
+            reduction,
+            nox_change,
+        )
+    if outcome.eliminated:
+        # judged on fewer seeds than the gate requires: never deployed
+        return GateVerdict(
+            outcome.name,
+            "refuse_wait",
+            (f"{outcome.eliminated}; wait reduction {reduction:.1%} ({basis} on those seeds)",),
             reduction,
             nox_change,
         )

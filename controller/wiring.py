@@ -94,7 +94,11 @@ def outcomes_of(result: WhatIfResult) -> tuple[CandidateOutcome, ...]:
                 CandidateOutcome(item.name, 0.0, (0.0, 0.0), 0.0, (0.0, 0.0), failed or "no change")
             )
             continue
-        found.append(CandidateOutcome(item.name, wait.mean, wait.ci, nox.mean, nox.ci))
+        found.append(
+            CandidateOutcome(
+                item.name, wait.mean, wait.ci, nox.mean, nox.ci, eliminated=item.eliminated
+            )
+        )
     return tuple(found)
 
 

@@ -30,14 +30,15 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Final, Protocol
 
 from configs.errors import ConfigError, SimulationError, WhatIfCancelled
+from simulators.twin.plans import CURRENT
 from simulators.twin.request import WhatIfRequest
-from simulators.twin.results import RunMetrics, WhatIfResult, aggregate
+from simulators.twin.results import RunMetrics, WhatIfResult, aggregate, paired_change
 from simulators.twin.run import RunTask, run_plan
 
 logger = logging.getLogger(__name__)
@@ -145,17 +146,21 @@ class LibsumoWhatIfEngine:
         """
         request.validate()
         check_cancel(cancel, 0, 0)
-        tasks = run_tasks(request)
-        if self.workers == 0:
+
+        def run(
+            tasks: list[RunTask], report: Callable[[int, int], None] | None
+        ) -> dict[tuple[str, int], RunMetrics]:
+            if self.workers != 0:
+                return self._fan_out(tasks, report, cancel)
             results = {}
             for i, task in enumerate(tasks):
                 check_cancel(cancel, i, len(tasks))
                 results[(task.plan, task.seed)] = self._runner(task)
-                if progress is not None:
-                    progress(i + 1, len(tasks))
-        else:
-            results = self._fan_out(tasks, progress, cancel)
-        return assemble(request, results)
+                if report is not None:
+                    report(i + 1, len(tasks))
+            return results
+
+        return evaluate_staged(request, run, progress)
 
     def _fan_out(
         self,
@@ -240,6 +245,77 @@ class LibsumoWhatIfEngine:
             if proc.is_alive():
                 proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+RunBatch = Callable[
+    [list[RunTask], Callable[[int, int], None] | None], dict[tuple[str, int], RunMetrics]
+]
+
+
+def evaluate_staged(
+    request: WhatIfRequest,
+    run: RunBatch,
+    progress: Callable[[int, int], None] | None = None,
+) -> WhatIfResult:
+    """Run a what-if's tasks through ``run``, in two rounds when it eliminates.
+
+    Without elimination every (plan, seed) runs at once. With it
+    (:meth:`WhatIfRequest.eliminates`), every plan first runs on the first
+    ``elimination_seeds`` seeds; the ``finalists`` candidates with the lowest
+    paired mean wait change there (ties by name; failed ones never) and the
+    current plan then run the remaining seeds. Which runs happen depends only
+    on the request and the runs' results, so a replay repeats them.
+
+    Args:
+        request: the what-if (validated).
+        run: runs a batch of tasks and returns their metrics by (plan, seed);
+            it reports its own progress as (done, total) of that batch.
+        progress: called with (runs done, runs expected) over both rounds.
+    """
+    tasks = run_tasks(request)
+    if not request.eliminates():
+        return assemble(request, run(tasks, progress))
+    first = set(request.seeds[: request.elimination_seeds])
+    round_one = [t for t in tasks if t.seed in first]
+    rest = len(request.seeds) - len(first)
+    expected = len(round_one) + (1 + request.finalists) * rest
+
+    def report(offset: int) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, _total: progress(offset + done, expected)
+
+    results = run(round_one, report(0))
+    chosen = set(finalists(request, results))
+    round_two = [t for t in tasks if t.seed not in first and t.plan in {CURRENT, *chosen}]
+    results.update(run(round_two, report(len(round_one))))
+    return assemble(request, results)
+
+
+def finalists(
+    request: WhatIfRequest, results: Mapping[tuple[str, int], RunMetrics]
+) -> tuple[str, ...]:
+    """The candidates that run every seed: the best by paired mean wait change on the first.
+
+    Candidates that failed a first-round run never go on; neither does any
+    when the current plan failed one.
+    """
+    first = request.seeds[: request.elimination_seeds]
+    current = [results[(CURRENT, s)] for s in first]
+    if any(r.failed for r in current):
+        return ()
+    scored = []
+    for name in sorted(request.candidates):
+        runs = [results[(name, s)] for s in first]
+        if any(r.failed for r in runs):
+            continue
+        change = paired_change(
+            [r.metric("wait") for r in current],
+            [r.metric("wait") for r in runs],
+            request.confidence_level,
+        )
+        scored.append((change.mean, name))
+    return tuple(name for _, name in sorted(scored)[: request.finalists])
 
 
 def run_tasks(request: WhatIfRequest) -> list[RunTask]:

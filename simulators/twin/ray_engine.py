@@ -53,7 +53,7 @@ from typing import Any, Final
 from configs.errors import ConfigError, SimulationError, WhatIfCancelled
 from configs.settings import ComputeSettings
 from simulators.cluster import FileBundle, probe_address
-from simulators.twin.pool import Runner, assemble, check_cancel, run_tasks
+from simulators.twin.pool import Runner, check_cancel, evaluate_staged
 from simulators.twin.request import WhatIfRequest
 from simulators.twin.results import RunMetrics, WhatIfResult
 from simulators.twin.run import RunTask, run_plan
@@ -243,11 +243,28 @@ class RayWhatIfEngine:
         """
         request.validate()
         check_cancel(cancel, 0, 0)
-        tasks = run_tasks(request)
         self.retried = ()
+        paths = [request.network, request.demand, *request.additional]
+
+        def run(
+            tasks: list[RunTask], report: Callable[[int, int], None] | None
+        ) -> dict[tuple[str, int], RunMetrics]:
+            results = self._run(tasks, paths, report, cancel)
+            self.retried = (*self.retried, *results[1])
+            return results[0]
+
+        return evaluate_staged(request, run, progress)
+
+    def _run(
+        self,
+        tasks: list[RunTask],
+        paths: list[str],
+        progress: Callable[[int, int], None] | None,
+        cancel: threading.Event | None,
+    ) -> tuple[dict[tuple[str, int], RunMetrics], tuple[str, ...]]:
+        """One batch of runs on the cluster: (results by (plan, seed), runs retried)."""
         self._driver()
         assert self._conn is not None
-        paths = [request.network, request.demand, *request.additional]
         self._conn.send(("evaluate", tasks, paths, self.timeout_s, self.compute.max_task_retries))
         cancelled = False
         deadline = time.monotonic() + self.timeout_s + _BACKSTOP_S
@@ -268,12 +285,12 @@ class RayWhatIfEngine:
                     progress(int(message[1]), int(message[2]))
             elif kind == "result":
                 results: dict[tuple[str, int], RunMetrics] = message[1]
-                self.retried = tuple(message[2])
-                if self.retried:
+                retried = tuple(message[2])
+                if retried:
                     logger.warning(
-                        "Ray workers were lost mid-what-if; retried: %s", "; ".join(self.retried)
+                        "Ray workers were lost mid-what-if; retried: %s", "; ".join(retried)
                     )
-                return assemble(request, results)
+                return results, retried
             elif kind == "cancelled":
                 raise WhatIfCancelled(
                     f"what-if cancelled with {message[1]} of {message[2]} runs done; "

@@ -113,6 +113,12 @@ class WhatIfRequest:
         confidence_level: two-sided level of the paired confidence intervals.
         mesoscopic: run SUMO's mesoscopic model (queues per edge segment, signals
             honoured) instead of the microscopic one: several times faster, coarser.
+        elimination_seeds: sequential elimination: every plan first runs on the
+            first ``elimination_seeds`` seeds only; then only the ``finalists``
+            candidates with the best paired wait change on them (and the current
+            plan) run on the remaining seeds. The others are reported as
+            eliminated (the gate refuses them). 0: every plan runs every seed.
+        finalists: how many candidates go on to every seed (with elimination).
     """
 
     network: str
@@ -132,6 +138,8 @@ class WhatIfRequest:
     record: RecordSpec | None = None
     confidence_level: float = 0.95
     mesoscopic: bool = False
+    elimination_seeds: int = 0
+    finalists: int = 1
 
     def validate(self) -> None:
         """Check the request before any simulation starts.
@@ -165,6 +173,17 @@ class WhatIfRequest:
             )
         if self.record is not None and self.record.max_vehicles < 1:
             raise ConfigError(f"record.max_vehicles must be >= 1 (got {self.record.max_vehicles})")
+        if not 0 <= self.elimination_seeds < len(self.seeds):
+            raise ConfigError(
+                f"elimination_seeds must be 0 (off) or fewer than the {len(self.seeds)} seeds "
+                f"(got {self.elimination_seeds})"
+            )
+        if self.finalists < 1:
+            raise ConfigError(f"finalists must be >= 1 (got {self.finalists})")
+
+    def eliminates(self) -> bool:
+        """Whether some candidates may be eliminated before running every seed."""
+        return self.elimination_seeds > 0 and len(self.candidates) > self.finalists
 
     def plan_names(self) -> tuple[str, ...]:
         """The current plan's name followed by the candidates' names, sorted."""
@@ -192,6 +211,8 @@ class WhatIfRequest:
             "record": None if self.record is None else self.record.to_dict(),
             "confidence_level": self.confidence_level,
             "mesoscopic": self.mesoscopic,
+            "elimination_seeds": self.elimination_seeds,
+            "finalists": self.finalists,
         }
 
     @classmethod
@@ -238,6 +259,9 @@ class WhatIfRequest:
             record=None if data["record"] is None else RecordSpec.from_dict(data["record"]),
             confidence_level=float(data["confidence_level"]),
             mesoscopic=bool(data.get("mesoscopic", False)),
+            # records from before sequential elimination ran every plan on every seed
+            elimination_seeds=int(data.get("elimination_seeds", 0)),
+            finalists=int(data.get("finalists", 1)),
         )
 
 
@@ -290,12 +314,15 @@ def request_from_settings(
         step_length_s = sim_fields["step_length_s"].default
         gridlock_s = sim_fields["gridlock_s"].default
         confidence_level, record = gate_fields["confidence_level"].default, None
+        elimination_seeds = sim_fields["elimination_seeds"].default
+        finalists = sim_fields["finalists"].default
     else:
         sim = settings.simulation
         base_seed, seed_count = sim.base_seed, sim.seeds
         sim_horizon, sim_warmup = sim.horizon_s, sim.warmup_s
         step_length_s, gridlock_s = sim.step_length_s, sim.gridlock_s
         confidence_level = settings.gate.confidence_level
+        elimination_seeds, finalists = sim.elimination_seeds, sim.finalists
         video = settings.video
         record = (
             RecordSpec(fps=video.fps, duration_s=video.duration_s)
@@ -303,6 +330,8 @@ def request_from_settings(
             else None
         )
     count = seed_count if seeds is None else seeds
+    if elimination_seeds >= count:  # fewer seeds asked for than elimination needs: none
+        elimination_seeds = 0
     return WhatIfRequest(
         network=str(network),
         demand=str(demand),
@@ -318,4 +347,6 @@ def request_from_settings(
         record=record,
         confidence_level=confidence_level,
         mesoscopic=mesoscopic,
+        elimination_seeds=elimination_seeds,
+        finalists=finalists,
     )

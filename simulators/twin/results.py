@@ -350,6 +350,8 @@ class PlanOutcome:
             current plan; empty for the current plan and for failed plans (a
             result recorded before a metric existed lacks its key).
         runs: the per-seed totals.
+        eliminated: why the plan ran only the first seeds (sequential elimination:
+            its changes are over those seeds, and the gate refuses it), else None.
     """
 
     name: str
@@ -361,6 +363,7 @@ class PlanOutcome:
     intersections: Mapping[str, IntersectionOutcome]
     changes: Mapping[str, Change]
     runs: tuple[RunMetrics, ...]
+    eliminated: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""
@@ -374,6 +377,7 @@ class PlanOutcome:
             "intersections": {k: v.to_dict() for k, v in sorted(self.intersections.items())},
             "changes": {k: v.to_dict() for k, v in sorted(self.changes.items())},
             "runs": [r.to_dict() for r in self.runs],
+            **({"eliminated": self.eliminated} if self.eliminated is not None else {}),
         }
 
     @classmethod
@@ -391,6 +395,7 @@ class PlanOutcome:
             },
             changes={k: Change.from_dict(v) for k, v in data["changes"].items()},
             runs=tuple(RunMetrics.from_dict(r) for r in data["runs"]),
+            eliminated=None if data.get("eliminated") is None else str(data["eliminated"]),
         )
 
 
@@ -531,12 +536,28 @@ def aggregate(
     request: WhatIfRequest,
     runs: Mapping[tuple[str, int], RunMetrics],
 ) -> tuple[PlanOutcome, ...]:
-    """Build every plan's outcome from the per-(plan, seed) runs (pure)."""
-    seeds = request.seeds
-    current_runs = tuple(runs[(CURRENT, s)] for s in seeds)
-    current_failed = next((r.failed for r in current_runs if r.failed), None)
+    """Build every plan's outcome from the per-(plan, seed) runs (pure).
+
+    With sequential elimination (``request.elimination_seeds``), a candidate
+    that has runs on the first seeds only is reported eliminated, its changes
+    paired with the current plan's runs on those seeds.
+    """
     outcomes = []
     for name in request.plan_names():
+        seeds = request.seeds
+        eliminated = None
+        if (
+            name != CURRENT
+            and request.elimination_seeds
+            and (name, seeds[request.elimination_seeds]) not in runs
+        ):
+            seeds = seeds[: request.elimination_seeds]
+            eliminated = (
+                f"ran {len(seeds)} of {len(request.seeds)} paired seeds: sequential elimination "
+                f"took the {request.finalists} best by wait change on them further"
+            )
+        current_runs = tuple(runs[(CURRENT, s)] for s in seeds)
+        current_failed = next((r.failed for r in current_runs if r.failed), None)
         plan_runs = tuple(runs[(name, s)] for s in seeds)
         failed = next(
             (f"seed {r.seed}: {r.failed}" for r in plan_runs if r.failed is not None), None
@@ -572,6 +593,7 @@ def aggregate(
                 intersections=intersections,
                 changes=changes,
                 runs=plan_runs,
+                eliminated=eliminated,
             )
         )
     return tuple(outcomes)

@@ -94,6 +94,26 @@ def test_ray_gives_the_local_backends_numbers_and_recordings(
         np.testing.assert_array_equal(ours.mean_wait_s, theirs.mean_wait_s)
 
 
+def test_sequential_elimination_on_the_cluster_is_the_local_one(
+    cluster: RayCluster, grid: GridScenario
+) -> None:
+    base = _request(grid).current
+    candidates = {f"g{g}": {t: _greens(p, g) for t, p in base.items()} for g in (10, 14, 20)}
+    request = _request(grid, candidates=candidates, seeds=(3, 4, 5), elimination_seeds=1)
+    with LibsumoWhatIfEngine(workers=2) as local:
+        expected = local.evaluate(request)
+        full = local.evaluate(_request(grid, candidates=candidates, seeds=(3, 4, 5)))
+    seen: list[tuple[int, int]] = []
+    with RayWhatIfEngine(_compute(cluster), workers=2) as engine:
+        got = engine.evaluate(request, progress=lambda d, t: seen.append((d, t)))
+    assert got.to_dict() == expected.to_dict()
+    # 4 plans on the first seed, then the current plan and one finalist on two more
+    assert seen[-1] == (8, 8) and sum(len(o.runs) for o in got.outcomes) == 8
+    (finalist,) = [o for o in got.outcomes if o.name != CURRENT and o.eliminated is None]
+    assert finalist == full.outcome(finalist.name)
+    assert sum(o.eliminated is not None for o in got.outcomes) == 2
+
+
 def test_a_node_killed_mid_whatif_is_retried_or_fails_the_cycle_cleanly(
     cluster: RayCluster, long_grid: GridScenario
 ) -> None:
