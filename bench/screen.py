@@ -19,6 +19,10 @@ safe set, builds the features, scores them and keeps the best. Prints JSON lines
   rank correlation with the twin's measured wait change among the candidates of
   one demand snapshot, median over the held-out snapshots of the shipped rows
   (configs/district/surrogate.rows.jsonl, the split ``surrogate train`` used).
+  ``ratio`` = shipped / the same recipe (hidden widths, epochs, seed, split)
+  trained on the same rows without the per-intersection saturation features.
+  ``..._split1``, ``..._split2``: the shipped recipe retrained with held-out
+  splits 1 and 2 (other snapshots held out), each against its own ablation.
 
 Usage: .venv/bin/python bench/screen.py [--repeats 5]
 """
@@ -44,19 +48,24 @@ from controller.commands.surrogate import probe_counts  # noqa: E402
 from controller.contracts import Observation  # noqa: E402
 from controller.wiring import ProposerAdapter, load_policy, load_screening_surrogate  # noqa: E402
 from edge_accel.surrogate import (  # noqa: E402
+    SATURATION_FEATURES,
+    SurrogateModel,
+    SurrogateRow,
     _holdout_mask,
-    candidate_features,
+    describe_surrogate,
     load_rows_jsonl,
     load_surrogate,
     plan_arrays,
     screen,
     spearman,
+    train_surrogate,
 )
 from simulators.network import load_network  # noqa: E402
 from tests.support.reference_screening import reference_pool  # noqa: E402
 
 CONFIG = ROOT / "configs" / "demo.toml"
 ROWS = ROOT / "configs" / "district" / "surrogate.rows.jsonl"
+SURROGATE = ROOT / "configs" / "district" / "surrogate.pt"
 
 
 def emit(figure: str, value: float, unit: str, ratio: float | None, against: str | None,
@@ -72,11 +81,7 @@ def previous_design(proposer: ProposerAdapter, candidates: dict, n: int, keep: i
     current = proposer._current  # noqa: SLF001 - the bench drives the proposer's own state
     bases = {t: layout.base for t, layout in proposer.layouts.items()}
     pool = reference_pool(candidates, current, bases, proposer.settings.safety, seed, n)
-    order = sorted(current)
-    features = candidate_features(
-        proposer.demand_features, plan_arrays([p for _, p in pool], order),
-        plan_arrays([current], order), proposer.surrogate_device,
-    )  # fmt: skip
+    features = proposer.features(plan_arrays([p for _, p in pool], sorted(current)))
     result = screen(proposer.surrogate, features, top_k=keep + len(candidates),
                     max_nox_change=proposer.settings.gate.max_nox_increase)  # fmt: skip
     kept = dict(sorted(candidates.items())[:keep])
@@ -87,10 +92,11 @@ def previous_design(proposer: ProposerAdapter, candidates: dict, n: int, keep: i
     return sorted(kept)
 
 
-def within_snapshot_spearman() -> tuple[float, int]:
-    rows = load_rows_jsonl(ROWS)
-    held = _holdout_mask(rows, 0.2, 0)
-    model = load_surrogate(ROOT / "configs" / "district" / "surrogate.pt")
+def within_snapshot_spearman(
+    model: SurrogateModel, rows: list[SurrogateRow], split: int = 0
+) -> tuple[float, int]:
+    """Median over the held-out snapshots of ``split`` of Spearman(predicted, twin) within each."""
+    held = _holdout_mask(rows, 0.2, split)
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         if held[i]:
@@ -102,17 +108,49 @@ def within_snapshot_spearman() -> tuple[float, int]:
     return float(statistics.median(rhos)), len(rhos)
 
 
+def recipe(rows: list[SurrogateRow], shipped: SurrogateModel, split: int) -> SurrogateModel:
+    """The shipped model's recipe (hidden widths, epochs) trained with split ``split``."""
+    metrics = describe_surrogate(SURROGATE)["metrics"]
+    model, _ = train_surrogate(rows, hidden=shipped.hidden,
+                               epochs=int(metrics.get("epochs", 200)), seed=split)  # fmt: skip
+    return model
+
+
+def ranking_figures(splits: int) -> None:
+    """The shipped surrogate's within-snapshot ranking, and the recipe on other splits."""
+    rows = load_rows_jsonl(ROWS)
+    stripped = [
+        SurrogateRow(r.features[:-SATURATION_FEATURES], r.wait_change, r.nox_change, r.group)
+        for r in rows
+    ]
+    shipped = load_surrogate(SURROGATE)
+    for split in range(splits):
+        ours = shipped if split == 0 else recipe(rows, shipped, split)
+        rho, snapshots = within_snapshot_spearman(ours, rows, split)
+        rho_without, _ = within_snapshot_spearman(recipe(stripped, shipped, split), stripped, split)
+        name = "surrogate_spearman_wait_within_snapshot" + ("" if split == 0 else f"_split{split}")
+        emit(name, rho, "rho", rho / rho_without,
+             f"the same rows and recipe without the saturation features (rho {rho_without:.3f})",
+             snapshots=snapshots, rows=str(ROWS.relative_to(ROOT)),
+             model="shipped" if split == 0 else f"shipped recipe, split {split}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--splits", type=int, default=3,
+        help="held-out splits to rank on (0 is the shipped model's; the others retrain its recipe)",
+    )  # fmt: skip
     args = parser.parse_args()
     settings = load_settings(CONFIG)
     sim = settings.simulation
     network = load_network(sim.network, sim.detectors)
-    surrogate, device = load_screening_surrogate(settings)
+    policy = load_policy(settings)
+    surrogate, device = load_screening_surrogate(settings, policy)
     if surrogate is None:
         raise SystemExit(f"{CONFIG}: screening is off (no surrogate or screen_candidates = 0)")
-    proposer = ProposerAdapter(settings, network, load_policy(settings), surrogate, device)
+    proposer = ProposerAdapter(settings, network, policy, surrogate, device)
     current = {t: IntersectionTiming.from_base(b) for t, b in network.base_programs().items()}
     with tempfile.TemporaryDirectory() as tmp:
         counts, interval_s, field_time_s = probe_counts(settings, 1.0, 1800, 1, Path(tmp))
@@ -135,9 +173,7 @@ def main() -> None:
     emit("screen_candidates_per_s", ours_rate, "candidates/s", ours_rate / before_rate,
          f"the previous design: each perturbation projected and built as plans "
          f"({before_rate:.0f} candidates/s)", target=10_000, same_kept=same, **common)  # fmt: skip
-    rho, snapshots = within_snapshot_spearman()
-    emit("surrogate_spearman_wait_within_snapshot", rho, "rho", None, None,
-         snapshots=snapshots, rows=str(ROWS.relative_to(ROOT)))  # fmt: skip
+    ranking_figures(args.splits)
 
 
 if __name__ == "__main__":

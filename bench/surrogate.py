@@ -44,6 +44,7 @@ from edge_accel.surrogate import (
     SurrogateRow,
     _holdout_mask,
     candidate_features,
+    describe_surrogate,
     load_rows_jsonl,
     screen,
     spearman,
@@ -51,6 +52,7 @@ from edge_accel.surrogate import (
 )
 
 SHIPPED_ROWS = Path(__file__).resolve().parents[1] / "configs" / "district" / "surrogate.rows.jsonl"
+SHIPPED_MODEL = SHIPPED_ROWS.with_name("surrogate.pt")
 
 SAT_VPS = 0.5  # saturation flow per approach, vehicles per second
 LOST_S = 6.0  # yellow + red clearance per cycle
@@ -152,12 +154,14 @@ def ridge_spearman(
     return spearman(pred[:, 0], y[held, 0]), spearman(pred[:, 1], y[held, 1])
 
 
-def sumo_figures(path: Path, epochs: int) -> None:
+def sumo_figures(path: Path, epochs: int | None) -> None:
     """Held-out ranking quality on twin rows: ours (the MLP) against a ridge regression."""
     rows = load_rows_jsonl(path)
     groups = len({r.group for r in rows})
-    # the shipped model's settings: --hidden 32,32 --epochs 60 --seed 0
-    _, metrics = train_surrogate(rows, hidden=(32, 32), epochs=epochs, seed=0)
+    # the shipped model's recipe: its hidden widths and epochs, seed 0
+    shipped = describe_surrogate(SHIPPED_MODEL)
+    epochs = int(shipped["metrics"].get("epochs", 200)) if epochs is None else epochs
+    _, metrics = train_surrogate(rows, hidden=tuple(shipped["hidden"]), epochs=epochs, seed=0)
     ridge_wait, ridge_nox = ridge_spearman(rows, 0.2, 0)
     data = f"SUMO twin of the demo district ({path.name}, {len(rows)} rows, {groups} snapshots)"
     common = {"data": data, "holdout_rows": metrics.n_holdout, "train_rows": metrics.n_train}
@@ -179,7 +183,10 @@ def main() -> None:
     parser.add_argument(
         "--rows", type=Path, default=SHIPPED_ROWS, help="twin rows (signaltwin surrogate collect)"
     )
-    parser.add_argument("--sumo-epochs", type=int, default=60, help="epochs on the twin rows")
+    parser.add_argument(
+        "--sumo-epochs", type=int, default=None,
+        help="epochs on the twin rows (default: the shipped model's)",
+    )  # fmt: skip
     args = parser.parse_args()
     i = args.intersections
 

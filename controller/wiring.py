@@ -254,6 +254,8 @@ class ProposerAdapter:
         self._current: Mapping[str, IntersectionTiming] = {}
         #: the screening surrogate's demand features of the last proposal
         self.demand_features: Any = None
+        #: intersection -> critical flow ratio of each green, of the last proposal
+        self.flow_ratios: dict[str, list[float]] = {}
         #: the per-intersection observations of the last proposal (for the feedback store)
         self.last_observations: Mapping[str, Any] = {}
         #: where the policy's weights are (fine-tuning starts from them)
@@ -308,9 +310,8 @@ class ProposerAdapter:
         from rl.features import critical_flow_ratios
 
         self._current = current
-        self.demand_features = demand_features(
-            [sum(critical_flow_ratios(o)) for o in observations.values()]
-        )
+        self.flow_ratios = {t: critical_flow_ratios(o) for t, o in observations.items()}
+        self.demand_features = demand_features([sum(r) for r in self.flow_ratios.values()])
         return candidates, policy_sha
 
     def perturbation_pool(
@@ -334,6 +335,23 @@ class ProposerAdapter:
             device=self.surrogate_device,
         )
 
+    def features(self, arrays: Any) -> Any:
+        """The surrogate's features of plans (``PlanArrays`` over the plans in force, sorted).
+
+        Call after :meth:`propose` (the demand and the plans in force are its).
+        """
+        from edge_accel.screening import flow_ratio_array
+        from edge_accel.surrogate import candidate_features, plan_arrays
+
+        order = sorted(self._current)
+        return candidate_features(
+            self.demand_features,
+            arrays,
+            plan_arrays([self._current], order),
+            self.surrogate_device,
+            flow_ratios=flow_ratio_array(self.flow_ratios, order),
+        )
+
     def screen(
         self, candidates: dict[str, dict[str, IntersectionTiming]], keep: int
     ) -> dict[str, dict[str, IntersectionTiming]]:
@@ -347,19 +365,12 @@ class ProposerAdapter:
         n = self.settings.simulation.screen_candidates
         if self.surrogate is None or n <= 0 or not candidates or len(kept) >= keep:
             return kept
-        from edge_accel.surrogate import candidate_features, plan_arrays, screen
+        from edge_accel.surrogate import screen
 
         pool = self.perturbation_pool(candidates, n)
-        order = sorted(self._current)
-        features = candidate_features(
-            self.demand_features,
-            pool.arrays(order),
-            plan_arrays([self._current], order),
-            self.surrogate_device,
-        )
         result = screen(
             self.surrogate,
-            features,
+            self.features(pool.arrays(sorted(self._current))),
             top_k=keep + len(candidates),
             max_nox_change=self.settings.gate.max_nox_increase,
         )
@@ -848,7 +859,7 @@ def assemble_runner(
                 PolicyVersionRecord(sha256=policy.sha256, path=str(policy_path(settings))),
                 dedupe_key=f"policy:{policy.sha256}",
             )
-        surrogate, device = load_screening_surrogate(settings)
+        surrogate, device = load_screening_surrogate(settings, policy)
         proposer = ProposerAdapter(
             settings, network, policy=policy, surrogate=surrogate, surrogate_device=device
         )
@@ -919,8 +930,41 @@ def load_policy(settings: Settings) -> Any | None:
     return TorchPolicy.load(path)
 
 
-def load_screening_surrogate(settings: Settings) -> tuple[Any | None, Any | None]:
-    """The screening surrogate and its device, or (None, None) when screening is off."""
+def surrogate_made_by(
+    settings: Settings, policy: Any | None, mesoscopic: bool = False
+) -> dict[str, Any]:
+    """What a screening surrogate's rows must come from to screen for these settings.
+
+    The twin (its revision, SUMO's version, micro or meso), the network file,
+    the policy whose proposals the perturbations surround, and the feature
+    layout. ``surrogate collect`` records it with every row; the daemon
+    refuses a surrogate whose record differs (:func:`load_screening_surrogate`).
+    """
+    from configs.digests import sha256_file
+    from edge_accel.surrogate import FEATURES_VERSION
+    from simulators.twin import twin_identity
+
+    return {
+        "twin": twin_identity(mesoscopic),
+        "network_sha256": sha256_file(Path(settings.simulation.network)),
+        "policy_sha256": str(policy.sha256) if policy is not None else None,
+        "features": FEATURES_VERSION,
+    }
+
+
+def load_screening_surrogate(
+    settings: Settings, policy: Any | None
+) -> tuple[Any | None, Any | None]:
+    """The screening surrogate and its device, or (None, None) when screening is off.
+
+    ``policy`` is the policy the daemon proposes with (None: Webster only).
+
+    Raises:
+        ConfigError: the surrogate cannot be loaded, or its rows were made by
+            another twin, network, policy or feature layout than this daemon's
+            (it would rank candidates by what another system did); the message
+            says how to retrain it.
+    """
     sim = settings.simulation
     if sim.surrogate is None or sim.screen_candidates <= 0:
         return None, None
@@ -928,4 +972,20 @@ def load_screening_surrogate(settings: Settings) -> tuple[Any | None, Any | None
     from edge_accel.surrogate import load_surrogate
 
     device = select_device(settings.edge.device)
-    return load_surrogate(sim.surrogate, device), device
+    model = load_surrogate(sim.surrogate, device)
+    wanted = surrogate_made_by(settings, policy)
+    made_by = model.made_by or {}
+    differ = [k for k in wanted if made_by.get(k) != wanted[k]]
+    if differ:
+        said = "; ".join(
+            f"{k}: rows {made_by.get(k, 'not recorded')!r}, this daemon {wanted[k]!r}"
+            for k in differ
+        )
+        raise ConfigError(
+            f"simulation.surrogate {sim.surrogate}: trained on rows this daemon did not make "
+            f"({said}). Retrain it on this twin and policy: signaltwin surrogate collect "
+            "--config YOUR.toml --out rows.jsonl, then signaltwin surrogate train --data "
+            f"rows.jsonl --out {sim.surrogate}; or screen nothing "
+            "(simulation.screen_candidates = 0)"
+        )
+    return model, device

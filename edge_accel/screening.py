@@ -23,7 +23,7 @@ from configs.timing import BaseProgram, IntersectionTiming, LimitsSource, Safety
 from edge_accel.projection import BatchProjector, ProjectedBatch
 from edge_accel.surrogate import PlanArrays, plan_arrays
 
-__all__ = ["PerturbationPool", "demand_features"]
+__all__ = ["PerturbationPool", "demand_features", "flow_ratio_array"]
 
 Plans = Mapping[str, IntersectionTiming]
 Entry = tuple[str, dict[str, IntersectionTiming]]
@@ -42,6 +42,24 @@ def demand_features(flow_ratios: Sequence[float]) -> npt.NDArray[np.float32]:
         return np.zeros(3, dtype=np.float32)
     arr = np.asarray(flow_ratios, dtype=np.float32)
     return np.asarray([arr.mean(), arr.min(), arr.max()], dtype=np.float32)
+
+
+def flow_ratio_array(
+    flow_ratios: Mapping[str, Sequence[float]], tls_order: Sequence[str], max_greens: int = 4
+) -> npt.NDArray[np.float32]:
+    """``[I, max_greens]`` critical flow ratios in ``tls_order`` (zero past a light's greens).
+
+    Raises:
+        ConfigError: an intersection of ``tls_order`` has no flow ratios.
+    """
+    out = np.zeros((len(tls_order), max_greens), dtype=np.float32)
+    for i, tls_id in enumerate(tls_order):
+        ratios = flow_ratios.get(tls_id)
+        if ratios is None:
+            raise ConfigError(f"surrogate features: no flow ratios for {tls_id!r}")
+        width = min(max_greens, len(ratios))
+        out[i, :width] = np.asarray(ratios[:width], dtype=np.float32)
+    return out
 
 
 class PerturbationPool(Sequence[Entry]):

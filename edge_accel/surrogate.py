@@ -13,7 +13,11 @@ followed by plan features pooled over intersections (mean, min, max), so the
 vector has a fixed size whatever the district: per intersection, the green
 fractions of the first ``max_greens`` green phases, cycle/150 s, offset/cycle,
 the change of cycle against the current plan /20 s, and the change of each
-green fraction against the current plan.
+green fraction against the current plan. Given each green's critical flow
+ratio, per-intersection saturation features follow (the degree of saturation
+and Webster's uniform delay of every green, see :func:`saturation_features`),
+so the model sees which intersection a plan starves rather than district
+averages alone.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,8 @@ from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, classify_state
 
 __all__ = [
+    "FEATURES_VERSION",
+    "SATURATION_FEATURES",
     "SURROGATE_FORMAT",
     "PlanArrays",
     "ScreenResult",
@@ -48,6 +54,8 @@ __all__ = [
     "load_rows_jsonl",
     "load_surrogate",
     "plan_arrays",
+    "rows_made_by",
+    "saturation_features",
     "save_surrogate",
     "screen",
     "spearman",
@@ -56,7 +64,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SURROGATE_FORMAT = "signaltwin.surrogate/v1"
+#: v2: the per-intersection saturation features and what made the rows (``made_by``)
+SURROGATE_FORMAT = "signaltwin.surrogate/v2"
+#: the feature layout :func:`candidate_features` builds with the flow ratios
+FEATURES_VERSION = "signaltwin.features/v2: district demand, pooled plan, saturation"
 _CYCLE_SCALE_S = 150.0
 _CYCLE_CHANGE_SCALE_S = 20.0
 _MIN_FEATURE_STD = 1e-3
@@ -111,6 +122,7 @@ def candidate_features(
     candidates: PlanArrays,
     current: PlanArrays,
     device: torch.device | None = None,
+    flow_ratios: npt.ArrayLike | None = None,
 ) -> torch.Tensor:
     """Build the fixed-size feature vector of every candidate, batched on ``device``.
 
@@ -120,9 +132,13 @@ def candidate_features(
         candidates: ``N`` candidate plans.
         current: The current plan (``N == 1``).
         device: Where to compute (default CPU).
+        flow_ratios: ``[I, G]`` critical flow ratio of every green of every
+            intersection (in the plans' order; zero past an intersection's
+            greens), or None. With it, :data:`SATURATION_FEATURES` features
+            per candidate follow (see :func:`saturation_features`).
 
     Returns:
-        ``float32 [N, D + 3 * (2 * G + 3)]`` features.
+        ``float32 [N, D + 3 * (2 * G + 3) (+ SATURATION_FEATURES)]`` features.
     """
     dev = device or torch.device("cpu")
     green = torch.from_numpy(candidates.green_s).to(dev)
@@ -146,7 +162,62 @@ def candidate_features(
     dem = torch.as_tensor(np.asarray(demand, dtype=np.float32), device=dev)
     if dem.dim() == 1:
         dem = dem.unsqueeze(0).expand(pooled.shape[0], -1)
-    return torch.cat((dem, pooled), dim=1)
+    parts = [dem, pooled]
+    if flow_ratios is not None:
+        y = torch.as_tensor(np.asarray(flow_ratios, dtype=np.float32), device=dev)
+        if y.shape != green.shape[1:]:
+            raise ConfigError(
+                f"surrogate features: flow ratios of shape {tuple(y.shape)} for plans of "
+                f"{green.shape[1]} intersections x {green.shape[2]} greens"
+            )
+        mine = saturation_features(y, green, cycle)
+        theirs = saturation_features(y, cur_green, cur_cycle)
+        parts.append(torch.cat((mine, mine - theirs), dim=1))
+    return torch.cat(parts, dim=1)
+
+
+#: features :func:`candidate_features` adds when given the flow ratios
+SATURATION_FEATURES = 2 * 4
+
+
+def saturation_features(y: torch.Tensor, green: torch.Tensor, cycle: torch.Tensor) -> torch.Tensor:
+    """Per intersection, how each plan serves its demand, pooled over the district.
+
+    For every green ``g`` of every intersection, the degree of saturation
+    ``x = y / (g / C)`` (critical flow ratio over green fraction, capped at 3)
+    and Webster's uniform delay ``C (1 - g/C)^2 / (2 (1 - min(x, 0.95) g/C))``.
+    Per intersection: its critical (largest) ``x``; its flow-weighted uniform
+    delay / 60 s; and its overflow ``sum y max(x - 1, 0)``. Pooled: the
+    flow-weighted mean of the critical ``x``, their maximum, and the
+    flow-weighted means of delay and overflow.
+
+    Args:
+        y: ``[I, G]`` critical flow ratios.
+        green: ``[N, I, G]`` green durations.
+        cycle: ``[N, I]`` cycle lengths (at least 1 s).
+
+    Returns:
+        ``[N, 4]``: the caller stacks a candidate's and the change against the plan in force.
+    """
+    served = y.unsqueeze(0) > 0
+    frac = (green / cycle.unsqueeze(-1)).clamp(min=1e-3)
+    x = torch.where(served, (y / frac).clamp(max=3.0), 0.0)
+    uniform = cycle.unsqueeze(-1) * (1 - frac).square() / (2 * (1 - x.clamp(max=0.95) * frac))
+    flow = y.sum(dim=-1)  # [I]
+    weight = flow / flow.sum().clamp(min=1e-6)  # [I]
+    per_flow = torch.where(served, y, 0.0) / flow.clamp(min=1e-6).unsqueeze(-1)
+    delay = (per_flow * torch.where(served, uniform, 0.0)).sum(dim=-1) / 60.0  # [N, I]
+    overflow = (y * (x - 1).clamp(min=0.0)).sum(dim=-1)  # [N, I]
+    critical = x.amax(dim=-1)  # [N, I]
+    return torch.stack(
+        (
+            (critical * weight).sum(dim=-1),
+            critical.amax(dim=-1),
+            (delay * weight).sum(dim=-1),
+            (overflow * weight).sum(dim=-1),
+        ),
+        dim=1,
+    )
 
 
 # -- the model ----------------------------------------------------------------------------
@@ -178,6 +249,8 @@ class SurrogateModel(nn.Module):
         self.register_buffer("x_std", torch.ones(self.input_dim))
         self.register_buffer("y_mean", torch.zeros(2))
         self.register_buffer("y_std", torch.ones(2))
+        #: what made its training rows (:func:`rows_made_by`), None when unknown
+        self.made_by: dict[str, Any] | None = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Return ``[N, 2]``: predicted (wait_change, nox_change) relative fractions."""
@@ -195,12 +268,15 @@ class SurrogateRow:
         wait_change: Observed relative change of mean wait (negative = better).
         nox_change: Observed relative change of NOx (negative = better).
         group: Runs sharing a group (e.g. one demand snapshot) are held out together.
+        made_by: What measured the row (``surrogate collect`` records the twin,
+            the network, the policy and the feature layout), or None.
     """
 
     features: tuple[float, ...]
     wait_change: float
     nox_change: float
     group: str = ""
+    made_by: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], where: str = "row") -> SurrogateRow:
@@ -222,7 +298,30 @@ class SurrogateRow:
             raise ConfigError(f"{where}: non-numeric value ({e})") from e
         if not features or not all(math.isfinite(v) for v in (*features, wait, nox)):
             raise ConfigError(f"{where}: features and changes must be finite numbers")
-        return cls(features, wait, nox, str(data.get("group", "")))
+        made_by = data.get("made_by")
+        if made_by is not None and not (
+            isinstance(made_by, dict) and all(isinstance(k, str) for k in made_by)
+        ):
+            raise ConfigError(f"{where}: 'made_by' must be an object")
+        return cls(features, wait, nox, str(data.get("group", "")), made_by)
+
+
+def rows_made_by(rows: Sequence[SurrogateRow]) -> dict[str, Any] | None:
+    """What made the rows, when they all say the same; None when none says.
+
+    Raises:
+        ConfigError: The rows come from different twins, networks, policies or
+            feature layouts (or some say and some do not).
+    """
+    seen = {json.dumps(r.made_by, sort_keys=True) for r in rows}
+    if len(seen) > 1:
+        raise ConfigError(
+            "surrogate training rows were made by different twins, networks, policies or "
+            f"feature layouts ({len(seen)} kinds, e.g. {sorted(seen)[:2]}); train on rows "
+            "from one 'surrogate collect' setting"
+        )
+    made_by = rows[0].made_by if rows else None
+    return dict(made_by) if made_by is not None else None
 
 
 def load_rows_jsonl(path: Path) -> list[SurrogateRow]:
@@ -343,10 +442,11 @@ def train_surrogate(
         The trained model (on ``device``, in eval mode) and its held-out metrics.
 
     Raises:
-        ConfigError: Too few rows, rows of different lengths, or bad parameters.
+        ConfigError: Too few rows, rows of different lengths or makers, or bad parameters.
     """
     if len(rows) < 10:
         raise ConfigError(f"surrogate training needs >= 10 rows, got {len(rows)}")
+    made_by = rows_made_by(rows)
     if not 0.0 < holdout < 1.0:
         raise ConfigError(f"surrogate holdout must be in (0, 1), got {holdout}")
     if len({len(r.features) for r in rows}) != 1:
@@ -395,6 +495,7 @@ def train_surrogate(
         epochs=epochs,
         final_loss=loss_value,
     )
+    model.made_by = made_by
     logger.info("surrogate trained: %s", metrics)
     return model, metrics
 
@@ -431,6 +532,9 @@ def save_surrogate(
 ) -> str:
     """Save the weights (a plain ``state_dict`` plus shape) and return the file's sha256.
 
+    What made the training rows (``model.made_by``) is saved with them, so the
+    daemon can refuse a model learnt from another twin or policy.
+
     Raises:
         ConfigError: The file cannot be written.
     """
@@ -442,6 +546,7 @@ def save_surrogate(
         "metrics": {
             k: v for k, v in (metrics.as_dict() if metrics else {}).items() if k != "sha256"
         },
+        "made_by": dict(model.made_by) if model.made_by is not None else None,
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -467,8 +572,17 @@ def load_surrogate(path: Path, device: torch.device | None = None) -> SurrogateM
     except Exception as e:  # torch raises many types for corrupt or unsafe pickles
         raise ConfigError(f"surrogate weights {path} cannot be loaded safely: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != SURROGATE_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        if isinstance(found, str) and found.startswith("signaltwin.surrogate/"):
+            raise ConfigError(
+                f"{path} is a {found} surrogate (older features); this version reads "
+                f"{SURROGATE_FORMAT}: retrain it with 'signaltwin surrogate collect' and "
+                "'signaltwin surrogate train'"
+            )
         raise ConfigError(f"{path} is not a {SURROGATE_FORMAT} file")
     model = SurrogateModel(int(payload["input_dim"]), tuple(payload["hidden"]))
+    made_by = payload.get("made_by")
+    model.made_by = dict(made_by) if isinstance(made_by, dict) else None
     try:
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as e:
@@ -492,6 +606,7 @@ def describe_surrogate(path: Path) -> dict[str, Any]:
         "input_dim": model.input_dim,
         "hidden": list(model.hidden),
         "metrics": dict(payload.get("metrics", {})),
+        "made_by": model.made_by,
     }
 
 

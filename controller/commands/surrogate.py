@@ -33,14 +33,23 @@ twin. Screening is optional: the cycle works without a surrogate.
          the daemon's proposer does (Webster [+ policy] and seeded random
          perturbations through the safety projection), and each candidate is
          run on the twin against the current (base) plan with paired seeds.
-         Each snapshot is one row group. Progress goes to stderr.
+         Each snapshot is one row group. Every row records what made it
+         ("made_by": the twin's revision and SUMO version, the network's
+         sha256, the policy's sha256, the feature layout). Progress goes to
+         stderr.
   train  --data FILE.jsonl --out FILE.pt
          Each line: {"features": [numbers], "wait_change": -0.12,
-         "nox_change": 0.003, "group": "optional run id"}. Rows of one group
-         are held out together. Prints the held-out Spearman rank
+         "nox_change": 0.003, "group": "optional run id", "made_by": {...}}.
+         Rows of one group are held out together; rows made by different
+         twins or policies are refused. Prints the held-out Spearman rank
          correlation with the twin; writes FILE.pt (a state_dict, loaded with
-         weights_only) and FILE.pt.json (metrics and the weights' sha256).
-  info   FILE.pt: print the model's shape and recorded metrics.
+         weights_only, and the rows' made_by) and FILE.pt.json (metrics and
+         the weights' sha256).
+  info   FILE.pt: print the model's shape, recorded metrics and made_by.
+
+The daemon screens only with a surrogate whose rows its own twin, network,
+policy and feature layout made; any other is refused at start with the
+commands to retrain it (collect, then train).
 
 Exit codes: 0 ok; 1 trained, but held-out Spearman (wait) is below
 --min-spearman; 2 bad data/usage.
@@ -252,8 +261,7 @@ def collect_rows(
     """
     from configs.timing import IntersectionTiming
     from controller.cycle import Observation
-    from controller.wiring import ProposerAdapter, TwinAdapter, load_policy
-    from edge_accel.surrogate import candidate_features, plan_arrays
+    from controller.wiring import ProposerAdapter, TwinAdapter, load_policy, surrogate_made_by
     from simulators.network import load_network
     from simulators.twin import LibsumoWhatIfEngine
 
@@ -264,6 +272,7 @@ def collect_rows(
     current = {t: IntersectionTiming.from_base(b) for t, b in network.base_programs().items()}
     order = sorted(current)
     policy = load_policy(settings)
+    made_by = surrogate_made_by(settings, policy, spec.mesoscopic)
     per_snapshot = math.ceil(spec.samples / spec.snapshots)
     remaining = spec.samples
     twin_settings = settings.model_copy(update={"state_dir": workdir})
@@ -290,11 +299,7 @@ def collect_rows(
             take = min(per_snapshot, remaining)
             drawn = proposer.perturbation_pool(proposals, max(0, take - len(proposals)))
             pool = drawn[:take]
-            features = candidate_features(
-                proposer.demand_features,
-                drawn.arrays(order),
-                plan_arrays([current], order),
-            ).numpy()[: len(pool)]
+            features = proposer.features(drawn.arrays(order)).numpy()[: len(pool)]
             counted_vph = sum(counts.values()) * 3600.0 / interval_s
             say(
                 f"snapshot {snap + 1}/{spec.snapshots}: demand x{scale:g} at +{offset_s} s, "
@@ -340,6 +345,7 @@ def collect_rows(
                         "demand_scale": scale,
                         "probe_offset_s": offset_s,
                         "counted_vph": round(counted_vph, 1),
+                        "made_by": made_by,
                     }
 
 

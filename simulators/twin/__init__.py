@@ -44,7 +44,7 @@ from simulators.twin.results import (
     field_prediction,
     paired_change,
 )
-from simulators.twin.run import RunTask, run_plan
+from simulators.twin.run import TWIN_REVISION, RunTask, run_plan, twin_identity
 
 __all__ = [
     "CURRENT",
@@ -62,6 +62,7 @@ __all__ = [
     "RecordSpec",
     "Recording",
     "RunMetrics",
+    "TWIN_REVISION",
     "RunTask",
     "Runner",
     "WhatIfEngine",
@@ -74,6 +75,7 @@ __all__ = [
     "paired_change",
     "request_from_settings",
     "run_plan",
+    "twin_identity",
     "whatif_engine",
     "whatif_seeds",
 ]

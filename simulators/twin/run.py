@@ -28,7 +28,7 @@ reason; teleporting is always off, so a gridlock stays a gridlock.
 
 from __future__ import annotations
 
-__all__ = ["RunTask", "run_plan"]
+__all__ = ["TWIN_REVISION", "RunTask", "run_plan", "twin_identity"]
 
 import logging
 import math
@@ -45,9 +45,23 @@ import numpy as np
 from configs.errors import SimulationError
 from configs.timing import IntersectionTiming
 from simulators.signal_program import AdaptiveRunner
+from simulators.sumo import SUMO_VERSION
 from simulators.twin.plans import CURRENT, EVALUATED_PROGRAM_ID, apply_timing
 from simulators.twin.request import RecordSpec, WhatIfRequest
 from simulators.twin.results import Recording, RunMetrics
+
+#: What a plan does in the twin. Bump it when the SUMO loop, how plans are
+#: installed or what is measured changes, so that models learnt from the old
+#: twin's runs (the screening surrogate) are refused until retrained.
+#: 2: actuated plans run as actuated programs; the policy's action scheme of 2026-12.
+TWIN_REVISION = 2
+
+
+def twin_identity(mesoscopic: bool = False) -> str:
+    """The twin a what-if runs on, as a string recorded with what was learnt from it."""
+    model = "mesoscopic" if mesoscopic else "microscopic"
+    return f"signaltwin twin r{TWIN_REVISION}, SUMO {SUMO_VERSION}, {model}"
+
 
 logger = logging.getLogger(__name__)
 

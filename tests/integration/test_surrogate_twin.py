@@ -14,12 +14,10 @@ from configs.timing import IntersectionTiming
 from controller.cli import run
 from controller.commands.surrogate import CollectSpec, collect_rows
 from controller.cycle import Observation
-from controller.wiring import ProposerAdapter
+from controller.wiring import ProposerAdapter, load_policy, surrogate_made_by
 from edge_accel.surrogate import (
-    candidate_features,
     load_rows_jsonl,
     load_surrogate,
-    plan_arrays,
     screen,
 )
 from simulators.network import load_network
@@ -38,6 +36,7 @@ ROW_KEYS = {
     "demand_scale",
     "probe_offset_s",
     "counted_vph",
+    "made_by",
 }
 
 
@@ -59,6 +58,7 @@ def test_collect_train_and_screen_on_the_demo_district(tmp_path: Path) -> None:
         assert np.isfinite(record["features"]).all()
         assert np.isfinite([record["wait_change"], record["nox_change"]]).all()
         assert record["group"] == records[0]["group"]
+        assert record["made_by"] == surrogate_made_by(settings, load_policy(settings))
     # the twin measured real, different outcomes (not a constant)
     assert len({round(r["wait_change"], 6) for r in records}) > 1
 
@@ -69,7 +69,10 @@ def test_collect_train_and_screen_on_the_demo_district(tmp_path: Path) -> None:
     argv = ["surrogate", "train", "--data", str(data), "--out", str(out), "--epochs", "20"]
     code = run([*argv, "--min-spearman", "-1"])
     assert code == 0
-    assert load_surrogate(out).input_dim == shipped.input_dim
+    trained = load_surrogate(out)
+    assert trained.input_dim == shipped.input_dim
+    # what made the rows travels into the model: the daemon's check passes it
+    assert trained.made_by == records[0]["made_by"] == shipped.made_by
     assert json.loads(out.with_name("model.pt.json").read_text())["n_train"] > 0
 
 
@@ -91,11 +94,7 @@ def test_shipped_model_screens_like_its_predictions() -> None:
     # the same pool and features the adapter built, predicted directly
     pool = proposer.perturbation_pool(candidates, 64)
     order = sorted(current)
-    features = candidate_features(
-        proposer.demand_features,
-        pool.arrays(order),
-        plan_arrays([current], order),
-    )
+    features = proposer.features(pool.arrays(order))
     assert features.shape == (len(pool), model.input_dim)
     result = screen(model, features, top_k=len(pool))
     wait = result.wait_change

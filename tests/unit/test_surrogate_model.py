@@ -13,6 +13,7 @@ from configs.errors import ConfigError
 from configs.timing import IntersectionTiming, PhasePlan
 from controller.cli import run
 from edge_accel.surrogate import (
+    SATURATION_FEATURES,
     PlanArrays,
     SurrogateRow,
     candidate_features,
@@ -20,6 +21,7 @@ from edge_accel.surrogate import (
     load_rows_jsonl,
     load_surrogate,
     plan_arrays,
+    saturation_features,
     save_surrogate,
     screen,
     spearman,
@@ -111,7 +113,7 @@ def test_training_rejects_too_few_rows() -> None:
 def test_loading_refuses_files_that_are_not_surrogates(tmp_path: Path) -> None:
     other = tmp_path / "x.pt"
     torch.save({"format": "something else"}, other)
-    with pytest.raises(ConfigError, match="not a signaltwin.surrogate/v1"):
+    with pytest.raises(ConfigError, match="not a signaltwin.surrogate/v2"):
         load_surrogate(other)
     with pytest.raises(ConfigError, match="do not exist"):
         load_surrogate(tmp_path / "missing.pt")
@@ -175,3 +177,44 @@ def test_plan_arrays_type() -> None:
         np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.float32), np.zeros((1, 1), np.float32)
     )
     assert candidate_features(np.zeros((1, 3)), arrays, arrays).shape == (1, 3 + 33)
+
+
+def test_saturation_features_show_which_plan_starves_the_busy_approach() -> None:
+    y = torch.tensor([[0.3, 0.3, 0.0, 0.0], [0.4, 0.1, 0.0, 0.0]])
+    green = torch.tensor(
+        [
+            [[30.0, 30.0, 0, 0], [30.0, 30.0, 0, 0]],  # even splits
+            [[10.0, 50.0, 0, 0], [30.0, 30.0, 0, 0]],  # starves n0's first green
+        ]
+    )
+    cycle = torch.full((2, 2), 60.0)
+    got = saturation_features(y, green, cycle)
+    # even: x = 0.3/0.5 = 0.6 and 0.4/0.5 = 0.8 critical; Webster's uniform delay
+    # C (1-f)^2 / (2 (1 - x f)) = 60 * 0.25 / (2 * 0.7) for both greens of n0
+    weight = torch.tensor([0.6, 0.5]) / 1.1
+    assert got[0, 0].item() == pytest.approx((0.6 * weight[0] + 0.8 * weight[1]).item(), rel=1e-5)
+    assert got[0, 1].item() == pytest.approx(0.8, rel=1e-5)
+    n0 = 60 * 0.25 / (2 * (1 - 0.6 * 0.5)) / 60
+    n1 = (0.4 * 15 / (2 * (1 - 0.4)) + 0.1 * 15 / (2 * (1 - 0.1))) / 0.5 / 60
+    assert got[0, 2].item() == pytest.approx((n0 * weight[0] + n1 * weight[1]).item(), rel=1e-5)
+    assert got[0, 3].item() == 0.0  # nothing oversaturated
+    # starved: n0's first green at 10/60 carries x = 1.8, overflow 0.3 * 0.8
+    assert got[1, 1].item() == pytest.approx(1.8, rel=1e-5)
+    assert got[1, 3].item() == pytest.approx((0.3 * 0.8 * weight[0]).item(), rel=1e-5)
+    assert got[1, 2].item() > got[0, 2].item()
+
+
+def test_candidate_features_append_saturation_against_the_plan_in_force() -> None:
+    current = {"A": _timing(30, 30), "B": _timing(20, 40)}
+    candidates = [{"A": _timing(36, 24), "B": _timing(20, 40, 5)}, current]
+    arrays = plan_arrays(candidates, ["A", "B"])
+    cur = plan_arrays([current], ["A", "B"])
+    y = np.array([[0.35, 0.2, 0, 0], [0.1, 0.3, 0, 0]], dtype=np.float32)
+    feats = candidate_features([0.5, 0.2], arrays, cur, flow_ratios=y)
+    base = 2 + 3 * (2 * 4 + 3)
+    assert feats.shape == (2, base + SATURATION_FEATURES)
+    # the plan in force against itself: its saturation, and no change
+    assert float(feats[1, base + SATURATION_FEATURES // 2 :].abs().sum()) == 0.0
+    assert float(feats[1, base]) > 0.0
+    with pytest.raises(ConfigError, match="flow ratios of shape"):
+        candidate_features([0.5, 0.2], arrays, cur, flow_ratios=y[:1])
