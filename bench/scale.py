@@ -17,6 +17,8 @@ alternating cycle by cycle. Prints one JSON line per figure:
 * ``whatif_ray_cycle_overhead_s``: extra wall time per what-if over local.
 * ``whatif_run_s_p50``: one run's wall time (median, local backend), the base of
   the projection below.
+* ``whatif_projection_500x16x5_elimination_s``: the same with the production
+  example's sequential elimination (two rounds, each waiting for its slowest run).
 * ``whatif_projection_500x16x5_s`` (one line per core count): projected what-if
   wall time for 500 intersections x 16 candidates x 5 seeds on N cluster cores
   at the production example's horizon and warm-up, from the measured per-run
@@ -184,6 +186,23 @@ def main() -> None:
                 f"({per_run:.2f} s x {TARGET_LIGHTS}/{lights} lights x {simulated}/"
                 f"{demo_simulated} simulated s); ratio: share of a {CYCLE_S:.0f} s cycle",
             )
+        # with the production example's sequential elimination: two rounds, each a barrier
+        k = int(production["simulation"].get("elimination_seeds", 0))
+        f = int(production["simulation"].get("finalists", 1))
+        if 0 < k < TARGET_SEEDS and f < TARGET_CANDIDATES:
+            first, second = (TARGET_CANDIDATES + 1) * k, (f + 1) * (TARGET_SEEDS - k)
+            for cores in (16, 32, 64, 128, 256):
+                rounds = math.ceil(first / cores) + math.ceil(second / cores)
+                wall = rounds * run_500 + max(0.0, overhead)
+                emit(
+                    "whatif_projection_500x16x5_elimination_s",
+                    wall,
+                    "s",
+                    round(wall / CYCLE_S, 3),
+                    f"{cores} cluster cores; sequential elimination after {k} seeds, {f} "
+                    f"finalist(s): {first} + {second} runs of {run_500:.1f} s in two rounds "
+                    f"(without: {target_runs} runs); ratio: share of a {CYCLE_S:.0f} s cycle",
+                )
 
 
 if __name__ == "__main__":
