@@ -1,8 +1,12 @@
-"""Small base programs the cycle, ledger and feedback tests share."""
+"""Small base programs, plans and what-if requests the tests share."""
 
 from __future__ import annotations
 
-from configs.timing import BaseProgram
+from pathlib import Path
+from typing import Any
+
+from configs.timing import BaseProgram, IntersectionTiming, PhasePlan
+from simulators.twin import WhatIfRequest
 
 
 def two_stage_base(tls_id: str = "J1", green_s: int = 30, yellow_s: int = 3) -> BaseProgram:
@@ -17,3 +21,31 @@ def two_stage_base(tls_id: str = "J1", green_s: int = 30, yellow_s: int = 3) -> 
             ("rryy", yellow_s, None, None),
         ],
     )
+
+
+def two_stage_timing(green_s: int = 30) -> IntersectionTiming:
+    """A fixed plan of two greens of ``green_s``, each followed by a 3 s yellow."""
+    phases = (
+        PhasePlan(state="GGrr", duration_s=green_s),
+        PhasePlan(state="yyrr", duration_s=3),
+        PhasePlan(state="rrGG", duration_s=green_s),
+        PhasePlan(state="rryy", duration_s=3),
+    )
+    return IntersectionTiming(mode="fixed", cycle_s=2 * green_s + 6, offset_s=0, phases=phases)
+
+
+def stub_request(tmp_path: Path, **kw: Any) -> WhatIfRequest:
+    """A what-if over placeholder network and demand files (for engines with a fake runner)."""
+    net = tmp_path / "n.net.xml"
+    rou = tmp_path / "r.rou.xml"
+    net.write_text("<net/>")
+    rou.write_text("<routes/>")
+    args: dict[str, Any] = {
+        "network": str(net),
+        "demand": str(rou),
+        "current": {"J": two_stage_timing()},
+        "candidates": {"cand": {"J": two_stage_timing(20)}},
+        "seeds": (1, 2, 3),
+    }
+    args.update(kw)
+    return WhatIfRequest(**args)

@@ -8,10 +8,10 @@ import pytest
 
 from configs.errors import ConfigError
 from configs.settings import GateSettings, SimulationSettings
-from configs.timing import IntersectionTiming, PhasePlan
 from controller.gate import decide
 from controller.wiring import outcomes_of
 from simulators.twin import CURRENT, LibsumoWhatIfEngine, RunMetrics, RunTask, WhatIfRequest
+from tests.support.timings import stub_request, two_stage_timing
 
 #: each plan's mean wait per vehicle (s) before the seed's own effect; "d" fails on seed 1
 WAIT_S = {CURRENT: 100.0, "a": 80.0, "b": 90.0, "c": 70.0, "d": 95.0}
@@ -36,31 +36,16 @@ def fake_runner(task: RunTask) -> RunMetrics:
     )
 
 
-def _timing(green_s: int) -> IntersectionTiming:
-    phases = (
-        PhasePlan(state="GGrr", duration_s=green_s),
-        PhasePlan(state="yyrr", duration_s=3),
-        PhasePlan(state="rrGG", duration_s=green_s),
-        PhasePlan(state="rryy", duration_s=3),
-    )
-    return IntersectionTiming(mode="fixed", cycle_s=2 * green_s + 6, offset_s=0, phases=phases)
-
-
 def _request(tmp_path: Path, **kw: object) -> WhatIfRequest:
-    net, rou = tmp_path / "n.net.xml", tmp_path / "r.rou.xml"
-    net.write_text("<net/>")
-    rou.write_text("<routes/>")
     args: dict[str, object] = {
-        "network": str(net),
-        "demand": str(rou),
-        "current": {"J": _timing(30)},
-        "candidates": {name: {"J": _timing(20 + i)} for i, name in enumerate("abcd")},
+        "current": {"J": two_stage_timing(30)},
+        "candidates": {name: {"J": two_stage_timing(20 + i)} for i, name in enumerate("abcd")},
         "seeds": (1, 2, 3, 4, 5),
         "elimination_seeds": 2,
         "finalists": 1,
     }
     args.update(kw)
-    return WhatIfRequest(**args)  # type: ignore[arg-type]
+    return stub_request(tmp_path, **args)
 
 
 class Counting:

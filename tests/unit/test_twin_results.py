@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from configs.errors import ConfigError, SimulationError
-from configs.timing import IntersectionTiming, PhasePlan
 from simulators.twin import (
     CURRENT,
     LibsumoWhatIfEngine,
@@ -25,32 +24,7 @@ from simulators.twin import (
     paired_change,
 )
 from simulators.twin.run import _frame_steps as frame_steps
-
-
-def _timing(green_s: int = 30) -> IntersectionTiming:
-    phases = (
-        PhasePlan(state="GGrr", duration_s=green_s),
-        PhasePlan(state="yyrr", duration_s=3),
-        PhasePlan(state="rrGG", duration_s=green_s),
-        PhasePlan(state="rryy", duration_s=3),
-    )
-    return IntersectionTiming(mode="fixed", cycle_s=2 * green_s + 6, offset_s=0, phases=phases)
-
-
-def _request(tmp_path: Path, **kw: object) -> WhatIfRequest:
-    net = tmp_path / "n.net.xml"
-    rou = tmp_path / "r.rou.xml"
-    net.write_text("<net/>")
-    rou.write_text("<routes/>")
-    args: dict[str, object] = {
-        "network": str(net),
-        "demand": str(rou),
-        "current": {"J": _timing()},
-        "candidates": {"cand": {"J": _timing(20)}},
-        "seeds": (1, 2, 3),
-    }
-    args.update(kw)
-    return WhatIfRequest(**args)  # type: ignore[arg-type]
+from tests.support.timings import stub_request
 
 
 def _run(plan: str, seed: int, wait: float, nox: float, failed: str | None = None) -> RunMetrics:
@@ -97,7 +71,7 @@ def test_single_seed_interval_collapses_and_zero_baseline_is_defined() -> None:
 
 
 def test_aggregate_reports_failures_and_changes(tmp_path: Path) -> None:
-    request = _request(tmp_path, candidates={"better": {}, "gridlocked": {}})
+    request = stub_request(tmp_path, candidates={"better": {}, "gridlocked": {}})
     runs = {}
     for seed in request.seeds:
         runs[(CURRENT, seed)] = _run(CURRENT, seed, 20.0 + seed, 1000.0)
@@ -118,7 +92,7 @@ def test_aggregate_reports_failures_and_changes(tmp_path: Path) -> None:
 
 
 def test_result_round_trips_through_json(tmp_path: Path) -> None:
-    request = _request(tmp_path)
+    request = stub_request(tmp_path)
     runs = {}
     for seed in request.seeds:
         runs[(CURRENT, seed)] = _run(CURRENT, seed, 20.0 + seed, 1000.0 + seed)
@@ -141,7 +115,7 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
 
 
 def test_request_round_trips_and_detects_changed_inputs(tmp_path: Path) -> None:
-    request = _request(tmp_path, record=RecordSpec(fps=10, duration_s=2, window_s=60))
+    request = stub_request(tmp_path, record=RecordSpec(fps=10, duration_s=2, window_s=60))
     data = json.loads(json.dumps(request.to_dict()))
     assert WhatIfRequest.from_dict(data) == request
     Path(request.demand).write_text("<routes><!-- changed --></routes>")
@@ -163,11 +137,11 @@ def test_request_validation_names_the_field(
     tmp_path: Path, change: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        _request(tmp_path, **change).validate()
+        stub_request(tmp_path, **change).validate()
 
 
 def test_frames_cover_the_window_end(tmp_path: Path) -> None:
-    request = _request(tmp_path, horizon_s=600, warmup_s=300)
+    request = stub_request(tmp_path, horizon_s=600, warmup_s=300)
     steps = frame_steps(request, RecordSpec(fps=2, duration_s=5, window_s=100))
     assert len(steps) == 10
     assert steps[0] == 810 and steps[-1] == 900
@@ -193,12 +167,12 @@ def crashing_runner(task: RunTask) -> RunMetrics:
 
 
 def test_dead_worker_is_a_simulation_error_naming_plan_and_seed(tmp_path: Path) -> None:
-    request = _request(tmp_path)
+    request = stub_request(tmp_path)
     with LibsumoWhatIfEngine(workers=1, runner=crashing_runner) as engine:
         with pytest.raises(SimulationError, match=r"plan 'cand' seed 2"):
             engine.evaluate(request)
         # the engine recovers with a fresh pool
-        ok = _request(tmp_path, candidates={"other": {}})
+        ok = stub_request(tmp_path, candidates={"other": {}})
         assert engine.evaluate(ok).current.failed is None
 
 
@@ -212,7 +186,7 @@ def slow_runner(task: RunTask) -> RunMetrics:
 def test_timeout_is_a_simulation_error_not_a_hang(tmp_path: Path) -> None:
     with LibsumoWhatIfEngine(workers=1, runner=slow_runner, timeout_s=3) as engine:
         with pytest.raises(SimulationError, match="time limit"):
-            engine.evaluate(_request(tmp_path, seeds=(1, 2)))
+            engine.evaluate(stub_request(tmp_path, seeds=(1, 2)))
 
 
 @given(
@@ -260,11 +234,11 @@ def test_cancel_stops_a_fan_out_promptly_and_the_engine_runs_again(tmp_path: Pat
         timer.start()
         started = time.monotonic()
         with pytest.raises(WhatIfCancelled, match="cancelled"):
-            engine.evaluate(_request(tmp_path, seeds=(99,)), cancel=cancel)
+            engine.evaluate(stub_request(tmp_path, seeds=(99,)), cancel=cancel)
         assert time.monotonic() - started < 5.0  # the two runs would take 60 s
         timer.join()
         # the killed worker's pool is replaced: the next what-if runs
-        again = engine.evaluate(_request(tmp_path), cancel=threading.Event())
+        again = engine.evaluate(stub_request(tmp_path), cancel=threading.Event())
         assert again.current.failed is None
 
 
@@ -277,5 +251,5 @@ def test_cancel_set_before_the_what_if_runs_nothing(tmp_path: Path) -> None:
     cancel.set()
     with pytest.raises(WhatIfCancelled):
         LibsumoWhatIfEngine(workers=0, runner=sleepy_runner).evaluate(
-            _request(tmp_path, seeds=(99,)), cancel=cancel
+            stub_request(tmp_path, seeds=(99,)), cancel=cancel
         )
