@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.timing import BaseProgram, IntersectionTiming, PhasePlan
-from simulators.twin import WhatIfRequest
+from simulators.twin import RunMetrics, WhatIfRequest
 
 
 def two_stage_base(tls_id: str = "J1", green_s: int = 30, yellow_s: int = 3) -> BaseProgram:
@@ -49,3 +49,23 @@ def stub_request(tmp_path: Path, **kw: Any) -> WhatIfRequest:
     }
     args.update(kw)
     return WhatIfRequest(**args)
+
+
+def run_metrics(
+    plan: str, seed: int, wait: float, nox: float, failed: str | None = None
+) -> RunMetrics:
+    """One run's totals: 100 vehicles waiting ``wait`` s each, ``nox`` mg, one light "J"."""
+    return RunMetrics(
+        plan=plan,
+        seed=seed,
+        failed=failed,
+        vehicles=100,
+        wait_veh_s=wait * 100,
+        delay_veh_s=wait * 150,
+        backlog_veh_s=0.0,
+        arrived=90,
+        nox_mg=nox,
+        per_intersection={"J": (wait * 50, 40, nox / 2)},
+        simulated_veh_s=1000.0,
+        wall_s=0.5,
+    )

@@ -11,7 +11,7 @@ from configs.settings import GateSettings, SimulationSettings
 from controller.gate import decide
 from controller.wiring import outcomes_of
 from simulators.twin import CURRENT, LibsumoWhatIfEngine, RunMetrics, RunTask, WhatIfRequest
-from tests.support.timings import stub_request, two_stage_timing
+from tests.support.timings import run_metrics, stub_request, two_stage_timing
 
 #: each plan's mean wait per vehicle (s) before the seed's own effect; "d" fails on seed 1
 WAIT_S = {CURRENT: 100.0, "a": 80.0, "b": 90.0, "c": 70.0, "d": 95.0}
@@ -20,20 +20,7 @@ WAIT_S = {CURRENT: 100.0, "a": 80.0, "b": 90.0, "c": 70.0, "d": 95.0}
 def fake_runner(task: RunTask) -> RunMetrics:
     wait = WAIT_S[task.plan] + task.seed  # paired: the same seed effect on every plan
     failed = "gridlock" if task.plan == "d" and task.seed == 1 else None
-    return RunMetrics(
-        plan=task.plan,
-        seed=task.seed,
-        failed=failed,
-        vehicles=100,
-        wait_veh_s=wait * 100,
-        delay_veh_s=wait * 150,
-        backlog_veh_s=0.0,
-        arrived=90,
-        nox_mg=1000.0,
-        per_intersection={"J": (wait * 50, 40, 500.0)},
-        simulated_veh_s=1000.0,
-        wall_s=0.0,
-    )
+    return run_metrics(task.plan, task.seed, wait, 1000.0, failed)
 
 
 def _request(tmp_path: Path, **kw: object) -> WhatIfRequest:

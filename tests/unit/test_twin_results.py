@@ -24,24 +24,7 @@ from simulators.twin import (
     paired_change,
 )
 from simulators.twin.run import _frame_steps as frame_steps
-from tests.support.timings import stub_request
-
-
-def _run(plan: str, seed: int, wait: float, nox: float, failed: str | None = None) -> RunMetrics:
-    return RunMetrics(
-        plan=plan,
-        seed=seed,
-        failed=failed,
-        vehicles=100,
-        wait_veh_s=wait * 100,
-        delay_veh_s=wait * 150,
-        backlog_veh_s=0.0,
-        arrived=90,
-        nox_mg=nox,
-        per_intersection={"J": (wait * 50, 40, nox / 2)},
-        simulated_veh_s=1000.0,
-        wall_s=0.5,
-    )
+from tests.support.timings import run_metrics, stub_request
 
 
 def test_identical_values_give_zero_change_with_ci_containing_zero() -> None:
@@ -74,9 +57,9 @@ def test_aggregate_reports_failures_and_changes(tmp_path: Path) -> None:
     request = stub_request(tmp_path, candidates={"better": {}, "gridlocked": {}})
     runs = {}
     for seed in request.seeds:
-        runs[(CURRENT, seed)] = _run(CURRENT, seed, 20.0 + seed, 1000.0)
-        runs[("better", seed)] = _run("better", seed, 15.0 + seed, 990.0)
-        runs[("gridlocked", seed)] = _run(
+        runs[(CURRENT, seed)] = run_metrics(CURRENT, seed, 20.0 + seed, 1000.0)
+        runs[("better", seed)] = run_metrics("better", seed, 15.0 + seed, 990.0)
+        runs[("gridlocked", seed)] = run_metrics(
             "gridlocked", seed, 0.0, 0.0, failed="gridlock" if seed == 2 else None
         )
     outcomes = aggregate(request, runs)
@@ -95,8 +78,8 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
     request = stub_request(tmp_path)
     runs = {}
     for seed in request.seeds:
-        runs[(CURRENT, seed)] = _run(CURRENT, seed, 20.0 + seed, 1000.0 + seed)
-        runs[("cand", seed)] = _run("cand", seed, 18.0 + seed, 1001.0)
+        runs[(CURRENT, seed)] = run_metrics(CURRENT, seed, 20.0 + seed, 1000.0 + seed)
+        runs[("cand", seed)] = run_metrics("cand", seed, 18.0 + seed, 1001.0)
     result = WhatIfResult(
         outcomes=aggregate(request, runs),
         horizon_s=900,
@@ -163,7 +146,7 @@ def crashing_runner(task: RunTask) -> RunMetrics:
     """Kill the worker process for one task, succeed for the others."""
     if task.plan == "cand" and task.seed == 2:
         os._exit(7)
-    return _run(task.plan, task.seed, 10.0, 100.0)
+    return run_metrics(task.plan, task.seed, 10.0, 100.0)
 
 
 def test_dead_worker_is_a_simulation_error_naming_plan_and_seed(tmp_path: Path) -> None:
@@ -180,7 +163,7 @@ def slow_runner(task: RunTask) -> RunMetrics:
     import time
 
     time.sleep(30)
-    return _run(task.plan, task.seed, 10.0, 100.0)
+    return run_metrics(task.plan, task.seed, 10.0, 100.0)
 
 
 def test_timeout_is_a_simulation_error_not_a_hang(tmp_path: Path) -> None:
@@ -219,7 +202,7 @@ def sleepy_runner(task: RunTask) -> RunMetrics:
 
     if task.seed == 99:
         time.sleep(30)
-    return _run(task.plan, task.seed, 10.0, 100.0)
+    return run_metrics(task.plan, task.seed, 10.0, 100.0)
 
 
 def test_cancel_stops_a_fan_out_promptly_and_the_engine_runs_again(tmp_path: Path) -> None:
