@@ -324,6 +324,7 @@ class ProposerAdapter:
         perturbations by the plans in force).
         """
         from edge_accel.screening import PerturbationPool
+        from rl.baselines import as_mode
 
         return PerturbationPool(
             candidates,
@@ -333,6 +334,7 @@ class ProposerAdapter:
             seed=self.settings.simulation.base_seed,
             n=n,
             device=self.surrogate_device,
+            mode_base=as_mode,  # type: ignore[arg-type]
         )
 
     def features(self, arrays: Any) -> Any:

@@ -28,6 +28,7 @@ import torch
 
 from configs.safety import SafeBounds, build_plan, safe_bounds
 from configs.timing import (
+    AdaptiveLogic,
     BaseProgram,
     IntersectionTiming,
     LimitsSource,
@@ -185,6 +186,7 @@ class BatchProjector:
         batch: ProjectedBatch,
         index: int,
         offset_s: Mapping[str, float | None] | None = None,
+        adaptive: Mapping[str, AdaptiveLogic | None] | None = None,
     ) -> dict[str, IntersectionTiming]:
         """Candidate ``index`` as checked plans (:func:`configs.safety.build_plan`).
 
@@ -192,6 +194,8 @@ class BatchProjector:
             batch: what :meth:`project` returned.
             index: the candidate.
             offset_s: intersection -> wanted offset (None or absent keeps the plan in force's).
+            adaptive: intersection -> the real-time logic of an adaptive plan
+                (absent: the base's defaults, for an adaptive base).
 
         Raises:
             SafetyViolation: a plan breaks an invariant (a bug in the projection).
@@ -199,6 +203,7 @@ class BatchProjector:
         greens = batch.green_s[index].cpu().tolist()
         cycles = batch.cycle_s[index].cpu().tolist()
         offsets = offset_s or {}
+        logic = adaptive or {}
         out: dict[str, IntersectionTiming] = {}
         for k, t in enumerate(self.order):
             out[t] = build_plan(
@@ -209,5 +214,6 @@ class BatchProjector:
                 int(cycles[k]),
                 [int(v) for v in greens[k][: self.greens[k]]],
                 offsets.get(t),
+                logic.get(t),
             )
         return out

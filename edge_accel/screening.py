@@ -10,7 +10,7 @@ shares. :mod:`edge_accel.surrogate` scores the pool.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -19,7 +19,13 @@ import numpy.typing as npt
 import torch
 
 from configs.errors import ConfigError
-from configs.timing import BaseProgram, IntersectionTiming, LimitsSource, SafetyLimits
+from configs.timing import (
+    AdaptiveLogic,
+    BaseProgram,
+    IntersectionTiming,
+    LimitsSource,
+    SafetyLimits,
+)
 from edge_accel.projection import BatchProjector, ProjectedBatch
 from edge_accel.surrogate import PlanArrays, plan_arrays
 
@@ -80,6 +86,11 @@ class PerturbationPool(Sequence[Entry]):
     :class:`~configs.timing.IntersectionTiming` models only when asked for
     (indexing the pool), which screening does only for the few it keeps.
 
+    A perturbation keeps its origin's mode: an actuated proposal's perturbations
+    are actuated plans (min and max greens from the perturbed greens), an
+    adaptive one's are adaptive plans with the origin's real-time logic
+    (weights, margin, coordination) unchanged; only the greens and the cycle move.
+
     Args:
         candidates: candidate name -> its plans (the cycle's proposals).
         current: the plans running now (bound each change).
@@ -88,9 +99,14 @@ class PerturbationPool(Sequence[Entry]):
         seed: the random seed (the simulation's base seed).
         n: how many perturbations to draw.
         device: where the projection runs (default CPU).
+        mode_base: ``(base, mode) -> base`` the plans of ``mode`` are projected
+            onto (:func:`rl.baselines.as_mode`), for proposals in another mode
+            than their base program.
 
     Raises:
-        ConfigError: a proposal names an intersection without a base program.
+        ConfigError: a proposal names an intersection without a base program,
+            or runs in another mode than its base program and no ``mode_base``
+            gives one in its mode.
         SafetyViolation: an intersection's limits admit no plan at all.
     """
 
@@ -104,6 +120,7 @@ class PerturbationPool(Sequence[Entry]):
         seed: int,
         n: int,
         device: torch.device | None = None,
+        mode_base: Callable[[BaseProgram, str], BaseProgram] | None = None,
     ) -> None:
         self._names = sorted(candidates)
         self._proposals = [(name, dict(candidates[name])) for name in self._names]
@@ -111,12 +128,9 @@ class PerturbationPool(Sequence[Entry]):
         self._origins: list[_Origin] = []
         if not self._names or self.n == 0:
             return
-        for name in self._names:
-            for tls_id in candidates[name]:
-                if tls_id not in bases:
-                    raise ConfigError(
-                        f"{tls_id}: proposal for an intersection without a base program"
-                    )
+        origin_bases = {
+            name: _origin_bases(name, candidates[name], bases, mode_base) for name in self._names
+        }
         # draws per perturbation of each origin: its cycle factor, then every green
         widths = [
             1 + sum(len(bases[t].green_indices) for t in candidates[name]) for name in self._names
@@ -132,7 +146,7 @@ class PerturbationPool(Sequence[Entry]):
             rows = k[o :: len(self._names)]
             plans = candidates[name]
             order = tuple(plans)
-            projector = BatchProjector(bases, limits, current, order, device)
+            projector = BatchProjector(origin_bases[name], limits, current, order, device)
             draws = u[(ks[rows] * block + int(starts[o]))[:, None] + np.arange(widths[o])]
             g = max(projector.greens, default=0)
             green = np.zeros((len(rows), len(order), g))
@@ -149,8 +163,12 @@ class PerturbationPool(Sequence[Entry]):
             batch = projector.project(
                 torch.from_numpy(green), torch.from_numpy(cycle * scale[:, None])
             )
+            logic = {
+                t: plans[t].adaptive if origin_bases[name][t].mode == "adaptive" else None
+                for t in order
+            }
             self._origins.append(
-                _Origin(name, rows, projector, batch, {t: plans[t].offset_s for t in order})
+                _Origin(name, rows, projector, batch, {t: plans[t].offset_s for t in order}, logic)
             )
 
     def __len__(self) -> int:
@@ -175,7 +193,8 @@ class PerturbationPool(Sequence[Entry]):
         k = i - len(self._proposals)
         origin = self._origins[k % len(self._names)]
         row = k // len(self._names)
-        return f"{origin.name}~{k}", origin.projector.plans(origin.batch, row, origin.offsets)
+        plans = origin.projector.plans(origin.batch, row, origin.offsets, origin.adaptive)
+        return f"{origin.name}~{k}", plans
 
     def arrays(self, tls_order: Sequence[str], max_greens: int = 4) -> PlanArrays:
         """The whole pool as :class:`~edge_accel.surrogate.PlanArrays` in ``tls_order``.
@@ -216,10 +235,37 @@ class PerturbationPool(Sequence[Entry]):
 
 @dataclass(frozen=True)
 class _Origin:
-    """One proposal's perturbations: pool rows, projector, projected batch, wanted offsets."""
+    """One proposal's perturbations: pool rows, projector, projected batch, wanted offsets.
+
+    ``adaptive``: the origin's real-time logic per intersection (None where not adaptive).
+    """
 
     name: str
     rows: npt.NDArray[np.int64]
     projector: BatchProjector
     batch: ProjectedBatch
     offsets: Mapping[str, float]
+    adaptive: Mapping[str, AdaptiveLogic | None]
+
+
+def _origin_bases(
+    name: str,
+    plans: Plans,
+    bases: Mapping[str, BaseProgram],
+    mode_base: Callable[[BaseProgram, str], BaseProgram] | None,
+) -> dict[str, BaseProgram]:
+    """The base programs a proposal's perturbations are projected onto: in its plans' modes."""
+    out: dict[str, BaseProgram] = {}
+    for tls_id, plan in plans.items():
+        base = bases.get(tls_id)
+        if base is None:
+            raise ConfigError(f"{tls_id}: proposal for an intersection without a base program")
+        if plan.mode != base.mode and mode_base is not None:
+            base = mode_base(base, plan.mode)
+        if plan.mode != base.mode:
+            raise ConfigError(
+                f"candidate {name!r}, {tls_id}: the plan runs {plan.mode} but its base program "
+                f"is {base.mode}; its perturbations would lose the mode (pass mode_base)"
+            )
+        out[tls_id] = base
+    return out

@@ -122,3 +122,56 @@ def test_limits_that_admit_no_plan_refuse_the_pool() -> None:
         PerturbationPool(candidates, current, bases, impossible, seed=0, n=4)
     empty = PerturbationPool(candidates, current, bases, impossible, seed=0, n=0)
     assert [name for name, _ in empty] == ["current", "policy", "webster"]
+
+
+def test_perturbations_keep_their_origins_mode_and_real_time_logic() -> None:
+    """An adaptive proposal's perturbations are adaptive plans with its logic; actuated stay
+    actuated. (The pool used to project every perturbation onto the network's base program,
+    so the policy's adaptive plans came back as plans of the base's fixed mode: +60-75 %
+    wait in the twin on the event days, where the policy itself was -15 %.)
+    """
+    from configs.timing import AdaptiveLogic
+    from rl.baselines import as_mode
+
+    bases = district()
+    limits = SafetyLimits()
+    order = sorted(bases)
+    current = {t: IntersectionTiming.from_base(bases[t]) for t in order}
+    adaptive_bases = {t: as_mode(bases[t], "adaptive") for t in order}
+    actuated_bases = {t: as_mode(bases[t], "actuated") for t in order}
+    logic = {
+        t: AdaptiveLogic(
+            green_weights=tuple(1.0 + 0.5 * i for i in range(len(bases[t].green_indices))),
+            switch_margin_veh=3.0,
+            downstream_weight=0.25,
+        )
+        for t in order
+        if adaptive_bases[t].mode == "adaptive"
+    }
+
+    def proposed(base: BaseProgram, t: str) -> IntersectionTiming:
+        want = [float(base.phases[i].duration_s) for i in base.green_indices]
+        return project(t, Proposal(want, adaptive=logic.get(t)), base, limits)
+
+    candidates = {
+        "policy": {t: proposed(adaptive_bases[t], t) for t in order},
+        "tuned": {t: proposed(actuated_bases[t], t) for t in order},
+        "webster": dict(current),
+    }
+    pool = PerturbationPool(candidates, current, bases, limits, seed=3, n=30, mode_base=as_mode)
+    seen = set()
+    for name, plans in pool[3:]:
+        origin = name.split("~")[0]
+        seen.add(origin)
+        for t, plan in plans.items():
+            want = candidates[origin][t]
+            assert plan.mode == want.mode, (name, t)
+            assert plan.adaptive == want.adaptive, (name, t)
+            if plan.mode != "fixed":
+                greens = [plan.phases[i] for i in bases[t].green_indices]
+                assert all(p.min_s is not None and p.max_s is not None for p in greens)
+    assert seen == {"policy", "tuned", "webster"}
+    assert any(plan.adaptive is not None for plan in pool[3][1].values())
+    # without a way to build the base of another mode, the pool refuses to lose the mode
+    with pytest.raises(ConfigError, match="'policy'.*runs adaptive.*pass mode_base"):
+        PerturbationPool(candidates, current, bases, limits, seed=3, n=30)
