@@ -217,17 +217,38 @@ def loop_settings(field_: Any, state_dir: Path, *, learn: bool) -> Any:
     from controller.demo import default_demo_config
 
     settings = load_settings(default_demo_config()).with_state_dir(state_dir)
+    simulation = settings.simulation.model_copy(
+        update={"network": field_.network.path, "detectors": field_.detectors_path}
+    )
+    if not surrogate_fits(settings.model_copy(update={"simulation": simulation})):
+        # the demo's surrogate was trained on the district's twin: the daemon refuses it
+        # on another network (controller.wiring.load_screening_surrogate), as it must,
+        # so there the loop runs as a bureau without a surrogate of its own: no screening
+        logger.warning(
+            "%s: the surrogate was made on another network; screening off", field_.network.path
+        )
+        simulation = simulation.model_copy(update={"screen_candidates": 0})
     return settings.model_copy(
         update={
-            "simulation": settings.simulation.model_copy(
-                update={"network": field_.network.path, "detectors": field_.detectors_path}
-            ),
+            "simulation": simulation,
             "video": settings.video.model_copy(update={"enabled": False}),
             "metrics": settings.metrics.model_copy(update={"enabled": False}),
             "feedback": settings.feedback.model_copy(update={"calibrate": learn}),
             "rl": settings.rl.model_copy(update={"fine_tune": learn}),
         }
     )
+
+
+def surrogate_fits(settings: Any) -> bool:
+    """Whether the settings' screening surrogate was made on the settings' network."""
+    from controller.wiring import surrogate_made_by
+    from edge_accel.surrogate import load_surrogate
+
+    if settings.simulation.surrogate is None or settings.simulation.screen_candidates <= 0:
+        return True
+    made_by = load_surrogate(settings.simulation.surrogate).made_by or {}
+    wanted = surrogate_made_by(settings, None)["network_sha256"]
+    return bool(made_by.get("network_sha256") == wanted)
 
 
 def last_decision_s(day: Any, settings: Any) -> float:
