@@ -9,8 +9,6 @@ kuehne day before).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -18,18 +16,12 @@ import pytest
 
 from simulators.netbuild import district_paths
 from simulators.sumo import sumo_home
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench_modules import load_bench
 
 
 @pytest.fixture(scope="module")
 def fidelity() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_fidelity", ROOT / "bench" / "fidelity.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_fidelity"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("fidelity")
 
 
 def _field(net: Path, detectors: Path) -> SimpleNamespace:
