@@ -415,6 +415,16 @@ class FieldEmulator:
             reported = self.detector_counts().readings
             return replace(true, detector_counts={d: r.count for d, r in reported.items()})
 
+    def approach_counters(self) -> FieldCounters:
+        """Cumulative approach halting and NOx now, without the loops' counts (cheap to read).
+
+        What a shadow reads every second (:mod:`simulators.field.fork`); use
+        :meth:`counters` for what a controller reports.
+        """
+        with self._lock:
+            true = self._measure.counters(self._time_s)
+        return replace(true, detector_counts={})
+
     def save_state(self, path: Path) -> Path:
         """Save SUMO's whole state now (vehicles, signals, random streams) to ``path``.
 

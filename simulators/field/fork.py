@@ -17,8 +17,10 @@ plans the same way (:meth:`FieldEmulator.apply` with ``force=True`` at the fork
 time), so their difference is the deployment's true effect on the quantity the
 twin predicts: halting vehicle-seconds on the signalised approaches and their
 NOx (:class:`~simulators.field.records.WindowTotals`). Each shadow reads its
-cumulative counters every ``checkpoint_s``, so the truth over any shorter
-horizon that is a multiple of it is known too (:meth:`TrueDelta.wait_change`).
+cumulative counters every ``checkpoint_s`` (what the ledger records) and its
+approach totals every whole second, so the truth over any shorter horizon of
+whole seconds is known too (:meth:`TrueDelta.wait_change`): a window the next
+deployment cut short is compared over exactly its own length.
 
 Processes: libsumo holds one simulation per process, so each shadow runs in a
 worker process started with ``spawn`` (never ``fork``: the field's libsumo state
@@ -39,6 +41,7 @@ __all__ = [
     "TrueDelta",
     "checkpoint_times",
     "merge_additional",
+    "reading_plan",
     "run_shadow",
     "shadow_config",
 ]
@@ -89,6 +92,9 @@ class ShadowResult:
             vehicles it saw, or None.
         wall_s: wall-clock seconds the shadow took, from SUMO's start (the state
             loaded) to its close.
+        seconds: the cumulative approach halting and NOx (no detector counts)
+            at the fork time and every whole second after it, for horizons
+            between the checkpoints.
     """
 
     label: str
@@ -96,24 +102,34 @@ class ShadowResult:
     checkpoints: tuple[FieldCounters, ...]
     trips: dict[str, float] | None = None
     wall_s: float = 0.0
+    seconds: tuple[FieldCounters, ...] = ()
 
     def window(self, horizon_s: float | None = None) -> WindowTotals:
         """The totals of the first ``horizon_s`` of the window (None: all of it).
 
         Raises:
-            ConfigError: no checkpoint lies ``horizon_s`` after the fork.
+            ConfigError: no reading lies ``horizon_s`` after the fork.
         """
         if horizon_s is None:
             return self.totals
+        for series in (self.checkpoints, self.seconds):
+            if not series:
+                continue
+            first = series[0]
+            target = first.field_time_s + horizon_s
+            for reading in series:
+                if abs(reading.field_time_s - target) <= _TIME_EPS:
+                    return reading.window_since(first)
         first = self.checkpoints[0]
-        target = first.field_time_s + horizon_s
-        for reading in self.checkpoints:
-            if abs(reading.field_time_s - target) <= _TIME_EPS:
-                return reading.window_since(first)
         offered = ", ".join(f"{c.field_time_s - first.field_time_s:g}" for c in self.checkpoints)
+        seconds = (
+            f" and every whole second up to {self.seconds[-1].field_time_s - first.field_time_s:g}"
+            if self.seconds
+            else ""
+        )
         raise ConfigError(
-            f"shadow {self.label!r}: no checkpoint {horizon_s:g} s after the fork at "
-            f"t={first.field_time_s:g} s; horizons available: {offered} s"
+            f"shadow {self.label!r}: no reading {horizon_s:g} s after the fork at "
+            f"t={first.field_time_s:g} s; horizons available: {offered}{seconds} s"
         )
 
 
@@ -226,6 +242,31 @@ def checkpoint_times(begin_s: float, window_s: float, checkpoint_s: float) -> tu
     return tuple(times)
 
 
+def reading_plan(
+    begin_s: float, window_s: float, checkpoint_s: float
+) -> tuple[tuple[float, bool, bool], ...]:
+    """A shadow's readings after the fork, in time order: ``(time, checkpoint, whole second)``.
+
+    Checkpoints are :func:`checkpoint_times`; approach totals are read at every
+    whole second after the fork within the window. A time that is both is one
+    entry.
+
+    Raises:
+        ConfigError: a window or period that is not positive and finite.
+    """
+    marks = checkpoint_times(begin_s, window_s, checkpoint_s)
+    plan: dict[float, tuple[bool, bool]] = {}
+    for k in range(1, math.floor(window_s + _TIME_EPS) + 1):
+        plan[begin_s + k] = (False, True)
+    for m in marks:
+        near = next((t for t in plan if abs(t - m) <= _TIME_EPS), None)
+        if near is None:
+            plan[m] = (True, False)
+        else:
+            plan[near] = (True, True)
+    return tuple((t, *plan[t]) for t in sorted(plan))
+
+
 def shadow_config(
     config: FieldConfig,
     *,
@@ -328,9 +369,13 @@ def run_shadow(task: ShadowTask) -> ShadowResult:
         for tls_id, timing in sorted(task.plans.items()):
             field.apply(tls_id, timing, fork_s, force=tls_id not in adopted)
         readings = [field.counters()]
-        for t in checkpoint_times(fork_s, task.window_s, task.checkpoint_s):
+        seconds = [field.approach_counters()]
+        for t, read_all, read_approaches in reading_plan(fork_s, task.window_s, task.checkpoint_s):
             field.step_until(t)
-            readings.append(field.counters())
+            if read_approaches:
+                seconds.append(field.approach_counters())
+            if read_all:
+                readings.append(field.counters())
     finally:
         field.close()
     try:
@@ -343,6 +388,7 @@ def run_shadow(task: ShadowTask) -> ShadowResult:
         checkpoints=tuple(readings),
         trips=trips,
         wall_s=time.perf_counter() - t0,
+        seconds=tuple(seconds),
     )
 
 

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 
 PEAK_S = DemandProfile.load(district_paths()["demand"]).peak_begin_s
 WINDOW_S = 300.0
+CUT_S = 217.0
 FORK_S = PEAK_S - 300
 
 
@@ -88,6 +89,8 @@ def test_identical_plans_give_identical_shadows_while_the_field_steps_on(tmp_pat
         fork = FieldFork.start(field, plans, plans, WINDOW_S, work_dir=tmp_path / "forks")
         start_wall_s = time.monotonic() - t0
         assert not fork.done()  # start() does not wait for the shadows
+        field.step_until(FORK_S + CUT_S)  # a window the next deployment cut short
+        field_cut = field.counters().window_since(before)
         field.step_until(FORK_S + WINDOW_S)
         field_window = field.counters().window_since(before)
         delta = fork.result(timeout_s=120)
@@ -116,6 +119,13 @@ def test_identical_plans_give_identical_shadows_while_the_field_steps_on(tmp_pat
     # load; without adopting the field's plans the actuated light re-entered its cycle
     # (wait +3.5e-4)
     assert abs(gap) < 1e-9 and abs(nox_gap) < 1e-9
+    # between the checkpoints: the shadows' per-second readings (before: only the
+    # checkpoints, so a window cut to 217 s had no truth)
+    assert [c.field_time_s for c in a.seconds] == [FORK_S + k for k in range(int(WINDOW_S) + 1)]
+    cut = a.window(CUT_S)
+    assert cut.wait_veh_s() == pytest.approx(field_cut.wait_veh_s(), rel=1e-9)
+    assert cut.total_nox_mg() == pytest.approx(field_cut.total_nox_mg(), rel=1e-9)
+    assert delta.wait_change(horizon_s=CUT_S) == 0.0
     json.dumps(delta.to_dict())  # plain JSON for the ledger
 
 

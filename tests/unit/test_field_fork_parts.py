@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ from simulators.field.fork import (
     _check_plans,
     checkpoint_times,
     merge_additional,
+    reading_plan,
     shadow_config,
 )
 from simulators.field.programs import logic_element
@@ -128,6 +130,25 @@ def test_true_delta_changes_over_the_window_a_horizon_and_some_lights() -> None:
     assert delta.nox_change(horizon_s=120.0) == pytest.approx(-0.1)
     with pytest.raises(ConfigError, match="horizons available: 0, 60, 120"):
         delta.wait_change(horizon_s=90.0)
+
+
+def test_a_horizon_between_checkpoints_comes_from_the_per_second_readings() -> None:
+    # a window the next deployment cut to 90 s: no checkpoint there, a reading every second
+    seconds = tuple(_counters(1000.0 + k, {"a": 2.0 * k}, {"a": 0.5 * k}) for k in range(121))
+    shadow = replace(_result(IN_FORCE, {"a": 120.0}, 30.0), seconds=seconds)
+    assert shadow.window(90.0).wait_veh_s() == pytest.approx(180.0)
+    assert shadow.window(90.0).total_nox_mg() == pytest.approx(45.0)
+    assert shadow.window(60.0).wait_veh_s() == pytest.approx(120.0)  # the checkpoint
+    with pytest.raises(ConfigError, match="every whole second up to 120"):
+        shadow.window(90.5)
+
+
+def test_a_shadow_reads_every_whole_second_and_each_checkpoint_once() -> None:
+    plan = reading_plan(1000.0, 130.5, 60.0)
+    times = [t for t, _, _ in plan]
+    assert times == sorted(set(times)) and times[0] == 1001.0 and times[-1] == 1130.5
+    assert [t for t, checkpoint, _ in plan if checkpoint] == [1060.0, 1120.0, 1130.5]
+    assert [t for t, _, second in plan if second] == [1000.0 + k for k in range(1, 131)]
 
 
 def test_true_delta_to_dict_is_plain_json_with_totals_per_checkpoint() -> None:
