@@ -43,7 +43,14 @@ from controller.feedback import FeedbackCollector
 from controller.gate import CandidateOutcome
 from controller.recovery import deploy_outcome, recover, settle
 from simulators.calibration import TwinCalibration
-from simulators.demand import RoadGraph, candidate_routes, estimate_demand, write_routes
+from simulators.demand import (
+    RoadGraph,
+    candidate_routes,
+    estimate_demand,
+    snapshot_digest,
+    write_routes,
+)
+from simulators.detector_health import LoopHealth
 from simulators.field.records import FieldCounters, WindowTotals
 from simulators.network import NetworkModel
 from simulators.twin import CounterfactualEstimate as TwinEstimate
@@ -127,6 +134,7 @@ class TwinAdapter:
         self.engine: WhatIfEngine = engine
         self.demand_dir = settings.state_dir / "demand"
         self._field_time_s = 0
+        self.loops = LoopHealth()
 
     def estimate(self, observation: Observation) -> tuple[Mapping[str, Any], str]:
         """Estimate the twin's demand from the interval's detector counts."""
@@ -135,8 +143,9 @@ class TwinAdapter:
                 "no detector counts yet (the first observation only sets the baseline); "
                 "the next cycle will have an interval to estimate demand from"
             )
+        repair = self.loops.check(observation.counts, observation.interval_s)
         estimate = estimate_demand(
-            observation.counts,
+            repair.counts,
             observation.interval_s,
             self.detector_lanes,
             self.graph,
@@ -144,9 +153,23 @@ class TwinAdapter:
             routes=self.routes,
         )
         self._field_time_s = int(observation.field_time_s)
+        snapshot: Mapping[str, Any] = estimate.snapshot
+        if repair.repaired:
+            logger.warning(
+                "%d loop(s) counted far less than their recent rate implies; bridged from "
+                "it for the twin's demand: %s",
+                len(repair.repaired),
+                ", ".join(
+                    f"{d} ({c:g} counted, {u:g} used)"
+                    for d, (c, u) in sorted(repair.repaired.items())
+                ),
+            )
+            snapshot = {k: v for k, v in snapshot.items() if k != "digest"}
+            snapshot["detector_repairs"] = repair.to_dict()
+            snapshot["digest"] = snapshot_digest(snapshot)
         if self.calibration is None:
-            return estimate.snapshot, estimate.digest
-        snapshot = self.calibration.apply(estimate.snapshot)
+            return snapshot, str(snapshot["digest"])
+        snapshot = self.calibration.apply(snapshot)
         return snapshot, str(snapshot["digest"])
 
     def _routes_file(self, demand: Mapping[str, Any]) -> Path:

@@ -31,7 +31,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,8 +44,10 @@ from simulators.demand import (
     candidate_routes,
     estimate_demand,
     scale_snapshot,
+    snapshot_digest,
     write_routes,
 )
+from simulators.detector_health import repair_counts
 from simulators.stats import relative_change, t_interval
 from simulators.twin.plans import CURRENT
 from simulators.twin.pool import WhatIfEngine
@@ -130,8 +132,18 @@ class DemandSource:
             routes=self.routes,
         )
 
-    def window_snapshot(self, window: WindowTotals, demand_scale: float = 1.0) -> dict[str, Any]:
+    def window_snapshot(
+        self,
+        window: WindowTotals,
+        demand_scale: float = 1.0,
+        reference: WindowTotals | None = None,
+    ) -> dict[str, Any]:
         """The demand snapshot of a window's detector counts (scaled unless ``demand_scale`` is 1).
+
+        With a ``reference`` window (the other window of the pair), loops whose
+        count the reference says cannot be true are bridged
+        (:func:`simulators.detector_health.repair_counts`) and the snapshot
+        records them under ``detector_repairs``.
 
         Raises:
             SimulationError: the window counted no vehicle, or no count maps to the network.
@@ -144,7 +156,18 @@ class DemandSource:
                 "detector; demand cannot be estimated from it (check the loops or use a "
                 "longer window)"
             )
+        repair = None
+        if reference is not None and reference.duration_s > 0:
+            rates = {
+                d: max(float(c), 0.0) / reference.duration_s
+                for d, c in reference.detector_counts.items()
+            }
+            repair = repair_counts(counts, window.duration_s, rates)
+            counts = dict(repair.counts)
         snapshot = dict(self.estimate(counts, window.duration_s).snapshot)
+        if repair is not None and repair.repaired:
+            snapshot["detector_repairs"] = repair.to_dict()
+            snapshot["digest"] = snapshot_digest(snapshot)
         return snapshot if demand_scale == 1.0 else scale_snapshot(snapshot, demand_scale)
 
     def routes_file(self, snapshot: Mapping[str, Any], end_s: float) -> Path:
@@ -191,6 +214,8 @@ class CounterfactualEstimate:
         window_s: length of each window (s).
         demand_scale: the calibration scale the twin's demand ran with.
         demand_digests: digests of the before- and after-window demand snapshots.
+        detector_repairs: ``{"before": {detector: [counted, used]}, "after": ...}``,
+            the loops bridged in each window (empty: none).
     """
 
     wait_change: float
@@ -212,6 +237,7 @@ class CounterfactualEstimate:
     window_s: float = 0.0
     demand_scale: float = 1.0
     demand_digests: tuple[str, str] = ("", "")
+    detector_repairs: Mapping[str, Mapping[str, Sequence[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (what the ledger records)."""
@@ -235,6 +261,10 @@ class CounterfactualEstimate:
             "window_s": self.window_s,
             "demand_scale": self.demand_scale,
             "demand_digests": list(self.demand_digests),
+            "detector_repairs": {
+                w: {d: list(v) for d, v in sorted(r.items())}
+                for w, r in sorted(self.detector_repairs.items())
+            },
         }
 
     @classmethod
@@ -268,6 +298,10 @@ class CounterfactualEstimate:
                 window_s=float(data.get("window_s", 0.0)),
                 demand_scale=float(data.get("demand_scale", 1.0)),
                 demand_digests=(str(before_digest), str(after_digest)),
+                detector_repairs={
+                    str(w): {str(d): [float(x) for x in v] for d, v in dict(r).items()}
+                    for w, r in dict(data.get("detector_repairs") or {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ConfigError(
@@ -412,7 +446,12 @@ def estimate_counterfactual(
     covered, horizon_s = _check_inputs(
         before, after, only, seeds, warmup_s, confidence_level, demand_scale, step_length_s
     )
-    snapshots = [demand.window_snapshot(w, demand_scale) for w in (before, after)]
+    # each window's loops are checked against the other's: a loop dead in one
+    # window only is bridged from its rate in the other (detector_health)
+    snapshots = [
+        demand.window_snapshot(before, demand_scale, reference=after),
+        demand.window_snapshot(after, demand_scale, reference=before),
+    ]
     end_s = warmup_s + horizon_s + _ROUTES_MARGIN_S
 
     def request(
@@ -486,4 +525,9 @@ def estimate_counterfactual(
         window_s=float(horizon_s),
         demand_scale=float(demand_scale),
         demand_digests=(str(snapshots[0]["digest"]), str(snapshots[1]["digest"])),
+        detector_repairs={
+            label: dict(snap["detector_repairs"]["repaired"])
+            for label, snap in zip(("before", "after"), snapshots, strict=True)
+            if "detector_repairs" in snap
+        },
     )

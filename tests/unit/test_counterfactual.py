@@ -303,3 +303,54 @@ def test_a_result_recorded_before_the_approach_metrics_still_reads(tmp_path: Pat
     assert field_prediction(old, "cand")[0].mean == pytest.approx(-0.2)
     assert isinstance(old.outcome("cand"), PlanOutcome)
     assert old.outcome(CURRENT).changes == {}
+
+
+def _three_corridors(tmp_path: Path) -> DemandSource:
+    edges: dict[str, EdgeInfo] = {}
+    successors: dict[str, tuple[str, ...]] = {}
+    for c in "abc":
+        edges[f"{c}1"] = EdgeInfo(f"{c}1", f"{c}0", f"{c}m", 1, 200.0, 13.9)
+        edges[f"{c}2"] = EdgeInfo(f"{c}2", f"{c}m", f"{c}9", 1, 200.0, 13.9)
+        successors[f"{c}1"], successors[f"{c}2"] = (f"{c}2",), ()
+    graph = RoadGraph(edges=edges, successors=successors)
+    loops = {f"d_{c}": f"{c}1_0" for c in "abc"}
+    return DemandSource(loops, graph, directory=tmp_path / "demand")
+
+
+def _corridor_window(
+    begin: float, end: float, vph: float, factor: float, counts: Mapping[str, float]
+) -> WindowTotals:
+    level = (vph / 1000.0) ** 2 * (end - begin) / 300.0 * factor
+    return WindowTotals(
+        begin_s=begin,
+        end_s=end,
+        halting_veh_s={t: BASE[t] * level for t in TLS},
+        nox_mg={t: BASE[t] * level * 2.0 for t in TLS},
+        detector_counts=dict(counts),
+    )
+
+
+def test_a_loop_dead_in_the_after_window_is_bridged_from_its_before_rate(tmp_path: Path) -> None:
+    # three corridors of 300 veh/h, then 390 (+30 %); the plan made it 10 % worse.
+    # Loop d_c dies at activation: read as it is, the twin's after-window demand
+    # loses a third, its previous-plan run is too quiet and the estimate says +146 %
+    twin = FakeTwin({"deployed": 1.10})
+    per = 300.0 * 600 / 3600
+    before = _corridor_window(0, 600, 900.0, 1.0, {"d_a": per, "d_b": per, "d_c": per})
+    dead = {"d_a": 1.3 * per, "d_b": 1.3 * per, "d_c": 0.0}
+    after = _corridor_window(600, 1200, 1170.0, 1.10, dead)
+    est = _estimate(tmp_path, twin, before, after, demand=_three_corridors(tmp_path))
+    assert est.wait_change == pytest.approx(0.10, abs=0.02)
+    assert est.detector_repairs == {"after": {"d_c": [0.0, pytest.approx(1.3 * per)]}}
+    first, second = (_vph(r.demand) for r in twin.requests)
+    assert second == pytest.approx(1.3 * first, rel=0.02)
+    record = json.loads(json.dumps(est.to_dict()))
+    assert record["detector_repairs"]["after"]["d_c"][0] == 0.0
+    assert CounterfactualEstimate.from_dict(record) == est
+    # healthy loops: nothing bridged, the same estimate
+    healthy = _corridor_window(600, 1200, 1170.0, 1.10, {d: 1.3 * per for d in dead})
+    clean = _estimate(
+        tmp_path, FakeTwin({"deployed": 1.10}), before, healthy, demand=_three_corridors(tmp_path)
+    )
+    assert clean.detector_repairs == {}
+    assert clean.wait_change == pytest.approx(est.wait_change, abs=0.01)

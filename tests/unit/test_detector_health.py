@@ -1,0 +1,109 @@
+"""Dead loops found against their own recent rate and bridged (simulators.detector_health)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from configs.errors import ConfigError
+from simulators.detector_health import LoopHealth, repair_counts
+
+T = 240.0
+RATES = {f"d{i}": 0.1 for i in range(12)}  # 24 vehicles per interval each
+
+
+def test_dead_loops_are_bridged_with_the_networks_trend_and_healthy_ones_kept() -> None:
+    counts = {d: 30.0 for d in RATES}  # the network counts 25 % more than the reference
+    counts |= {"d0": 0.0, "d1": 0.0, "d2": 3.0, "d3": 0.0}  # a third dead or nearly
+    repair = repair_counts(counts, T, RATES)
+    assert repair.trend == pytest.approx(1.25)
+    assert repair.repaired == {d: (counts[d], 30.0) for d in ("d0", "d1", "d2", "d3")}
+    assert {d: repair.counts[d] for d in RATES if d not in repair.repaired} == {
+        d: 30.0 for d in RATES if d not in repair.repaired
+    }
+    assert json.loads(json.dumps(repair.to_dict()))["repaired"]["d2"] == [3.0, 30.0]
+
+
+def test_plausible_low_counts_quiet_loops_and_loops_without_a_reference_are_kept() -> None:
+    rates = RATES | {"quiet": 0.02, "side": 10 / T}  # 4.8 vehicles expected: a zero is plausible
+    counts = {d: 24.0 for d in RATES} | {"d0": 13.0, "quiet": 0.0, "side": 4.0, "new": 0.0}
+    repair = repair_counts(counts, T, rates)
+    # d0 counted 54 % of its 24 (above the ratio); "side" 4 of 10, below it but a
+    # Poisson count of mean 10 is 4 or less 3 % of the time
+    assert repair.repaired == {}
+    assert repair.counts == counts
+
+
+def test_nothing_is_judged_without_a_reference_or_when_most_loops_count_nothing() -> None:
+    counts = {d: 0.0 for d in RATES} | {"d0": 20.0}
+    assert repair_counts(counts, T, {}).repaired == {}
+    outage = repair_counts(counts, T, RATES)
+    assert outage.repaired == {} and outage.trend == 0.0
+
+
+@pytest.mark.parametrize(
+    ("counts", "rates", "interval", "match"),
+    [
+        ({"d0": -1.0}, RATES, T, "detector 'd0': count -1"),
+        ({"d0": float("nan")}, RATES, T, "detector 'd0': count nan"),
+        ({"d0": 1.0}, {"d0": float("inf")}, T, "detector 'd0': reference rate inf"),
+        ({"d0": 1.0}, RATES, 0.0, "interval must be positive"),
+    ],
+)
+def test_bad_counts_rates_and_intervals_are_refused_naming_the_loop(
+    counts: dict[str, float], rates: dict[str, float], interval: float, match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        repair_counts(counts, interval, rates)
+
+
+def test_the_daemons_loop_health_learns_rates_and_keeps_a_dead_loop_bridged() -> None:
+    health = LoopHealth()
+    first = health.check({d: 24.0 for d in RATES}, T)
+    assert first.repaired == {}  # no reference yet
+    dead = {d: 24.0 for d in RATES} | {"d5": 0.0}
+    second = health.check(dead, T)
+    assert second.repaired == {"d5": (0.0, 24.0)}
+    third = health.check({d: 36.0 for d in RATES} | {"d5": 0.0}, T)  # traffic grows 50 %
+    assert third.repaired == {"d5": (0.0, pytest.approx(36.0))}
+    assert health.rates["d5"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.15)
+    with pytest.raises(ConfigError, match="weight"):
+        LoopHealth(weight=0.0)
+
+
+def test_the_twin_adapter_bridges_a_dead_loop_and_records_it_in_the_demand(
+    tmp_path: Path,
+) -> None:
+    """The daemon's demand estimate on the demo district: a loop dies in the second interval."""
+    from controller.contracts import Observation
+    from controller.wiring import TwinAdapter
+    from simulators.demand import snapshot_digest
+    from simulators.netbuild import district_paths
+    from simulators.network import load_network
+    from tests.support.cycle_ports import cycle_settings
+
+    paths = district_paths()
+    model = load_network(paths["net"], paths["det"])
+    lanes = {d.id: d.lane_id for d in model.detectors}
+    twin = TwinAdapter(
+        cycle_settings(tmp_path, network=paths["net"]),
+        model,
+        lanes,
+        engine=object(),  # type: ignore[arg-type]
+    )
+
+    def observe(t: float, counts: dict[str, float]) -> Observation:
+        return Observation(field_time_s=t, counts=counts, interval_s=T, active={}, measurements={})
+
+    healthy = {d: 20.0 for d in lanes}
+    first, first_digest = twin.estimate(observe(4000, healthy))
+    assert "detector_repairs" not in first
+    dead = sorted(lanes)[0]
+    demand, digest = twin.estimate(observe(4240, healthy | {dead: 0.0}))
+    assert demand["detector_repairs"]["repaired"] == {dead: [0.0, 20.0]}
+    assert demand["detector_counts"][dead] == 20.0  # the twin ran on the bridged count
+    assert digest == demand["digest"] == snapshot_digest(demand)
+    # the bridged estimate is the healthy one's, up to the record of the repair
+    assert demand["routes"] == first["routes"] and digest != first_digest
