@@ -117,7 +117,7 @@ def test_the_shipped_days() -> None:
 def test_every_shipped_day_loads(path: Path) -> None:
     day = load_event_day(path)
     assert day.name == path.stem
-    assert day.duration_s == 3600
+    assert 1800 <= day.duration_s <= 3600  # a day the fidelity benchmark can afford
     assert day.closures or day.pulses or day.od_shifts or day.faults
 
 
