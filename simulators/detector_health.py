@@ -36,7 +36,7 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from scipy.stats import poisson
 
@@ -51,11 +51,15 @@ class CountRepair:
         counts: detector id -> count to use (repaired where flagged).
         repaired: detector id -> ``(counted, used)`` for each flagged loop.
         trend: the network's counted / expected ratio (1.0 without a reference).
+        runs: detector id -> ``(counted, expected)`` summed over the loop's current
+            run of intervals below ``ratio`` of its expectation (the evidence
+            :class:`LoopHealth` carries to the next interval).
     """
 
     counts: Mapping[str, float]
     repaired: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     trend: float = 1.0
+    runs: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: ``{detector: [counted, used]}`` and the trend (what the ledger records)."""
@@ -65,11 +69,26 @@ class CountRepair:
         }
 
 
+_TREND_MIN: Final = 3.0
+"""Loops expected to count at least this many vehicles set the network's trend."""
+
+
+def _trend(counts: Mapping[str, float], expected: Mapping[str, float], ratio: float) -> float:
+    """Median counted / expected, then again over the loops not far below the first median."""
+    ratios = {d: float(counts[d]) / e for d, e in expected.items() if e >= _TREND_MIN}
+    if not ratios:
+        return math.nan
+    first = statistics.median(ratios.values())
+    plausible = [r for r in ratios.values() if r >= ratio * first]
+    return statistics.median(plausible) if plausible and first > 0 else first
+
+
 def repair_counts(
     counts: Mapping[str, float],
     interval_s: float,
     reference_rates: Mapping[str, float],
     *,
+    runs: Mapping[str, tuple[float, float]] | None = None,
     ratio: float = 0.5,
     p_max: float = 1e-3,
     min_expected: float = 8.0,
@@ -81,10 +100,14 @@ def repair_counts(
         interval_s: the interval's length (s).
         reference_rates: detector id -> the loop's expected rate (veh/s) before
             the network's trend; loops without one are never judged.
+        runs: the evidence of earlier intervals (:attr:`CountRepair.runs` of the
+            previous call): a loop low for several intervals in a row is judged
+            on their sums, so a quiet loop that died is found after a few.
         ratio: a flagged loop counted less than this share of its expectation.
         p_max: and fewer vehicles than that have at most this probability
             (Poisson with the expectation as mean).
-        min_expected: loops expected to count fewer vehicles are not judged.
+        min_expected: loops expected to count fewer vehicles (over their run)
+            are not judged.
 
     Raises:
         ConfigError: a bad interval, threshold, count or rate.
@@ -105,26 +128,30 @@ def repair_counts(
         for d in counts
         if d in reference_rates and reference_rates[d] > 0
     }
-    judged = [d for d, e in expected.items() if e >= min_expected]
-    if not judged:
+    trend = _trend(counts, expected, ratio)
+    if math.isnan(trend):
         return CountRepair(counts=dict(counts))
-    trend = statistics.median(float(counts[d]) / expected[d] for d in judged)
     if trend <= 0:
         # most loops counted nothing: a quiet night or a network-wide outage;
         # neither is a single loop to bridge
         return CountRepair(counts=dict(counts), trend=trend)
+    earlier = runs or {}
     repaired: dict[str, tuple[float, float]] = {}
+    low: dict[str, tuple[float, float]] = {}
     out = {d: float(c) for d, c in counts.items()}
-    for d in judged:
-        mean = expected[d] * trend
+    for d, e in expected.items():
+        mean = e * trend
         counted = float(counts[d])
-        if mean < min_expected or counted >= ratio * mean:
-            continue
-        if float(poisson.cdf(math.floor(counted), mean)) <= p_max:
+        if counted >= ratio * mean:
+            continue  # the loop counts: its run of low intervals ends
+        before_c, before_m = earlier.get(d, (0.0, 0.0))
+        run_c, run_m = before_c + counted, before_m + mean
+        low[d] = (run_c, run_m)
+        if run_m >= min_expected and float(poisson.cdf(math.floor(run_c), run_m)) <= p_max:
             used = round(mean, 3)
             repaired[d] = (counted, used)
             out[d] = used
-    return CountRepair(counts=out, repaired=repaired, trend=trend)
+    return CountRepair(counts=out, repaired=repaired, trend=trend, runs=low)
 
 
 class LoopHealth:
@@ -132,7 +159,8 @@ class LoopHealth:
 
     The reference of a loop is an exponentially weighted mean of the counts
     *used* for it (a bridged loop keeps its bridged rate, so a loop that stays
-    dead stays bridged, with the network's trend). A new daemon starts without
+    dead stays bridged, with the network's trend; a loop low but not yet
+    judged keeps its reference). A new daemon starts without
     a reference: its first interval is not judged.
 
     Args:
@@ -144,6 +172,7 @@ class LoopHealth:
             raise ConfigError(f"loop health weight must be in (0, 1], got {weight}")
         self.weight = weight
         self.rates: dict[str, float] = {}
+        self.runs: dict[str, tuple[float, float]] = {}
 
     def check(self, counts: Mapping[str, float], interval_s: float) -> CountRepair:
         """Repair ``counts`` against the loops' recent rates, then fold them in.
@@ -151,9 +180,12 @@ class LoopHealth:
         Raises:
             ConfigError: as :func:`repair_counts`.
         """
-        repair = repair_counts(counts, interval_s, self.rates)
+        repair = repair_counts(counts, interval_s, self.rates, runs=self.runs)
+        self.runs = dict(repair.runs)
         w = self.weight
         for det, count in repair.counts.items():
+            if det in repair.runs and det not in repair.repaired:
+                continue  # low but not yet judged: its own rate stays the reference
             rate = float(count) / interval_s
             old = self.rates.get(det)
             self.rates[det] = rate if old is None else (1.0 - w) * old + w * rate

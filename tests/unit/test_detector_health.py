@@ -73,6 +73,29 @@ def test_the_daemons_loop_health_learns_rates_and_keeps_a_dead_loop_bridged() ->
         LoopHealth(weight=0.0)
 
 
+def test_a_quiet_loop_that_died_is_found_on_the_sum_of_its_low_intervals() -> None:
+    health = LoopHealth()
+    busy = {d: 24.0 for d in RATES}
+    health.check(busy | {"side": 5.5}, T)  # a side street: 5.5 vehicles an interval
+    one = health.check(busy | {"side": 0.0}, T)
+    assert one.repaired == {}  # P(0 | 5.5) = 0.4 %: not yet implausible enough
+    assert one.runs == {"side": (0.0, pytest.approx(5.5))}
+    two = health.check(busy | {"side": 0.0}, T)
+    assert two.repaired == {"side": (0.0, pytest.approx(5.5))}  # P(0 | 11) = 2e-5
+    back = health.check(busy | {"side": 6.0}, T)
+    assert back.repaired == {} and back.runs == {}  # counting again: the run ends
+
+
+def test_the_trend_is_set_by_the_loops_that_count() -> None:
+    # a third of the loops dead and two low: the plain median of counted/expected
+    # is 1.19; without the dead ones it is the network's 1.25
+    counts = {d: 30.0 for d in RATES} | {f"d{i}": 0.0 for i in range(4)}
+    counts |= {"d4": 26.0, "d5": 27.0}
+    repair = repair_counts(counts, T, RATES)
+    assert repair.trend == pytest.approx(30.0 / 24.0)
+    assert sorted(repair.repaired) == ["d0", "d1", "d2", "d3"]
+
+
 def test_the_twin_adapter_bridges_a_dead_loop_and_records_it_in_the_demand(
     tmp_path: Path,
 ) -> None:
