@@ -203,6 +203,7 @@ def run_bench(bench: Bench) -> dict[str, Any]:
     return {
         "bench": bench.name,
         "command": bench.command,
+        "commit": commit(),
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "wall_s": round(wall, 1),
         "load_before": [round(v, 2) for v in load_before],
@@ -284,18 +285,21 @@ def verdict(row: Row, figure: dict[str, Any]) -> str:
 def table(header: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
     """The README section: where and when, then one row per figure."""
     m = header.get("machine", {})
+    rerun = header.get("rerun", "all")
+    last = "all benchmarks" if rerun == "all" else ", ".join(rerun)
     out = [
         BEGIN,
         "",
-        f"Measured by `.venv/bin/python bench/report.py` at commit {header.get('commit', '?')} "
-        f"on {m.get('cores', '?')} cores ({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB, "
-        f"GPU: {m.get('gpu', '?')}; started {header.get('started', '?')}. The load average "
-        "(1 min) before each benchmark is in the last column: other jobs shared this machine "
-        "when it is above the core count. Each benchmark measures its reference side by side "
+        f"Measured by `.venv/bin/python bench/report.py` on {m.get('cores', '?')} cores "
+        f"({m.get('cpu', '?')}), {m.get('memory_gib', '?')} GiB, GPU: {m.get('gpu', '?')}; "
+        f"the last run ({last}) started {header.get('started', '?')} at commit "
+        f"{header.get('commit', '?')}. The last column names each row's run: its commit, its "
+        "start (UTC) and the load average (1 min) before it; other jobs shared this machine "
+        "when that is above the core count. Each benchmark measures its reference side by side "
         "in the same run; `ratio` is ours divided by that reference. All lines: "
         "[docs/measured.jsonl](docs/measured.jsonl).",
         "",
-        "| what | figure | value | ratio (against) | target | command | load |",
+        "| what | figure | value | ratio (against) | target | command | run |",
         "|---|---|---|---|---|---|---|",
     ]
     commands = {b.name: b.command for b in BENCHES}
@@ -306,7 +310,8 @@ def table(header: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
             out.append(f"| {row.what} | `{row.figure}` | not run | | | {command} | |")
             continue
         found = [f for f in run["figures"] if f["figure"] == row.figure]
-        load = _number(run["load_before"][0])
+        when = str(run.get("started", "?"))[:16].replace("T", " ")
+        load = f"`{run.get('commit', '?')}`, {when}, load {_number(run['load_before'][0])}"
         if not found:
             why = run["error"] or "the benchmark printed no such figure"
             missed = verdict(row, {}) if row.target else ""
@@ -324,6 +329,18 @@ def table(header: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
                    f"{command} | {load} |")  # fmt: skip
     out += ["", END]
     return "\n".join(out)
+
+
+def backfill_commits(header: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
+    """Name the commit of runs written before each run recorded its own (from the header).
+
+    The header names the commit of its run: of every benchmark after a full
+    run, of the rerun ones after ``--only``; the others stay unnamed ("?").
+    """
+    rerun = header.get("rerun", "all")
+    for name, run in runs.items():
+        if "commit" not in run and (rerun == "all" or name in rerun):
+            run["commit"] = header.get("commit", "?")
 
 
 def write_readme(text: str, readme: Path = README) -> None:
@@ -346,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON lines file")
     args = parser.parse_args(argv)
     header, runs = load_results(args.results)
+    backfill_commits(header, runs)
     if not args.table_only:
         names = [b.name for b in BENCHES]
         chosen = names if not args.only else [n.strip() for n in args.only.split(",")]

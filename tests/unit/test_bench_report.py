@@ -18,7 +18,8 @@ def report() -> ModuleType:
 
 def _run(report: ModuleType, name: str, figures: list[dict[str, object]], error: str | None = None):  # type: ignore[no-untyped-def]
     bench = next(b for b in report.BENCHES if b.name == name)
-    return {"bench": name, "command": bench.command, "started": "2026-12-02T00:00:00+00:00",
+    return {"bench": name, "command": bench.command, "commit": "def5678",
+            "started": "2026-12-02T00:00:00+00:00",
             "wall_s": 1.0, "load_before": [2.5, 2.0, 1.0], "load_after": [2.0, 2.0, 1.0],
             "error": error, "figures": figures}  # fmt: skip
 
@@ -74,7 +75,8 @@ def test_the_table_replaces_only_the_marked_section_and_names_failures(
     assert "old table" not in text and "abc1234" in text and "test CPU" in text
     push_500 = next(line for line in text.splitlines() if "`push_500`" in line)
     assert "6.5 s" in push_500 and "1.8 (raw)" in push_500 and "**missed**" in push_500
-    assert "`.venv/bin/python bench/push.py`" in push_500 and "| 2.5 |" in push_500
+    assert "`.venv/bin/python bench/push.py`" in push_500
+    assert push_500.endswith("| `def5678`, 2026-12-02 00:00, load 2.5 |")  # each row's own run
     assert "41.2 ms" in next(line for line in text.splitlines() if "`push_47`" in line)
     render = next(line for line in text.splitlines() if "`render_4k_block_latency_s`" in line)
     assert "not measured: exit 1: no libx264" in render
@@ -96,3 +98,16 @@ def test_results_round_trip_and_a_readme_without_markers_is_refused(
     with pytest.raises(SystemExit, match="markers"):
         report.write_readme("table", plain)
     assert plain.read_text() == "# no markers\n"
+
+
+def test_runs_without_their_own_commit_get_the_header_commit_of_their_run(
+    report: ModuleType,
+) -> None:
+    runs = {name: _run(report, name, []) for name in ("hsm", "push", "cli")}
+    for run in runs.values():
+        del run["commit"]  # lines from before each run named its commit
+    runs["cli"]["commit"] = "own0001"
+    report.backfill_commits({"commit": "rerun01", "rerun": ["hsm"]}, runs)
+    assert [runs[n].get("commit") for n in ("hsm", "push", "cli")] == ["rerun01", None, "own0001"]
+    report.backfill_commits({"commit": "full001", "rerun": "all"}, runs)
+    assert runs["push"]["commit"] == "full001" and runs["hsm"]["commit"] == "rerun01"
