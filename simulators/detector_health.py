@@ -89,7 +89,7 @@ def repair_counts(
     reference_rates: Mapping[str, float],
     *,
     runs: Mapping[str, tuple[float, float]] | None = None,
-    ratio: float = 0.5,
+    ratio: float = 0.25,
     p_max: float = 1e-3,
     min_expected: float = 8.0,
 ) -> CountRepair:

@@ -262,6 +262,7 @@ def collect_rows(
     from configs.timing import IntersectionTiming
     from controller.cycle import Observation
     from controller.wiring import ProposerAdapter, TwinAdapter, load_policy, surrogate_made_by
+    from simulators.detector_health import LoopHealth
     from simulators.network import load_network
     from simulators.twin import LibsumoWhatIfEngine
 
@@ -289,6 +290,8 @@ def collect_rows(
                 settings, scale, offset_s, spec.seed * 1000 + snap + 1, workdir / f"field{snap}"
             )
             observation = Observation(field_time_s, counts, interval_s, {}, {})
+            # every probe is a field of its own: no loop's rate carries over to the next
+            twin.loops = LoopHealth()
             demand, digest = twin.estimate(observation)
             group = f"s{spec.seed}-snap{snap}-x{scale:g}-t{offset_s}"
             # the perturbation rng is seeded from base_seed: vary it per snapshot

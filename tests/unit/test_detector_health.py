@@ -30,10 +30,12 @@ def test_plausible_low_counts_quiet_loops_and_loops_without_a_reference_are_kept
     rates = RATES | {"quiet": 0.02, "side": 10 / T}  # 4.8 vehicles expected: a zero is plausible
     counts = {d: 24.0 for d in RATES} | {"d0": 13.0, "quiet": 0.0, "side": 4.0, "new": 0.0}
     repair = repair_counts(counts, T, rates)
-    # d0 counted 54 % of its 24 (above the ratio); "side" 4 of 10, below it but a
-    # Poisson count of mean 10 is 4 or less 3 % of the time
+    # d0 counted 54 % of its 24 and "side" 4 of 10: above a quarter (a lane whose
+    # traffic moved elsewhere, not a dead loop); "side" 2 of 10 would be below it,
+    # but a Poisson count of mean 10 is 2 or less 0.3 % of the time
     assert repair.repaired == {}
     assert repair.counts == counts
+    assert repair_counts(counts | {"side": 2.0}, T, rates).repaired == {}
 
 
 def test_nothing_is_judged_without_a_reference_or_when_most_loops_count_nothing() -> None:
