@@ -43,13 +43,7 @@ from controller.feedback import FeedbackCollector
 from controller.gate import CandidateOutcome
 from controller.recovery import deploy_outcome, recover, settle
 from simulators.calibration import TwinCalibration
-from simulators.demand import (
-    RoadGraph,
-    candidate_routes,
-    estimate_demand,
-    snapshot_digest,
-    write_routes,
-)
+from simulators.demand import RoadGraph, candidate_routes, estimate_demand, write_routes
 from simulators.detector_health import LoopHealth
 from simulators.field.records import FieldCounters, WindowTotals
 from simulators.network import NetworkModel
@@ -164,9 +158,7 @@ class TwinAdapter:
                     for d, (c, u) in sorted(repair.repaired.items())
                 ),
             )
-            snapshot = {k: v for k, v in snapshot.items() if k != "digest"}
-            snapshot["detector_repairs"] = repair.to_dict()
-            snapshot["digest"] = snapshot_digest(snapshot)
+            snapshot = repair.record_in(snapshot)
         if self.calibration is None:
             return snapshot, str(snapshot["digest"])
         snapshot = self.calibration.apply(snapshot)

@@ -41,6 +41,7 @@ from typing import Any, Final
 from scipy.stats import poisson
 
 from configs.errors import ConfigError
+from simulators.demand import snapshot_digest
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,19 @@ class CountRepair:
             "repaired": {d: [c, u] for d, (c, u) in sorted(self.repaired.items())},
             "trend": round(self.trend, 6),
         }
+
+    def record_in(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        """``snapshot`` with this repair under ``detector_repairs`` and a new digest.
+
+        A demand snapshot of the repaired counts records what was bridged, so the
+        ledger and an auditor see it; without a repaired loop it is returned as is.
+        """
+        if not self.repaired:
+            return dict(snapshot)
+        recorded = {k: v for k, v in snapshot.items() if k != "digest"}
+        recorded["detector_repairs"] = self.to_dict()
+        recorded["digest"] = snapshot_digest(recorded)
+        return recorded
 
 
 _TREND_MIN: Final = 3.0

@@ -44,7 +44,6 @@ from simulators.demand import (
     candidate_routes,
     estimate_demand,
     scale_snapshot,
-    snapshot_digest,
     write_routes,
 )
 from simulators.detector_health import repair_counts
@@ -165,9 +164,8 @@ class DemandSource:
             repair = repair_counts(counts, window.duration_s, rates)
             counts = dict(repair.counts)
         snapshot = dict(self.estimate(counts, window.duration_s).snapshot)
-        if repair is not None and repair.repaired:
-            snapshot["detector_repairs"] = repair.to_dict()
-            snapshot["digest"] = snapshot_digest(snapshot)
+        if repair is not None:
+            snapshot = repair.record_in(snapshot)
         return snapshot if demand_scale == 1.0 else scale_snapshot(snapshot, demand_scale)
 
     def routes_file(self, snapshot: Mapping[str, Any], end_s: float) -> Path:
