@@ -272,7 +272,8 @@ def evaluate_staged(
             it reports its own progress as (done, total) of that batch.
         progress: called with (runs done, runs expected) over both rounds.
     """
-    tasks = run_tasks(request)
+    # recorded runs take longest: handed out first, they do not finish last alone
+    tasks = sorted(run_tasks(request), key=lambda t: not t.record)
     if not request.eliminates():
         return assemble(request, run(tasks, progress))
     first = set(request.seeds[: request.elimination_seeds])

@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = ["RecordSpec", "WhatIfRequest", "request_from_settings", "whatif_seeds"]
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,6 +332,12 @@ def request_from_settings(
     count = seed_count if seeds is None else seeds
     if elimination_seeds >= count:  # fewer seeds asked for than elimination needs: none
         elimination_seeds = 0
+    if record is not None and elimination_seeds:
+        # the video shows the current plan and the chosen candidate: record on the
+        # first seed past the elimination round, which only they run (a recorded
+        # run costs about half a plain one more; recording every candidate on a
+        # first-round seed wasted that on each eliminated one)
+        record = replace(record, seed_index=elimination_seeds)
     return WhatIfRequest(
         network=str(network),
         demand=str(demand),

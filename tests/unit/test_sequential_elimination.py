@@ -8,10 +8,14 @@ import pytest
 
 from configs.errors import ConfigError
 from configs.settings import GateSettings, SimulationSettings
+from configs.settings_file import load_settings
 from controller.gate import decide
 from controller.wiring import outcomes_of
 from simulators.twin import CURRENT, LibsumoWhatIfEngine, RunMetrics, RunTask, WhatIfRequest
+from simulators.twin.request import request_from_settings
 from tests.support.timings import run_metrics, stub_request, two_stage_timing
+
+PRODUCTION = Path(__file__).resolve().parents[2] / "configs" / "production.example.toml"
 
 #: each plan's mean wait per vehicle (s) before the seed's own effect; "d" fails on seed 1
 WAIT_S = {CURRENT: 100.0, "a": 80.0, "b": 90.0, "c": 70.0, "d": 95.0}
@@ -38,9 +42,12 @@ def _request(tmp_path: Path, **kw: object) -> WhatIfRequest:
 class Counting:
     def __init__(self) -> None:
         self.ran: list[tuple[str, int]] = []
+        self.recorded: list[tuple[str, int]] = []
 
     def __call__(self, task: RunTask) -> RunMetrics:
         self.ran.append((task.plan, task.seed))
+        if task.record:
+            self.recorded.append((task.plan, task.seed))
         return fake_runner(task)
 
 
@@ -125,3 +132,30 @@ def test_settings_keep_seeds_after_elimination() -> None:
         SimulationSettings(network=Path("n.net.xml"), seeds=3, elimination_seeds=3)
     ok = SimulationSettings(network=Path("n.net.xml"), seeds=5, elimination_seeds=2, finalists=2)
     assert (ok.elimination_seeds, ok.finalists) == (2, 2)
+
+
+def test_the_video_is_recorded_on_a_seed_only_the_finalist_and_the_current_plan_run(
+    tmp_path: Path,
+) -> None:
+    """A recorded run costs more; recording a first-round seed recorded every candidate."""
+    settings = load_settings(PRODUCTION)
+    assert settings.video.enabled and settings.simulation.elimination_seeds == 2
+    request = _request(tmp_path)
+    staged = request_from_settings(
+        settings,
+        network=request.network,
+        demand=request.demand,
+        current=request.current,
+        candidates=request.candidates,
+        record_video=True,
+        seeds=5,
+    )
+    assert staged.record is not None and staged.record.seed_index == 2
+    runner = Counting()
+    result = LibsumoWhatIfEngine(workers=0, runner=runner).evaluate(staged)
+    third = staged.seeds[2]
+    assert sorted(runner.recorded) == sorted([(CURRENT, third), ("c", third)])
+    # recorded runs are handed out first in their round (they take longest)
+    round_two = runner.ran[10:]
+    assert round_two[0] == (CURRENT, third)
+    assert result.outcome("c").eliminated is None
