@@ -47,8 +47,10 @@ from __future__ import annotations
 __all__ = ["FieldEmulator", "ForkPoint"]
 
 import copy
+import gzip
 import logging
 import math
+import re
 import shutil
 import tempfile
 import threading
@@ -85,6 +87,20 @@ _STATE_PRECISION: Final = 10
 
 _libsumo_owner_lock = threading.Lock()
 _libsumo_in_use = False
+_libsumo_rng_carry: dict[str, str] | None = {}
+"""SUMO's global random streams' draw counts when this process's last libsumo simulation closed.
+
+libsumo reseeds its global random streams (``routeHandler``, ``device``, ...) when
+a simulation starts, but keeps counting their draws from where the process's
+previous simulation left them, and a saved state (``--save-state.rng``) holds
+those counts: a fork loading it replays the earlier simulations' draws too and
+leaves the field's random streams after a few seconds. Empty: no libsumo
+simulation has closed here (nothing carried); None: one closed without its counts
+being read (a state saved by a later field would be wrong).
+"""
+
+_RNG_STATE: Final = re.compile(r"<rngState\b([^>]*)>")
+_RNG_ATTRIBUTE: Final = re.compile(r'([\w.]+)="([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,9 @@ class FieldEmulator:
         }
         self._program_seq = 0
         self._adaptive = AdaptiveRunner()
+        # what a saved state's random-stream counts carry from earlier simulations of
+        # this process (_libsumo_rng_carry); None: not known
+        self._rng_offset: dict[str, str] | None = {}
         # real-time runner
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -194,6 +213,15 @@ class FieldEmulator:
                     except Exception as e:  # libsumo raises its own TraCIException
                         raise SimulationError(f"SUMO failed to start the field: {e}") from e
                     _libsumo_in_use = True
+                    # a loaded state sets the counts to its own; a fresh start keeps
+                    # counting from the process's previous simulation
+                    loads_state = any(
+                        a == "--load-state" or a.startswith("--load-state=") for a in cmd
+                    )
+                    carry = _libsumo_rng_carry
+                    self._rng_offset = (
+                        {} if loads_state else (None if carry is None else dict(carry))
+                    )
                 self._backend_module = libsumo
                 self._api = libsumo
             else:
@@ -240,13 +268,15 @@ class FieldEmulator:
 
     def close(self) -> None:
         """Stop the runner thread, end SUMO and compute the trip statistics."""
-        global _libsumo_in_use
+        global _libsumo_in_use, _libsumo_rng_carry
         self.stop_thread()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             if self._api is not None:
+                # the next libsumo simulation of this process counts on from here
+                carry = self._raw_rng_state() if self.config.backend == "libsumo" else None
                 try:
                     self._api.close()
                 except Exception as e:  # pragma: no cover - depends on SUMO state
@@ -254,6 +284,7 @@ class FieldEmulator:
                 if self.config.backend == "libsumo":
                     with _libsumo_owner_lock:
                         _libsumo_in_use = False
+                        _libsumo_rng_carry = carry
                 self._api = None
                 if self._tripinfo.is_file():
                     self._trip_stats = parse_tripinfo(self._tripinfo)
@@ -436,11 +467,33 @@ class FieldEmulator:
         """
         with self._lock:
             api = self._require()
+            offset = self._rng_offset
+            if offset is None:
+                raise SimulationError(
+                    "a libsumo simulation that ran earlier in this process closed without "
+                    "its random streams' draw counts being read, so a state saved now would "
+                    "not continue this field; save states from a fresh process or use "
+                    "backend='traci'"
+                )
             try:
                 api.simulation.saveState(str(path))
             except Exception as e:
                 raise SimulationError(f"field could not save its state to {path}: {e}") from e
+            if any(v.isdigit() and int(v) for v in offset.values()):
+                _write_state_text(path, _corrected_rng_state(_read_state_text(path), offset))
             return Path(path)
+
+    def _raw_rng_state(self) -> dict[str, str] | None:
+        """The global random streams as SUMO saves them now (None: it could not say)."""
+        path = self._work_dir / f".rng-state-{id(self)}.xml"
+        try:
+            self._api.simulation.saveState(str(path))
+            return _rng_state_of(_read_state_text(path))
+        except Exception as e:  # noqa: BLE001 - libsumo raises its own TraCIException
+            logger.warning("field could not read its random streams' counts at close: %s", e)
+            return None
+        finally:
+            path.unlink(missing_ok=True)
 
     def save_fork(self, state_path: Path, programs_path: Path) -> ForkPoint:
         """:meth:`save_state` and :meth:`write_programs` at one moment, and what a fork adopts.
@@ -776,6 +829,70 @@ class FieldEmulator:
                     "trip statistics are written when the field closes; call close() first"
                 )
             return self._trip_stats
+
+
+def _read_state_text(path: Path) -> str:
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        if path.suffix == ".sbx":
+            raise SimulationError(f"{path}: a binary state's random streams cannot be read here")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SimulationError(f"could not read the saved state {path}: {e}") from e
+
+
+def _write_state_text(path: Path, text: str) -> None:
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "wt", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise SimulationError(f"could not write the saved state {path}: {e}") from e
+
+
+def _rng_state_of(text: str) -> dict[str, str]:
+    """A saved state's ``<rngState>`` attributes: each global random stream's draws or state."""
+    match = _RNG_STATE.search(text)
+    return {} if match is None else dict(_RNG_ATTRIBUTE.findall(match.group(1)))
+
+
+def _corrected_rng_state(text: str, offset: Mapping[str, str]) -> str:
+    """A saved state with the draws of earlier simulations taken off its random streams' counts.
+
+    SUMO saves a random stream as the number of draws since it was seeded (a
+    fork reseeds and skips that many) or, past a million draws, as the
+    generator's whole state, which is exact as it stands. ``offset`` is what the
+    process's earlier simulations left in the counts (:data:`_libsumo_rng_carry`).
+
+    Raises:
+        SimulationError: a count below its offset (an earlier simulation's draws
+            were not recorded).
+    """
+    match = _RNG_STATE.search(text)
+    if match is None:
+        return text
+
+    def fixed(attribute: re.Match[str]) -> str:
+        name, value = attribute.group(1), attribute.group(2)
+        carried = offset.get(name, "0")
+        if not value.isdigit():
+            return attribute.group(0)  # the generator's whole state
+        if not carried.isdigit() or int(value) < int(carried):
+            raise SimulationError(
+                f"saved state: random stream {name!r} drew {value} times, fewer than the "
+                f"{carried} an earlier simulation of this process left; a libsumo simulation "
+                "ran here that the field did not see close"
+            )
+        return f'{name}="{int(value) - int(carried)}"'
+
+    element = _RNG_ATTRIBUTE.sub(fixed, match.group(0))
+    return text[: match.start()] + element + text[match.end() :]
 
 
 def _route_files(command: list[str]) -> tuple[Path, ...]:
