@@ -24,7 +24,7 @@ from rl.baselines import adaptive_plans
 from simulators.field import FieldConfig, FieldEmulator
 from simulators.field.fork import FieldFork
 from simulators.netbuild import DemandProfile, district_paths
-from tests.support.fork_probe import second_field_gap
+from tests.support.fork_probe import forked_window, second_field_gap
 
 pytestmark = pytest.mark.integration
 
@@ -196,14 +196,8 @@ def test_adaptive_plans_are_taken_up_again_in_the_shadows(tmp_path: Path) -> Non
         bases = field.network.base_programs()
         fixed = {t: IntersectionTiming.from_base(b) for t, b in bases.items()}
         adaptive = adaptive_plans(bases, SafetyLimits())
-        for tls_id, plan in adaptive.items():
-            field.apply(tls_id, plan, field.field_time_s)
-        field.step_until(FORK_S)
-        before = field.counters()
-        fork = FieldFork.start(field, adaptive, fixed, WINDOW_S, work_dir=tmp_path / "forks")
-        field.step_until(FORK_S + WINDOW_S)
-        field_wait = field.counters().window_since(before).wait_veh_s()
-        delta = fork.result(timeout_s=120)
+        window, delta = forked_window(field, adaptive, fixed, FORK_S, WINDOW_S, tmp_path / "forks")
+        field_wait = window.wait_veh_s()
 
     gap = delta.in_force.totals.wait_veh_s() / field_wait - 1
     change = delta.wait_change()

@@ -7,11 +7,36 @@ streams' draw counts from one simulation of a process to the next.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from configs.timing import IntersectionTiming
 from simulators.field import FieldConfig, FieldEmulator
-from simulators.field.fork import FieldFork
+from simulators.field.fork import FieldFork, TrueDelta
+from simulators.field.records import WindowTotals
+
+
+def forked_window(
+    field: FieldEmulator,
+    running: Mapping[str, IntersectionTiming],
+    previous: Mapping[str, IntersectionTiming],
+    fork_s: float,
+    window_s: float,
+    work_dir: Path,
+) -> tuple[WindowTotals, TrueDelta]:
+    """Run ``running`` on the field, fork at ``fork_s``; the field's window and the true delta.
+
+    The ``in_force`` shadow runs ``running`` (what the field runs), the
+    ``previous`` one ``previous``.
+    """
+    for tls_id, plan in running.items():
+        field.apply(tls_id, plan, field.field_time_s)
+    field.step_until(fork_s)
+    before = field.counters()
+    fork = FieldFork.start(field, running, previous, window_s, work_dir=work_dir)
+    field.step_until(fork_s + window_s)
+    window = field.counters().window_since(before)
+    return window, fork.result(timeout_s=120)
 
 
 def second_field_gap(
@@ -37,14 +62,7 @@ def second_field_gap(
         for tls_id, intersection in field.network.intersections.items():
             base = IntersectionTiming.from_base(intersection.base)
             plans[tls_id] = base.model_copy(update={"offset_s": (base.offset_s + 7) % base.cycle_s})
-        for tls_id, plan in plans.items():
-            field.apply(tls_id, plan, field.field_time_s)
-        field.step_until(fork_s)
-        before = field.counters()
-        fork = FieldFork.start(field, plans, plans, window_s, work_dir=root / "forks")
-        field.step_until(fork_s + window_s)
-        window = field.counters().window_since(before)
-        delta = fork.result(timeout_s=120)
+        window, delta = forked_window(field, plans, plans, fork_s, window_s, root / "forks")
     shadow = delta.in_force.totals
     return (
         shadow.wait_veh_s(),
