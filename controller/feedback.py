@@ -168,12 +168,24 @@ class FeedbackCollector:
         #: the latest field time seen (observations, readings)
         self._now_s = -_ALL
 
+    def _saw(self, field_time_s: float) -> None:
+        """Note a field time seen. A clock that went back starts over, as the counter log does.
+
+        A restarted field or a new day of evaluation begins at an earlier field
+        time; the latest time of the old clock would otherwise declare every new
+        window overdue ("no counter reading closed the window") before it closed.
+        """
+        if field_time_s < self._now_s - 1e-9:
+            self._now_s = field_time_s
+        else:
+            self._now_s = max(self._now_s, field_time_s)
+
     # ---------------------------------------------------------------- from the cycle
 
     def observed(self, observation: Observation) -> None:
         """Keep the observation's counter reading (and its field time)."""
         with self._lock:
-            self._now_s = max(self._now_s, observation.field_time_s)
+            self._saw(observation.field_time_s)
             if observation.counters is not None:
                 self.log.add(observation.counters)
 
@@ -188,7 +200,7 @@ class FeedbackCollector:
             return
         with self._lock:
             self.log.add(reading)
-            self._now_s = max(self._now_s, reading.field_time_s)
+            self._saw(reading.field_time_s)
 
     def holding(self, field_time_s: float) -> str | None:
         """Why a deployment now could not be measured, while holds are on; else None.
@@ -262,7 +274,7 @@ class FeedbackCollector:
             except Exception as e:  # noqa: BLE001 - evaluation extra; the estimate still counts
                 logger.warning("truth fork of plan %d not started: %s", config.sequence, e)
         with self._lock:
-            self._now_s = max(self._now_s, observation.field_time_s)
+            self._saw(observation.field_time_s)
             if observation.counters is not None:
                 self.log.add(observation.counters)
             self._pending.append(pending)
@@ -321,7 +333,7 @@ class FeedbackCollector:
                     logger.warning("cycle record %d: counters unreadable (%s)", r.index, e)
                     continue
                 self.log.add(reading)
-                self._now_s = max(self._now_s, reading.field_time_s)
+                self._saw(reading.field_time_s)
             for r in self.ledger.iter_records("deployment"):
                 if r.body.get("result") != "deployed":
                     continue
@@ -406,7 +418,7 @@ class FeedbackCollector:
         with self._lock:
             if reading is not None:
                 self.log.add(reading)
-                self._now_s = max(self._now_s, reading.field_time_s)
+                self._saw(reading.field_time_s)
             for item in list(self._pending):
                 outcome = self._measure(item)
                 if outcome is None:

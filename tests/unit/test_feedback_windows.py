@@ -511,3 +511,42 @@ def test_a_restarted_daemon_measures_the_window_it_had_open(tmp_path: Path) -> N
     (call,) = estimator.calls
     assert call["before"].begin_s == 400.0
     assert call["after"].wait_veh_s() == pytest.approx(600 * 2.4, rel=0.01)
+
+
+def test_a_window_after_the_field_clock_went_back_is_measured_not_declared_overdue(
+    tmp_path: Path,
+) -> None:
+    """A new day (or a restarted field) starts at an earlier field time than the last one seen.
+
+    Before, the collector kept the old clock's latest time (3000 s here) and, at
+    the first collect after a deployment at 1000 s, found its window "overdue"
+    (3000 > 1000 + 600 + 600) and recorded it not measurable: the multi-day
+    benchmark lost the truth of every day that began before the previous one ended.
+    """
+    earlier, field = Field(), Field()
+    estimator = Counterfactual()
+    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+        collector = FeedbackCollector(
+            settings_for(tmp_path, window_s=600),
+            ledger,
+            lambda: field.counters(1300.0),
+            Proposer(),
+            counterfactual=estimator,
+        )
+        _observe(collector, earlier, 3000.0)  # the day before, up to 3000 s
+        _observe(collector, field, 995.0)  # today, from 0 s
+        _deploy(collector, ledger, field, 1, 1000.0, 40, BASE_PLANS)
+        field.plan(1000.0, {"J1": 0.5, "J2": 1.0})
+        for t in (1100.0, 1200.0, 1300.0):
+            collector.observed(field.observation(t))
+        early = collector.collect()
+        assert early.not_measurable == 0 and early.measured == 0  # still open
+        collector.read_counters = lambda: field.counters(1700.0)
+        for t in (1400.0, 1500.0, 1600.0):
+            collector.observed(field.observation(t))
+        report = collector.collect()
+        records = _records(ledger)
+    assert report.measured == 1
+    assert records[1]["status"] == "measured"
+    assert records[1]["window"] == {"begin_s": 1000.0, "end_s": 1600.0}
+    assert records[1]["estimated"]["wait_change"] == pytest.approx(-0.5, abs=0.01)
