@@ -181,7 +181,8 @@ def test_the_console_shows_each_cycle_live(demo: tuple[Demo, int], tmp_path: Pat
 
         # the cycle row: slot, the gate's decision, the stage times and the total
         row = browser.driver.execute_script(READ_ROW)
-        assert re.search(r"observe \d+\.\ds", row["stages"]) and "whatif" in row["stages"], row
+        # stages under 0.05 s are not shown (observe often is, on a fast machine)
+        assert re.search(r"whatif \d+\.\ds", row["stages"]), row
         assert row["segments"] >= 2, row
         assert re.match(r"gate (passed|refused)|failed in", row["decision"]), row
         assert re.fullmatch(r"\d+\.\d s", row["total"]), row
