@@ -20,7 +20,7 @@ from configs.timing import IntersectionTiming, PhasePlan, classify_state
 from simulators.network import load_network
 from simulators.twin import CURRENT, LibsumoWhatIfEngine, RecordSpec, WhatIfRequest
 from simulators.twin.ray_engine import RayWhatIfEngine
-from tests.support.ray_cluster import RayCluster
+from tests.support.ray_cluster import RayCluster, descendants
 from tests.support.twin_scenarios import GridScenario, build_grid
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray, pytest.mark.slow]
@@ -156,6 +156,32 @@ def test_a_node_killed_mid_whatif_is_retried_or_fails_the_cycle_cleanly(
     finally:
         if cluster.node is None:
             cluster.start_node()
+
+
+def test_a_killed_node_leaves_none_of_its_workers_running(
+    cluster: RayCluster, grid: GridScenario
+) -> None:
+    # Ray puts each worker in a process group of its own: killing the node's group
+    # alone left its actor answering for seconds, and the node-kill test above raced
+    try:
+        with RayWhatIfEngine(_compute(cluster), workers=2) as engine:
+            assert engine.connect()["workers"] == 2  # an actor on each node
+            assert cluster.node is not None
+            below = descendants(cluster.node.pid)
+            cluster.kill_node()
+            time.sleep(0.2)
+            running = [pid for pid in below if _state(pid) not in (None, "Z", "X")]
+            assert not running, f"still running after the kill: {running}"
+    finally:
+        cluster.start_node()
+
+
+def _state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[0]
 
 
 def test_cancel_stops_the_whatif_on_the_cluster(

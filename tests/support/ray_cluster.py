@@ -9,6 +9,7 @@ object stores (the CI machine has two cores and little shared memory to spare).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -121,7 +122,16 @@ class RayCluster:
         raise RuntimeError(f"the Ray cluster did not reach {n} alive nodes in {timeout_s} s")
 
     def kill_node(self) -> None:
-        """Kill the second node at once (SIGKILL to its raylet and its workers)."""
+        """Kill the second node at once (SIGKILL to its raylet and its workers).
+
+        Ray starts each worker in a process group of its own, so the group's signal
+        alone leaves the node's actors running (and answering) until they notice
+        their raylet is gone: they are found in the process tree and killed too.
+        """
+        if self.node is not None:
+            for pid in descendants(self.node.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         _kill(self.node)
         self.node = None
 
@@ -137,6 +147,26 @@ class RayCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc: children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended while we looked
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = text[text.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _kill(proc: subprocess.Popen[bytes] | None) -> None:
