@@ -14,10 +14,15 @@ in the neighbouring window), scaled by the **trend** of the whole network (the
 median, over the loops that should have counted something, of counted over
 expected: a median, so that up to half the loops may be wrong). A loop is
 flagged when it counted less than ``ratio`` of its expectation *and* so few
-vehicles are implausible for a Poisson count with that mean (``p_max``); its
-count is then replaced by the expectation. Loops expected to count fewer than
-``min_expected`` vehicles are never judged (a quiet side street may count
-zero). Nothing is flagged without a reference.
+vehicles are implausible (``p_max``); its count is then replaced by the
+expectation. Implausible is judged against the reference's own noise where
+the caller says how many seconds of counting the reference rate stands on
+(``reference_exposure_s``): then the two counts are compared, the new one
+given their sum being binomial, so a reference of one interval of 12 vehicles
+does not make a count of 2 a dead loop (a Poisson test against a mean of 12
+would); without it, the count is Poisson with the expectation as mean.
+Loops expected to count fewer than ``min_expected`` vehicles are never
+judged (a quiet side street may count zero). Nothing is flagged without a reference.
 
 What it cannot see: a loop stuck at a plausible value, a noisy loop, a loop
 dead in the reference as well, and a lane that really emptied (an edge closed
@@ -38,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from scipy.special import betainc
 from scipy.stats import poisson
 
 from configs.errors import ConfigError
@@ -97,12 +103,30 @@ def _trend(counts: Mapping[str, float], expected: Mapping[str, float], ratio: fl
     return statistics.median(plausible) if plausible and first > 0 else first
 
 
+def _p_low(counted: float, mean: float, reference: float | None) -> float:
+    """The probability of counting ``counted`` or fewer where ``mean`` was expected.
+
+    With ``reference`` (the vehicles the expectation's rate was counted from,
+    before the trend) the two counts are Poisson with one rate: given their
+    sum, the new count is binomial with ``p = mean / (mean + reference)``,
+    whose lower tail is a regularised incomplete beta function (which also
+    takes the fractional reference of a running mean). Without it, Poisson.
+    """
+    k = math.floor(counted)
+    if reference is None:
+        return float(poisson.cdf(k, mean))
+    p = mean / (mean + reference)
+    # P(X <= k), X ~ Bin(n, p), n = counted + reference: I_{1-p}(n - k, k + 1)
+    return float(betainc(reference + (counted - k), k + 1, 1.0 - p))
+
+
 def repair_counts(
     counts: Mapping[str, float],
     interval_s: float,
     reference_rates: Mapping[str, float],
     *,
     runs: Mapping[str, tuple[float, float]] | None = None,
+    reference_exposure_s: Mapping[str, float] | None = None,
     ratio: float = 0.25,
     p_max: float = 1e-3,
     min_expected: float = 8.0,
@@ -117,9 +141,13 @@ def repair_counts(
         runs: the evidence of earlier intervals (:attr:`CountRepair.runs` of the
             previous call): a loop low for several intervals in a row is judged
             on their sums, so a quiet loop that died is found after a few.
+        reference_exposure_s: detector id -> the seconds of counting its
+            reference rate stands on (the other window's length; for a running
+            mean, :attr:`LoopHealth.exposure_s`). A loop listed is judged by a
+            binomial test of its count against the reference count; one not
+            listed (or None) by a Poisson test, as if its rate were known exactly.
         ratio: a flagged loop counted less than this share of its expectation.
-        p_max: and fewer vehicles than that have at most this probability
-            (Poisson with the expectation as mean).
+        p_max: and fewer vehicles than that have at most this probability.
         min_expected: loops expected to count fewer vehicles (over their run)
             are not judged.
 
@@ -137,6 +165,10 @@ def repair_counts(
         for det, v in values.items():
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"detector {det!r}: {name} {v} must be a finite number >= 0")
+    exposure = dict(reference_exposure_s or {})
+    for det, v in exposure.items():
+        if not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"detector {det!r}: reference exposure {v} s must be positive")
     expected = {
         d: float(reference_rates[d]) * interval_s
         for d in counts
@@ -161,7 +193,8 @@ def repair_counts(
         before_c, before_m = earlier.get(d, (0.0, 0.0))
         run_c, run_m = before_c + counted, before_m + mean
         low[d] = (run_c, run_m)
-        if run_m >= min_expected and float(poisson.cdf(math.floor(run_c), run_m)) <= p_max:
+        reference = reference_rates[d] * exposure[d] if d in exposure else None
+        if run_m >= min_expected and _p_low(run_c, run_m, reference) <= p_max:
             used = round(mean, 3)
             repaired[d] = (counted, used)
             out[d] = used
@@ -175,7 +208,9 @@ class LoopHealth:
     *used* for it (a bridged loop keeps its bridged rate, so a loop that stays
     dead stays bridged, with the network's trend; a loop low but not yet
     judged keeps its reference). A new daemon starts without
-    a reference: its first interval is not judged.
+    a reference: its first interval is not judged. Each loop's reference also
+    carries how many seconds of counting it stands on (:attr:`exposure_s`),
+    so that a reference of one interval is trusted less than one of many.
 
     Args:
         weight: weight of the newest interval in the mean (0, 1].
@@ -187,6 +222,19 @@ class LoopHealth:
         self.weight = weight
         self.rates: dict[str, float] = {}
         self.runs: dict[str, tuple[float, float]] = {}
+        # sum of w_i^2 / T_i over the intervals in each mean: var(rate) = rate * it
+        self._spread: dict[str, float] = {}
+
+    @property
+    def exposure_s(self) -> dict[str, float]:
+        """Detector id -> the seconds of counting its reference rate is worth.
+
+        A mean of rates with weights ``w_i`` over intervals ``T_i`` has the
+        Poisson variance of one count over ``1 / sum(w_i^2 / T_i)`` seconds:
+        one interval's length after the first, about three intervals' later
+        (weight 0.5).
+        """
+        return {d: 1.0 / v for d, v in self._spread.items()}
 
     def check(self, counts: Mapping[str, float], interval_s: float) -> CountRepair:
         """Repair ``counts`` against the loops' recent rates, then fold them in.
@@ -194,7 +242,9 @@ class LoopHealth:
         Raises:
             ConfigError: as :func:`repair_counts`.
         """
-        repair = repair_counts(counts, interval_s, self.rates, runs=self.runs)
+        repair = repair_counts(
+            counts, interval_s, self.rates, runs=self.runs, reference_exposure_s=self.exposure_s
+        )
         self.runs = dict(repair.runs)
         w = self.weight
         for det, count in repair.counts.items():
@@ -202,5 +252,10 @@ class LoopHealth:
                 continue  # low but not yet judged: its own rate stays the reference
             rate = float(count) / interval_s
             old = self.rates.get(det)
-            self.rates[det] = rate if old is None else (1.0 - w) * old + w * rate
+            if old is None:
+                self.rates[det] = rate
+                self._spread[det] = 1.0 / interval_s
+            else:
+                self.rates[det] = (1.0 - w) * old + w * rate
+                self._spread[det] = (1.0 - w) ** 2 * self._spread[det] + w * w / interval_s
         return repair

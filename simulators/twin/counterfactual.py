@@ -161,7 +161,9 @@ class DemandSource:
                 d: max(float(c), 0.0) / reference.duration_s
                 for d, c in reference.detector_counts.items()
             }
-            repair = repair_counts(counts, window.duration_s, rates)
+            # the reference is one window's counts: judged against their noise too
+            exposure = dict.fromkeys(rates, reference.duration_s)
+            repair = repair_counts(counts, window.duration_s, rates, reference_exposure_s=exposure)
             counts = dict(repair.counts)
         snapshot = dict(self.estimate(counts, window.duration_s).snapshot)
         if repair is not None:

@@ -78,14 +78,48 @@ def test_the_daemons_loop_health_learns_rates_and_keeps_a_dead_loop_bridged() ->
 def test_a_quiet_loop_that_died_is_found_on_the_sum_of_its_low_intervals() -> None:
     health = LoopHealth()
     busy = {d: 24.0 for d in RATES}
-    health.check(busy | {"side": 5.5}, T)  # a side street: 5.5 vehicles an interval
+    for _ in range(3):  # a side street: 5.5 vehicles an interval, three intervals
+        health.check(busy | {"side": 5.5}, T)
+    # the mean of three intervals (weights 1/4, 1/4, 1/2) is worth 640 s of counting
+    assert health.exposure_s["side"] == pytest.approx(T / 0.375)
     one = health.check(busy | {"side": 0.0}, T)
-    assert one.repaired == {}  # P(0 | 5.5) = 0.4 %: not yet implausible enough
+    assert one.repaired == {}  # expected 5.5: under the 8 a loop must expect to be judged
     assert one.runs == {"side": (0.0, pytest.approx(5.5))}
     two = health.check(busy | {"side": 0.0}, T)
-    assert two.repaired == {"side": (0.0, pytest.approx(5.5))}  # P(0 | 11) = 2e-5
+    # 0 of 11 expected, against 14.7 in the reference: (14.7 / 25.7)^14.7 = 3e-4
+    assert two.repaired == {"side": (0.0, pytest.approx(5.5))}
     back = health.check(busy | {"side": 6.0}, T)
     assert back.repaired == {} and back.runs == {}  # counting again: the run ends
+
+
+def test_a_low_count_is_judged_against_a_reference_of_one_interval_with_its_noise() -> None:
+    # early in a day the reference is one interval: a loop that counted 12 then 2
+    # is rare for a Poisson mean of 12 (P = 5e-4) but not for two counts of one
+    # rate (P(X <= 2 | X + Y = 14) = 0.6 %); the Poisson test bridged such loops
+    health = LoopHealth()
+    busy = {d: 24.0 for d in RATES}
+    health.check(busy | {"lane": 12.0}, T)
+    assert health.exposure_s["lane"] == T
+    assert health.check(busy | {"lane": 2.0}, T).repaired == {}
+    assert repair_counts(busy | {"lane": 2.0}, T, health.rates).repaired == {
+        "lane": (2.0, 12.0)
+    }  # the rate taken as exact
+    # a dead loop is still found on one reference interval: P(0 | 0 + 24) = 6e-8
+    assert LoopHealth().check(busy, T).repaired == {}
+    fresh = LoopHealth()
+    fresh.check(busy, T)
+    assert fresh.check(busy | {"d3": 0.0}, T).repaired == {"d3": (0.0, 24.0)}
+
+
+def test_a_long_reference_gives_the_poisson_test() -> None:
+    counts = {d: 24.0 for d in RATES} | {"d0": 4.0}  # 4 of 24: P = 1.6e-6 for Poisson
+    exact = repair_counts(counts, T, RATES)
+    long = repair_counts(counts, T, RATES, reference_exposure_s=dict.fromkeys(RATES, 1e9))
+    short = repair_counts(counts, T, RATES, reference_exposure_s=dict.fromkeys(RATES, T))
+    assert exact.repaired == long.repaired == {"d0": (4.0, 24.0)}
+    assert short.repaired == {"d0": (4.0, 24.0)}  # P(X <= 4 | X + Y = 28) = 9e-5
+    with pytest.raises(ConfigError, match="detector 'd0': reference exposure 0"):
+        repair_counts(counts, T, RATES, reference_exposure_s={"d0": 0.0})
 
 
 def test_the_trend_is_set_by_the_loops_that_count() -> None:
