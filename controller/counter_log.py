@@ -150,6 +150,42 @@ class CounterLog:
             halting_veh_s=totals(halting, tls),
             nox_mg=totals(nox, tls),
             detector_counts={k: round(v) for k, v in totals(loops, dets).items()},
+            detector_pieces=self._pieces(begin_s, end_s, first, last, dets),
+        )
+
+    def _pieces(
+        self,
+        begin_s: float,
+        end_s: float,
+        first: tuple[int, int],
+        last: tuple[int, int],
+        dets: list[str],
+    ) -> tuple[tuple[float, Mapping[str, float]], ...]:
+        """The window's loop counts between the readings inside it (one piece: none)."""
+        inner = [
+            r
+            for r in self._readings[first[1] : last[0] + 1]
+            if begin_s + 1e-9 < r.field_time_s < end_s - 1e-9
+        ]
+        if not inner or not dets:
+            return ()
+
+        def at(t: float, pair: tuple[int, int]) -> dict[str, float]:
+            a, b = self._readings[pair[0]], self._readings[pair[1]]
+            ta, tb = a.field_time_s, b.field_time_s
+            share = 0.0 if tb <= ta else (t - ta) / (tb - ta)
+            return {
+                d: float(a.detector_counts[d])
+                + (float(b.detector_counts[d]) - float(a.detector_counts[d])) * share
+                for d in dets
+            }
+
+        edges = [(begin_s, at(begin_s, first))]
+        edges += [(r.field_time_s, {d: float(r.detector_counts[d]) for d in dets}) for r in inner]
+        edges.append((end_s, at(end_s, last)))
+        return tuple(
+            (t1 - t0, {d: c1[d] - c0[d] for d in dets})
+            for (t0, c0), (t1, c1) in zip(edges, edges[1:], strict=False)
         )
 
 

@@ -143,6 +143,10 @@ class WindowTotals:
     halting_veh_s: Mapping[str, float]
     nox_mg: Mapping[str, float]
     detector_counts: Mapping[str, int]
+    #: the loop counts cut at the readings inside the window: ``(seconds, counts)``
+    #: per piece, in time order, summing to ``detector_counts`` (empty: one piece).
+    #: A loop that dies part-way through shows as a normal piece and dead ones.
+    detector_pieces: tuple[tuple[float, Mapping[str, float]], ...] = ()
 
     @property
     def duration_s(self) -> float:

@@ -46,7 +46,7 @@ from simulators.demand import (
     scale_snapshot,
     write_routes,
 )
-from simulators.detector_health import repair_counts
+from simulators.detector_health import repair_counts, repair_pieces
 from simulators.stats import relative_change, t_interval
 from simulators.twin.plans import CURRENT
 from simulators.twin.pool import WhatIfEngine
@@ -142,7 +142,10 @@ class DemandSource:
         With a ``reference`` window (the other window of the pair), loops whose
         count the reference says cannot be true are bridged
         (:func:`simulators.detector_health.repair_counts`) and the snapshot
-        records them under ``detector_repairs``.
+        records them under ``detector_repairs``. A window cut into pieces at
+        the readings inside it (:attr:`WindowTotals.detector_pieces`) is
+        judged piece by piece (:func:`simulators.detector_health.repair_pieces`),
+        so a loop that died part-way through is found too.
 
         Raises:
             SimulationError: the window counted no vehicle, or no count maps to the network.
@@ -163,8 +166,16 @@ class DemandSource:
             }
             # the reference is one window's counts: judged against their noise too
             exposure = dict.fromkeys(rates, reference.duration_s)
-            repair = repair_counts(counts, window.duration_s, rates, reference_exposure_s=exposure)
-            counts = dict(repair.counts)
+            if len(window.detector_pieces) > 1:
+                # cut at the readings inside the window: a loop that died part-way
+                # through still counts a share of the whole window, none of a piece
+                repair = repair_pieces(window.detector_pieces, rates, reference_exposure_s=exposure)
+                counts |= {d: used for d, (_, used) in repair.repaired.items()}
+            else:
+                repair = repair_counts(
+                    counts, window.duration_s, rates, reference_exposure_s=exposure
+                )
+                counts = dict(repair.counts)
         snapshot = dict(self.estimate(counts, window.duration_s).snapshot)
         if repair is not None:
             snapshot = repair.record_in(snapshot)

@@ -7,6 +7,7 @@ so the demand estimation, the scaling and the routes files are the real ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -354,3 +355,39 @@ def test_a_loop_dead_in_the_after_window_is_bridged_from_its_before_rate(tmp_pat
     )
     assert clean.detector_repairs == {}
     assert clean.wait_change == pytest.approx(est.wait_change, abs=0.01)
+
+
+def test_a_loop_that_dies_part_way_through_the_after_window_is_bridged_piece_by_piece(
+    tmp_path: Path,
+) -> None:
+    # as above, but d_c dies 170 s into the after window: over the whole window it
+    # still counts 28 % of its rate (above the quarter a dead loop is judged by);
+    # cut at the daemon's readings (840 s, 1080 s) its last two pieces count nothing
+    per = 300.0 * 600 / 3600
+    before = _corridor_window(0, 600, 900.0, 1.0, {"d_a": per, "d_b": per, "d_c": per})
+    rate = 1.3 * per / 600  # each loop's after-window rate (veh/s)
+    alive = {"d_a": rate, "d_b": rate, "d_c": rate}
+    pieces = (
+        (240.0, {"d_a": rate * 240, "d_b": rate * 240, "d_c": rate * 170}),
+        (240.0, {"d_a": rate * 240, "d_b": rate * 240, "d_c": 0.0}),
+        (120.0, {"d_a": rate * 120, "d_b": rate * 120, "d_c": 0.0}),
+    )
+    counts = {d: sum(p[1][d] for p in pieces) for d in alive}
+    whole = _corridor_window(600, 1200, 1170.0, 1.10, counts)
+    cut = dataclasses.replace(whole, detector_pieces=pieces)
+    missed = _estimate(
+        tmp_path, FakeTwin({"deployed": 1.10}), before, whole, demand=_three_corridors(tmp_path)
+    )
+    assert missed.detector_repairs == {}  # one piece: not judged dead
+    assert missed.wait_change > 1.0  # +116 %: the twin's after demand lost 72 % of d_c
+    est = _estimate(
+        tmp_path, FakeTwin({"deployed": 1.10}), before, cut, demand=_three_corridors(tmp_path)
+    )
+    # bridged over its two dead pieces (360 s); the 70 s it was dead in the first is lost
+    ((counted, used),) = est.detector_repairs["after"].values()
+    assert list(est.detector_repairs["after"]) == ["d_c"]
+    assert counted == pytest.approx(rate * 170)
+    assert used == pytest.approx(rate * 530, rel=0.02)
+    # +18.5 % against the true +10 %: what remains is the 70 s lost in the first piece
+    # (the fake twin's halting grows with the square of the demand)
+    assert est.wait_change == pytest.approx(0.10, abs=0.1)

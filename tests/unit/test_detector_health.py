@@ -166,3 +166,45 @@ def test_the_twin_adapter_bridges_a_dead_loop_and_records_it_in_the_demand(
     assert digest == demand["digest"] == snapshot_digest(demand)
     # the bridged estimate is the healthy one's, up to the record of the repair
     assert demand["routes"] == first["routes"] and digest != first_digest
+
+
+def test_pieces_bridge_a_loop_that_died_part_way_and_a_run_of_quiet_pieces() -> None:
+    from simulators.detector_health import repair_pieces
+
+    busy = {d: 24.0 for d in RATES}  # 0.1 veh/s over 240 s
+    exposure = dict.fromkeys(RATES, 600.0)
+    pieces = [
+        (240.0, busy | {"d0": 17.0}),  # d0 dies 170 s in
+        (240.0, busy | {"d0": 0.0}),
+        (120.0, {d: 12.0 for d in RATES} | {"d0": 0.0}),
+    ]
+    # the whole window: 17 of 60, 28 %: above the quarter, not judged dead
+    whole = {d: sum(p[1][d] for p in pieces) for d in RATES}
+    assert repair_counts(whole, 600.0, RATES, reference_exposure_s=exposure).repaired == {}
+    repair = repair_pieces(pieces, RATES, reference_exposure_s=exposure)
+    assert repair.repaired == {"d0": (17.0, pytest.approx(17.0 + 36.0))}
+    assert repair.counts["d0"] == pytest.approx(53.0)
+    assert {d: repair.counts[d] for d in RATES if d != "d0"} == {
+        d: 60.0 for d in RATES if d != "d0"
+    }
+    assert repair.trend == pytest.approx(1.0)
+    # a quiet loop (4.8 expected a piece) dead for two pieces: judged on their sum,
+    # and both pieces bridged, not only the one where the evidence was enough
+    rates = RATES | {"side": 0.02}
+    quiet = [(240.0, busy | {"side": 0.0}), (240.0, busy | {"side": 0.0})]
+    found = repair_pieces(quiet, rates, reference_exposure_s=dict.fromkeys(rates, 6000.0))
+    assert found.repaired == {"side": (0.0, pytest.approx(9.6))}
+
+
+def test_short_pieces_at_a_windows_edges_join_their_neighbour() -> None:
+    from simulators.detector_health import repair_pieces
+
+    busy = {d: 24.0 for d in RATES}
+    # a 10 s piece of a dead loop expects 1 vehicle: alone it ends nothing and
+    # sets no trend; joined to its neighbour the two judge the loop together
+    pieces = [(10.0, {d: 1.0 for d in RATES} | {"d0": 0.0}), (240.0, busy | {"d0": 0.0})]
+    repair = repair_pieces(pieces, RATES)
+    assert repair.repaired == {"d0": (0.0, pytest.approx(25.0))}
+    assert repair_pieces([], RATES).counts == {}
+    with pytest.raises(ConfigError, match="positive time"):
+        repair_pieces([(0.0, busy)], RATES)

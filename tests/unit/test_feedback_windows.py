@@ -427,6 +427,25 @@ def test_counter_log_interpolates_edges_and_drops_a_decreasing_series() -> None:
     assert log.window(50.0, 150.0, max_gap_s=99.0) is None
 
 
+def test_counter_log_cuts_a_windows_loop_counts_at_the_readings_inside_it() -> None:
+    log = CounterLog(keep_s=10_000)
+    for t, d in ((0.0, 0), (100.0, 10), (200.0, 30), (300.0, 30), (400.0, 40)):
+        log.add(FieldCounters(t, {"A": t}, {"A": t}, {"d": d}))
+    window = log.window(50.0, 350.0, max_gap_s=100.0)
+    assert window is not None and window.detector_counts == {"d": 30}
+    # edges interpolated as the totals are; the loop counted nothing in 200-300 s
+    assert window.detector_pieces == (
+        (50.0, {"d": pytest.approx(5.0)}),
+        (100.0, {"d": 20.0}),
+        (100.0, {"d": 0.0}),
+        (50.0, {"d": pytest.approx(5.0)}),
+    )
+    assert sum(c["d"] for _, c in window.detector_pieces) == pytest.approx(30.0)
+    # a window with no reading inside it is one piece
+    one = log.window(120.0, 180.0, max_gap_s=100.0)
+    assert one is not None and one.detector_pieces == ()
+
+
 def test_controllers_without_totals_make_the_delta_not_measurable(tmp_path: Path) -> None:
     field = Field()
     with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
