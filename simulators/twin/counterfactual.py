@@ -145,6 +145,9 @@ class DemandSource:
         records them under ``detector_repairs``. A window cut into pieces at
         the readings inside it (:attr:`WindowTotals.detector_pieces`) is
         judged piece by piece (:func:`simulators.detector_health.repair_pieces`),
+        so a loop that died part-way through is found too. A window cut into pieces at
+        the readings inside it (:attr:`WindowTotals.detector_pieces`) is
+        judged piece by piece (:func:`simulators.detector_health.repair_pieces`),
         so a loop that died part-way through is found too.
 
         Raises:
