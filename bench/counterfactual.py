@@ -50,41 +50,6 @@ def emit(figure: str, value: float, unit: str, ratio: float | None, against: str
     )
 
 
-def _field_windows(seed: int, window_s: int, deploy: bool) -> tuple[object, object, object]:
-    """(network, before window, after window) of one field run."""
-    from configs.timing import IntersectionTiming
-    from simulators.field import FieldConfig, FieldEmulator
-
-    field = FieldEmulator(FieldConfig.for_district(seed=seed)).start()
-    try:
-        base = {
-            t: IntersectionTiming.from_base(i.base) for t, i in field.network.intersections.items()
-        }
-        field.step_until(field.field_time_s + SETTLE_S)
-        c0 = field.counters()
-        field.step_until(c0.field_time_s + window_s)
-        c1 = field.counters()
-        if deploy:
-            for tls_id, timing in base.items():
-                field.apply(tls_id, _starved(timing), c1.field_time_s)
-        field.step_until(c1.field_time_s + window_s)
-        c2 = field.counters()
-    finally:
-        field.close()
-    return field.network, c1.window_since(c0), c2.window_since(c1)
-
-
-def _starved(timing: object) -> object:
-    from configs.timing import IntersectionTiming
-
-    assert isinstance(timing, IntersectionTiming)
-    phases = list(timing.phases)
-    phases[0] = phases[0].model_copy(update={"duration_s": 10})
-    return timing.model_copy(
-        update={"phases": tuple(phases), "cycle_s": sum(p.duration_s for p in phases)}
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window-s", type=int, default=600, help="each window's length (s)")
@@ -94,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from configs.timing import IntersectionTiming
     from simulators.twin import DemandSource, LibsumoWhatIfEngine, estimate_counterfactual
+    from tests.support.counterfactual_day import field_windows, starved
 
     seeds = [int(s) for s in args.field_seeds.split(",") if s.strip()]
     errors: list[float] = []
@@ -105,39 +71,33 @@ def main(argv: list[str] | None = None) -> int:
         LibsumoWhatIfEngine(workers=2) as engine,
     ):
         for seed in seeds:
-            network, before, after = _field_windows(seed, args.window_s, deploy=True)
-            _, _, kept = _field_windows(seed, args.window_s, deploy=False)
-            base = {
-                t: IntersectionTiming.from_base(i.base)  # type: ignore[attr-defined]
-                for t, i in network.intersections.items()  # type: ignore[attr-defined]
-            }
+            network, before, after = field_windows(seed, args.window_s, SETTLE_S, deploy=True)
+            _, _, kept = field_windows(seed, args.window_s, SETTLE_S, deploy=False)
+            lights = network.intersections.items()
+            base = {t: IntersectionTiming.from_base(i.base) for t, i in lights}
             demand = DemandSource.from_network(
-                network.path,  # type: ignore[attr-defined]
-                {d.id: d.lane_id for d in network.detectors},  # type: ignore[attr-defined]
+                network.path,
+                {d.id: d.lane_id for d in network.detectors},
                 directory=Path(tmp) / f"demand-{seed}",
             )
             cases = (
-                ("starved", after, {t: _starved(p) for t, p in base.items()}),
+                ("starved", after, {t: starved(p) for t, p in base.items()}),
                 ("unchanged", kept, base),
             )
             for name, window, deployed in cases:
                 est = estimate_counterfactual(
                     engine,
-                    network=network.path,  # type: ignore[attr-defined]
+                    network=network.path,
                     demand=demand,
                     before=before,
-                    after=window,  # type: ignore[arg-type]
+                    after=window,
                     previous=base,
-                    deployed=deployed,  # type: ignore[arg-type]
+                    deployed=deployed,
                     seeds=TWIN_SEEDS,
                     warmup_s=SETTLE_S,
                 )
-                truth = (
-                    window.wait_veh_s() / kept.wait_veh_s() - 1.0  # type: ignore[attr-defined]
-                    if name == "starved"
-                    else 0.0
-                )
-                naive = window.wait_veh_s() / before.wait_veh_s() - 1.0  # type: ignore[attr-defined]
+                truth = window.wait_veh_s() / kept.wait_veh_s() - 1.0 if name == "starved" else 0.0
+                naive = window.wait_veh_s() / before.wait_veh_s() - 1.0
                 errors.append(abs(est.wait_change - truth) * 100)
                 naive_errors.append(abs(naive - truth) * 100)
                 covered.append(est.wait_ci[0] <= truth <= est.wait_ci[1])

@@ -16,27 +16,20 @@ import pytest
 
 from configs.timing import IntersectionTiming
 from simulators.calibration import TwinCalibration
-from simulators.field import FieldConfig, FieldEmulator, WindowTotals
+from simulators.field import WindowTotals
 from simulators.twin import (
     CounterfactualEstimate,
     DemandSource,
     LibsumoWhatIfEngine,
     estimate_counterfactual,
 )
+from tests.support.counterfactual_day import field_windows, starved
 
 pytestmark = pytest.mark.integration
 
 WINDOW_S = 300
 SETTLE_S = 120
 FIELD_SEED = 3
-
-
-def _starved(timing: IntersectionTiming) -> IntersectionTiming:
-    phases = list(timing.phases)
-    phases[0] = phases[0].model_copy(update={"duration_s": 10})
-    return timing.model_copy(
-        update={"phases": tuple(phases), "cycle_s": sum(p.duration_s for p in phases)}
-    )
 
 
 @dataclass(frozen=True)
@@ -50,36 +43,16 @@ class FieldDay:
     after_without_deployment: WindowTotals
 
 
-def _run_field(deploy: bool) -> tuple[FieldEmulator, WindowTotals, WindowTotals]:
-    field = FieldEmulator(FieldConfig.for_district(seed=FIELD_SEED)).start()
-    try:
-        base = {
-            t: IntersectionTiming.from_base(i.base) for t, i in field.network.intersections.items()
-        }
-        field.step_until(field.field_time_s + SETTLE_S)
-        c0 = field.counters()
-        field.step_until(c0.field_time_s + WINDOW_S)
-        c1 = field.counters()
-        if deploy:
-            for tls_id, timing in base.items():
-                field.apply(tls_id, _starved(timing), c1.field_time_s)
-        field.step_until(c1.field_time_s + WINDOW_S)
-        c2 = field.counters()
-    finally:
-        field.close()
-    return field, c1.window_since(c0), c2.window_since(c1)
-
-
 @pytest.fixture(scope="module")
 def day() -> FieldDay:
-    field, before, after = _run_field(deploy=True)
-    _, _, truth = _run_field(deploy=False)
-    base = {t: IntersectionTiming.from_base(i.base) for t, i in field.network.intersections.items()}
+    network, before, after = field_windows(FIELD_SEED, WINDOW_S, SETTLE_S, deploy=True)
+    _, _, truth = field_windows(FIELD_SEED, WINDOW_S, SETTLE_S, deploy=False)
+    base = {t: IntersectionTiming.from_base(i.base) for t, i in network.intersections.items()}
     return FieldDay(
-        net=field.network.path,
-        detector_lanes={d.id: d.lane_id for d in field.network.detectors},
+        net=network.path,
+        detector_lanes={d.id: d.lane_id for d in network.detectors},
         previous=base,
-        deployed={t: _starved(p) for t, p in base.items()},
+        deployed={t: starved(p) for t, p in base.items()},
         before=before,
         after=after,
         after_without_deployment=truth,
